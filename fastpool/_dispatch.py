@@ -1,0 +1,34 @@
+"""One place that maps (op, device, layout, parallel) to a kernel.
+
+The element type is the last part of the key: each kernel is a Numba dispatcher that compiles
+(and caches) one machine-code variant per argument-type signature, float16 included through its
+marker argument (see ``_dtypes``).  A device registers a factory per op; the CUDA kernels of a
+later issue register under device ``"cuda"`` beside the CPU ones.
+"""
+import functools
+import importlib
+
+# (op, device) -> (module, factory name, extra factory args)
+_FACTORIES = {
+    ("max", "cpu"): ("._cpu.window", "make_max", ()),
+    ("avg", "cpu"): ("._cpu.window", "make_sum", (False,)),
+    ("lp", "cpu"): ("._cpu.window", "make_sum", (True,)),
+    ("fractional_max", "cpu"): ("._cpu.planes", "make_fractional_max", ()),
+    ("max_unpool", "cpu"): ("._cpu.planes", "make_unpool", ()),
+}
+
+
+def register(op, device, module, factory, extra=()):
+    _FACTORIES[(op, device)] = (module, factory, tuple(extra))
+    kernel.cache_clear()
+
+
+@functools.lru_cache(maxsize=None)
+def kernel(op, device, layout, parallel):
+    """The kernel for ``op`` on ``device`` in memory ``layout`` ("cf", "cl" or "any")."""
+    try:
+        module, factory, extra = _FACTORIES[(op, device)]
+    except KeyError:
+        raise NotImplementedError(f"fastpool: no {device} kernel for {op}") from None
+    mod = importlib.import_module(module, __package__)
+    return getattr(mod, factory)(layout, parallel, *extra)

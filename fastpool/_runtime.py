@@ -1,0 +1,135 @@
+"""Process-wide runtime choices: threading layer, Numba's cache, and the kernel decorator.
+
+Numba's default threading layer here is GNU OpenMP, which kills a forked child that runs a
+parallel kernel; ``workqueue`` aborts when two Python threads launch kernels at once.  TBB
+passes both, so it is preloaded (its library sits in the environment's ``lib/`` where the loader
+does not look) and selected before the first parallel call.  Without TBB the ``workqueue``
+layer is used and parallel launches are serialised by a lock (see ``launch_lock``); a forked
+child then still works because workqueue keeps no state across fork.
+"""
+import ctypes
+import glob
+import os
+import sys
+import threading
+
+import numba
+
+_TBB_ENV = "FASTPOOL_THREADING_LAYER"
+
+
+def _preload_tbb():
+    """Load libtbb.so.12 with RTLD_GLOBAL from the places pip puts it; True on success."""
+    names = []
+    for prefix in {sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(sys.executable))}:
+        names += sorted(glob.glob(os.path.join(prefix, "lib", "libtbb.so.12*")))
+    for name in names + ["libtbb.so.12"]:
+        try:
+            ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def _choose_layer():
+    wanted = os.environ.get(_TBB_ENV, "").strip().lower()
+    if numba.config.THREADING_LAYER not in ("default", "", None) and not wanted:
+        return numba.config.THREADING_LAYER  # the user chose through NUMBA_THREADING_LAYER
+    if wanted in ("", "tbb"):
+        if _preload_tbb():
+            try:
+                from numba.np.ufunc import tbbpool  # noqa: F401  (fails if TBB is too old)
+                return "tbb"
+            except ImportError:
+                pass
+        if wanted == "tbb":
+            raise ImportError("fastpool: FASTPOOL_THREADING_LAYER=tbb but TBB could not be "
+                              "loaded; pip install tbb")
+    if wanted in ("omp", "workqueue"):
+        return wanted
+    return "workqueue"
+
+
+THREADING_LAYER = _choose_layer()
+numba.config.THREADING_LAYER = THREADING_LAYER
+
+# workqueue is not thread safe: parallel launches from several Python threads are serialised.
+_SERIAL_LAYER = THREADING_LAYER == "workqueue"
+_launch_lock = threading.Lock()
+
+
+class _NoLock:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NO_LOCK = _NoLock()
+
+
+def launch_lock():
+    return _launch_lock if _SERIAL_LAYER else _NO_LOCK
+
+
+def _cache_usable():
+    """Can Numba's cache locate a writable folder for this package?"""
+    if os.environ.get("FASTPOOL_NO_CACHE"):
+        return False
+    if numba.config.CACHE_DIR:
+        d = numba.config.CACHE_DIR
+        try:
+            os.makedirs(d, exist_ok=True)
+        except OSError:
+            return False
+        return os.access(d, os.W_OK)
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    return True if os.access(pkg, os.W_OK) else None  # None: let Numba try its home cache
+
+
+_CACHE = _cache_usable()
+
+
+def jit(fn, parallel=False, fastmath=False):
+    """njit with fastpool's options, caching when a cache folder is writable."""
+    opts = dict(nogil=True, parallel=parallel, fastmath=fastmath, error_model="numpy",
+                boundscheck=False)
+    if _CACHE is not False:
+        try:
+            return numba.njit(cache=True, **opts)(fn)
+        except RuntimeError:  # "no locator available": nowhere to write the cache
+            pass
+    return numba.njit(cache=False, **opts)(fn)
+
+
+def runtime_info():
+    import llvmlite
+    import numpy
+
+    from . import __version__
+    layer = THREADING_LAYER
+    try:
+        layer = numba.threading_layer()  # only known after the first parallel launch
+    except ValueError:
+        pass
+    cache_dir = numba.config.CACHE_DIR or os.path.join(os.path.dirname(__file__), "__pycache__")
+    cuda = "not available"
+    try:
+        from numba import cuda as _cuda  # imported only on request
+        cuda = "available" if _cuda.is_available() else "no CUDA device"
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        cuda = f"unavailable ({type(exc).__name__})"
+    return {
+        "fastpool": __version__,
+        "python": sys.version.split()[0],
+        "numpy": numpy.__version__,
+        "numba": numba.__version__,
+        "llvmlite": llvmlite.__version__,
+        "threading_layer": layer,
+        "threads": numba.get_num_threads(),
+        "cache": "enabled" if _CACHE is not False else "disabled",
+        "cache_dir": cache_dir,
+        "cuda": cuda,
+    }

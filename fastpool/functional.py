@@ -1,0 +1,642 @@
+"""Public pooling functions: one implementation per op, the rank a parameter.
+
+The flow of one call: public name -> ``_<op>`` here (parameters via ``_params``, layout via
+``_prepare``) -> ``_dispatch.kernel`` -> a Numba kernel on canonical rank-3 views.
+"""
+import math
+
+import numpy as np
+
+from . import _dispatch
+from ._dtypes import (AVG_DTYPES, FLOAT_DTYPES, MAX_DTYPES, check_dtype, storage)
+from ._params import (adaptive_table, check_alloc, check_empty_windows, check_float,
+                      dim_table, int_tuple, padding_arg, positive, split_shape, stack_tables,
+                      window_geometry, _is_int)
+from ._runtime import launch_lock
+
+CF, CL = "cf", "cl"
+# below this many window taps a call runs the serial kernel: a parallel launch costs more
+PARALLEL_MIN_WORK = 1 << 16
+
+
+# ----------------------------------------------------------------------------- arrays, layouts
+
+def _as_array(op, x, name="input"):
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "__cuda_array_interface__"):
+        raise TypeError(f"{op}: {name} is a CUDA array; fastpool's CUDA kernels are not part of "
+                        f"this build")
+    if type(x).__module__.startswith("dask"):
+        raise TypeError(f"{op}: {name} is a Dask array; Dask support is not part of this build")
+    try:
+        a = np.asarray(x)
+    except Exception as exc:
+        raise TypeError(f"{op}: {name} must be an array, got {type(x).__name__}") from exc
+    if a.dtype == object:
+        raise TypeError(f"{op}: {name} must be a numeric array, got dtype object")
+    return a
+
+
+class _Layout:
+    """How a user's array maps onto a kernel's canonical view, and back."""
+    __slots__ = ("mem", "batched", "channels_last", "n", "c", "spatial", "rank")
+
+    def __init__(self, mem, batched, channels_last, n, c, spatial):
+        self.mem = mem
+        self.batched = batched
+        self.channels_last = channels_last
+        self.n = n
+        self.c = c
+        self.spatial = spatial
+        self.rank = len(spatial)
+
+    def canon(self, spatial):
+        return (1,) * (3 - len(spatial)) + tuple(spatial)
+
+    def user_shape(self, spatial, c=None):
+        c = self.c if c is None else c
+        if self.channels_last:
+            shape = (self.n,) + tuple(spatial) + (c,)
+        else:
+            shape = (self.n, c) + tuple(spatial)
+        return shape if self.batched else shape[1:]
+
+    def mem_view(self, user):
+        """A user-ordered array -> its memory-ordered view (N, C, *sp) or (N, *sp, C)."""
+        a = user if self.batched else user[None]
+        if self.channels_last == (self.mem == CL):
+            return a
+        return np.moveaxis(a, -1, 1) if self.channels_last else np.moveaxis(a, 1, -1)
+
+    def user_view(self, mem):
+        if self.channels_last == (self.mem == CL):
+            a = mem
+        else:
+            a = np.moveaxis(mem, 1, -1) if self.mem == CF else np.moveaxis(mem, -1, 1)
+        return a if self.batched else a[0]
+
+    def kernel_view(self, mem, spatial):
+        """Memory-ordered C-contiguous array -> canonical rank-3 kernel view."""
+        s3 = self.canon(spatial)
+        if self.mem == CF:
+            return mem.reshape((mem.shape[0] * mem.shape[1],) + s3)
+        return mem.reshape((mem.shape[0],) + s3 + (mem.shape[-1],))
+
+    def logical5(self, mem, spatial):
+        """Memory-ordered array -> logical (N, C, D, H, W) view (any strides)."""
+        s3 = self.canon(spatial)
+        if self.mem == CF:
+            return mem.reshape(mem.shape[:2] + s3)
+        return np.moveaxis(mem.reshape((mem.shape[0],) + s3 + (mem.shape[-1],)), -1, 1)
+
+    def allocate(self, op, spatial, dtype, out, name="out", zero=False):
+        """Result array in memory order: fresh, or the validated ``out`` the user gave."""
+        shape = self.user_shape(spatial)
+        if out is None:
+            mshape = ((self.n, self.c) + tuple(spatial)) if self.mem == CF else \
+                ((self.n,) + tuple(spatial) + (self.c,))
+            check_alloc(op, mshape, np.dtype(dtype).itemsize)
+            return (np.zeros if zero else np.empty)(mshape, dtype=dtype), None
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"{op}: {name} must be a numpy array, got {type(out).__name__}")
+        if out.shape != shape:
+            raise ValueError(f"{op}: {name} has shape {out.shape}, expected {shape}")
+        if out.dtype != np.dtype(dtype):
+            raise ValueError(f"{op}: {name} has dtype {out.dtype}, expected {np.dtype(dtype)}")
+        if not out.flags.writeable:
+            raise ValueError(f"{op}: {name} is read-only")
+        mem = self.mem_view(out)
+        if not mem.flags.c_contiguous:
+            want = "channels-last" if self.mem == CL else "channels-first"
+            raise ValueError(f"{op}: {name} must be {want} contiguous like the result "
+                             f"(strides {out.strides} do not match)")
+        if zero:
+            mem[...] = 0
+        return mem, out
+
+
+def _prepare(op, x, rank, channels_last, dtypes):
+    """Validate the input and choose the kernel layout; returns (memory array, _Layout)."""
+    x = _as_array(op, x)
+    check_dtype(x.dtype, dtypes, op)
+    batched, n, c, spatial = split_shape(op, x.shape, rank, bool(channels_last))
+    xb = x if batched else x[None]
+    lnc = np.moveaxis(xb, -1, 1) if channels_last else xb  # logical (N, C, *spatial)
+    cl = np.moveaxis(lnc, 1, -1)
+    first, second = (cl, lnc) if channels_last else (lnc, cl)
+    if first.flags.c_contiguous:
+        mem = CL if channels_last else CF
+        arr = first
+    elif second.flags.c_contiguous:
+        mem = CF if channels_last else CL
+        arr = second
+    else:
+        # copy once into the nearer layout: channels innermost when they have the smaller stride
+        near_cl = abs(lnc.strides[1]) < abs(lnc.strides[-1]) if lnc.shape[1] > 1 else \
+            bool(channels_last)
+        mem = CL if near_cl else CF
+        arr = np.ascontiguousarray(cl if near_cl else lnc)
+    return arr, _Layout(mem, batched, bool(channels_last), n, c, spatial)
+
+
+def _index_dtype(op, index_dtype, plane):
+    dt = np.dtype(index_dtype)
+    if dt == np.int64:
+        return dt
+    if dt == np.int32:
+        if plane >= 2 ** 31:
+            raise ValueError(f"{op}: index_dtype int32 cannot hold indices of a plane of {plane} "
+                             f"cells (2**31 or more)")
+        return dt
+    raise TypeError(f"{op}: index_dtype must be int64 or int32, got {dt}")
+
+
+def _lowest(dtype):
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return np.float32(-np.inf) if dtype.itemsize <= 4 else np.float64(-np.inf)
+    return dtype.type(np.iinfo(dtype).min)
+
+
+_DUMMY_IDX = {CF: np.zeros((1, 1, 1, 1), np.int64), CL: np.zeros((1, 1, 1, 1, 1), np.int64)}
+
+
+def _parallel(work):
+    return work >= PARALLEL_MIN_WORK
+
+
+def _check_out_overlap(op, x, *outs):
+    for o in outs:
+        if o is not None and np.may_share_memory(o, x):
+            raise ValueError(f"{op}: out must not overlap the input")
+
+
+def _unpack_out(op, out, with_indices):
+    if out is None:
+        return None, None
+    if with_indices:
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise ValueError(f"{op}: with return_indices=True, out must be a (values, indices) "
+                             f"pair")
+        return out[0], out[1]
+    if isinstance(out, (tuple, list)):
+        raise ValueError(f"{op}: out must be one array when return_indices=False")
+    return out, None
+
+
+# ----------------------------------------------------------------------------- windowed ops
+
+def _window_params(op, rank, spatial, kernel_size, stride, padding, dilation, ceil_mode,
+                   half_limit=True):
+    k = int_tuple(op, "kernel_size", kernel_size, rank)
+    positive(op, "kernel_size", k)
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        s = k
+    else:
+        s = int_tuple(op, "stride", stride, rank)
+        positive(op, "stride", s)
+    d = int_tuple(op, "dilation", dilation, rank)
+    positive(op, "dilation", d)
+    pads, onnx = padding_arg(op, padding, rank, k, s, d, spatial, half_limit)
+    osp = window_geometry(op, spatial, k, s, pads, d, bool(ceil_mode), onnx)
+    return k, s, d, pads, onnx, osp
+
+
+def _tables(op, spatial, k, s, pads, d, osp, onnx):
+    pad3 = 3 - len(spatial)
+    tabs = [dim_table(1, 1, 1, 0, 0, 1, 1)] * pad3
+    for i in range(len(spatial)):
+        check_alloc(op, (), 1, osp[i])
+        tabs.append(dim_table(spatial[i], k[i], s[i], pads[i][0], pads[i][1], d[i], osp[i]))
+    if onnx:
+        check_empty_windows(op, tabs[pad3:], spatial)
+    return stack_tables(tabs), np.array((1,) * pad3 + tuple(d), dtype=np.int64)
+
+
+def _run_max(op, arr, lay, osp, tab, dil, taps, return_indices, out, index_dtype):
+    vout, iout = _unpack_out(op, out, return_indices)
+    _check_out_overlap(op, arr, vout, iout)
+    plane = math.prod(lay.spatial)
+    res, user_res = lay.allocate(op, osp, arr.dtype, vout)
+    if return_indices:
+        idt = _index_dtype(op, index_dtype, plane)
+        ires, user_ires = lay.allocate(op, osp, idt, iout, name="out[1] (indices)")
+        kidx = lay.kernel_view(ires, osp)
+    else:
+        kidx = _DUMMY_IDX[lay.mem]
+    if res.size:
+        xs, marker = storage(arr)
+        rs, _ = storage(res)
+        kern = _dispatch.kernel("max", "cpu", lay.mem, _parallel(res.size * taps))
+        with launch_lock():
+            kern(lay.kernel_view(xs, lay.spatial), lay.kernel_view(rs, osp), kidx, tab, dil,
+                 bool(return_indices), _lowest(arr.dtype), marker)
+    values = user_res if user_res is not None else lay.user_view(res)
+    if not return_indices:
+        return values
+    return values, (user_ires if user_ires is not None else lay.user_view(ires))
+
+
+def _max_pool(rank, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
+              channels_last, out, index_dtype):
+    op = f"max_pool{rank}d"
+    arr, lay = _prepare(op, input, rank, channels_last, MAX_DTYPES)
+    k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
+                                              padding, dilation, ceil_mode)
+    tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
+    return _run_max(op, arr, lay, osp, tab, dil, math.prod(k), return_indices, out, index_dtype)
+
+
+def _zero(dtype):
+    dtype = np.dtype(dtype)
+    if dtype == np.float64:
+        return np.float64(0)
+    if dtype.kind in "iu":
+        return np.int64(0)
+    return np.float32(0)
+
+
+def _run_sum(op, kind, arr, lay, osp, tab, dil, taps, divmode, dov, p, knumel, out):
+    if isinstance(out, (tuple, list)):
+        raise ValueError(f"{op}: out must be one array")
+    _check_out_overlap(op, arr, out)
+    res, user_res = lay.allocate(op, osp, arr.dtype, out)
+    if res.size:
+        xs, marker = storage(arr)
+        rs, _ = storage(res)
+        kern = _dispatch.kernel(kind, "cpu", lay.mem, _parallel(res.size * taps))
+        with launch_lock():
+            kern(lay.kernel_view(xs, lay.spatial), lay.kernel_view(rs, osp), tab, dil, divmode,
+                 dov, _zero(arr.dtype), float(p), knumel, marker)
+    return user_res if user_res is not None else lay.user_view(res)
+
+
+def _avg_pool(rank, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+              divisor_override, dilation, channels_last, out):
+    op = f"avg_pool{rank}d"
+    arr, lay = _prepare(op, input, rank, channels_last, AVG_DTYPES)
+    k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
+                                              padding, dilation, ceil_mode)
+    if divisor_override is not None:
+        if not _is_int(divisor_override):
+            raise TypeError(f"{op}: divisor_override must be an int, got {divisor_override!r}")
+        if divisor_override == 0:
+            raise ValueError(f"{op}: divisor_override must be non-zero, got 0")
+        divmode, dov = 0, int(divisor_override)
+    else:
+        divmode, dov = (1 if count_include_pad else 2), 1
+    tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
+    return _run_sum(op, "avg", arr, lay, osp, tab, dil, math.prod(k), divmode, dov, 1.0, 1, out)
+
+
+def _lp_pool(rank, input, norm_type, kernel_size, stride, ceil_mode, padding, dilation,
+             channels_last, out):
+    op = f"lp_pool{rank}d"
+    p = check_float(op, "norm_type", norm_type)
+    if p == 0 or not math.isfinite(p):
+        raise ValueError(f"{op}: norm_type must be a non-zero finite number, got {norm_type!r}")
+    arr, lay = _prepare(op, input, rank, channels_last, FLOAT_DTYPES)
+    k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
+                                              padding, dilation, ceil_mode)
+    tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
+    knumel = math.prod(k)
+    return _run_sum(op, "lp", arr, lay, osp, tab, dil, knumel, 1, 1, p, knumel, out)
+
+
+# ----------------------------------------------------------------------------- adaptive ops
+
+def _adaptive_params(op, rank, spatial, output_size):
+    osz = int_tuple(op, "output_size", output_size, rank, allow_none=True)
+    osz = tuple(spatial[i] if v is None else v for i, v in enumerate(osz))
+    for v in osz:
+        if v < 0:
+            raise ValueError(f"{op}: output_size must be non-negative, got {osz!r}")
+    pad3 = 3 - rank
+    tabs = [adaptive_table(1, 1)] * pad3
+    for i in range(rank):
+        check_alloc(op, (), 1, osz[i])
+        tabs.append(adaptive_table(spatial[i], osz[i]))
+    taps = math.prod(-(-spatial[i] // max(osz[i], 1)) + 1 for i in range(rank))
+    return osz, stack_tables(tabs) if all(osz) else None, taps
+
+
+_UNIT_DIL = np.ones(3, dtype=np.int64)
+
+
+def _adaptive_max_pool(rank, input, output_size, return_indices, channels_last, out,
+                       index_dtype):
+    op = f"adaptive_max_pool{rank}d"
+    arr, lay = _prepare(op, input, rank, channels_last, MAX_DTYPES)
+    osz, tab, taps = _adaptive_params(op, rank, lay.spatial, output_size)
+    return _run_max(op, arr, lay, osz, tab, _UNIT_DIL, taps, return_indices, out, index_dtype)
+
+
+def _adaptive_avg_pool(rank, input, output_size, channels_last, out):
+    op = f"adaptive_avg_pool{rank}d"
+    arr, lay = _prepare(op, input, rank, channels_last, AVG_DTYPES)
+    osz, tab, taps = _adaptive_params(op, rank, lay.spatial, output_size)
+    return _run_sum(op, "avg", arr, lay, osz, tab, _UNIT_DIL, taps, 2, 1, 1.0, 1, out)
+
+
+# ----------------------------------------------------------------------------- fractional
+
+def _fractional_starts(op, samples, spatial, kernel, osz, dtype):
+    """PyTorch's interval rule, per plane: (N, C, 3, maxout) window starts."""
+    n, c, rank = samples.shape
+    ft = np.float64 if dtype == np.float64 else np.float32
+    m = max(osz)
+    starts = np.zeros((n, c, 3, m), dtype=np.int64)
+    for i in range(rank):
+        # torch orders the samples from the last spatial dim (W) to the first
+        u = samples[:, :, rank - 1 - i].astype(ft)
+        o, size, k = osz[i], spatial[i], kernel[i]
+        dim = 3 - rank + i
+        if o > 1:
+            alpha = ft(size - k) / ft(o - 1)
+            steps = np.arange(o - 1).astype(ft)
+            seq = ((steps + u[..., None]) * alpha).astype(np.int64) - \
+                (u * alpha).astype(np.int64)[..., None]
+            starts[:, :, dim, :o - 1] = seq
+        starts[:, :, dim, o - 1] = size - k
+    return starts
+
+
+def _fractional_max_pool(rank, input, kernel_size, output_size, output_ratio, return_indices,
+                         random_samples, channels_last):
+    op = f"fractional_max_pool{rank}d"
+    arr, lay = _prepare(op, input, rank, channels_last, MAX_DTYPES)
+    spatial = lay.spatial
+    k = int_tuple(op, "kernel_size", kernel_size, rank)
+    positive(op, "kernel_size", k)
+    if output_size is not None:
+        osz = int_tuple(op, "output_size", output_size, rank)
+        positive(op, "output_size", osz)
+    elif output_ratio is not None:
+        if isinstance(output_ratio, (tuple, list)):
+            if len(output_ratio) not in (1, rank):
+                raise ValueError(f"{op}: output_ratio must be a number or a tuple of {rank} "
+                                 f"numbers, got {tuple(output_ratio)!r}")
+            ratios = tuple(check_float(op, "output_ratio", r) for r in output_ratio)
+            ratios = ratios * rank if len(ratios) == 1 else ratios
+        else:
+            ratios = (check_float(op, "output_ratio", output_ratio),) * rank
+        for r in ratios:
+            if not 0 < r < 1:
+                raise ValueError(f"{op}: output_ratio must be in the range (0, 1), got {ratios!r}")
+        osz = tuple(int(spatial[i] * ratios[i]) for i in range(rank))
+        if min(osz) < 1:
+            raise ValueError(f"{op}: output_ratio {ratios!r} of input {spatial} gives an empty "
+                             f"output {osz}")
+    else:
+        raise ValueError(f"{op}: requires specifying either an output_size or an output_ratio")
+    for i in range(rank):
+        if osz[i] + k[i] - 1 > spatial[i]:
+            raise ValueError(f"{op}: kernel_size {k[i]} with output size {osz[i]} is too large "
+                             f"for input size {spatial[i]} in spatial dim {i} "
+                             f"(needs output_size + kernel_size - 1 <= input size)")
+    shape = (lay.n if lay.batched else 1, lay.c, rank)
+    if random_samples is None:
+        samples = np.random.random_sample(shape)
+    else:
+        samples = _as_array(op, random_samples, "random_samples")
+        if samples.dtype.kind != "f":
+            raise TypeError(f"{op}: random_samples must be a float array, got {samples.dtype}")
+        if samples.shape != shape:
+            raise ValueError(f"{op}: random_samples must have shape {shape}, got "
+                             f"{samples.shape}")
+        if samples.size and not (np.all(samples >= 0) and np.all(samples < 1)):
+            raise ValueError(f"{op}: random_samples must lie in [0, 1)")
+    starts = _fractional_starts(op, samples, spatial, k, osz, arr.dtype)
+    res, _ = lay.allocate(op, osz, arr.dtype, None)
+    if return_indices:
+        ires, _ = lay.allocate(op, osz, np.int64, None)
+        kidx = lay.logical5(ires, osz)
+    else:
+        kidx = np.zeros((1, 1, 1, 1, 1), np.int64)
+    if res.size:
+        k3 = (1,) * (3 - rank) + k
+        xs, marker = storage(arr)
+        rs, _ = storage(res)
+        kern = _dispatch.kernel("fractional_max", "cpu", "any",
+                                _parallel(res.size * math.prod(k)))
+        with launch_lock():
+            kern(lay.logical5(xs, spatial), lay.logical5(rs, osz), kidx, starts, k3[0], k3[1],
+                 k3[2], bool(return_indices), _lowest(arr.dtype), marker)
+    values = lay.user_view(res)
+    return (values, lay.user_view(ires)) if return_indices else values
+
+
+# ----------------------------------------------------------------------------- unpooling
+
+def _unpool_size(op, rank, spatial, k, s, pads, output_size):
+    default = tuple((spatial[i] - 1) * s[i] + k[i] - pads[i][0] - pads[i][1]
+                    for i in range(rank))
+    if output_size is None:
+        osz = default
+    else:
+        if not isinstance(output_size, (tuple, list)):
+            output_size = (output_size,) * rank if _is_int(output_size) else output_size
+        osz = tuple(output_size)
+        if len(osz) in (rank + 1, rank + 2):
+            osz = osz[-rank:]
+        osz = int_tuple(op, "output_size", osz, rank)
+        for i in range(rank):
+            lo, hi = default[i] - s[i], default[i] + s[i]
+            if not lo < osz[i] < hi:
+                raise ValueError(f"{op}: output_size {osz} must be within ({lo}, {hi}) "
+                                 f"exclusive in spatial dim {i} (default size {default[i]})")
+    for v in osz:
+        if v <= 0:
+            raise ValueError(f"{op}: output size {osz} must be positive")
+    return osz
+
+
+def _max_unpool(rank, input, indices, kernel_size, stride, padding, output_size, channels_last,
+                out):
+    op = f"max_unpool{rank}d"
+    arr, lay = _prepare(op, input, rank, channels_last, MAX_DTYPES)
+    idx = _as_array(op, indices, "indices")
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"{op}: indices must be an integer array, got dtype {idx.dtype}")
+    expect = lay.user_shape(lay.spatial)
+    if idx.shape != expect:
+        raise ValueError(f"{op}: indices has shape {idx.shape}, expected the input's shape "
+                         f"{expect}")
+    k = int_tuple(op, "kernel_size", kernel_size, rank)
+    positive(op, "kernel_size", k)
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        s = k
+    else:
+        s = int_tuple(op, "stride", stride, rank)
+        positive(op, "stride", s)
+    pads, _ = padding_arg(op, padding, rank, k, s, (1,) * rank, lay.spatial, half_limit=False)
+    osz = _unpool_size(op, rank, lay.spatial, k, s, pads, output_size)
+    if isinstance(out, (tuple, list)):
+        raise ValueError(f"{op}: out must be one array")
+    _check_out_overlap(op, arr, out)
+    res, user_res = lay.allocate(op, osz, arr.dtype, out, zero=True)
+    if arr.size:
+        xs, _ = storage(arr)
+        rs, _ = storage(res)
+        idx_user = lay.mem_view(idx)  # same axis order as arr's memory view (any strides)
+        if lay.mem == CL:
+            idx5 = np.moveaxis(idx_user.reshape((idx_user.shape[0],) + lay.canon(lay.spatial) +
+                                                (idx_user.shape[-1],)), -1, 1)
+        else:
+            idx5 = idx_user.reshape(idx_user.shape[:2] + lay.canon(lay.spatial))
+        bad = np.zeros((lay.n * lay.c, 2), dtype=np.int64)
+        kern = _dispatch.kernel("max_unpool", "cpu", "any", _parallel(arr.size * 2))
+        with launch_lock():
+            kern(lay.logical5(xs, lay.spatial), idx5, lay.logical5(rs, osz), bad)
+        if bad[:, 0].any():
+            pl = int(np.argmax(bad[:, 0]))
+            raise ValueError(f"{op}: indices holds {int(bad[pl, 1])} in plane {pl}, outside the "
+                             f"output plane of {math.prod(osz)} cells (output size {osz})")
+    return user_res if user_res is not None else lay.user_view(res)
+
+
+# ----------------------------------------------------------------------------- public names
+
+def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False, *, channels_last=False, out=None, index_dtype=np.int64):
+    """1-d max pooling over (N, C, W); see ``max_pool2d``."""
+    return _max_pool(1, input, kernel_size, stride, padding, dilation, ceil_mode,
+                     return_indices, channels_last, out, index_dtype)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False, *, channels_last=False, out=None, index_dtype=np.int64):
+    """2-d max pooling, PyTorch's semantics; padding may also be (before, after) pairs or
+    'same' / 'same_lower' / 'valid'.  Returns values, or (values, indices)."""
+    return _max_pool(2, input, kernel_size, stride, padding, dilation, ceil_mode,
+                     return_indices, channels_last, out, index_dtype)
+
+
+def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False, *, channels_last=False, out=None, index_dtype=np.int64):
+    """3-d max pooling over (N, C, D, H, W); see ``max_pool2d``."""
+    return _max_pool(3, input, kernel_size, stride, padding, dilation, ceil_mode,
+                     return_indices, channels_last, out, index_dtype)
+
+
+def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, divisor_override=None, *, dilation=1,
+               channels_last=False, out=None):
+    """1-d average pooling; see ``avg_pool2d``."""
+    return _avg_pool(1, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override, dilation, channels_last, out)
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, divisor_override=None, *, dilation=1,
+               channels_last=False, out=None):
+    """2-d average pooling, PyTorch's semantics, plus dilation and ONNX-style padding."""
+    return _avg_pool(2, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override, dilation, channels_last, out)
+
+
+def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, divisor_override=None, *, dilation=1,
+               channels_last=False, out=None):
+    """3-d average pooling; see ``avg_pool2d``."""
+    return _avg_pool(3, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override, dilation, channels_last, out)
+
+
+def lp_pool1d(input, norm_type, kernel_size, stride=None, ceil_mode=False, *, padding=0,
+              dilation=1, channels_last=False, out=None):
+    """1-d power-average pooling; see ``lp_pool2d``."""
+    return _lp_pool(1, input, norm_type, kernel_size, stride, ceil_mode, padding, dilation,
+                    channels_last, out)
+
+
+def lp_pool2d(input, norm_type, kernel_size, stride=None, ceil_mode=False, *, padding=0,
+              dilation=1, channels_last=False, out=None):
+    """2-d power-average pooling, PyTorch's definition ``(sum x**p) ** (1/p)``."""
+    return _lp_pool(2, input, norm_type, kernel_size, stride, ceil_mode, padding, dilation,
+                    channels_last, out)
+
+
+def lp_pool3d(input, norm_type, kernel_size, stride=None, ceil_mode=False, *, padding=0,
+              dilation=1, channels_last=False, out=None):
+    """3-d power-average pooling; see ``lp_pool2d``."""
+    return _lp_pool(3, input, norm_type, kernel_size, stride, ceil_mode, padding, dilation,
+                    channels_last, out)
+
+
+def adaptive_max_pool1d(input, output_size, return_indices=False, *, channels_last=False,
+                        out=None, index_dtype=np.int64):
+    """1-d adaptive max pooling; see ``adaptive_max_pool2d``."""
+    return _adaptive_max_pool(1, input, output_size, return_indices, channels_last, out,
+                              index_dtype)
+
+
+def adaptive_max_pool2d(input, output_size, return_indices=False, *, channels_last=False,
+                        out=None, index_dtype=np.int64):
+    """2-d adaptive max pooling: windows [floor(i*in/out), ceil((i+1)*in/out))."""
+    return _adaptive_max_pool(2, input, output_size, return_indices, channels_last, out,
+                              index_dtype)
+
+
+def adaptive_max_pool3d(input, output_size, return_indices=False, *, channels_last=False,
+                        out=None, index_dtype=np.int64):
+    """3-d adaptive max pooling; see ``adaptive_max_pool2d``."""
+    return _adaptive_max_pool(3, input, output_size, return_indices, channels_last, out,
+                              index_dtype)
+
+
+def adaptive_avg_pool1d(input, output_size, *, channels_last=False, out=None):
+    """1-d adaptive average pooling; see ``adaptive_avg_pool2d``."""
+    return _adaptive_avg_pool(1, input, output_size, channels_last, out)
+
+
+def adaptive_avg_pool2d(input, output_size, *, channels_last=False, out=None):
+    """2-d adaptive average pooling: windows [floor(i*in/out), ceil((i+1)*in/out))."""
+    return _adaptive_avg_pool(2, input, output_size, channels_last, out)
+
+
+def adaptive_avg_pool3d(input, output_size, *, channels_last=False, out=None):
+    """3-d adaptive average pooling; see ``adaptive_avg_pool2d``."""
+    return _adaptive_avg_pool(3, input, output_size, channels_last, out)
+
+
+def fractional_max_pool2d(input, kernel_size, output_size=None, output_ratio=None,
+                          return_indices=False, *, random_samples=None, _random_samples=None,
+                          channels_last=False):
+    """2-d fractional max pooling (PyTorch's pseudo-random intervals)."""
+    if random_samples is None:
+        random_samples = _random_samples
+    return _fractional_max_pool(2, input, kernel_size, output_size, output_ratio,
+                                return_indices, random_samples, channels_last)
+
+
+def fractional_max_pool3d(input, kernel_size, output_size=None, output_ratio=None,
+                          return_indices=False, *, random_samples=None, _random_samples=None,
+                          channels_last=False):
+    """3-d fractional max pooling; see ``fractional_max_pool2d``."""
+    if random_samples is None:
+        random_samples = _random_samples
+    return _fractional_max_pool(3, input, kernel_size, output_size, output_ratio,
+                                return_indices, random_samples, channels_last)
+
+
+def max_unpool1d(input, indices, kernel_size, stride=None, padding=0, output_size=None, *,
+                 channels_last=False, out=None):
+    """1-d partial inverse of max pooling; see ``max_unpool2d``."""
+    return _max_unpool(1, input, indices, kernel_size, stride, padding, output_size,
+                       channels_last, out)
+
+
+def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_size=None, *,
+                 channels_last=False, out=None):
+    """2-d partial inverse of max pooling: zeros except the values at their indices."""
+    return _max_unpool(2, input, indices, kernel_size, stride, padding, output_size,
+                       channels_last, out)
+
+
+def max_unpool3d(input, indices, kernel_size, stride=None, padding=0, output_size=None, *,
+                 channels_last=False, out=None):
+    """3-d partial inverse of max pooling; see ``max_unpool2d``."""
+    return _max_unpool(3, input, indices, kernel_size, stride, padding, output_size,
+                       channels_last, out)
