@@ -5,7 +5,6 @@ Every public function mirrors ``torch.nn.functional``; see the API contract for 
 """
 __version__ = "0.1.0"
 
-from . import _runtime  # noqa: F401  (chooses the threading layer before any kernel exists)
 from .functional import (  # noqa: F401
     adaptive_avg_pool1d, adaptive_avg_pool2d, adaptive_avg_pool3d,
     adaptive_max_pool1d, adaptive_max_pool2d, adaptive_max_pool3d,

@@ -792,6 +792,48 @@ def _check(w: Workload, got, ref) -> str | None:
     return None
 
 
+def _settle(max_wait: float = 0.3, step: float = 0.002, idle: float = 0.05) -> float:
+    """Sleep until this process's threads stop using CPU (worker threads of the previous
+    candidate spin for tens of milliseconds after a call: ONNX Runtime's pool, OpenMP), at most
+    ``max_wait`` seconds.  Returns the time waited."""
+    t_start = time.perf_counter()
+    while True:
+        p0, t0 = time.process_time(), time.perf_counter()
+        time.sleep(step)
+        p1, t1 = time.process_time(), time.perf_counter()
+        if (p1 - p0) <= idle * (t1 - t0) or t1 - t_start >= max_wait:
+            return t1 - t_start
+
+
+class CpuMonitor:
+    """CPU time used by other processes while a measurement runs (from /proc/stat), as a
+    fraction of the machine's CPUs.  ``None`` where /proc/stat is not readable."""
+
+    def __init__(self):
+        self.t0 = self._snap()
+
+    @staticmethod
+    def _snap():
+        try:
+            with open("/proc/stat") as f:
+                vals = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        hz = os.sysconf("SC_CLK_TCK")
+        busy = (sum(vals) - vals[3] - (vals[4] if len(vals) > 4 else 0)) / hz
+        t = os.times()
+        ours = t.user + t.system + t.children_user + t.children_system
+        return busy, ours, time.perf_counter()
+
+    def external(self) -> float | None:
+        t1 = self._snap()
+        if self.t0 is None or t1 is None:
+            return None
+        busy, ours, wall = (b - a for a, b in zip(self.t0, t1))
+        ncpu = os.cpu_count() or 1
+        return max(0.0, (busy - ours) / max(wall, 1e-9) / ncpu)
+
+
 class _NullCtx:
     def __enter__(self):
         return self
@@ -811,7 +853,7 @@ def _sample(c: Candidate, n_inner: int) -> float:
 
 
 def run_row(w: Workload, fp, peers: list, threads: int, rounds: int, min_sample: float = 0.02,
-            gap: float = 0.005, progress=None, check: bool = True) -> dict:
+            gap: float = 0.3, progress=None, check: bool = True) -> dict:
     """Benchmark one row; returns its result record (JSON-serialisable)."""
     rec: dict[str, Any] = {"name": w.name, "op": w.op, "dims": w.dims, "shape": list(w.shape),
                            "dtype": w.dtype, "layout": w.layout, "pass": w.pass_,
@@ -869,18 +911,24 @@ def run_row(w: Workload, fp, peers: list, threads: int, rounds: int, min_sample:
     gc_was = gc.isenabled()
     gc.collect()
     gc.disable()
+    mon = CpuMonitor()
     try:
         for r in range(rounds):
             k = r % max(1, len(live))
             for c, n_inner in live[k:] + live[:k]:
                 if gap:
-                    time.sleep(gap)
+                    _settle(gap)
                 rec["candidates"][c.name]["samples_s"].append(_sample(c, n_inner))
             if progress:
                 progress.update(1)
     finally:
         if gc_was:
             gc.enable()
+    ext = mon.external()
+    rec["external_cpu_load"] = ext
+    if ext is not None and ext > 0.1:
+        rec["notes"].append(f"other processes used {ext * 100:.0f}% of the CPUs while timing;"
+                            " times are unreliable")
     for c, _ in live:
         e = rec["candidates"][c.name]
         e["median_s"] = _median(e["samples_s"])
@@ -1162,7 +1210,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--pin", action="store_true",
                    help="restrict the process to the first N CPUs (makes JAX use N threads)")
     p.add_argument("--min-sample", type=float, default=0.02, help=argparse.SUPPRESS)
-    p.add_argument("--gap", type=float, default=0.005, help=argparse.SUPPRESS)
+    p.add_argument("--gap", type=float, default=0.3, help=argparse.SUPPRESS)
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     # benchmark another implementation of the fastpool API (harness development)

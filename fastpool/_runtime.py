@@ -6,14 +6,15 @@ passes both, so it is preloaded (its library sits in the environment's ``lib/`` 
 does not look) and selected before the first parallel call.  Without TBB the ``workqueue``
 layer is used and parallel launches are serialised by a lock (see ``launch_lock``); a forked
 child then still works because workqueue keeps no state across fork.
+
+Nothing here imports Numba until the first kernel is built (``configure``), so that
+``import fastpool`` stays fast.
 """
 import ctypes
 import glob
 import os
 import sys
 import threading
-
-import numba
 
 _TBB_ENV = "FASTPOOL_THREADING_LAYER"
 
@@ -32,7 +33,7 @@ def _preload_tbb():
     return False
 
 
-def _choose_layer():
+def _choose_layer(numba):
     wanted = os.environ.get(_TBB_ENV, "").strip().lower()
     if numba.config.THREADING_LAYER not in ("default", "", None) and not wanted:
         return numba.config.THREADING_LAYER  # the user chose through NUMBA_THREADING_LAYER
@@ -51,12 +52,28 @@ def _choose_layer():
     return "workqueue"
 
 
-THREADING_LAYER = _choose_layer()
-numba.config.THREADING_LAYER = THREADING_LAYER
-
+THREADING_LAYER = None  # set by configure()
 # workqueue is not thread safe: parallel launches from several Python threads are serialised.
-_SERIAL_LAYER = THREADING_LAYER == "workqueue"
+_SERIAL_LAYER = False
 _launch_lock = threading.Lock()
+_configure_lock = threading.Lock()
+_CACHE = None
+
+
+def configure():
+    """Choose the threading layer and the cache policy; idempotent, run before any kernel."""
+    global THREADING_LAYER, _SERIAL_LAYER, _CACHE
+    if THREADING_LAYER is not None:
+        return
+    with _configure_lock:
+        if THREADING_LAYER is not None:
+            return
+        import numba
+        layer = _choose_layer(numba)
+        numba.config.THREADING_LAYER = layer
+        _SERIAL_LAYER = layer == "workqueue"
+        _CACHE = _cache_usable(numba)
+        THREADING_LAYER = layer
 
 
 class _NoLock:
@@ -74,7 +91,7 @@ def launch_lock():
     return _launch_lock if _SERIAL_LAYER else _NO_LOCK
 
 
-def _cache_usable():
+def _cache_usable(numba):
     """Can Numba's cache locate a writable folder for this package?"""
     if os.environ.get("FASTPOOL_NO_CACHE"):
         return False
@@ -89,11 +106,10 @@ def _cache_usable():
     return True if os.access(pkg, os.W_OK) else None  # None: let Numba try its home cache
 
 
-_CACHE = _cache_usable()
-
-
 def jit(fn, parallel=False, fastmath=False):
     """njit with fastpool's options, caching when a cache folder is writable."""
+    configure()
+    import numba
     opts = dict(nogil=True, parallel=parallel, fastmath=fastmath, error_model="numpy",
                 boundscheck=False)
     if _CACHE is not False:
@@ -105,7 +121,9 @@ def jit(fn, parallel=False, fastmath=False):
 
 
 def runtime_info():
+    configure()
     import llvmlite
+    import numba
     import numpy
 
     from . import __version__

@@ -5,7 +5,7 @@ views), and run in parallel over planes.
 """
 from numba import prange
 
-from .._dtypes import load, to_storage
+from ._intrinsics import load, to_storage
 from .._runtime import jit
 
 

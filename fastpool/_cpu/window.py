@@ -13,7 +13,7 @@ import numpy as np
 from numba import prange
 from numba.extending import overload
 
-from .._dtypes import load, to_storage
+from ._intrinsics import load, to_storage
 from .._runtime import jit
 
 CF = "cf"
