@@ -272,20 +272,24 @@ def _run_sum(op, kind, arr, lay, osp, tab, dil, taps, divmode, dov, p, knumel, o
     return user_res if user_res is not None else lay.user_view(res)
 
 
+def _avg_divisor(op, count_include_pad, divisor_override):
+    """(divmode, dov) of the sum kernels: 0 divisor_override, 1 count_include_pad, 2 cells."""
+    if divisor_override is not None:
+        if not _is_int(divisor_override):
+            raise TypeError(f"{op}: divisor_override must be an int, got {divisor_override!r}")
+        if divisor_override == 0:
+            raise ValueError(f"{op}: divisor_override must be non-zero, got 0")
+        return 0, int(divisor_override)
+    return (1 if count_include_pad else 2), 1
+
+
 def _avg_pool(rank, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
               divisor_override, dilation, channels_last, out):
     op = f"avg_pool{rank}d"
     arr, lay = _prepare(op, input, rank, channels_last, AVG_DTYPES)
     k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
                                               padding, dilation, ceil_mode)
-    if divisor_override is not None:
-        if not _is_int(divisor_override):
-            raise TypeError(f"{op}: divisor_override must be an int, got {divisor_override!r}")
-        if divisor_override == 0:
-            raise ValueError(f"{op}: divisor_override must be non-zero, got 0")
-        divmode, dov = 0, int(divisor_override)
-    else:
-        divmode, dov = (1 if count_include_pad else 2), 1
+    divmode, dov = _avg_divisor(op, count_include_pad, divisor_override)
     tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
     return _run_sum(op, "avg", arr, lay, osp, tab, dil, math.prod(k), divmode, dov, 1.0, 1, out)
 
@@ -362,11 +366,8 @@ def _fractional_starts(op, samples, spatial, kernel, osz, dtype):
     return starts
 
 
-def _fractional_max_pool(rank, input, kernel_size, output_size, output_ratio, return_indices,
-                         random_samples, channels_last):
-    op = f"fractional_max_pool{rank}d"
-    arr, lay = _prepare(op, input, rank, channels_last, MAX_DTYPES)
-    spatial = lay.spatial
+def _fractional_size(op, rank, spatial, kernel_size, output_size, output_ratio):
+    """(kernel, output size) of fractional max pooling, every check on them."""
     k = int_tuple(op, "kernel_size", kernel_size, rank)
     positive(op, "kernel_size", k)
     if output_size is not None:
@@ -395,6 +396,15 @@ def _fractional_max_pool(rank, input, kernel_size, output_size, output_ratio, re
             raise ValueError(f"{op}: kernel_size {k[i]} with output size {osz[i]} is too large "
                              f"for input size {spatial[i]} in spatial dim {i} "
                              f"(needs output_size + kernel_size - 1 <= input size)")
+    return k, osz
+
+
+def _fractional_max_pool(rank, input, kernel_size, output_size, output_ratio, return_indices,
+                         random_samples, channels_last):
+    op = f"fractional_max_pool{rank}d"
+    arr, lay = _prepare(op, input, rank, channels_last, MAX_DTYPES)
+    spatial = lay.spatial
+    k, osz = _fractional_size(op, rank, spatial, kernel_size, output_size, output_ratio)
     shape = (lay.n if lay.batched else 1, lay.c, rank)
     if random_samples is None:
         samples = np.random.random_sample(shape)
@@ -452,6 +462,19 @@ def _unpool_size(op, rank, spatial, k, s, pads, output_size):
     return osz
 
 
+def _unpool_geometry(op, rank, spatial, kernel_size, stride, padding, output_size):
+    """Output size of max unpooling from the user's parameters."""
+    k = int_tuple(op, "kernel_size", kernel_size, rank)
+    positive(op, "kernel_size", k)
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        s = k
+    else:
+        s = int_tuple(op, "stride", stride, rank)
+        positive(op, "stride", s)
+    pads, _ = padding_arg(op, padding, rank, k, s, (1,) * rank, spatial, half_limit=False)
+    return _unpool_size(op, rank, spatial, k, s, pads, output_size)
+
+
 def _max_unpool(rank, input, indices, kernel_size, stride, padding, output_size, channels_last,
                 out):
     op = f"max_unpool{rank}d"
@@ -463,15 +486,7 @@ def _max_unpool(rank, input, indices, kernel_size, stride, padding, output_size,
     if idx.shape != expect:
         raise ValueError(f"{op}: indices has shape {idx.shape}, expected the input's shape "
                          f"{expect}")
-    k = int_tuple(op, "kernel_size", kernel_size, rank)
-    positive(op, "kernel_size", k)
-    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
-        s = k
-    else:
-        s = int_tuple(op, "stride", stride, rank)
-        positive(op, "stride", s)
-    pads, _ = padding_arg(op, padding, rank, k, s, (1,) * rank, lay.spatial, half_limit=False)
-    osz = _unpool_size(op, rank, lay.spatial, k, s, pads, output_size)
+    osz = _unpool_geometry(op, rank, lay.spatial, kernel_size, stride, padding, output_size)
     if isinstance(out, (tuple, list)):
         raise ValueError(f"{op}: out must be one array")
     _check_out_overlap(op, arr, out)
