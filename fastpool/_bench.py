@@ -616,11 +616,18 @@ def load_peers(names, threads: int) -> dict:
 
 
 def load_fastpool(module: str = "fastpool"):
-    """Import the module under test; returns (module or None, note)."""
+    """Import the module under test; returns (module or None, note).  Runs fastpool's runtime
+    configuration (threading layer) before anything else launches a Numba parallel region."""
     try:
         fp = importlib.import_module(module)
     except Exception as e:
         return None, f"cannot import {module}: {type(e).__name__}: {e}"
+    try:
+        rt = importlib.import_module(module + "._runtime")
+        if hasattr(rt, "configure"):
+            rt.configure()
+    except ImportError:
+        pass
     if not any(hasattr(fp, w.fastpool_name) for w in WORKLOADS):
         return fp, f"{module} has none of the benchmarked functions yet"
     return fp, ""
@@ -852,8 +859,21 @@ def _sample(c: Candidate, n_inner: int) -> float:
     return (t1 - t0) / n_inner
 
 
+def wait_idle(max_wait: float, threshold: float = 0.1, window: float = 0.5) -> float | None:
+    """Wait (at most ``max_wait`` seconds) until other processes use less than ``threshold`` of
+    the CPUs over a ``window``; returns their last measured share (None if unknown)."""
+    t_end = time.perf_counter() + max_wait
+    while True:
+        mon = CpuMonitor()
+        time.sleep(window)
+        ext = mon.external()
+        if ext is None or ext < threshold or time.perf_counter() >= t_end:
+            return ext
+
+
 def run_row(w: Workload, fp, peers: list, threads: int, rounds: int, min_sample: float = 0.02,
-            gap: float = 0.3, progress=None, check: bool = True) -> dict:
+            gap: float = 0.3, progress=None, check: bool = True,
+            idle_wait: float = 0.0) -> dict:
     """Benchmark one row; returns its result record (JSON-serialisable)."""
     rec: dict[str, Any] = {"name": w.name, "op": w.op, "dims": w.dims, "shape": list(w.shape),
                            "dtype": w.dtype, "layout": w.layout, "pass": w.pass_,
@@ -894,22 +914,31 @@ def run_row(w: Workload, fp, peers: list, threads: int, rounds: int, min_sample:
             live.append((c, n_inner))
         except Exception as e:
             rec["candidates"][c.name] = {"error": f"{type(e).__name__}: {e}"}
-    if check and "fastpool" in outputs:
-        for pname in ("torch",) + PEERS:
+    if check:
+        # the reference is PyTorch (else the first peer); every other candidate is checked
+        for pname in PEERS:
             if pname in outputs:
                 ref_name, ref = pname, outputs[pname]
                 break
         if ref is not None:
-            bad = _check(w, outputs["fastpool"], ref)
-            rec["check"] = {"reference": ref_name, "ok": bad is None}
-            if bad:
-                rec["check"]["problem"] = bad
-                rec["notes"].append(f"fastpool output differs from {ref_name}: {bad}")
+            for cname, out in outputs.items():
+                if cname == ref_name:
+                    continue
+                bad = _check(w, out, ref)
+                chk = {"reference": ref_name, "ok": bad is None}
+                if bad:
+                    chk["problem"] = bad
+                    rec["notes"].append(f"{cname} output differs from {ref_name}: {bad}")
+                rec["candidates"][cname]["check"] = chk
+                if cname == "fastpool":
+                    rec["check"] = chk
     outputs.clear()
     if progress:
         progress.update(1)
     gc_was = gc.isenabled()
     gc.collect()
+    if idle_wait:
+        wait_idle(idle_wait)
     gc.disable()
     mon = CpuMonitor()
     try:
@@ -924,11 +953,7 @@ def run_row(w: Workload, fp, peers: list, threads: int, rounds: int, min_sample:
     finally:
         if gc_was:
             gc.enable()
-    ext = mon.external()
-    rec["external_cpu_load"] = ext
-    if ext is not None and ext > 0.1:
-        rec["notes"].append(f"other processes used {ext * 100:.0f}% of the CPUs while timing;"
-                            " times are unreliable")
+    rec["external_cpu_load"] = mon.external()
     for c, _ in live:
         e = rec["candidates"][c.name]
         e["median_s"] = _median(e["samples_s"])
@@ -972,12 +997,19 @@ def _cell(rec, name) -> str:
     return "n/a"
 
 
+def _busy(rec) -> str:
+    ext = rec.get("external_cpu_load")
+    if ext is None:
+        return "-"
+    return f"{ext * 100:.0f}%" + ("!" if ext > 0.1 else "")
+
+
 def format_table(result: dict) -> str:
     rows = result["rows"]
     peers = result["peers_used"]
     bw = result.get("bandwidth", {}).get("best_gbps")
     headers = ["workload", "fastpool"] + list(peers) + ["fp/best", "best", "fp GB/s",
-                                                         "floor", "x floor"]
+                                                         "floor", "x floor", "busy"]
     lines = []
     for rec in rows:
         if "skipped" in rec:
@@ -993,7 +1025,7 @@ def format_table(result: dict) -> str:
                      + [_cell(rec, p) for p in peers]
                      + [f"{ratio:.2f}" if ratio else "-", rec.get("best_peer", "-"),
                         f"{gb:.1f}" if gb else "-", fmt_time(floor_s),
-                        f"{mult:.2f}" if mult else "-"])
+                        f"{mult:.2f}" if mult else "-", _busy(rec)])
     widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h)
               for i, h in enumerate(headers)]
 
@@ -1019,6 +1051,9 @@ def format_report(result: dict) -> str:
                  + (f"; pinned to CPUs {m['pinned']}" if m.get("pinned") else ""))
     lines.append(f"timing: median of {m['rounds']} interleaved rounds, each sample >= "
                  f"{m['min_sample_s'] * 1e3:.0f} ms of back-to-back calls, after a warm-up call")
+    ri = m.get("runtime_info")
+    if ri:
+        lines.append("fastpool runtime: " + ", ".join(f"{k} {v}" for k, v in ri.items()))
     for n in m.get("notes", []):
         lines.append(f"note: {n}")
     bw = result.get("bandwidth")
@@ -1054,7 +1089,8 @@ def format_report(result: dict) -> str:
                          + f" (next call {fmt_time(e.get('warm', {}).get('second_call_s'))})")
     lines.append("")
     lines.append("per-call median time; fp/best = fastpool / fastest peer (>1: fastpool slower);"
-                 " floor = (bytes read + written) / copy bandwidth")
+                 " floor = (bytes read + written) / copy bandwidth; busy = CPU share used by"
+                 " other processes while the row was timed (! above 10%: noisy)")
     lines.append(format_table(result))
     notes = []
     slower, far = [], []
@@ -1077,6 +1113,12 @@ def format_report(result: dict) -> str:
             mult = fp_t / ((rec["bytes_read"] + rec["bytes_written"]) / (bwv * 1e9))
             if mult > 2.0:
                 far.append(f"{rec['name']}: {mult:.1f}x the memory floor")
+    busy = [r for r in result["rows"] if (r.get("external_cpu_load") or 0) > 0.1]
+    if busy:
+        lines.append("")
+        lines.append(f"warning: other processes used more than 10% of the CPUs while {len(busy)}"
+                     f" of {len(result['rows'])} rows were timed; their times are noisy"
+                     " (rerun on an idle machine, or with --wait-idle)")
     if slower:
         lines.append("")
         lines.append("fastpool slower than the best peer:")
@@ -1211,6 +1253,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="restrict the process to the first N CPUs (makes JAX use N threads)")
     p.add_argument("--min-sample", type=float, default=0.02, help=argparse.SUPPRESS)
     p.add_argument("--gap", type=float, default=0.3, help=argparse.SUPPRESS)
+    p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                   help="before timing each row, wait up to SECONDS for other processes to "
+                        "leave the CPUs idle (shared machines)")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     # benchmark another implementation of the fastpool API (harness development)
@@ -1274,6 +1319,12 @@ def run(args) -> dict:
             meta["threading_layer"] = numba.threading_layer()
         except Exception:
             meta["threading_layer"] = "not initialised"
+        if fp is not None:
+            try:
+                rt = importlib.import_module(args.fastpool_module + "._runtime")
+                meta["runtime_info"] = dict(rt.runtime_info())
+            except Exception:
+                pass
         if compile_names:
             bar.set_description("import time")
             try:
@@ -1287,7 +1338,7 @@ def run(args) -> dict:
             bar.set_description(w.name)
             result["rows"].append(run_row(w, fp, peers, threads, rounds,
                                           min_sample=args.min_sample, gap=args.gap,
-                                          progress=bar))
+                                          progress=bar, idle_wait=args.wait_idle))
             gc.collect()
     finally:
         bar.close()

@@ -13,6 +13,8 @@ _FACTORIES = {
     ("max", "cpu"): ("._cpu.window", "make_max", ()),
     ("avg", "cpu"): ("._cpu.window", "make_sum", (False,)),
     ("lp", "cpu"): ("._cpu.window", "make_sum", (True,)),
+    # channels-first without indices: the separable kernels (layout argument is the kind)
+    ("separable", "cpu"): ("._cpu.separable", "make_sep", ()),
     ("fractional_max", "cpu"): ("._cpu.planes", "make_fractional_max", ()),
     ("max_unpool", "cpu"): ("._cpu.planes", "make_unpool", ()),
 }
@@ -24,11 +26,14 @@ def register(op, device, module, factory, extra=()):
 
 
 @functools.lru_cache(maxsize=None)
-def kernel(op, device, layout, parallel):
-    """The kernel for ``op`` on ``device`` in memory ``layout`` ("cf", "cl" or "any")."""
+def kernel(op, device, layout, parallel, *spec):
+    """The kernel for ``op`` on ``device`` in memory ``layout`` ("cf", "cl" or "any").
+
+    ``spec``: compile-time constants of a specialised kernel (part of the memo key).
+    """
     try:
         module, factory, extra = _FACTORIES[(op, device)]
     except KeyError:
         raise NotImplementedError(f"fastpool: no {device} kernel for {op}") from None
     mod = importlib.import_module(module, __package__)
-    return getattr(mod, factory)(layout, parallel, *extra)
+    return getattr(mod, factory)(layout, parallel, *extra, *spec)

@@ -214,7 +214,34 @@ def _tables(op, spatial, k, s, pads, d, osp, onnx):
     return stack_tables(tabs), np.array((1,) * pad3 + tuple(d), dtype=np.int64)
 
 
-def _run_max(op, arr, lay, osp, tab, dil, taps, return_indices, out, index_dtype):
+# horizontal windows compiled as constants in the separable kernels: (kernel, stride) along W
+_SPECIALISED = {(2, 2), (3, 2), (3, 1), (2, 1), (5, 1), (7, 1), (4, 4)}
+
+
+def _sep_args(wspec, width, out_width):
+    """(KW, SW, DW) constants and the interior range [lo, hi) of output columns for ``wspec``.
+
+    ``wspec`` is (kernel, stride, dilation, pad_before) along W, or None for adaptive windows.
+    """
+    if wspec is None or (wspec[0], wspec[1]) not in _SPECIALISED or wspec[2] != 1:
+        return (0, 0, 0), 0, 0, 0
+    k, s, d, pw = wspec
+    lo = -(-pw // s)
+    hi = min(out_width, (width - 1 - (k - 1) * d + pw) // s + 1)
+    return (k, s, d), lo, max(lo, hi), pw
+
+
+def _run_sep(kind, arr, lay, res, osp, tab, dil, taps, wspec, divmode, dov, init, p, knumel):
+    xs, marker = storage(arr)
+    rs, _ = storage(res)
+    consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1])
+    kern = _dispatch.kernel("separable", "cpu", kind, _parallel(res.size * taps), *consts)
+    with launch_lock():
+        kern(lay.kernel_view(xs, lay.spatial), lay.kernel_view(rs, osp), tab, dil, lo, hi, pw,
+             divmode, dov, init, float(p), knumel, marker)
+
+
+def _run_max(op, arr, lay, osp, tab, dil, taps, return_indices, out, index_dtype, wspec=None):
     vout, iout = _unpack_out(op, out, return_indices)
     _check_out_overlap(op, arr, vout, iout)
     plane = math.prod(lay.spatial)
@@ -225,7 +252,10 @@ def _run_max(op, arr, lay, osp, tab, dil, taps, return_indices, out, index_dtype
         kidx = lay.kernel_view(ires, osp)
     else:
         kidx = _DUMMY_IDX[lay.mem]
-    if res.size:
+    if res.size and lay.mem == CF and not return_indices:
+        _run_sep("max", arr, lay, res, osp, tab, dil, taps, wspec, 0, 1, _lowest(arr.dtype),
+                 1.0, 1)
+    elif res.size:
         xs, marker = storage(arr)
         rs, _ = storage(res)
         kern = _dispatch.kernel("max", "cpu", lay.mem, _parallel(res.size * taps))
@@ -245,7 +275,8 @@ def _max_pool(rank, input, kernel_size, stride, padding, dilation, ceil_mode, re
     k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
                                               padding, dilation, ceil_mode)
     tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
-    return _run_max(op, arr, lay, osp, tab, dil, math.prod(k), return_indices, out, index_dtype)
+    return _run_max(op, arr, lay, osp, tab, dil, math.prod(k), return_indices, out, index_dtype,
+                    (k[-1], s[-1], d[-1], pads[-1][0]))
 
 
 def _zero(dtype):
@@ -257,12 +288,16 @@ def _zero(dtype):
     return np.float32(0)
 
 
-def _run_sum(op, kind, arr, lay, osp, tab, dil, taps, divmode, dov, p, knumel, out):
+def _run_sum(op, kind, arr, lay, osp, tab, dil, taps, divmode, dov, p, knumel, out,
+             wspec=None):
     if isinstance(out, (tuple, list)):
         raise ValueError(f"{op}: out must be one array")
     _check_out_overlap(op, arr, out)
     res, user_res = lay.allocate(op, osp, arr.dtype, out)
-    if res.size:
+    if res.size and lay.mem == CF:
+        _run_sep(kind, arr, lay, res, osp, tab, dil, taps, wspec, divmode, dov, _zero(arr.dtype),
+                 p, knumel)
+    elif res.size:
         xs, marker = storage(arr)
         rs, _ = storage(res)
         kern = _dispatch.kernel(kind, "cpu", lay.mem, _parallel(res.size * taps))
@@ -291,7 +326,8 @@ def _avg_pool(rank, input, kernel_size, stride, padding, ceil_mode, count_includ
                                               padding, dilation, ceil_mode)
     divmode, dov = _avg_divisor(op, count_include_pad, divisor_override)
     tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
-    return _run_sum(op, "avg", arr, lay, osp, tab, dil, math.prod(k), divmode, dov, 1.0, 1, out)
+    return _run_sum(op, "avg", arr, lay, osp, tab, dil, math.prod(k), divmode, dov, 1.0, 1, out,
+                    (k[-1], s[-1], d[-1], pads[-1][0]))
 
 
 def _lp_pool(rank, input, norm_type, kernel_size, stride, ceil_mode, padding, dilation,
@@ -305,7 +341,8 @@ def _lp_pool(rank, input, norm_type, kernel_size, stride, ceil_mode, padding, di
                                               padding, dilation, ceil_mode)
     tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
     knumel = math.prod(k)
-    return _run_sum(op, "lp", arr, lay, osp, tab, dil, knumel, 1, 1, p, knumel, out)
+    return _run_sum(op, "lp", arr, lay, osp, tab, dil, knumel, 1, 1, p, knumel, out,
+                    (k[-1], s[-1], d[-1], pads[-1][0]))
 
 
 # ----------------------------------------------------------------------------- adaptive ops
