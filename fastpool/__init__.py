@@ -14,5 +14,14 @@ from .functional import (  # noqa: F401
     max_pool1d, max_pool2d, max_pool3d,
     max_unpool1d, max_unpool2d, max_unpool3d,
 )
+from .backward import (  # noqa: F401
+    adaptive_avg_pool1d_backward, adaptive_avg_pool2d_backward, adaptive_avg_pool3d_backward,
+    adaptive_max_pool1d_backward, adaptive_max_pool2d_backward, adaptive_max_pool3d_backward,
+    avg_pool1d_backward, avg_pool2d_backward, avg_pool3d_backward,
+    fractional_max_pool2d_backward, fractional_max_pool3d_backward,
+    lp_pool1d_backward, lp_pool2d_backward, lp_pool3d_backward,
+    max_pool1d_backward, max_pool2d_backward, max_pool3d_backward,
+    max_unpool1d_backward, max_unpool2d_backward, max_unpool3d_backward,
+)
 
 __all__ = [n for n in dir() if not n.startswith("_")]

@@ -17,6 +17,11 @@ _FACTORIES = {
     ("separable", "cpu"): ("._cpu.separable", "make_sep", ()),
     ("fractional_max", "cpu"): ("._cpu.planes", "make_fractional_max", ()),
     ("max_unpool", "cpu"): ("._cpu.planes", "make_unpool", ()),
+    # gradients (fastpool.backward); "max_backward" serves every max-type op via its indices
+    ("max_backward", "cpu"): ("._cpu.backward", "make_max_scatter", ()),
+    ("avg_backward", "cpu"): ("._cpu.backward", "make_sum_backward", (False,)),
+    ("lp_backward", "cpu"): ("._cpu.backward", "make_sum_backward", (True,)),
+    ("max_unpool_backward", "cpu"): ("._cpu.backward", "make_unpool_backward", ()),
 }
 
 

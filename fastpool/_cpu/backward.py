@@ -49,10 +49,6 @@ def _as_acc_impl(zero, n):
     return impl
 
 
-def _blocks(C, cb):
-    return (C + cb - 1) // cb
-
-
 # ----------------------------------------------------------------------------- max: scatter
 
 def make_max_scatter(layout, parallel):
@@ -84,7 +80,7 @@ def make_max_scatter(layout, parallel):
             OS = g.shape[1]
             C = g.shape[2]
             S = gin.shape[1]
-            nb = _blocks(C, cb)
+            nb = (C + cb - 1) // cb
             for t in prange(N * nb):
                 n = t // nb
                 c0 = (t - n * nb) * cb
@@ -222,7 +218,7 @@ def make_sum_backward(layout, parallel, power):
             e = as_acc(zero, 1.0 / p)
             one = as_acc(zero, 1)
             kz = as_acc(zero, knumel)
-            nb = _blocks(C, cb)
+            nb = (C + cb - 1) // cb
             for t in prange(N * nb):
                 n = t // nb
                 c0 = (t - n * nb) * cb

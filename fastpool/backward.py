@@ -1,0 +1,391 @@
+"""Gradients of the pooling ops with respect to their input: ``<op>_backward``.
+
+``f_backward(grad_output, input, <f's parameters>)`` returns ``d(loss)/d(input)`` given
+``grad_output = d(loss)/d(f(input))``, with PyTorch autograd's values, in the input's shape, dtype
+and memory layout.  Max-type ops take ``indices=`` from the forward call; without it the argmax
+is recomputed by the forward kernel (same tie and NaN rules).
+
+The flow mirrors the forward (``functional.py``): parameters and geometry through the same
+helpers, ``_prepare`` for the layout, one kernel per (op, layout, parallel) from ``_dispatch``,
+working on canonical views (``_cpu/backward.py`` describes them and why the results are
+bit-identical for every thread count).
+"""
+import math
+
+import numpy as np
+
+from . import _dispatch
+from . import functional as _f
+from ._dtypes import FLOAT_DTYPES, storage
+from ._params import check_float
+from ._runtime import launch_lock
+from .functional import (CF, _adaptive_params, _as_array, _avg_divisor, _fractional_size,
+                         _parallel, _prepare, _tables, _unpool_geometry, _window_params, _zero)
+
+# scratch buffer of a channels-last task (one n, a block of channels): about this many bytes
+_CL_BUFFER_BYTES = 1 << 18
+
+
+# ----------------------------------------------------------------------------- shared pieces
+
+def _setup(op, input, rank, channels_last):
+    return _prepare(op, input, rank, channels_last, FLOAT_DTYPES)
+
+
+def _grad_mem(op, grad_output, lay, osp, dtype):
+    """Validated grad_output as a C-contiguous array in the kernel's memory order."""
+    g = _as_array(op, grad_output, "grad_output")
+    expect = lay.user_shape(osp)
+    if g.shape != expect:
+        raise ValueError(f"{op}: grad_output has shape {g.shape}, expected {expect} (the shape of "
+                         f"the forward output)")
+    if g.dtype != dtype:
+        raise TypeError(f"{op}: grad_output has dtype {g.dtype}, expected the input's dtype "
+                        f"{np.dtype(dtype)}")
+    return np.ascontiguousarray(lay.mem_view(g))
+
+
+def _index_mem(op, indices, lay, osp, name="indices", what="the forward output's shape"):
+    idx = _as_array(op, indices, name)
+    if idx.dtype not in (np.int32, np.int64):
+        raise TypeError(f"{op}: {name} must be int64 or int32, got dtype {idx.dtype}")
+    expect = lay.user_shape(osp)
+    if idx.shape != expect:
+        raise ValueError(f"{op}: {name} has shape {idx.shape}, expected {expect} ({what})")
+    return np.ascontiguousarray(lay.mem_view(idx))
+
+
+def _result(op, lay, dtype):
+    res, _ = lay.allocate(op, lay.spatial, dtype, None)
+    return res
+
+
+def _flat(lay, mem, spatial):
+    """Memory-ordered array -> (planes, cells) or (N, cells, C)."""
+    cells = math.prod(spatial)
+    if lay.mem == CF:
+        return mem.reshape(mem.shape[0] * mem.shape[1], cells)
+    return mem.reshape(mem.shape[0], cells, mem.shape[-1])
+
+
+def _channel_block(n, c, cells, itemsize):
+    """Channels per channels-last task: a scratch buffer of ~_CL_BUFFER_BYTES, and at least
+    two tasks per thread when the batch is small.  The result does not depend on it."""
+    cb = max(1, _CL_BUFFER_BYTES // max(1, cells * itemsize))
+    cb = c if cb >= c else min(c, max(16, cb))
+    import numba
+    threads = numba.get_num_threads()
+    while n * -(-c // cb) < 2 * threads and cb > 8:
+        cb = -(-cb // 2)
+    return cb
+
+
+def _raise_bad(op, bad, name, limit, what):
+    if bad[:, 0].any():
+        t = int(np.argmax(bad[:, 0] != 0))
+        raise ValueError(f"{op}: {name} holds {int(bad[t, 1])} in plane {int(bad[t, 0]) - 1}, "
+                         f"outside [0, {limit}) ({what})")
+
+
+# ----------------------------------------------------------------------------- max family
+
+def _max_scatter(op, gm, im, lay, osp, dtype):
+    """grad_input from grad_output and argmax indices (memory-ordered, C-contiguous)."""
+    res = _result(op, lay, dtype)
+    cells = math.prod(lay.spatial)
+    if gm.size == 0:
+        res[...] = 0
+        return lay.user_view(res)
+    acc = _zero(dtype)
+    cb = 1 if lay.mem == CF else _channel_block(lay.n, lay.c, cells, acc.itemsize)
+    gs, marker = storage(gm)
+    rs, _ = storage(res)
+    bad = np.zeros(((lay.n * lay.c) if lay.mem == CF else lay.n * -(-lay.c // cb), 2), np.int64)
+    kern = _dispatch.kernel("max_backward", "cpu", lay.mem, _parallel(res.size + gm.size))
+    with launch_lock():
+        kern(_flat(lay, gs, osp), _flat(lay, im, osp), _flat(lay, rs, lay.spatial), bad, cb, acc,
+             marker)
+    _raise_bad(op, bad, "indices", cells, f"the input plane of {lay.spatial}")
+    return lay.user_view(res)
+
+
+def _index_dtype_for(lay):
+    return np.int32 if math.prod(lay.spatial) < 2 ** 31 else np.int64
+
+
+def _max_pool_backward(rank, grad_output, input, kernel_size, stride, padding, dilation,
+                       ceil_mode, indices, channels_last):
+    op = f"max_pool{rank}d_backward"
+    arr, lay = _setup(op, input, rank, channels_last)
+    k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
+                                              padding, dilation, ceil_mode)
+    gm = _grad_mem(op, grad_output, lay, osp, arr.dtype)
+    if indices is None:
+        fwd = getattr(_f, f"max_pool{rank}d")
+        indices = fwd(lay.user_view(arr), kernel_size, stride, padding, dilation, ceil_mode,
+                      True, channels_last=channels_last, index_dtype=_index_dtype_for(lay))[1]
+    im = _index_mem(op, indices, lay, osp)
+    return _max_scatter(op, gm, im, lay, osp, arr.dtype)
+
+
+def _adaptive_max_pool_backward(rank, grad_output, input, output_size, indices, channels_last):
+    op = f"adaptive_max_pool{rank}d_backward"
+    arr, lay = _setup(op, input, rank, channels_last)
+    osz, _, _ = _adaptive_params(op, rank, lay.spatial, output_size)
+    gm = _grad_mem(op, grad_output, lay, osz, arr.dtype)
+    if indices is None:
+        fwd = getattr(_f, f"adaptive_max_pool{rank}d")
+        indices = fwd(lay.user_view(arr), output_size, True, channels_last=channels_last,
+                      index_dtype=_index_dtype_for(lay))[1]
+    im = _index_mem(op, indices, lay, osz)
+    return _max_scatter(op, gm, im, lay, osz, arr.dtype)
+
+
+def _fractional_max_pool_backward(rank, grad_output, input, kernel_size, output_size,
+                                  output_ratio, indices, random_samples, channels_last):
+    op = f"fractional_max_pool{rank}d_backward"
+    arr, lay = _setup(op, input, rank, channels_last)
+    _, osz = _fractional_size(op, rank, lay.spatial, kernel_size, output_size, output_ratio)
+    gm = _grad_mem(op, grad_output, lay, osz, arr.dtype)
+    if indices is None:
+        if random_samples is None:
+            raise ValueError(f"{op}: needs the forward's indices or its random_samples to know "
+                             f"the windows")
+        fwd = getattr(_f, f"fractional_max_pool{rank}d")
+        indices = fwd(lay.user_view(arr), kernel_size, output_size, output_ratio, True,
+                      random_samples=random_samples, channels_last=channels_last)[1]
+    im = _index_mem(op, indices, lay, osz)
+    return _max_scatter(op, gm, im, lay, osz, arr.dtype)
+
+
+# ----------------------------------------------------------------------------- average, Lp
+
+def _sum_backward(op, power, gm, arr, lay, osp, tab, dil, divmode, dov, p, knumel, taps):
+    res = _result(op, lay, arr.dtype)
+    if gm.size == 0:
+        res[...] = 0
+        return lay.user_view(res)
+    acc = _zero(arr.dtype)
+    gs, marker = storage(gm)
+    rs, _ = storage(res)
+    xs, _ = storage(arr)
+    kern = _dispatch.kernel("lp_backward" if power else "avg_backward", "cpu", lay.mem,
+                            _parallel(res.size + gm.size * taps * (2 if power else 1)))
+    args = (lay.kernel_view(gs, osp), lay.kernel_view(xs, lay.spatial),
+            lay.kernel_view(rs, lay.spatial), tab, dil, divmode, dov, acc, float(p), knumel)
+    if lay.mem != CF:
+        args += (_channel_block(lay.n, lay.c, math.prod(lay.spatial), acc.itemsize),)
+    with launch_lock():
+        kern(*args, marker)
+    return lay.user_view(res)
+
+
+def _avg_pool_backward(rank, grad_output, input, kernel_size, stride, padding, ceil_mode,
+                       count_include_pad, divisor_override, dilation, channels_last):
+    op = f"avg_pool{rank}d_backward"
+    arr, lay = _setup(op, input, rank, channels_last)
+    k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
+                                              padding, dilation, ceil_mode)
+    divmode, dov = _avg_divisor(op, count_include_pad, divisor_override)
+    tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
+    gm = _grad_mem(op, grad_output, lay, osp, arr.dtype)
+    return _sum_backward(op, False, gm, arr, lay, osp, tab, dil, divmode, dov, 1.0, 1,
+                         math.prod(k))
+
+
+def _lp_pool_backward(rank, grad_output, input, norm_type, kernel_size, stride, ceil_mode,
+                      padding, dilation, channels_last):
+    op = f"lp_pool{rank}d_backward"
+    p = check_float(op, "norm_type", norm_type)
+    if p == 0 or not math.isfinite(p):
+        raise ValueError(f"{op}: norm_type must be a non-zero finite number, got {norm_type!r}")
+    arr, lay = _setup(op, input, rank, channels_last)
+    k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
+                                              padding, dilation, ceil_mode)
+    tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
+    gm = _grad_mem(op, grad_output, lay, osp, arr.dtype)
+    knumel = math.prod(k)
+    return _sum_backward(op, True, gm, arr, lay, osp, tab, dil, 1, 1, p, knumel, knumel)
+
+
+def _adaptive_avg_pool_backward(rank, grad_output, input, output_size, channels_last):
+    op = f"adaptive_avg_pool{rank}d_backward"
+    arr, lay = _setup(op, input, rank, channels_last)
+    osz, tab, taps = _adaptive_params(op, rank, lay.spatial, output_size)
+    gm = _grad_mem(op, grad_output, lay, osz, arr.dtype)
+    # PyTorch: global pooling is a mean (one division by the cell count); other adaptive
+    # windows divide by each dim's extent in turn
+    divmode = 2 if all(o == 1 for o in osz) else 3
+    return _sum_backward(op, False, gm, arr, lay, osz, tab, _f._UNIT_DIL, divmode, 1, 1.0, 1,
+                         taps)
+
+
+# ----------------------------------------------------------------------------- unpooling
+
+def _max_unpool_backward(rank, grad_output, input, indices, kernel_size, stride, padding,
+                         output_size, channels_last):
+    op = f"max_unpool{rank}d_backward"
+    arr, lay = _setup(op, input, rank, channels_last)
+    im = _index_mem(op, indices, lay, lay.spatial, what="the input's shape")
+    osz = _unpool_geometry(op, rank, lay.spatial, kernel_size, stride, padding, output_size)
+    gm = _grad_mem(op, grad_output, lay, osz, arr.dtype)
+    res = _result(op, lay, arr.dtype)
+    gs, _ = storage(gm)
+    rs, _ = storage(res)
+    bad = np.zeros((lay.n * lay.c if lay.mem == CF else lay.n, 2), np.int64)
+    kern = _dispatch.kernel("max_unpool_backward", "cpu", lay.mem, _parallel(2 * res.size))
+    with launch_lock():
+        kern(_flat(lay, gs, osz), _flat(lay, im, lay.spatial), _flat(lay, rs, lay.spatial), bad)
+    _raise_bad(op, bad, "indices", math.prod(osz), f"the output plane of {osz}")
+    return lay.user_view(res)
+
+
+# ----------------------------------------------------------------------------- public names
+
+def max_pool1d_backward(grad_output, input, kernel_size, stride=None, padding=0, dilation=1,
+                        ceil_mode=False, *, indices=None, channels_last=False):
+    """Gradient of ``max_pool1d`` with respect to ``input``; see ``max_pool2d_backward``."""
+    return _max_pool_backward(1, grad_output, input, kernel_size, stride, padding, dilation,
+                              ceil_mode, indices, channels_last)
+
+
+def max_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0, dilation=1,
+                        ceil_mode=False, *, indices=None, channels_last=False):
+    """Gradient of ``max_pool2d``: each output's gradient added to its argmax cell.
+
+    ``indices``: the forward's ``return_indices`` result (int64 or int32), else the argmax is
+    recomputed."""
+    return _max_pool_backward(2, grad_output, input, kernel_size, stride, padding, dilation,
+                              ceil_mode, indices, channels_last)
+
+
+def max_pool3d_backward(grad_output, input, kernel_size, stride=None, padding=0, dilation=1,
+                        ceil_mode=False, *, indices=None, channels_last=False):
+    """Gradient of ``max_pool3d``; see ``max_pool2d_backward``."""
+    return _max_pool_backward(3, grad_output, input, kernel_size, stride, padding, dilation,
+                              ceil_mode, indices, channels_last)
+
+
+def avg_pool1d_backward(grad_output, input, kernel_size, stride=None, padding=0,
+                        ceil_mode=False, count_include_pad=True, divisor_override=None, *,
+                        dilation=1, channels_last=False):
+    """Gradient of ``avg_pool1d``; see ``avg_pool2d_backward``."""
+    return _avg_pool_backward(1, grad_output, input, kernel_size, stride, padding, ceil_mode,
+                              count_include_pad, divisor_override, dilation, channels_last)
+
+
+def avg_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0,
+                        ceil_mode=False, count_include_pad=True, divisor_override=None, *,
+                        dilation=1, channels_last=False):
+    """Gradient of ``avg_pool2d``: each output's gradient / its divisor, added to its window."""
+    return _avg_pool_backward(2, grad_output, input, kernel_size, stride, padding, ceil_mode,
+                              count_include_pad, divisor_override, dilation, channels_last)
+
+
+def avg_pool3d_backward(grad_output, input, kernel_size, stride=None, padding=0,
+                        ceil_mode=False, count_include_pad=True, divisor_override=None, *,
+                        dilation=1, channels_last=False):
+    """Gradient of ``avg_pool3d``; see ``avg_pool2d_backward``."""
+    return _avg_pool_backward(3, grad_output, input, kernel_size, stride, padding, ceil_mode,
+                              count_include_pad, divisor_override, dilation, channels_last)
+
+
+def lp_pool1d_backward(grad_output, input, norm_type, kernel_size, stride=None, ceil_mode=False,
+                       *, padding=0, dilation=1, channels_last=False):
+    """Gradient of ``lp_pool1d``; see ``lp_pool2d_backward``."""
+    return _lp_pool_backward(1, grad_output, input, norm_type, kernel_size, stride, ceil_mode,
+                             padding, dilation, channels_last)
+
+
+def lp_pool2d_backward(grad_output, input, norm_type, kernel_size, stride=None, ceil_mode=False,
+                       *, padding=0, dilation=1, channels_last=False):
+    """Gradient of ``lp_pool2d``, PyTorch autograd's result for its definition (a zero window
+    sum gives zero gradient; zero inputs with ``norm_type < 1`` give inf/NaN as in PyTorch)."""
+    return _lp_pool_backward(2, grad_output, input, norm_type, kernel_size, stride, ceil_mode,
+                             padding, dilation, channels_last)
+
+
+def lp_pool3d_backward(grad_output, input, norm_type, kernel_size, stride=None, ceil_mode=False,
+                       *, padding=0, dilation=1, channels_last=False):
+    """Gradient of ``lp_pool3d``; see ``lp_pool2d_backward``."""
+    return _lp_pool_backward(3, grad_output, input, norm_type, kernel_size, stride, ceil_mode,
+                             padding, dilation, channels_last)
+
+
+def adaptive_max_pool1d_backward(grad_output, input, output_size, *, indices=None,
+                                 channels_last=False):
+    """Gradient of ``adaptive_max_pool1d``; see ``max_pool2d_backward``."""
+    return _adaptive_max_pool_backward(1, grad_output, input, output_size, indices,
+                                       channels_last)
+
+
+def adaptive_max_pool2d_backward(grad_output, input, output_size, *, indices=None,
+                                 channels_last=False):
+    """Gradient of ``adaptive_max_pool2d``; see ``max_pool2d_backward``."""
+    return _adaptive_max_pool_backward(2, grad_output, input, output_size, indices,
+                                       channels_last)
+
+
+def adaptive_max_pool3d_backward(grad_output, input, output_size, *, indices=None,
+                                 channels_last=False):
+    """Gradient of ``adaptive_max_pool3d``; see ``max_pool2d_backward``."""
+    return _adaptive_max_pool_backward(3, grad_output, input, output_size, indices,
+                                       channels_last)
+
+
+def adaptive_avg_pool1d_backward(grad_output, input, output_size, *, channels_last=False):
+    """Gradient of ``adaptive_avg_pool1d``; see ``adaptive_avg_pool2d_backward``."""
+    return _adaptive_avg_pool_backward(1, grad_output, input, output_size, channels_last)
+
+
+def adaptive_avg_pool2d_backward(grad_output, input, output_size, *, channels_last=False):
+    """Gradient of ``adaptive_avg_pool2d``: each output's gradient spread over its window."""
+    return _adaptive_avg_pool_backward(2, grad_output, input, output_size, channels_last)
+
+
+def adaptive_avg_pool3d_backward(grad_output, input, output_size, *, channels_last=False):
+    """Gradient of ``adaptive_avg_pool3d``; see ``adaptive_avg_pool2d_backward``."""
+    return _adaptive_avg_pool_backward(3, grad_output, input, output_size, channels_last)
+
+
+def fractional_max_pool2d_backward(grad_output, input, kernel_size, output_size=None,
+                                   output_ratio=None, *, indices=None, random_samples=None,
+                                   _random_samples=None, channels_last=False):
+    """Gradient of ``fractional_max_pool2d``: needs the forward's ``indices`` or the same
+    ``random_samples`` (the windows are recomputed from them)."""
+    if random_samples is None:
+        random_samples = _random_samples
+    return _fractional_max_pool_backward(2, grad_output, input, kernel_size, output_size,
+                                         output_ratio, indices, random_samples, channels_last)
+
+
+def fractional_max_pool3d_backward(grad_output, input, kernel_size, output_size=None,
+                                   output_ratio=None, *, indices=None, random_samples=None,
+                                   _random_samples=None, channels_last=False):
+    """Gradient of ``fractional_max_pool3d``; see ``fractional_max_pool2d_backward``."""
+    if random_samples is None:
+        random_samples = _random_samples
+    return _fractional_max_pool_backward(3, grad_output, input, kernel_size, output_size,
+                                         output_ratio, indices, random_samples, channels_last)
+
+
+def max_unpool1d_backward(grad_output, input, indices, kernel_size, stride=None, padding=0,
+                          output_size=None, *, channels_last=False):
+    """Gradient of ``max_unpool1d`` with respect to its input; see ``max_unpool2d_backward``."""
+    return _max_unpool_backward(1, grad_output, input, indices, kernel_size, stride, padding,
+                                output_size, channels_last)
+
+
+def max_unpool2d_backward(grad_output, input, indices, kernel_size, stride=None, padding=0,
+                          output_size=None, *, channels_last=False):
+    """Gradient of ``max_unpool2d`` with respect to its input: ``grad_output`` gathered at
+    ``indices``."""
+    return _max_unpool_backward(2, grad_output, input, indices, kernel_size, stride, padding,
+                                output_size, channels_last)
+
+
+def max_unpool3d_backward(grad_output, input, indices, kernel_size, stride=None, padding=0,
+                          output_size=None, *, channels_last=False):
+    """Gradient of ``max_unpool3d`` with respect to its input; see ``max_unpool2d_backward``."""
+    return _max_unpool_backward(3, grad_output, input, indices, kernel_size, stride, padding,
+                                output_size, channels_last)
