@@ -849,13 +849,19 @@ class _NullCtx:
         return False
 
 
-def _sample(c: Candidate, n_inner: int) -> float:
+def _sample(c: Candidate, n_inner: int, cpu: list | None = None) -> float:
+    """Per-call wall time of ``n_inner`` back-to-back calls; appends the CPU time / wall time
+    ratio of the process (how many cores the candidate kept busy) to ``cpu`` if given."""
     fn = c.fn
     with (c.context() if c.context else _NullCtx()):
+        p0 = time.process_time()
         t0 = time.perf_counter()
         for _ in range(n_inner):
             fn()
         t1 = time.perf_counter()
+        p1 = time.process_time()
+    if cpu is not None:
+        cpu.append((p1 - p0) / max(t1 - t0, 1e-12))
     return (t1 - t0) / n_inner
 
 
@@ -908,7 +914,7 @@ def run_row(w: Workload, fp, peers: list, threads: int, rounds: int, min_sample:
             t = min(_sample(c, 1) for _ in range(3))
             n_inner = max(1, min(100000, math.ceil(min_sample / max(t, 1e-9))))
             rec["candidates"][c.name] = {"first_call_s": first, "n_inner": n_inner,
-                                         "samples_s": []}
+                                         "samples_s": [], "cpu_per_wall": []}
             if c.note:
                 rec["candidates"][c.name]["note"] = c.note
             live.append((c, n_inner))
@@ -947,7 +953,8 @@ def run_row(w: Workload, fp, peers: list, threads: int, rounds: int, min_sample:
             for c, n_inner in live[k:] + live[:k]:
                 if gap:
                     _settle(gap)
-                rec["candidates"][c.name]["samples_s"].append(_sample(c, n_inner))
+                e = rec["candidates"][c.name]
+                e["samples_s"].append(_sample(c, n_inner, e["cpu_per_wall"]))
             if progress:
                 progress.update(1)
     finally:
@@ -958,6 +965,7 @@ def run_row(w: Workload, fp, peers: list, threads: int, rounds: int, min_sample:
         e = rec["candidates"][c.name]
         e["median_s"] = _median(e["samples_s"])
         e["min_s"] = float(min(e["samples_s"])) if e["samples_s"] else float("nan")
+        e["cores_used"] = _median(e["cpu_per_wall"])
     fp_t = rec["candidates"].get("fastpool", {}).get("median_s")
     peer_t = {p: rec["candidates"][p]["median_s"] for p in peers
               if "median_s" in rec["candidates"].get(p, {})}
@@ -1113,6 +1121,17 @@ def format_report(result: dict) -> str:
             mult = fp_t / ((rec["bytes_read"] + rec["bytes_written"]) / (bwv * 1e9))
             if mult > 2.0:
                 far.append(f"{rec['name']}: {mult:.1f}x the memory floor")
+    cores: dict[str, list] = {}
+    for rec in result["rows"]:
+        for cname, e in rec.get("candidates", {}).items():
+            if "cores_used" in e and np.isfinite(e["cores_used"]):
+                cores.setdefault(cname, []).append(e["cores_used"])
+    if cores:
+        lines.append("")
+        lines.append("cores kept busy (process CPU time / wall time while timing; median over rows,"
+                     " [min-max]): " + ", ".join(
+                         f"{k} {_median(v):.2f} [{min(v):.2f}-{max(v):.2f}]"
+                         for k, v in cores.items()))
     busy = [r for r in result["rows"] if (r.get("external_cpu_load") or 0) > 0.1]
     if busy:
         lines.append("")
