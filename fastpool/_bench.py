@@ -1102,13 +1102,14 @@ def format_report(result: dict) -> str:
     lines.append(format_table(result))
     notes = []
     slower, far = [], []
+    na: dict[tuple, list] = {}
     for rec in result["rows"]:
         if "skipped" in rec:
             notes.append(f"{rec['name']}: skipped: {rec['skipped']}")
             continue
         for cname, e in rec["candidates"].items():
             if "skipped" in e:
-                notes.append(f"{rec['name']}: {cname} n/a ({e['skipped']})")
+                na.setdefault((cname, e["skipped"]), []).append(rec["name"])
             elif "error" in e:
                 notes.append(f"{rec['name']}: {cname} error: {e['error']}")
         for n in rec["notes"]:
@@ -1146,6 +1147,9 @@ def format_report(result: dict) -> str:
         lines.append("")
         lines.append("fastpool more than 2x the memory floor:")
         lines += [f"  {s}" for s in far]
+    for (cname, why), names in na.items():
+        notes.append(f"{cname} n/a ({why}): " + (", ".join(names) if len(names) <= 2 else
+                                                  f"{len(names)} rows"))
     if notes:
         lines.append("")
         lines.append("notes:")
