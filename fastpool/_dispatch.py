@@ -15,10 +15,14 @@ _FACTORIES = {
     ("lp", "cpu"): ("._cpu.window", "make_sum", (True,)),
     # channels-first without indices: the separable kernels (layout argument is the kind)
     ("separable", "cpu"): ("._cpu.separable", "make_sep", ()),
+    ("global", "cpu"): ("._cpu.separable", "make_global", ()),
     ("fractional_max", "cpu"): ("._cpu.planes", "make_fractional_max", ()),
     ("max_unpool", "cpu"): ("._cpu.planes", "make_unpool", ()),
     # gradients (fastpool.backward); "max_backward" serves every max-type op via its indices
     ("max_backward", "cpu"): ("._cpu.backward", "make_max_scatter", ()),
+    ("max_backward_gather", "cpu"): ("._cpu.backward", "make_max_gather", ()),
+    ("max_backward_recompute", "cpu"): ("._cpu.backward", "make_max_recompute", ()),
+    ("global_backward", "cpu"): ("._cpu.backward", "make_global_backward", ()),
     ("avg_backward", "cpu"): ("._cpu.backward", "make_sum_backward", (False,)),
     ("lp_backward", "cpu"): ("._cpu.backward", "make_sum_backward", (True,)),
     ("max_unpool_backward", "cpu"): ("._cpu.backward", "make_unpool_backward", ()),

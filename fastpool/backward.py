@@ -68,16 +68,29 @@ def _flat(lay, mem, spatial):
     return mem.reshape(mem.shape[0], cells, mem.shape[-1])
 
 
-def _channel_block(n, c, cells, itemsize):
-    """Channels per channels-last task: a scratch buffer of ~_CL_BUFFER_BYTES, and at least
-    two tasks per thread when the batch is small.  The result does not depend on it."""
-    cb = max(1, _CL_BUFFER_BYTES // max(1, cells * itemsize))
-    cb = c if cb >= c else min(c, max(16, cb))
+def _threads():
     import numba
-    threads = numba.get_num_threads()
-    while n * -(-c // cb) < 2 * threads and cb > 8:
-        cb = -(-cb // 2)
+    return numba.get_num_threads()
+
+
+def _plane_block(planes, cells):
+    """Planes per channels-first task: ~16K cells, and several tasks per thread."""
+    return max(1, min(-(-planes // (4 * _threads())), (1 << 14) // max(1, cells)))
+
+
+def _channel_block(n, c, cells, itemsize):
+    """Channels per channels-last task: a scratch buffer of ~_CL_BUFFER_BYTES (a multiple of 8
+    channels), and at least two tasks per thread when the batch is small."""
+    cb = max(1, _CL_BUFFER_BYTES // max(1, cells * itemsize))
+    cb = c if cb >= c else min(c, max(8, cb // 8 * 8))
+    while n * -(-c // cb) < 2 * _threads() and cb > 8:
+        cb = max(8, -(-cb // 16) * 8)
     return cb
+
+
+def _row_block(rows, cells):
+    """Rows per task of a gather kernel: ~16K cells, and several tasks per thread."""
+    return max(1, min(-(-rows // (4 * _threads())), (1 << 14) // max(1, cells)))
 
 
 def _raise_bad(op, bad, name, limit, what):
@@ -89,28 +102,69 @@ def _raise_bad(op, bad, name, limit, what):
 
 # ----------------------------------------------------------------------------- max family
 
-def _max_scatter(op, gm, im, lay, osp, dtype):
-    """grad_input from grad_output and argmax indices (memory-ordered, C-contiguous)."""
+def _max_scatter(op, gm, im, lay, osp, dtype, tab=None, dil=None):
+    """grad_input from grad_output and argmax indices (memory-ordered, C-contiguous).
+
+    Channels-last with window tables: a gather over the covering windows, kept when every
+    index was found in its own window (else the scatter, which also reports bad indices)."""
     res = _result(op, lay, dtype)
     cells = math.prod(lay.spatial)
     if gm.size == 0:
         res[...] = 0
         return lay.user_view(res)
     acc = _zero(dtype)
-    cb = 1 if lay.mem == CF else _channel_block(lay.n, lay.c, cells, acc.itemsize)
     gs, marker = storage(gm)
     rs, _ = storage(res)
-    bad = np.zeros(((lay.n * lay.c) if lay.mem == CF else lay.n * -(-lay.c // cb), 2), np.int64)
-    kern = _dispatch.kernel("max_backward", "cpu", lay.mem, _parallel(res.size + gm.size))
+    par = _parallel(res.size + gm.size)
+    if lay.mem != CF and tab is not None:
+        s3 = lay.canon(lay.spatial)
+        inv, ilist = _inverse(tab, dil, s3)
+        rows = lay.n * s3[0] * s3[1]
+        matches = np.zeros(rows, np.int64)
+        kern = _dispatch.kernel("max_backward_gather", "cpu", lay.mem, par)
+        with launch_lock():
+            kern(lay.kernel_view(gs, osp), lay.kernel_view(im, osp),
+                 lay.kernel_view(rs, lay.spatial), inv, ilist, matches,
+                 _row_block(rows, s3[2] * lay.c), acc, marker)
+        if int(matches.sum()) == gm.size:
+            return lay.user_view(res)
+    if lay.mem == CF:
+        blk = _plane_block(lay.n * lay.c, cells)
+        ntask = -(-(lay.n * lay.c) // blk)
+    else:
+        blk = _channel_block(lay.n, lay.c, cells, acc.itemsize)
+        ntask = lay.n * -(-lay.c // blk)
+    bad = np.zeros((ntask, 2), np.int64)
+    kern = _dispatch.kernel("max_backward", "cpu", lay.mem, par)
     with launch_lock():
-        kern(_flat(lay, gs, osp), _flat(lay, im, osp), _flat(lay, rs, lay.spatial), bad, cb, acc,
-             marker)
+        kern(_flat(lay, gs, osp), _flat(lay, im, osp), _flat(lay, rs, lay.spatial), bad, blk,
+             acc, marker)
     _raise_bad(op, bad, "indices", cells, f"the input plane of {lay.spatial}")
     return lay.user_view(res)
 
 
-def _index_dtype_for(lay):
-    return np.int32 if math.prod(lay.spatial) < 2 ** 31 else np.int64
+def _max_recompute(op, gm, arr, lay, osp, tab, dil, taps):
+    """Max backward without indices: the argmax recomputed inside the backward kernel."""
+    res = _result(op, lay, arr.dtype)
+    if gm.size == 0:
+        res[...] = 0
+        return lay.user_view(res)
+    acc = _zero(arr.dtype)
+    gs, marker = storage(gm)
+    rs, _ = storage(res)
+    xs, _ = storage(arr)
+    cells = math.prod(lay.spatial)
+    if lay.mem == CF:
+        blk = _plane_block(lay.n * lay.c, cells)
+    else:
+        blk = _channel_block(lay.n, lay.c, cells, acc.itemsize)
+    kern = _dispatch.kernel("max_backward_recompute", "cpu", lay.mem,
+                            _parallel(res.size + gm.size * taps))
+    with launch_lock():
+        kern(lay.kernel_view(gs, osp), lay.kernel_view(xs, lay.spatial),
+             lay.kernel_view(rs, lay.spatial), tab, dil, blk, _f._lowest(arr.dtype), acc,
+             marker)
+    return lay.user_view(res)
 
 
 def _max_pool_backward(rank, grad_output, input, kernel_size, stride, padding, dilation,
@@ -120,25 +174,22 @@ def _max_pool_backward(rank, grad_output, input, kernel_size, stride, padding, d
     k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
                                               padding, dilation, ceil_mode)
     gm = _grad_mem(op, grad_output, lay, osp, arr.dtype)
+    tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
     if indices is None:
-        fwd = getattr(_f, f"max_pool{rank}d")
-        indices = fwd(lay.user_view(arr), kernel_size, stride, padding, dilation, ceil_mode,
-                      True, channels_last=channels_last, index_dtype=_index_dtype_for(lay))[1]
+        return _max_recompute(op, gm, arr, lay, osp, tab, dil, math.prod(k))
     im = _index_mem(op, indices, lay, osp)
-    return _max_scatter(op, gm, im, lay, osp, arr.dtype)
+    return _max_scatter(op, gm, im, lay, osp, arr.dtype, tab, dil)
 
 
 def _adaptive_max_pool_backward(rank, grad_output, input, output_size, indices, channels_last):
     op = f"adaptive_max_pool{rank}d_backward"
     arr, lay = _setup(op, input, rank, channels_last)
-    osz, _, _ = _adaptive_params(op, rank, lay.spatial, output_size)
+    osz, tab, taps = _adaptive_params(op, rank, lay.spatial, output_size)
     gm = _grad_mem(op, grad_output, lay, osz, arr.dtype)
     if indices is None:
-        fwd = getattr(_f, f"adaptive_max_pool{rank}d")
-        indices = fwd(lay.user_view(arr), output_size, True, channels_last=channels_last,
-                      index_dtype=_index_dtype_for(lay))[1]
+        return _max_recompute(op, gm, arr, lay, osz, tab, _f._UNIT_DIL, taps)
     im = _index_mem(op, indices, lay, osz)
-    return _max_scatter(op, gm, im, lay, osz, arr.dtype)
+    return _max_scatter(op, gm, im, lay, osz, arr.dtype, tab, _f._UNIT_DIL)
 
 
 def _fractional_max_pool_backward(rank, grad_output, input, kernel_size, output_size,
@@ -160,6 +211,26 @@ def _fractional_max_pool_backward(rank, grad_output, input, kernel_size, output_
 
 # ----------------------------------------------------------------------------- average, Lp
 
+def _inverse(tab, dil, spatial3):
+    """Per dim and input position, the windows covering it (ascending): ``inv`` (3, 2, maxn)
+    holds (start, count) into ``ilist`` (3, maxlist)."""
+    rows = []
+    for dim in range(3):
+        first, cnt = tab[dim, 0], tab[dim, 1]
+        o = np.repeat(np.arange(cnt.size), cnt)
+        j = np.arange(o.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        xpos = first[o] + j * dil[dim]
+        counts = np.bincount(xpos, minlength=spatial3[dim])
+        rows.append((np.cumsum(counts) - counts, counts, o[np.argsort(xpos, kind="stable")]))
+    inv = np.zeros((3, 2, max(spatial3)), np.int64)
+    ilist = np.zeros((3, max(1, max(r[2].size for r in rows))), np.int64)
+    for dim, (st, ct, ol) in enumerate(rows):
+        inv[dim, 0, :st.size] = st
+        inv[dim, 1, :ct.size] = ct
+        ilist[dim, :ol.size] = ol
+    return inv, ilist
+
+
 def _sum_backward(op, power, gm, arr, lay, osp, tab, dil, divmode, dov, p, knumel, taps):
     res = _result(op, lay, arr.dtype)
     if gm.size == 0:
@@ -169,14 +240,32 @@ def _sum_backward(op, power, gm, arr, lay, osp, tab, dil, divmode, dov, p, knume
     gs, marker = storage(gm)
     rs, _ = storage(res)
     xs, _ = storage(arr)
+    s3, o3 = lay.canon(lay.spatial), lay.canon(osp)
+    cells = math.prod(s3)
+    if not power and o3 == (1, 1, 1) and all(tab[i, 1, 0] == s3[i] for i in range(3)) and \
+            divmode != 3:
+        # one window covering the plane: a fill with grad_output / divisor
+        div = {0: dov, 1: int(tab[0, 2, 0] * tab[1, 2, 0] * tab[2, 2, 0]), 2: cells}[divmode]
+        kern = _dispatch.kernel("global_backward", "cpu", lay.mem, _parallel(res.size))
+        with launch_lock():
+            if lay.mem == CF:
+                kern(gs.reshape(-1), _flat(lay, rs, lay.spatial), div,
+                     _plane_block(lay.n * lay.c, cells), acc, marker)
+            else:
+                kern(gs.reshape(lay.n, lay.c), _flat(lay, rs, lay.spatial), div,
+                     _row_block(lay.n * cells, lay.c), acc, marker)
+        return lay.user_view(res)
+    inv, ilist = _inverse(tab, dil, s3)
+    if lay.mem == CF:
+        blk = _plane_block(lay.n * lay.c, math.prod(s3))
+    else:  # the task's T rows: (OD * OH * W) x channels
+        blk = _channel_block(lay.n, lay.c, o3[0] * o3[1] * s3[2], acc.itemsize)
     kern = _dispatch.kernel("lp_backward" if power else "avg_backward", "cpu", lay.mem,
                             _parallel(res.size + gm.size * taps * (2 if power else 1)))
-    args = (lay.kernel_view(gs, osp), lay.kernel_view(xs, lay.spatial),
-            lay.kernel_view(rs, lay.spatial), tab, dil, divmode, dov, acc, float(p), knumel)
-    if lay.mem != CF:
-        args += (_channel_block(lay.n, lay.c, math.prod(lay.spatial), acc.itemsize),)
     with launch_lock():
-        kern(*args, marker)
+        kern(lay.kernel_view(gs, osp), lay.kernel_view(xs, lay.spatial),
+             lay.kernel_view(rs, lay.spatial), tab, dil, inv, ilist, divmode, dov, acc, float(p),
+             knumel, blk, marker)
     return lay.user_view(res)
 
 

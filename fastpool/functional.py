@@ -214,28 +214,57 @@ def _tables(op, spatial, k, s, pads, d, osp, onnx):
     return stack_tables(tabs), np.array((1,) * pad3 + tuple(d), dtype=np.int64)
 
 
-# horizontal windows compiled as constants in the separable kernels: (kernel, stride) along W
-_SPECIALISED = {(2, 2), (3, 2), (3, 1), (2, 1), (5, 1), (7, 1), (4, 4)}
+# windows compiled as constants in the separable kernels: (KD, KH, KW, SW), W dilation 1
+_HOT_WINDOWS = frozenset({
+    (1, 1, 2, 2), (1, 1, 3, 2), (1, 1, 3, 1), (1, 1, 2, 1), (1, 1, 5, 1),
+    (1, 2, 2, 2), (1, 3, 3, 2), (1, 3, 3, 1), (1, 2, 2, 1), (1, 5, 5, 1), (1, 7, 7, 1),
+    (2, 2, 2, 2), (3, 3, 3, 2), (3, 3, 3, 1),
+})
 
 
 def _sep_args(wspec, width, out_width):
-    """(KW, SW, DW) constants and the interior range [lo, hi) of output columns for ``wspec``.
+    """Specialisation constants (KD, KH, KW, SW) and the interior columns [lo, hi).
 
-    ``wspec`` is (kernel, stride, dilation, pad_before) along W, or None for adaptive windows.
+    ``wspec`` is (kernel3, stride_w, dilation_w, pad_before_w) with ``kernel3`` the window in
+    canonical rank 3, or None for adaptive windows.
     """
-    if wspec is None or (wspec[0], wspec[1]) not in _SPECIALISED or wspec[2] != 1:
-        return (0, 0, 0), 0, 0, 0
-    k, s, d, pw = wspec
+    if wspec is None:
+        return (0, 0, 0, 0), 0, 0, 0
+    k3, s, d, pw = wspec
+    key = k3 + (s,)
+    if d != 1 or key not in _HOT_WINDOWS:
+        return (0, 0, 0, 0), 0, 0, 0
+    k = k3[2]
     lo = -(-pw // s)
-    hi = min(out_width, (width - 1 - (k - 1) * d + pw) // s + 1)
-    return (k, s, d), lo, max(lo, hi), pw
+    hi = min(out_width, (width - k + pw) // s + 1)
+    return key, lo, max(lo, hi), pw
+
+
+def _is_global(tab, spatial, osp, divmode):
+    """Does each output plane hold one window covering its whole input plane (same divisor)?"""
+    if any(o != 1 for o in osp):
+        return False
+    for i in range(3):
+        size = 1 if i < 3 - len(spatial) else spatial[i - 3 + len(spatial)]
+        if tab[i, 0, 0] != 0 or tab[i, 1, 0] != size:
+            return False
+        if divmode == 1 and tab[i, 2, 0] != size:
+            return False
+    return divmode != 0
 
 
 def _run_sep(kind, arr, lay, res, osp, tab, dil, taps, wspec, divmode, dov, init, p, knumel):
     xs, marker = storage(arr)
     rs, _ = storage(res)
+    parallel = _parallel(res.size * taps)
+    if kind != "lp" and _is_global(tab, lay.spatial, osp, divmode if kind == "avg" else 2):
+        kern = _dispatch.kernel("global", "cpu", kind, parallel)
+        planes = rs.shape[0] * (rs.shape[1] if lay.mem == CF else 1)
+        with launch_lock():
+            kern(xs.reshape(planes, -1), rs.reshape(planes), init, marker)
+        return
     consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1])
-    kern = _dispatch.kernel("separable", "cpu", kind, _parallel(res.size * taps), *consts)
+    kern = _dispatch.kernel("separable", "cpu", kind, parallel, *consts)
     with launch_lock():
         kern(lay.kernel_view(xs, lay.spatial), lay.kernel_view(rs, osp), tab, dil, lo, hi, pw,
              divmode, dov, init, float(p), knumel, marker)
@@ -276,7 +305,11 @@ def _max_pool(rank, input, kernel_size, stride, padding, dilation, ceil_mode, re
                                               padding, dilation, ceil_mode)
     tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
     return _run_max(op, arr, lay, osp, tab, dil, math.prod(k), return_indices, out, index_dtype,
-                    (k[-1], s[-1], d[-1], pads[-1][0]))
+                    (_k3(k), s[-1], d[-1], pads[-1][0]))
+
+
+def _k3(k):
+    return (1,) * (3 - len(k)) + tuple(k)
 
 
 def _zero(dtype):
@@ -327,7 +360,7 @@ def _avg_pool(rank, input, kernel_size, stride, padding, ceil_mode, count_includ
     divmode, dov = _avg_divisor(op, count_include_pad, divisor_override)
     tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
     return _run_sum(op, "avg", arr, lay, osp, tab, dil, math.prod(k), divmode, dov, 1.0, 1, out,
-                    (k[-1], s[-1], d[-1], pads[-1][0]))
+                    (_k3(k), s[-1], d[-1], pads[-1][0]))
 
 
 def _lp_pool(rank, input, norm_type, kernel_size, stride, ceil_mode, padding, dilation,
@@ -342,7 +375,7 @@ def _lp_pool(rank, input, norm_type, kernel_size, stride, ceil_mode, padding, di
     tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
     knumel = math.prod(k)
     return _run_sum(op, "lp", arr, lay, osp, tab, dil, knumel, 1, 1, p, knumel, out,
-                    (k[-1], s[-1], d[-1], pads[-1][0]))
+                    (_k3(k), s[-1], d[-1], pads[-1][0]))
 
 
 # ----------------------------------------------------------------------------- adaptive ops

@@ -1,24 +1,28 @@
 """Backward (gradient) kernels of every pooling op, deterministic by construction.
 
-Two patterns, both free of atomics and races, so that the result is bit-identical whatever the
-thread count:
+No atomics and no races, and every gradient cell sums its contributions in one fixed order (the
+order of the outputs, as PyTorch's CPU kernels), so the result is bit-identical whatever the
+thread count or the task sizes:
 
-* **Exclusive ownership** (max scatter, average / Lp / adaptive average): a task owns whole
-  gradient cells — one plane ``p`` in channels-first, one (n, channel block) in channels-last —
-  and adds every contribution to them itself, in output order (the order PyTorch's CPU kernels
-  use), into a scratch buffer of the accumulation type (float32 for float16/float32, float64 for
-  float64) that is written out, rounded once, at the end of the task.  The block size only
-  groups channels; a cell's sum order never depends on it.
-* **Gather** (max unpooling, whose gradient is ``grad_output[indices]``): each gradient cell
-  reads its own value.
+* **Exclusive ownership** (``make_max_scatter``, ``make_max_recompute``): a task owns whole
+  gradient planes (channels-first: a block of planes; channels-last: one n and a block of
+  channels) and adds every contribution to them itself, in output order, into a scratch buffer
+  of the accumulation type (float32 for float16/float32, float64 for float64) written out,
+  rounded once, at the end.
+* **Gather** (``make_max_gather``, ``make_sum_backward``, ``make_global_backward``,
+  ``make_unpool_backward``): each gradient cell reads the windows covering it, listed per dim in
+  ascending order by ``inv``/``ilist`` (``inv[dim, 0/1, x]``: start and count of input position
+  ``x``'s covering output positions in ``ilist[dim]``).  The average kernels first spread each
+  output row's shares along W into a row of ``T`` (separable), then gather whole rows.
 
-Views (all C-contiguous, made by ``fastpool.backward``):
-  channels-first  grad_output (P, OD, OH, OW) or flat (P, OS); input (P, D, H, W) or (P, S)
-  channels-last   grad_output (N, OD, OH, OW, C) or (N, OS, C); input (N, D, H, W, C) or
-                  (N, S, C)
+Views (C-contiguous, made by ``fastpool.backward``): channels-first grad_output ``(P, OD, OH,
+OW)``, input ``(P, D, H, W)`` (flat ``(P, OS)``/``(P, S)`` for the scatter kernels);
+channels-last ``(N, OD, OH, OW, C)``, ``(N, D, H, W, C)`` (flat ``(N, OS, C)``/``(N, S, C)``).
 The window tables ``tab``/``dil`` are those of the forward kernels (see ``window.py``).
-``bad`` (tasks, 2) receives (1 + plane, value) for the first out-of-range index of a task, which
-then writes nothing.
+``bad`` (tasks, 2) receives (1 + plane, value) for the first out-of-range index of a task.
+
+Indices that are not plain ``range`` variables are cast to unsigned (``U``) before indexing:
+Numba's negative-index wraparound on a signed index otherwise blocks vectorisation.
 """
 import numpy as np
 from numba import prange
@@ -29,6 +33,7 @@ from .._runtime import jit
 
 CF = "cf"
 CL = "cl"
+U = np.uint64
 
 
 def as_acc(zero, n):  # pragma: no cover - replaced by the overload inside kernels
@@ -49,61 +54,229 @@ def _as_acc_impl(zero, n):
     return impl
 
 
-# ----------------------------------------------------------------------------- max: scatter
+# ----------------------------------------------------------------------------- max family
 
 def make_max_scatter(layout, parallel):
-    """grad_input[idx[o]] += grad_output[o] per plane, outputs in order."""
+    """grad_input[idx[o]] += grad_output[o] per plane, outputs in order (any indices)."""
     PAR = parallel  # noqa: F841  (in the closure so that each option set caches apart)
 
     if layout == CF:
-        def kernel(g, idx, gin, bad, cb, zero, marker):
+        def kernel(g, idx, gin, bad, blk, zero, marker):
             P = g.shape[0]
             OS = g.shape[1]
             S = gin.shape[1]
-            for p in prange(P):
+            for t in prange((P + blk - 1) // blk):
                 buf = np.full(S, zero)
-                ok = True
-                for o in range(OS):
-                    i = idx[p, o]
-                    if i < 0 or i >= S:
-                        bad[p, 0] = 1 + p
-                        bad[p, 1] = i
-                        ok = False
+                for p in range(t * blk, min(P, (t + 1) * blk)):
+                    for j in range(S):
+                        buf[j] = zero
+                    ok = True
+                    for o in range(OS):
+                        i = idx[p, o]
+                        if i < 0 or i >= S:
+                            bad[t, 0] = 1 + p
+                            bad[t, 1] = i
+                            ok = False
+                            break
+                        buf[U(i)] += load(g[p, o], marker)
+                    if not ok:
                         break
-                    buf[i] += load(g[p, o], marker)
-                if ok:
                     for j in range(S):
                         gin[p, j] = to_storage(buf[j], marker)
     else:
-        def kernel(g, idx, gin, bad, cb, zero, marker):
+        def kernel(g, idx, gin, bad, blk, zero, marker):
             N = g.shape[0]
             OS = g.shape[1]
             C = g.shape[2]
             S = gin.shape[1]
-            nb = (C + cb - 1) // cb
+            nb = (C + blk - 1) // blk
             for t in prange(N * nb):
                 n = t // nb
-                c0 = (t - n * nb) * cb
-                c1 = min(C, c0 + cb)
-                w = c1 - c0
-                buf = np.full(S * w, zero)
+                c0 = (t - n * nb) * blk
+                wb = min(C, c0 + blk) - c0
+                buf = np.full(S * wb, zero)
                 ok = True
                 for o in range(OS):
-                    for c in range(c0, c1):
-                        i = idx[n, o, c]
+                    for c in range(wb):
+                        i = idx[n, o, U(c0 + c)]
                         if i < 0 or i >= S:
                             if ok:
-                                bad[t, 0] = 1 + n * C + c
+                                bad[t, 0] = 1 + n * C + c0 + c
                                 bad[t, 1] = i
                             ok = False
                         else:
-                            buf[i * w + c - c0] += load(g[n, o, c], marker)
+                            buf[U(i * wb + c)] += load(g[n, o, U(c0 + c)], marker)
                     if not ok:
                         break
                 if ok:
                     for s in range(S):
-                        for c in range(c0, c1):
-                            gin[n, s, c] = to_storage(buf[s * w + c - c0], marker)
+                        for c in range(wb):
+                            gin[n, s, U(c0 + c)] = to_storage(buf[U(s * wb + c)], marker)
+    return jit(kernel, parallel=parallel)
+
+
+def make_max_gather(layout, parallel):
+    """Channels-last max backward from indices as a gather over the covering windows.
+
+    ``matches[r]`` counts the (output, channel) pairs whose index was found in input row ``r``;
+    the caller falls back to the scatter kernel unless they add up to every output (indices
+    outside their own window or out of range).
+    """
+    PAR = parallel  # noqa: F841
+
+    def kernel(g, idx, gin, inv, ilist, matches, blk, zero, marker):
+        N = g.shape[0]
+        OH = g.shape[2]
+        OW = g.shape[3]
+        C = g.shape[4]
+        D = gin.shape[1]
+        H = gin.shape[2]
+        W = gin.shape[3]
+        rows = N * D * H
+        for t in prange((rows + blk - 1) // blk):
+            acc = np.full(C, zero)
+            for r in range(t * blk, min(rows, (t + 1) * blk)):
+                n = r // (D * H)
+                zy = r - n * (D * H)
+                z = zy // H
+                y = zy - z * H
+                zs = inv[0, 0, z]
+                zn = inv[0, 1, z]
+                ys = inv[1, 0, y]
+                yn = inv[1, 1, y]
+                cnt = 0
+                for w in range(W):
+                    ws = inv[2, 0, w]
+                    wn = inv[2, 1, w]
+                    pos = (z * H + y) * W + w
+                    for c in range(C):
+                        acc[c] = zero
+                    for i in range(zn):
+                        od = ilist[0, U(zs + i)]
+                        for j in range(yn):
+                            oh = ilist[1, U(ys + j)]
+                            for k in range(wn):
+                                ow = ilist[2, U(ws + k)]
+                                for c in range(C):
+                                    hit = idx[n, U(od), U(oh), U(ow), c] == pos
+                                    gv = zero + load(g[n, U(od), U(oh), U(ow), c], marker)
+                                    acc[c] += gv if hit else zero
+                                    cnt += hit
+                    for c in range(C):
+                        gin[n, z, y, w, c] = to_storage(acc[c], marker)
+                matches[r] = cnt
+    return jit(kernel, parallel=parallel)
+
+
+def make_max_recompute(layout, parallel):
+    """Max backward without indices: each window's argmax recomputed (the forward's scan: NaN
+    wins, ties go to the first cell) and its gradient added, in output order, to the owned
+    scratch plane(s)."""
+    PAR = parallel  # noqa: F841
+
+    if layout == CF:
+        def kernel(g, x, gin, tab, dil, blk, init, zero, marker):
+            P = g.shape[0]
+            OD = g.shape[1]
+            OH = g.shape[2]
+            OW = g.shape[3]
+            D = x.shape[1]
+            H = x.shape[2]
+            W = x.shape[3]
+            S = D * H * W
+            dd = dil[0]
+            dh = dil[1]
+            dw = dil[2]
+            for t in prange((P + blk - 1) // blk):
+                buf = np.full(S, zero)
+                for q in range(t * blk, min(P, (t + 1) * blk)):
+                    for j in range(S):
+                        buf[j] = zero
+                    for od in range(OD):
+                        d0 = tab[0, 0, od]
+                        nd = tab[0, 1, od]
+                        for oh in range(OH):
+                            h0 = tab[1, 0, oh]
+                            nh = tab[1, 1, oh]
+                            for ow in range(OW):
+                                w0 = tab[2, 0, ow]
+                                nw = tab[2, 1, ow]
+                                m = init
+                                mi = (d0 * H + h0) * W + w0
+                                for a in range(nd):
+                                    z = d0 + a * dd
+                                    for b in range(nh):
+                                        row = (z * H + h0 + b * dh) * W
+                                        for c in range(nw):
+                                            w = w0 + c * dw
+                                            v = load(x[q, U(z), U(h0 + b * dh), U(w)], marker)
+                                            take = (v > m) | (v != v)
+                                            m = v if take else m
+                                            mi = (row + w) if take else mi
+                                buf[U(mi)] += load(g[q, od, oh, ow], marker)
+                    j = 0
+                    for z in range(D):
+                        for y in range(H):
+                            for w in range(W):
+                                gin[q, z, y, w] = to_storage(buf[j], marker)
+                                j += 1
+    else:
+        def kernel(g, x, gin, tab, dil, blk, init, zero, marker):
+            N = g.shape[0]
+            OD = g.shape[1]
+            OH = g.shape[2]
+            OW = g.shape[3]
+            C = g.shape[4]
+            D = x.shape[1]
+            H = x.shape[2]
+            W = x.shape[3]
+            S = D * H * W
+            dd = dil[0]
+            dh = dil[1]
+            dw = dil[2]
+            nb = (C + blk - 1) // blk
+            for t in prange(N * nb):
+                n = t // nb
+                c0 = (t - n * nb) * blk
+                wb = min(C, c0 + blk) - c0
+                buf = np.full(S * wb, zero)
+                mv = np.full(wb, init)
+                mi = np.zeros(wb, np.int64)
+                for od in range(OD):
+                    d0 = tab[0, 0, od]
+                    nd = tab[0, 1, od]
+                    for oh in range(OH):
+                        h0 = tab[1, 0, oh]
+                        nh = tab[1, 1, oh]
+                        for ow in range(OW):
+                            w0 = tab[2, 0, ow]
+                            nw = tab[2, 1, ow]
+                            first = (d0 * H + h0) * W + w0
+                            for c in range(wb):
+                                mv[c] = init
+                                mi[c] = first
+                            for a in range(nd):
+                                z = d0 + a * dd
+                                for b in range(nh):
+                                    y = h0 + b * dh
+                                    for k in range(nw):
+                                        w = w0 + k * dw
+                                        pos = (z * H + y) * W + w
+                                        for c in range(wb):
+                                            v = load(x[n, U(z), U(y), U(w), U(c0 + c)], marker)
+                                            take = (v > mv[c]) | (v != v)
+                                            mv[c] = v if take else mv[c]
+                                            mi[c] = pos if take else mi[c]
+                            for c in range(wb):
+                                buf[U(mi[c] * wb + c)] += load(g[n, od, oh, ow, U(c0 + c)],
+                                                               marker)
+                j = 0
+                for z in range(D):
+                    for y in range(H):
+                        for w in range(W):
+                            for c in range(wb):
+                                gin[n, z, y, w, U(c0 + c)] = to_storage(buf[U(j + c)], marker)
+                            j += wb
     return jit(kernel, parallel=parallel)
 
 
@@ -112,18 +285,24 @@ def make_max_scatter(layout, parallel):
 def make_sum_backward(layout, parallel, power):
     """Average (power=False) and Lp (power=True) backward, also adaptive average.
 
+    Separable: each output row's shares are spread along W into a row of ``T`` (``T[od, oh,
+    w]``), then each input row ``(z, y)`` sums the ``T`` rows of the windows covering it and is
+    written once.  Per cell the order is (od, oh) ascending, then ow ascending.
+
     ``divmode``: 0 divide by ``dov``; 1 by the taps inside the padded extent; 2 by the taps
     inside the input; 3 sequentially by the taps of each dim (PyTorch's adaptive average).
     For Lp (always the padded-extent divisor, as the forward) the gradient follows PyTorch's
     autograd of ``(sign(A) * relu(|A|) * K) ** (1/p)`` with ``A = avg(x**p)``: per window
     ``gA = g * (1/p) * (A*K)**(1/p - 1) * K`` (0 where ``A == 0``), spread as ``gA / divisor``
     over the window, and each cell's sum times ``p * x**(p-1)``.
+    ``blk``: planes per task (channels-first) or channels per task (channels-last).
     """
     PAR = parallel  # noqa: F841
     POWER = power
 
     if layout == CF:
-        def kernel(g, x, gin, tab, dil, divmode, dov, zero, p, knumel, marker):
+        def kernel(g, x, gin, tab, dil, inv, ilist, divmode, dov, zero, p, knumel, blk,
+                   marker):
             P = g.shape[0]
             OD = g.shape[1]
             OH = g.shape[2]
@@ -138,71 +317,89 @@ def make_sum_backward(layout, parallel, power):
             e = as_acc(zero, 1.0 / p)
             one = as_acc(zero, 1)
             kz = as_acc(zero, knumel)
-            for q in prange(P):
-                buf = np.full(D * H * W, zero)
-                for od in range(OD):
-                    d0 = tab[0, 0, od]
-                    nd = tab[0, 1, od]
-                    for oh in range(OH):
-                        h0 = tab[1, 0, oh]
-                        nh = tab[1, 1, oh]
-                        for ow in range(OW):
-                            w0 = tab[2, 0, ow]
-                            nw = tab[2, 1, ow]
-                            gv = zero + load(g[q, od, oh, ow], marker)
-                            if POWER:
-                                s = zero
-                                for a in range(nd):
-                                    z = d0 + a * dd
-                                    for b in range(nh):
-                                        y = h0 + b * dh
-                                        for c in range(nw):
-                                            v = zero + load(x[q, z, y, w0 + c * dw], marker)
-                                            if p == 2.0:
-                                                v = v * v
-                                            elif p != 1.0:
-                                                v = v ** pz
-                                            s += v
-                                div = as_acc(zero, tab[0, 2, od] * tab[1, 2, oh] * tab[2, 2, ow])
-                                A = s / div
-                                if A == 0:
-                                    share = zero
+            dz = as_acc(zero, dov)
+            for t in prange((P + blk - 1) // blk):
+                T = np.full(OD * OH * W, zero)
+                acc = np.full(W, zero)
+                for q in range(t * blk, min(P, (t + 1) * blk)):
+                    for od in range(OD):
+                        d0 = tab[0, 0, od]
+                        nd = tab[0, 1, od]
+                        for oh in range(OH):
+                            h0 = tab[1, 0, oh]
+                            nh = tab[1, 1, oh]
+                            base = (od * OH + oh) * W
+                            for w in range(W):
+                                T[U(base + w)] = zero
+                            for ow in range(OW):
+                                w0 = tab[2, 0, ow]
+                                nw = tab[2, 1, ow]
+                                gv = zero + load(g[q, od, oh, ow], marker)
+                                if POWER:
+                                    s = zero
+                                    for a in range(nd):
+                                        z = d0 + a * dd
+                                        for b in range(nh):
+                                            y = h0 + b * dh
+                                            for c in range(nw):
+                                                v = zero + load(x[q, U(z), U(y), U(w0 + c * dw)],
+                                                                marker)
+                                                if p == 2.0:
+                                                    v = v * v
+                                                elif p != 1.0:
+                                                    v = v ** pz
+                                                s += v
+                                    div = as_acc(zero, tab[0, 2, od] * tab[1, 2, oh] *
+                                                 tab[2, 2, ow])
+                                    A = s / div
+                                    if A == 0:
+                                        share = zero
+                                    else:
+                                        gy = gv * (e * (A * kz) ** (e - one))
+                                        share = (gy * kz) / div
+                                elif divmode == 0:
+                                    share = gv / dz
+                                elif divmode == 1:
+                                    share = gv / as_acc(zero, tab[0, 2, od] * tab[1, 2, oh] *
+                                                        tab[2, 2, ow])
+                                elif divmode == 2:
+                                    share = gv / as_acc(zero, nd * nh * nw)
                                 else:
-                                    gy = gv * (e * (A * kz) ** (e - one))
-                                    share = (gy * kz) / div
-                            elif divmode == 0:
-                                share = gv / as_acc(zero, dov)
-                            elif divmode == 1:
-                                share = gv / as_acc(zero, tab[0, 2, od] * tab[1, 2, oh] *
-                                                    tab[2, 2, ow])
-                            elif divmode == 2:
-                                share = gv / as_acc(zero, nd * nh * nw)
+                                    share = gv / as_acc(zero, nd) / as_acc(zero, nh) / \
+                                        as_acc(zero, nw)
+                                for c in range(nw):
+                                    T[U(base + w0 + c * dw)] += share
+                    for z in range(D):
+                        zs = inv[0, 0, z]
+                        zn = inv[0, 1, z]
+                        for y in range(H):
+                            ys = inv[1, 0, y]
+                            yn = inv[1, 1, y]
+                            for w in range(W):
+                                acc[w] = zero
+                            for i in range(zn):
+                                od = ilist[0, U(zs + i)]
+                                for j in range(yn):
+                                    base = (od * OH + ilist[1, U(ys + j)]) * W
+                                    for w in range(W):
+                                        acc[w] += T[U(base + w)]
+                            if POWER:
+                                for w in range(W):
+                                    v = acc[w]
+                                    if p == 1.0:
+                                        v = v * pz
+                                    elif p == 2.0:
+                                        v = v * (pz * (zero + load(x[q, z, y, w], marker)))
+                                    else:
+                                        v = v * (pz * (zero + load(x[q, z, y, w], marker))
+                                                 ** (pz - one))
+                                    gin[q, z, y, w] = to_storage(v, marker)
                             else:
-                                share = gv / as_acc(zero, nd) / as_acc(zero, nh) / \
-                                    as_acc(zero, nw)
-                            for a in range(nd):
-                                z = d0 + a * dd
-                                for b in range(nh):
-                                    row = (z * H + h0 + b * dh) * W + w0
-                                    for c in range(nw):
-                                        buf[row + c * dw] += share
-                j = 0
-                for z in range(D):
-                    for y in range(H):
-                        for w in range(W):
-                            v = buf[j]
-                            if POWER:
-                                if p == 1.0:
-                                    v = v * pz
-                                elif p == 2.0:
-                                    v = v * (pz * (zero + load(x[q, z, y, w], marker)))
-                                else:
-                                    v = v * (pz * (zero + load(x[q, z, y, w], marker))
-                                             ** (pz - one))
-                            gin[q, z, y, w] = to_storage(v, marker)
-                            j += 1
+                                for w in range(W):
+                                    gin[q, z, y, w] = to_storage(acc[w], marker)
     else:
-        def kernel(g, x, gin, tab, dil, divmode, dov, zero, p, knumel, cb, marker):
+        def kernel(g, x, gin, tab, dil, inv, ilist, divmode, dov, zero, p, knumel, blk,
+                   marker):
             N = g.shape[0]
             OD = g.shape[1]
             OH = g.shape[2]
@@ -218,13 +415,15 @@ def make_sum_backward(layout, parallel, power):
             e = as_acc(zero, 1.0 / p)
             one = as_acc(zero, 1)
             kz = as_acc(zero, knumel)
-            nb = (C + cb - 1) // cb
+            dz = as_acc(zero, dov)
+            nb = (C + blk - 1) // blk
             for t in prange(N * nb):
                 n = t // nb
-                c0 = (t - n * nb) * cb
-                c1 = min(C, c0 + cb)
-                wb = c1 - c0
-                buf = np.full(D * H * W * wb, zero)
+                c0 = (t - n * nb) * blk
+                wb = min(C, c0 + blk) - c0
+                RW = W * wb
+                T = np.full(OD * OH * RW, zero)
+                acc = np.full(RW, zero)
                 sh = np.full(wb, zero)
                 for od in range(OD):
                     d0 = tab[0, 0, od]
@@ -232,6 +431,9 @@ def make_sum_backward(layout, parallel, power):
                     for oh in range(OH):
                         h0 = tab[1, 0, oh]
                         nh = tab[1, 1, oh]
+                        base = (od * OH + oh) * RW
+                        for i in range(RW):
+                            T[U(base + i)] = zero
                         for ow in range(OW):
                             w0 = tab[2, 0, ow]
                             nw = tab[2, 1, ow]
@@ -245,7 +447,8 @@ def make_sum_backward(layout, parallel, power):
                                         for k in range(nw):
                                             w = w0 + k * dw
                                             for c in range(wb):
-                                                v = zero + load(x[n, z, y, w, c0 + c], marker)
+                                                v = zero + load(x[n, U(z), U(y), U(w),
+                                                                  U(c0 + c)], marker)
                                                 if p == 2.0:
                                                     v = v * v
                                                 elif p != 1.0:
@@ -257,53 +460,90 @@ def make_sum_backward(layout, parallel, power):
                                     if A == 0:
                                         sh[c] = zero
                                     else:
-                                        gv = zero + load(g[n, od, oh, ow, c0 + c], marker)
+                                        gv = zero + load(g[n, od, oh, ow, U(c0 + c)], marker)
                                         gy = gv * (e * (A * kz) ** (e - one))
                                         sh[c] = (gy * kz) / div
+                            elif divmode == 3:
+                                fd = as_acc(zero, nd)
+                                fh = as_acc(zero, nh)
+                                fw = as_acc(zero, nw)
+                                for c in range(wb):
+                                    sh[c] = (zero + load(g[n, od, oh, ow, U(c0 + c)],
+                                                         marker)) / fd / fh / fw
                             else:
                                 if divmode == 0:
-                                    div = as_acc(zero, dov)
+                                    div = dz
                                 elif divmode == 1:
                                     div = as_acc(zero, tab[0, 2, od] * tab[1, 2, oh] *
                                                  tab[2, 2, ow])
                                 else:
                                     div = as_acc(zero, nd * nh * nw)
-                                if divmode == 3:
-                                    fd = as_acc(zero, nd)
-                                    fh = as_acc(zero, nh)
-                                    fw = as_acc(zero, nw)
-                                    for c in range(wb):
-                                        sh[c] = (zero + load(g[n, od, oh, ow, c0 + c],
-                                                             marker)) / fd / fh / fw
-                                else:
-                                    for c in range(wb):
-                                        sh[c] = (zero + load(g[n, od, oh, ow, c0 + c],
-                                                             marker)) / div
-                            for a in range(nd):
-                                z = d0 + a * dd
-                                for b in range(nh):
-                                    y = h0 + b * dh
-                                    for k in range(nw):
-                                        base = ((z * H + y) * W + w0 + k * dw) * wb
-                                        for c in range(wb):
-                                            buf[base + c] += sh[c]
-                j = 0
+                                for c in range(wb):
+                                    sh[c] = (zero + load(g[n, od, oh, ow, U(c0 + c)],
+                                                         marker)) / div
+                            for k in range(nw):
+                                b2 = base + (w0 + k * dw) * wb
+                                for c in range(wb):
+                                    T[U(b2 + c)] += sh[c]
                 for z in range(D):
+                    zs = inv[0, 0, z]
+                    zn = inv[0, 1, z]
                     for y in range(H):
+                        ys = inv[1, 0, y]
+                        yn = inv[1, 1, y]
+                        for i in range(RW):
+                            acc[i] = zero
+                        for i in range(zn):
+                            od = ilist[0, U(zs + i)]
+                            for j in range(yn):
+                                base = (od * OH + ilist[1, U(ys + j)]) * RW
+                                for i2 in range(RW):
+                                    acc[i2] += T[U(base + i2)]
                         for w in range(W):
                             for c in range(wb):
-                                v = buf[j]
+                                v = acc[U(w * wb + c)]
                                 if POWER:
+                                    xv = zero + load(x[n, z, y, w, U(c0 + c)], marker)
                                     if p == 1.0:
                                         v = v * pz
                                     elif p == 2.0:
-                                        v = v * (pz * (zero + load(x[n, z, y, w, c0 + c],
-                                                                   marker)))
+                                        v = v * (pz * xv)
                                     else:
-                                        v = v * (pz * (zero + load(x[n, z, y, w, c0 + c],
-                                                                   marker)) ** (pz - one))
-                                gin[n, z, y, w, c0 + c] = to_storage(v, marker)
-                                j += 1
+                                        v = v * (pz * xv ** (pz - one))
+                                gin[n, z, y, w, U(c0 + c)] = to_storage(v, marker)
+    return jit(kernel, parallel=parallel)
+
+
+def make_global_backward(layout, parallel):
+    """One window covering the whole plane: every cell gets ``grad_output / div``."""
+    PAR = parallel  # noqa: F841
+
+    if layout == CF:
+        def kernel(g, gin, div, blk, zero, marker):
+            P = gin.shape[0]
+            S = gin.shape[1]
+            dz = as_acc(zero, div)
+            for t in prange((P + blk - 1) // blk):
+                for q in range(t * blk, min(P, (t + 1) * blk)):
+                    v = to_storage((zero + load(g[q], marker)) / dz, marker)
+                    for i in range(S):
+                        gin[q, i] = v
+    else:
+        def kernel(g, gin, div, blk, zero, marker):
+            N = gin.shape[0]
+            S = gin.shape[1]
+            C = gin.shape[2]
+            dz = as_acc(zero, div)
+            nb = (S + blk - 1) // blk
+            for t in prange(N * nb):
+                n = t // nb
+                s0 = (t - n * nb) * blk
+                row = np.empty(C, gin.dtype)
+                for c in range(C):
+                    row[c] = to_storage((zero + load(g[n, c], marker)) / dz, marker)
+                for s in range(s0, min(S, s0 + blk)):
+                    for c in range(C):
+                        gin[n, U(s), c] = row[c]
     return jit(kernel, parallel=parallel)
 
 
@@ -326,7 +566,7 @@ def make_unpool_backward(layout, parallel):
                             bad[p, 0] = 1 + p
                             bad[p, 1] = j
                     else:
-                        gin[p, i] = g[p, j]
+                        gin[p, i] = g[p, U(j)]
     else:
         def kernel(g, idx, gin, bad):
             N = gin.shape[0]
@@ -342,5 +582,5 @@ def make_unpool_backward(layout, parallel):
                                 bad[n, 0] = 1 + n * C + c
                                 bad[n, 1] = j
                         else:
-                            gin[n, i, c] = g[n, j, c]
+                            gin[n, i, c] = g[n, U(j), c]
     return jit(kernel, parallel=parallel)

@@ -5,9 +5,11 @@ into a scratch row ``tmp[0:W]`` with unit-stride, vectorisable loops; the horizo
 reduces ``tmp`` over each window's W taps.  Every input row is read once per output row that
 uses it, from cache, so the kernels run close to the memory floor.
 
-The horizontal pass is specialised on ``(KW, SW, DW)`` as compile-time constants for the shapes
-that dominate real use (``KW = 0`` means runtime windows from the table everywhere).  Rows
-are handed out in blocks so that the scratch row is allocated once per block.
+Hot shapes get kernels specialised on the window as compile-time constants ``(KD, KH, KW, SW)``:
+interior rows then reduce their KD*KH input rows in one unrolled, vectorised loop, and interior
+columns their KW taps of ``tmp``; edges fall back to table-driven loops (``KW = 0`` means a
+kernel that is table-driven everywhere).  Rows are handed out in blocks so that the scratch
+rows are allocated once per block.
 
 ``kind``: "max" (NaN-propagating, first max), "avg" (divisor rules as in ``window.make_sum``),
 "lp" (PyTorch's Lp definition).
@@ -21,7 +23,7 @@ from .window import divide, _rows
 BLOCK = 8  # output rows per parallel task
 
 
-def make_sep(kind, parallel, KW, SW, DW):
+def make_sep(kind, parallel, KD, KH, KW, SW):
     PAR = parallel  # noqa: F841  (in the closure so that each option set caches apart)
     MAX = kind == "max"
     POWER = kind == "lp"
@@ -40,6 +42,8 @@ def make_sep(kind, parallel, KW, SW, DW):
         pz = init + p
         invz = init + 1.0 / p
         knz = init + knumel
+        p2 = p == 2.0
+        p1 = p == 1.0
         for t in prange(ntask):
             tmp = np.full(W, init)
             hv = np.full(OW, init)
@@ -50,53 +54,74 @@ def make_sep(kind, parallel, KW, SW, DW):
                 h0 = tab[1, 0, oh]
                 nh = tab[1, 1, oh]
                 # vertical pass: tmp[w] = reduce over the window's (z, y) rows
-                for a in range(nd):
-                    z = d0 + a * dd
-                    for b in range(nh):
-                        y = h0 + b * dh
-                        first = a == 0 and b == 0
-                        for w in range(W):
+                if SPEC and nd == KD and nh == KH:
+                    xq = x[q]
+                    for w in range(W):
+                        if MAX:
+                            m = load(xq[d0, h0, w], marker)
+                        else:
+                            m = init + load(xq[d0, h0, w], marker)
+                            if POWER:
+                                m = m * m if p2 else (m if p1 else m ** pz)
+                        for i in range(1, KD * KH):
+                            a = i // KH
+                            b = i - a * KH
                             if MAX:
-                                v = load(x[q, z, y, w], marker)
-                                m = tmp[w]
-                                tmp[w] = v if (first or v > m or v != v) else m
+                                v = load(xq[d0 + a * dd, h0 + b * dh, w], marker)
+                                m = v if ((v > m) | (v != v)) else m
                             else:
-                                v = init + load(x[q, z, y, w], marker)
+                                v = init + load(xq[d0 + a * dd, h0 + b * dh, w], marker)
                                 if POWER:
-                                    if p == 2.0:
-                                        v = v * v
-                                    elif p != 1.0:
-                                        v = v ** pz
-                                tmp[w] = v if first else tmp[w] + v
-                # horizontal pass into hv[ow]: specialised interior, table-driven edges
+                                    v = v * v if p2 else (v if p1 else v ** pz)
+                                m += v
+                        tmp[w] = m
+                else:
+                    for a in range(nd):
+                        z = d0 + a * dd
+                        for b in range(nh):
+                            y = h0 + b * dh
+                            first = a == 0 and b == 0
+                            for w in range(W):
+                                if MAX:
+                                    v = load(x[q, z, y, w], marker)
+                                    m = tmp[w]
+                                    tmp[w] = v if (first | (v > m) | (v != v)) else m
+                                else:
+                                    v = init + load(x[q, z, y, w], marker)
+                                    if POWER:
+                                        v = v * v if p2 else (v if p1 else v ** pz)
+                                    tmp[w] = v if first else tmp[w] + v
+                # horizontal pass into hv[ow]: specialised interior [lo, hi), table-driven edges
                 lo = owlo if SPEC else OW
                 hi = owhi if SPEC else OW
-                for ow in range(lo, hi):
-                    w0 = ow * SW - pw
-                    m = tmp[w0]
-                    for c in range(1, KW):
-                        v = tmp[w0 + c * DW]
-                        if MAX:
-                            m = v if (v > m or v != v) else m
-                        else:
-                            m += v
-                    hv[ow] = m
-                for ow in range(OW):
-                    if ow >= lo and ow < hi:
-                        continue
-                    w0 = tab[2, 0, ow]
-                    m = init
-                    for c in range(tab[2, 1, ow]):
-                        v = tmp[w0 + c * dw]
-                        if MAX:
-                            m = v if (v > m or v != v) else m
-                        else:
-                            m += v
-                    hv[ow] = m
+                if hi > lo:
+                    tv = tmp[lo * SW - pw:]  # views: indices provably >= 0, so loads vectorise
+                    hvv = hv[lo:hi]
+                    for j in range(hi - lo):
+                        m = tv[j * SW]
+                        for c in range(1, KW):
+                            v = tv[j * SW + c]
+                            if MAX:
+                                m = v if ((v > m) | (v != v)) else m
+                            else:
+                                m += v
+                        hvv[j] = m
+                for seg in range(2):
+                    for ow in range(0 if seg == 0 else hi, lo if seg == 0 else OW):
+                        w0 = tab[2, 0, ow]
+                        m = init
+                        for c in range(tab[2, 1, ow]):
+                            v = tmp[w0 + c * dw]
+                            if MAX:
+                                m = v if ((v > m) | (v != v)) else m
+                            else:
+                                m += v
+                        hv[ow] = m
                 # finish: divisors and roots, conversion to the stored type
+                orow = out[q, od, oh]
                 if MAX:
                     for ow in range(OW):
-                        out[q, od, oh, ow] = to_storage(hv[ow], marker)
+                        orow[ow] = to_storage(hv[ow], marker)
                 else:
                     if divmode == 1:
                         fdh = tab[0, 2, od] * tab[1, 2, oh]
@@ -105,18 +130,36 @@ def make_sep(kind, parallel, KW, SW, DW):
                     for ow in range(OW):
                         if POWER:
                             s = divide(hv[ow], fdh * tab[2, 2, ow]) * knz
-                            if p == 2.0:
-                                s = np.sqrt(s)
-                            elif p != 1.0:
-                                s = s ** invz
-                            out[q, od, oh, ow] = to_storage(s, marker)
+                            s = np.sqrt(s) if p2 else (s if p1 else s ** invz)
+                            orow[ow] = to_storage(s, marker)
                         elif divmode == 0:
-                            out[q, od, oh, ow] = to_storage(divide(hv[ow], dov), marker)
+                            orow[ow] = to_storage(divide(hv[ow], dov), marker)
                         elif divmode == 1:
-                            out[q, od, oh, ow] = to_storage(divide(hv[ow], fdh * tab[2, 2, ow]),
-                                                            marker)
+                            orow[ow] = to_storage(divide(hv[ow], fdh * tab[2, 2, ow]), marker)
                         else:
-                            out[q, od, oh, ow] = to_storage(divide(hv[ow], fdh * tab[2, 1, ow]),
-                                                            marker)
+                            orow[ow] = to_storage(divide(hv[ow], fdh * tab[2, 1, ow]), marker)
+    from .._runtime import jit
+    return jit(kernel, parallel=parallel)
+
+
+def make_global(kind, parallel):
+    """Global pooling: one window covering each whole (contiguous) plane."""
+    PAR = parallel  # noqa: F841
+    MAX = kind == "max"
+
+    def kernel(x, out, init, marker):
+        P = x.shape[0]
+        n = x.shape[1]
+        for q in prange(P):
+            m = init
+            if MAX:
+                for i in range(n):
+                    v = load(x[q, i], marker)
+                    m = v if ((v > m) | (v != v)) else m
+                out[q] = to_storage(m, marker)
+            else:
+                for i in range(n):
+                    m += load(x[q, i], marker)
+                out[q] = to_storage(divide(m, n), marker)
     from .._runtime import jit
     return jit(kernel, parallel=parallel)
