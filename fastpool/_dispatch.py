@@ -10,12 +10,13 @@ import importlib
 
 # (op, device) -> (module, factory name, extra factory args)
 _FACTORIES = {
+    # channels-first max with indices (spec: window constants KD, KH, KW, SW)
     ("max", "cpu"): ("._cpu.window", "make_max", ()),
-    ("avg", "cpu"): ("._cpu.window", "make_sum", (False,)),
-    ("lp", "cpu"): ("._cpu.window", "make_sum", (True,)),
     # channels-first without indices: the separable kernels (layout argument is the kind)
     ("separable", "cpu"): ("._cpu.separable", "make_sep", ()),
     ("global", "cpu"): ("._cpu.separable", "make_global", ()),
+    # channels-last window kernels (layout argument is the kind; spec: with indices)
+    ("cl", "cpu"): ("._cpu.channels_last", "make_cl", ()),
     ("fractional_max", "cpu"): ("._cpu.planes", "make_fractional_max", ()),
     ("max_unpool", "cpu"): ("._cpu.planes", "make_unpool", ()),
     # gradients (fastpool.backward); "max_backward" serves every max-type op via its indices

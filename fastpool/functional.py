@@ -270,6 +270,16 @@ def _run_sep(kind, arr, lay, res, osp, tab, dil, taps, wspec, divmode, dov, init
              divmode, dov, init, float(p), knumel, marker)
 
 
+def _run_cl(kind, arr, lay, res, osp, tab, dil, taps, kidx, with_idx, divmode, dov, init, p,
+            knumel):
+    xs, marker = storage(arr)
+    rs, _ = storage(res)
+    kern = _dispatch.kernel("cl", "cpu", kind, _parallel(res.size * taps), bool(with_idx))
+    with launch_lock():
+        kern(lay.kernel_view(xs, lay.spatial), lay.kernel_view(rs, osp), kidx, tab, dil, divmode,
+             dov, init, float(p), knumel, marker)
+
+
 def _run_max(op, arr, lay, osp, tab, dil, taps, return_indices, out, index_dtype, wspec=None):
     vout, iout = _unpack_out(op, out, return_indices)
     _check_out_overlap(op, arr, vout, iout)
@@ -284,13 +294,17 @@ def _run_max(op, arr, lay, osp, tab, dil, taps, return_indices, out, index_dtype
     if res.size and lay.mem == CF and not return_indices:
         _run_sep("max", arr, lay, res, osp, tab, dil, taps, wspec, 0, 1, _lowest(arr.dtype),
                  1.0, 1)
-    elif res.size:
+    elif res.size and lay.mem == CL:
+        _run_cl("max", arr, lay, res, osp, tab, dil, taps, kidx, return_indices, 0, 1,
+                _lowest(arr.dtype), 1.0, 1)
+    elif res.size:  # channels-first with indices
         xs, marker = storage(arr)
         rs, _ = storage(res)
-        kern = _dispatch.kernel("max", "cpu", lay.mem, _parallel(res.size * taps))
+        consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1])
+        kern = _dispatch.kernel("max", "cpu", CF, _parallel(res.size * taps), *consts)
         with launch_lock():
-            kern(lay.kernel_view(xs, lay.spatial), lay.kernel_view(rs, osp), kidx, tab, dil,
-                 bool(return_indices), _lowest(arr.dtype), marker)
+            kern(lay.kernel_view(xs, lay.spatial), lay.kernel_view(rs, osp), kidx, tab, dil, lo,
+                 hi, pw, _lowest(arr.dtype), marker)
     values = user_res if user_res is not None else lay.user_view(res)
     if not return_indices:
         return values
@@ -331,12 +345,8 @@ def _run_sum(op, kind, arr, lay, osp, tab, dil, taps, divmode, dov, p, knumel, o
         _run_sep(kind, arr, lay, res, osp, tab, dil, taps, wspec, divmode, dov, _zero(arr.dtype),
                  p, knumel)
     elif res.size:
-        xs, marker = storage(arr)
-        rs, _ = storage(res)
-        kern = _dispatch.kernel(kind, "cpu", lay.mem, _parallel(res.size * taps))
-        with launch_lock():
-            kern(lay.kernel_view(xs, lay.spatial), lay.kernel_view(rs, osp), tab, dil, divmode,
-                 dov, _zero(arr.dtype), float(p), knumel, marker)
+        _run_cl(kind, arr, lay, res, osp, tab, dil, taps, _DUMMY_IDX[CL], False, divmode, dov,
+                _zero(arr.dtype), p, knumel)
     return user_res if user_res is not None else lay.user_view(res)
 
 

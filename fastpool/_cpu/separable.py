@@ -54,7 +54,10 @@ def make_sep(kind, parallel, KD, KH, KW, SW):
                 h0 = tab[1, 0, oh]
                 nh = tab[1, 1, oh]
                 # vertical pass: tmp[w] = reduce over the window's (z, y) rows
-                if SPEC and nd == KD and nh == KH:
+                if nd == 0 or nh == 0:  # no input row (PyTorch-style padding and dilation)
+                    for w in range(W):
+                        tmp[w] = init
+                elif SPEC and nd == KD and nh == KH:
                     xq = x[q]
                     for w in range(W):
                         if MAX:
