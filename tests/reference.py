@@ -214,6 +214,7 @@ def ref_max_pool(x, kernel, stride=None, pads=None, dilation=None, ceil_mode=Fal
     return vals, idx
 
 
+@np.errstate(all="ignore")
 def ref_avg_pool(x, kernel, stride=None, pads=None, ceil_mode=False, count_include_pad=True,
                  divisor_override=None, dilation=None):
     """Average pooling with PyTorch's divisor rules (extended to asymmetric pads/dilation)."""
@@ -310,6 +311,7 @@ def ref_adaptive_max_pool(x, output_size):
     return vals, idx
 
 
+@np.errstate(all="ignore")
 def ref_adaptive_avg_pool(x, output_size):
     x = np.asarray(x)
     sp = x.shape[2:]
@@ -441,6 +443,7 @@ def _grad_dtype(x):
     return acc_dtype(x.dtype) if x.dtype.kind == "f" else np.dtype(np.float64)
 
 
+@np.errstate(all="ignore")
 def _scatter_argmax(grad_out, x, idx):
     g = np.zeros(x.shape, dtype=_grad_dtype(x))
     t = g.dtype.type
@@ -475,6 +478,7 @@ def ref_fractional_max_pool_backward(grad_out, x, kernel, output_size, samples,
     return _scatter_argmax(grad_out, np.asarray(x), idx)
 
 
+@np.errstate(all="ignore")
 def ref_avg_pool_backward(grad_out, x, kernel, stride=None, pads=None, ceil_mode=False,
                           count_include_pad=True, divisor_override=None, dilation=None):
     """``grad / divisor`` added to every input tap of each window."""
@@ -509,6 +513,7 @@ def ref_avg_pool_backward(grad_out, x, kernel, stride=None, pads=None, ceil_mode
     return g.astype(x.dtype)
 
 
+@np.errstate(all="ignore")
 def ref_adaptive_avg_pool_backward(grad_out, x, output_size):
     x = np.asarray(x)
     grad_out = np.asarray(grad_out)

@@ -1,0 +1,752 @@
+"""Forward operators of fastpool against the NumPy oracle (tests/reference.py) and PyTorch.
+
+Every test draws one configuration from a seeded RNG: op x rank x layout x dtype x mode.
+Shapes stay tiny (N=2, C=3, spatial 5..11, 3-d smaller) because each (op, layout, dtype)
+compiles a kernel; the number of seeds per family keeps the suite to a few minutes.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+import fastpool
+import reference as R
+from conftest import FLOAT_DTYPES, INT_DTYPES, MAX_DTYPES, make_input, windows_hit_input
+
+AVG_DTYPES = FLOAT_DTYPES + INT_DTYPES
+
+# channels-first C-contiguous; channels_last=True (N, *sp, C); a logical NC* view of
+# channels-last memory; negative strides; a strided slice; Fortran order; unbatched (C, *sp)
+# and unbatched channels-last (*sp, C)
+LAYOUTS = ["cf", "cl", "cl_view", "neg", "slice", "fortran", "unbatched", "unbatched_cl"]
+OUT_LAYOUTS = {"cf", "cl", "cl_view", "unbatched", "unbatched_cl"}
+
+
+# ---------------------------------------------------------------------------------------------
+# layout helpers
+# ---------------------------------------------------------------------------------------------
+
+def to_layout(x, layout):
+    """``x`` is canonical (N, C, *sp), C-contiguous.  Returns (array to pass, channels_last)."""
+    nsp = x.ndim - 2
+    if layout == "cf":
+        return x.copy(), False
+    if layout == "cl":
+        return np.ascontiguousarray(np.moveaxis(x, 1, -1)), True
+    if layout == "cl_view":
+        return np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1, 1), False
+    if layout == "neg":
+        sl = (slice(None), slice(None, None, -1)) + (slice(None, None, -1),) * nsp
+        return np.ascontiguousarray(x[sl])[sl], False
+    if layout == "slice":
+        big_shape = (x.shape[0] + 1, 2 * x.shape[1]) + tuple(2 * n + 1 for n in x.shape[2:])
+        big = np.full(big_shape, 3 if x.dtype.kind in "iu" else np.nan, dtype=x.dtype)
+        sl = (slice(1, None), slice(0, None, 2)) + tuple(slice(1, 1 + 2 * n, 2)
+                                                         for n in x.shape[2:])
+        big[sl] = x
+        return big[sl], False
+    if layout == "fortran":
+        return np.asfortranarray(x), False
+    if layout == "unbatched":
+        return x[0].copy(), False
+    if layout == "unbatched_cl":
+        return np.ascontiguousarray(np.moveaxis(x[0], 0, -1)), True
+    raise ValueError(layout)
+
+
+def ref_batch(ref, layout):
+    """Reference results computed on the whole batch, cut down for unbatched layouts."""
+    return ref[:1] if layout.startswith("unbatched") else ref
+
+
+def from_layout(res, layout, nsp, what="result"):
+    """Back to canonical (N, C, *sp), checking the layout promised by the contract."""
+    assert type(res) is np.ndarray, f"{what}: expected a numpy.ndarray, got {type(res)}"
+    if layout == "cf":
+        assert res.ndim == nsp + 2
+        assert res.flags.c_contiguous, f"{what} of a C-contiguous input is not C-contiguous"
+        return res
+    if layout == "cl":
+        assert res.ndim == nsp + 2
+        assert res.flags.c_contiguous, f"{what} of channels_last=True is not C-contiguous"
+        return np.moveaxis(res, -1, 1)
+    if layout == "cl_view":
+        assert res.ndim == nsp + 2
+        assert np.moveaxis(res, 1, -1).flags.c_contiguous, (
+            f"{what} of a channels-last-strided NC* view is not channels-last strided "
+            f"(strides {res.strides})")
+        return res
+    if layout == "unbatched":
+        assert res.ndim == nsp + 1
+        return res[None]
+    if layout == "unbatched_cl":
+        assert res.ndim == nsp + 1
+        return np.moveaxis(res, -1, 0)[None]
+    assert res.ndim == nsp + 2
+    return res
+
+
+def make_out(shape, dtype, layout):
+    """A preallocated result (canonical ``shape``) in the layout the op returns."""
+    fill = 77 if np.dtype(dtype).kind in "iu" else -77.0
+    n, c, sp = shape[0], shape[1], tuple(shape[2:])
+    if layout == "cf":
+        return np.full(shape, fill, dtype)
+    if layout == "cl":
+        return np.full((n,) + sp + (c,), fill, dtype)
+    if layout == "cl_view":
+        return np.moveaxis(np.full((n,) + sp + (c,), fill, dtype), -1, 1)
+    if layout == "unbatched":
+        return np.full((c,) + sp, fill, dtype)
+    if layout == "unbatched_cl":
+        return np.full(sp + (c,), fill, dtype)
+    raise ValueError(layout)
+
+
+class Untouched:
+    """Snapshot of an input (values and strides) to check it is never modified."""
+
+    def __init__(self, a):
+        self.a = a
+        self.copy = np.array(a, copy=True)
+        self.strides = a.strides
+
+    def check(self):
+        np.testing.assert_array_equal(self.a, self.copy, err_msg="the input was modified")
+        assert self.a.strides == self.strides
+
+
+# ---------------------------------------------------------------------------------------------
+# comparison helpers
+# ---------------------------------------------------------------------------------------------
+
+def assert_values(got, ref, dtype, what="", exact=False, rtol=None, atol=None):
+    dtype = np.dtype(dtype)
+    assert got.shape == ref.shape, f"{what}: shape {got.shape} != {ref.shape}"
+    assert got.dtype == dtype, f"{what}: dtype {got.dtype} != {dtype}"
+    if exact or dtype.kind in "iu":
+        np.testing.assert_array_equal(got, ref, err_msg=what)
+        return
+    default = {np.float16: (1e-3, 1e-3), np.float32: (1e-5, 1e-5), np.float64: (1e-12, 1e-12)}
+    r, a = default[dtype.type]
+    np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64),
+                               rtol=r if rtol is None else rtol, atol=a if atol is None else atol,
+                               equal_nan=True, err_msg=what)
+
+
+def as_arg(rng, vals):
+    """Pass a per-dim value as an int when all entries agree (half the time), else a tuple."""
+    vals = tuple(int(v) for v in vals)
+    if len(set(vals)) == 1 and rng.random() < 0.5:
+        return vals[0]
+    return vals
+
+
+def draw_geometry(rng, nd, op, dilation=True):
+    """Kernel, stride, padding (all forms), dilation, ceil_mode and spatial sizes.
+
+    Returns a dict with the public arguments and the resolved (before, after) pads; every
+    window holds at least one input cell.
+    """
+    while True:
+        k = [int(rng.integers(1, 5 if nd < 3 else 4)) for _ in range(nd)]
+        s = [int(rng.choice([1, 2, 3, kk, kk + 1])) for kk in k]
+        d = [int(rng.integers(1, 3)) if dilation and rng.random() < 0.4 else 1 for _ in k]
+        sp = tuple(int(rng.integers(5, 12 if nd < 3 else 8)) for _ in k)
+        kind = rng.choice(["int", "tuple", "pairs", "same", "same_lower", "valid", "none"],
+                          p=[0.2, 0.2, 0.2, 0.12, 0.1, 0.08, 0.1])
+        if kind == "int":
+            padding = int(rng.integers(0, min(k) // 2 + 1))
+        elif kind == "tuple":
+            padding = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
+        elif kind == "pairs":
+            padding = tuple((int(rng.integers(0, (kk - 1) * dd + 1)),
+                             int(rng.integers(0, (kk - 1) * dd + 1))) for kk, dd in zip(k, d))
+        elif kind == "none":
+            padding = 0
+        else:
+            padding = str(kind)
+        ceil_mode = bool(rng.random() < 0.4) and kind not in ("same", "same_lower")
+        stride_arg = None if (s == k and rng.random() < 0.5) else as_arg(rng, s)
+        try:
+            pads = R.resolve_pads(padding, sp, k, s, d)
+            if not windows_hit_input(sp, k, s, pads, d, ceil_mode):
+                continue
+        except ValueError:  # window larger than the padded input
+            continue
+        return dict(k=tuple(k), s=tuple(s), d=tuple(d), sp=sp, pads=pads, padding=padding,
+                    kind=str(kind), ceil_mode=ceil_mode, kernel_arg=as_arg(rng, k),
+                    stride_arg=stride_arg, dilation_arg=as_arg(rng, d))
+
+
+def describe(**kw):
+    return ", ".join(f"{k}={v!r}" for k, v in kw.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# max pooling
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(40))
+def test_max_pool(seed):
+    rng = np.random.default_rng(seed)
+    nd = 1 + seed % 3
+    layout = LAYOUTS[seed % len(LAYOUTS)]
+    dtype = np.dtype(MAX_DTYPES[(seed // 3) % len(MAX_DTYPES)])
+    g = draw_geometry(rng, nd, "max")
+    x = make_input(rng, (2, 3) + g["sp"], dtype)
+    xin, cl = to_layout(x, layout)
+    guard = Untouched(xin)
+    return_indices = bool(rng.random() < 0.6)
+    index_dtype = np.int32 if (return_indices and rng.random() < 0.3) else None
+    use_out = layout in OUT_LAYOUTS and rng.random() < 0.3
+    info = describe(layout=layout, dtype=dtype, **{k: g[k] for k in ("k", "s", "d", "sp",
+                    "padding", "ceil_mode")}, return_indices=return_indices,
+                    index_dtype=index_dtype, out=use_out)
+
+    rv, ri = R.ref_max_pool(x, g["k"], g["s"], g["pads"], g["d"], g["ceil_mode"])
+    rv, ri = ref_batch(rv, layout), ref_batch(ri, layout)
+    kw = dict(channels_last=cl)
+    if index_dtype is not None:
+        kw["index_dtype"] = index_dtype
+    if use_out:
+        ov = make_out(rv.shape, dtype, layout)
+        oi = make_out(rv.shape, index_dtype or np.int64, layout)
+        kw["out"] = (ov, oi) if return_indices else ov
+    fn = getattr(fastpool, f"max_pool{nd}d")
+    if seed % 2:
+        res = fn(xin, g["kernel_arg"], g["stride_arg"], g["padding"], g["dilation_arg"],
+                 g["ceil_mode"], return_indices, **kw)
+    else:
+        res = fn(xin, kernel_size=g["kernel_arg"], stride=g["stride_arg"], padding=g["padding"],
+                 dilation=g["dilation_arg"], ceil_mode=g["ceil_mode"],
+                 return_indices=return_indices, **kw)
+    guard.check()
+    if return_indices:
+        assert isinstance(res, tuple) and len(res) == 2, info
+        v, i = res
+        if use_out:
+            assert v is ov and i is oi, "out= arrays must be written and returned"
+        i = from_layout(i, layout, nd, "indices")
+        assert i.dtype == np.dtype(index_dtype or np.int64), info
+        np.testing.assert_array_equal(i, ri, err_msg=info)
+    else:
+        v = res
+        if use_out:
+            assert v is ov, "out= array must be written and returned"
+    v = from_layout(v, layout, nd, "values")
+    assert_values(v, rv, dtype, info, exact=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# average pooling
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(40))
+def test_avg_pool(seed):
+    rng = np.random.default_rng(100 + seed)
+    nd = 1 + seed % 3
+    layout = LAYOUTS[(seed + 3) % len(LAYOUTS)]
+    dtype = np.dtype(AVG_DTYPES[(seed // 3) % len(AVG_DTYPES)])
+    g = draw_geometry(rng, nd, "avg")
+    cip = bool(rng.random() < 0.5)
+    numel = math.prod(g["k"])
+    if dtype.kind in "iu":
+        # keep integer averages in range (no wrap-around); still exercises truncation
+        div = None if rng.random() < 0.6 else int(rng.choice([numel, numel + 3]))
+        x = make_input(rng, (2, 3) + g["sp"], dtype, special=False)
+    else:
+        div = None if rng.random() < 0.7 else int(rng.choice([1, 2, 5]))
+        x = make_input(rng, (2, 3) + g["sp"], dtype)
+    xin, cl = to_layout(x, layout)
+    guard = Untouched(xin)
+    use_out = layout in OUT_LAYOUTS and rng.random() < 0.3
+    info = describe(layout=layout, dtype=dtype, **{k: g[k] for k in ("k", "s", "d", "sp",
+                    "padding", "ceil_mode")}, count_include_pad=cip, divisor_override=div,
+                    out=use_out)
+    ref = ref_batch(R.ref_avg_pool(x, g["k"], g["s"], g["pads"], g["ceil_mode"], cip, div,
+                                   g["d"]), layout)
+    kw = dict(channels_last=cl, dilation=g["dilation_arg"])
+    if use_out:
+        o = make_out(ref.shape, dtype, layout)
+        kw["out"] = o
+    fn = getattr(fastpool, f"avg_pool{nd}d")
+    if seed % 2:
+        res = fn(xin, g["kernel_arg"], g["stride_arg"], g["padding"], g["ceil_mode"], cip, div,
+                 **kw)
+    else:
+        res = fn(xin, kernel_size=g["kernel_arg"], stride=g["stride_arg"], padding=g["padding"],
+                 ceil_mode=g["ceil_mode"], count_include_pad=cip, divisor_override=div, **kw)
+    guard.check()
+    if use_out:
+        assert res is o, "out= array must be written and returned"
+    assert_values(from_layout(res, layout, nd), ref, dtype, info)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lp pooling
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(30))
+def test_lp_pool(seed):
+    rng = np.random.default_rng(200 + seed)
+    nd = 1 + seed % 3
+    layout = LAYOUTS[(seed + 5) % len(LAYOUTS)]
+    dtype = np.dtype(FLOAT_DTYPES[(seed // 3) % 3])
+    p = [1, 2, 3, 1.5, 4.0, 2][(seed // 2) % 6]
+    g = draw_geometry(rng, nd, "lp")
+    x = make_input(rng, (2, 3) + g["sp"], dtype, special=False)
+    if seed % 4:
+        x = np.abs(x)
+    xin, cl = to_layout(x, layout)
+    guard = Untouched(xin)
+    use_out = layout in OUT_LAYOUTS and rng.random() < 0.3
+    info = describe(layout=layout, dtype=dtype, p=p, **{k: g[k] for k in ("k", "s", "d", "sp",
+                    "padding", "ceil_mode")}, out=use_out)
+    ref = ref_batch(R.ref_lp_pool(x, p, g["k"], g["s"], g["pads"], g["d"], g["ceil_mode"]),
+                    layout)
+    kw = dict(channels_last=cl, padding=g["padding"], dilation=g["dilation_arg"])
+    if use_out:
+        o = make_out(ref.shape, dtype, layout)
+        kw["out"] = o
+    fn = getattr(fastpool, f"lp_pool{nd}d")
+    if seed % 2:
+        res = fn(xin, p, g["kernel_arg"], g["stride_arg"], g["ceil_mode"], **kw)
+    else:
+        res = fn(xin, norm_type=p, kernel_size=g["kernel_arg"], stride=g["stride_arg"],
+                 ceil_mode=g["ceil_mode"], **kw)
+    guard.check()
+    if use_out:
+        assert res is o
+    rtol = {np.float16: 2e-3, np.float32: 3e-5, np.float64: 1e-10}[dtype.type]
+    assert_values(from_layout(res, layout, nd), ref, dtype, info, rtol=rtol, atol=rtol)
+
+
+# ---------------------------------------------------------------------------------------------
+# adaptive pooling
+# ---------------------------------------------------------------------------------------------
+
+def draw_output_size(rng, sp):
+    out = [int(rng.integers(1, n + 4)) for n in sp]  # larger than the input too
+    if rng.random() < 0.3:
+        out[int(rng.integers(len(out)))] = None  # keep that input size
+    if len(set(out)) == 1 and rng.random() < 0.5:
+        return out[0]
+    return tuple(out)
+
+
+@pytest.mark.parametrize("seed", range(36))
+def test_adaptive_max_pool(seed):
+    rng = np.random.default_rng(300 + seed)
+    nd = 1 + seed % 3
+    layout = LAYOUTS[(seed + 1) % len(LAYOUTS)]
+    dtype = np.dtype(MAX_DTYPES[(seed // 3) % len(MAX_DTYPES)])
+    sp = tuple(int(rng.integers(1, 12 if nd < 3 else 8)) for _ in range(nd))
+    osz = draw_output_size(rng, sp)
+    x = make_input(rng, (2, 3) + sp, dtype)
+    xin, cl = to_layout(x, layout)
+    guard = Untouched(xin)
+    return_indices = bool(rng.random() < 0.6)
+    index_dtype = np.int32 if (return_indices and rng.random() < 0.3) else None
+    use_out = layout in OUT_LAYOUTS and rng.random() < 0.3
+    info = describe(layout=layout, dtype=dtype, sp=sp, output_size=osz,
+                    return_indices=return_indices, index_dtype=index_dtype, out=use_out)
+    rv, ri = R.ref_adaptive_max_pool(x, osz)
+    rv, ri = ref_batch(rv, layout), ref_batch(ri, layout)
+    kw = dict(channels_last=cl)
+    if index_dtype is not None:
+        kw["index_dtype"] = index_dtype
+    if use_out:
+        ov = make_out(rv.shape, dtype, layout)
+        oi = make_out(rv.shape, index_dtype or np.int64, layout)
+        kw["out"] = (ov, oi) if return_indices else ov
+    res = getattr(fastpool, f"adaptive_max_pool{nd}d")(xin, osz, return_indices, **kw)
+    guard.check()
+    if return_indices:
+        v, i = res
+        if use_out:
+            assert v is ov and i is oi
+        i = from_layout(i, layout, nd, "indices")
+        assert i.dtype == np.dtype(index_dtype or np.int64)
+        np.testing.assert_array_equal(i, ri, err_msg=info)
+    else:
+        v = res
+        if use_out:
+            assert v is ov
+    assert_values(from_layout(v, layout, nd), rv, dtype, info, exact=True)
+
+
+@pytest.mark.parametrize("seed", range(36))
+def test_adaptive_avg_pool(seed):
+    rng = np.random.default_rng(400 + seed)
+    nd = 1 + seed % 3
+    layout = LAYOUTS[(seed + 6) % len(LAYOUTS)]
+    dtype = np.dtype(AVG_DTYPES[(seed // 3) % len(AVG_DTYPES)])
+    sp = tuple(int(rng.integers(1, 12 if nd < 3 else 8)) for _ in range(nd))
+    osz = draw_output_size(rng, sp)
+    x = make_input(rng, (2, 3) + sp, dtype, special=dtype.kind == "f")
+    xin, cl = to_layout(x, layout)
+    guard = Untouched(xin)
+    use_out = layout in OUT_LAYOUTS and rng.random() < 0.3
+    info = describe(layout=layout, dtype=dtype, sp=sp, output_size=osz, out=use_out)
+    ref = ref_batch(R.ref_adaptive_avg_pool(x, osz), layout)
+    kw = dict(channels_last=cl)
+    if use_out:
+        o = make_out(ref.shape, dtype, layout)
+        kw["out"] = o
+    res = getattr(fastpool, f"adaptive_avg_pool{nd}d")(xin, osz, **kw)
+    guard.check()
+    if use_out:
+        assert res is o
+    assert_values(from_layout(res, layout, nd), ref, dtype, info)
+
+
+# ---------------------------------------------------------------------------------------------
+# fractional max pooling
+# ---------------------------------------------------------------------------------------------
+
+def samples_for(rng, shape, dtype):
+    """Samples in [0, 1) in the dtype PyTorch would hold them in (the input's float dtype)."""
+    dtype = np.dtype(dtype) if np.dtype(dtype).kind == "f" else np.dtype(np.float64)
+    s = rng.random(shape).astype(dtype)
+    s[s >= 1] = 0.5
+    return s
+
+
+@pytest.mark.parametrize("seed", range(36))
+def test_fractional_max_pool(seed):
+    rng = np.random.default_rng(500 + seed)
+    nd = 2 + seed % 2
+    layout = LAYOUTS[seed % len(LAYOUTS)]
+    dtype = np.dtype(MAX_DTYPES[(seed // 2) % len(MAX_DTYPES)])
+    k = tuple(int(rng.integers(1, 4)) for _ in range(nd))
+    sp = tuple(int(rng.integers(kk + 1, kk + (10 if nd == 2 else 6))) for kk in k)
+    x = make_input(rng, (2, 3) + sp, dtype)
+    samples = samples_for(rng, (2, 3, nd), dtype)
+    if rng.random() < 0.6:
+        osz = tuple(int(rng.integers(1, n - kk + 2)) for n, kk in zip(sp, k))
+        size_kw = dict(output_size=osz if len(set(osz)) > 1 else osz[0])
+    else:
+        while True:
+            ratio = tuple(float(rng.uniform(0.3, 0.95)) for _ in range(nd))
+            osz = tuple(int(n * r) for n, r in zip(sp, ratio))
+            if all(1 <= o <= n - kk + 1 for o, n, kk in zip(osz, sp, k)):
+                break
+        size_kw = dict(output_ratio=ratio)
+    xin, cl = to_layout(x, layout)
+    guard = Untouched(xin)
+    s_in = samples[:1] if layout.startswith("unbatched") else samples
+    samples_kw = {"random_samples" if seed % 3 else "_random_samples": s_in}
+    return_indices = bool(rng.random() < 0.7)
+    info = describe(layout=layout, dtype=dtype, k=k, sp=sp, osz=osz, **size_kw)
+    res = getattr(fastpool, f"fractional_max_pool{nd}d")(
+        xin, k if len(set(k)) > 1 else k[0], return_indices=return_indices, channels_last=cl,
+        **size_kw, **samples_kw)
+    guard.check()
+    v, i = res if return_indices else (res, None)
+    v = from_layout(v, layout, nd, "values")
+    # float inputs: intervals in the input dtype (PyTorch); integers have no PyTorch
+    # counterpart: accept float64 or float32 interval arithmetic
+    cands = [None] if dtype.kind == "f" else [np.float64, np.float32]
+    errors = []
+    for cand in cands:
+        rv, ri = R.ref_fractional_max_pool(x, k, osz, samples, interval_dtype=cand)
+        rv, ri = ref_batch(rv, layout), ref_batch(ri, layout)
+        try:
+            assert_values(v, rv, dtype, info, exact=True)
+            if return_indices:
+                ii = from_layout(i, layout, nd, "indices")
+                assert ii.dtype == np.int64
+                np.testing.assert_array_equal(ii, ri, err_msg=info)
+            return
+        except AssertionError as exc:
+            errors.append(exc)
+    raise errors[0]
+
+
+def test_fractional_max_pool_global_rng():
+    """Without samples, NumPy's global generator draws them: reproducible under np.random.seed,
+    and every output is the max of some kernel-sized window."""
+    x = make_input(np.random.default_rng(0), (2, 3, 9, 10), np.float32, nan=False,
+                   special=False)
+    np.random.seed(1234)
+    a, ia = fastpool.fractional_max_pool2d(x, 2, output_size=(4, 5), return_indices=True)
+    np.random.seed(1234)
+    b, ib = fastpool.fractional_max_pool2d(x, 2, output_size=(4, 5), return_indices=True)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ia, ib)
+    assert a.shape == (2, 3, 4, 5) and ia.dtype == np.int64
+    np.testing.assert_array_equal(np.take_along_axis(x.reshape(2, 3, -1),
+                                                     ia.reshape(2, 3, -1), -1).reshape(a.shape),
+                                  a)
+    np.random.seed(99)
+    c = fastpool.fractional_max_pool2d(x, 2, output_ratio=0.5)
+    assert c.shape == (2, 3, 4, 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# max unpooling
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(36))
+def test_max_unpool(seed):
+    rng = np.random.default_rng(600 + seed)
+    nd = 1 + seed % 3
+    layout = LAYOUTS[(seed + 2) % len(LAYOUTS)]
+    dtype = np.dtype(MAX_DTYPES[(seed // 3) % len(MAX_DTYPES)])
+    k = tuple(int(rng.integers(1, 4)) for _ in range(nd))
+    s = tuple(int(rng.choice([kk, kk + 1, max(kk - 1, 1)])) for kk in k)
+    p = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
+    sp = tuple(int(rng.integers(kk + 2, kk + (9 if nd < 3 else 5))) for kk in k)
+    base = make_input(rng, (2, 3) + sp, np.float64, special=False)
+    _, idx = R.ref_max_pool(base, k, s, [(v, v) for v in p], (1,) * nd, False)
+    x = make_input(rng, idx.shape, dtype, nan=False)
+    default = tuple((i - 1) * ss - 2 * pp + kk for i, ss, pp, kk in zip(idx.shape[2:], s, p, k))
+    # indices are flat positions: the default size may reinterpret them (still valid when
+    # they fit), else pass the original size
+    explicit = rng.random() < 0.5 or idx.max() >= math.prod(default)
+    out_sp = sp if explicit else default
+    if rng.random() < 0.3:
+        idx = idx.astype(np.int32)
+    xin, cl = to_layout(x, layout)
+    iin, _ = to_layout(idx, layout)
+    guard, iguard = Untouched(xin), Untouched(iin)
+    use_out = layout in OUT_LAYOUTS and rng.random() < 0.3
+    info = describe(layout=layout, dtype=dtype, k=k, s=s, p=p, sp=sp, output_size=out_sp,
+                    index_dtype=idx.dtype, out=use_out)
+    ref = ref_batch(R.ref_max_unpool(x, idx, out_sp), layout)
+    kw = dict(channels_last=cl)
+    if use_out:
+        o = make_out(ref.shape, dtype, layout)
+        kw["out"] = o
+    osz_arg = out_sp if explicit else None
+    res = getattr(fastpool, f"max_unpool{nd}d")(xin, iin, as_arg(rng, k), as_arg(rng, s),
+                                                as_arg(rng, p), osz_arg, **kw)
+    guard.check()
+    iguard.check()
+    if use_out:
+        assert res is o
+    assert_values(from_layout(res, layout, nd), ref, dtype, info, exact=True)
+
+
+def test_max_unpool_roundtrip_with_fastpool_indices():
+    rng = np.random.default_rng(7)
+    x = make_input(rng, (2, 3, 9, 8), np.float32, nan=False, special=False)
+    v, i = fastpool.max_pool2d(x, 3, 2, 1, return_indices=True)
+    u = fastpool.max_unpool2d(v, i, 3, 2, 1, output_size=x.shape[2:])
+    np.testing.assert_array_equal(u, R.ref_max_unpool(v, i, x.shape[2:]))
+    # every nonzero of the unpooled plane is the input value at that place
+    nz = u != 0
+    np.testing.assert_array_equal(u[nz], x[nz])
+
+
+# ---------------------------------------------------------------------------------------------
+# semantics pinned by hand
+# ---------------------------------------------------------------------------------------------
+
+def test_max_nan_last_and_ties_first():
+    x = np.array([[[1.0, np.nan, 3.0, np.nan, 2.0, 3.0, 3.0]]])
+    v, i = fastpool.max_pool1d(x, 7, return_indices=True)
+    assert np.isnan(v).all() and i.ravel().tolist() == [3]
+    v, i = fastpool.max_pool1d(x[..., 4:], 3, return_indices=True)
+    assert v.ravel().tolist() == [3.0] and i.ravel().tolist() == [1]
+    v, i = fastpool.adaptive_max_pool1d(x, 1, return_indices=True)
+    assert np.isnan(v).all() and i.ravel().tolist() == [3]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int8, np.uint8, np.int64])
+def test_max_padding_never_selected(dtype):
+    lo = -np.inf if np.dtype(dtype).kind == "f" else np.iinfo(dtype).min
+    x = np.full((1, 1, 4), lo, dtype=dtype)
+    v, i = fastpool.max_pool1d(x, 3, 1, 1, return_indices=True)
+    assert (v == lo).all()
+    assert i.ravel().tolist() == [0, 0, 1, 2]
+    v, i = fastpool.max_pool1d(x, 2, 1, ((1, 1),), return_indices=True)
+    assert i.ravel().tolist() == [0, 0, 1, 2, 3]
+
+
+def test_ceil_mode_drops_window_starting_in_padding():
+    x = np.arange(5, dtype=np.float64).reshape(1, 1, 5)
+    assert fastpool.max_pool1d(x, 2, 2, 1, ceil_mode=True).shape[-1] == 3
+    assert fastpool.max_pool1d(x, 2, 2, 0, ceil_mode=True).shape[-1] == 3
+    # avg: ceil-mode overhang is not counted, the padding is
+    got = fastpool.avg_pool1d(x, 2, 2, 1, ceil_mode=True, count_include_pad=True)
+    np.testing.assert_allclose(got.ravel(), [0 / 2, (1 + 2) / 2, (3 + 4) / 2])
+    got = fastpool.avg_pool1d(x, 3, 3, 0, ceil_mode=True)
+    np.testing.assert_allclose(got.ravel(), [1.0, 3.5])
+
+
+def test_lp_partial_ceil_window_scaled():
+    x = np.array([[[1.0, 2.0, 3.0, 4.0, 2.0]]])
+    got = fastpool.lp_pool1d(x, 2, 2, 2, ceil_mode=True)
+    # last window has one cell: 2**2 / 1 * 2 -> sqrt(8)
+    np.testing.assert_allclose(got.ravel(), [math.sqrt(5), 5.0, math.sqrt(8)])
+
+
+def test_integer_average_truncates_toward_zero():
+    x = np.array([[[-7, -1, 7, 1, -2, 0]]], dtype=np.int64)
+    got = fastpool.avg_pool1d(x, 3, 3)
+    assert got.dtype == np.int64 and got.ravel().tolist() == [0, 0]
+    got = fastpool.avg_pool1d(x, 2, 2)
+    assert got.ravel().tolist() == [-4, 4, -1]
+    got = fastpool.adaptive_avg_pool1d(x.astype(np.int16), 4)
+    assert got.dtype == np.int16
+    np.testing.assert_array_equal(got, R.ref_adaptive_avg_pool(x.astype(np.int16), 4))
+
+
+@pytest.mark.parametrize("n,k,s,d", [(7, 3, 2, 1), (8, 3, 2, 1), (5, 2, 3, 1), (9, 3, 1, 2),
+                                     (6, 4, 4, 1), (1, 3, 2, 1)])
+@pytest.mark.parametrize("mode", ["same", "same_lower", "valid"])
+def test_padding_strings(n, k, s, d, mode):
+    x = np.arange(2 * n, dtype=np.float64).reshape(1, 2, n) * np.array([1, -1]).reshape(1, 2, 1)
+    if mode == "valid" and (k - 1) * d + 1 > n:
+        return
+    pads = R.resolve_pads(mode, (n,), (k,), (s,), (d,))
+    v, i = fastpool.max_pool1d(x, k, s, mode, d, return_indices=True)
+    rv, ri = R.ref_max_pool(x, (k,), (s,), pads, (d,), False)
+    np.testing.assert_array_equal(v, rv)
+    np.testing.assert_array_equal(i, ri)
+    if mode != "valid":
+        assert v.shape[-1] == -(-n // s)
+    a = fastpool.avg_pool1d(x, k, s, mode, dilation=d, count_include_pad=False)
+    np.testing.assert_allclose(a, R.ref_avg_pool(x, (k,), (s,), pads, False, False, None, (d,)))
+
+
+def test_same_pads_odd_cell_placement():
+    x = np.arange(6, dtype=np.float64).reshape(1, 1, 6)
+    # k=2, s=1: one padded cell, at the end for "same", at the start for "same_lower"
+    np.testing.assert_allclose(fastpool.avg_pool1d(x, 2, 1, "same").ravel(),
+                               [0.5, 1.5, 2.5, 3.5, 4.5, 2.5])
+    np.testing.assert_allclose(fastpool.avg_pool1d(x, 2, 1, "same_lower").ravel(),
+                               [0.0, 0.5, 1.5, 2.5, 3.5, 4.5])
+
+
+def test_adaptive_non_divisible_bounds():
+    x = np.arange(10, dtype=np.float64).reshape(1, 1, 10)
+    v, i = fastpool.adaptive_max_pool1d(x, 4, return_indices=True)
+    # windows [0,3) [2,5) [5,8) [7,10)
+    assert i.ravel().tolist() == [2, 4, 7, 9]
+    np.testing.assert_allclose(fastpool.adaptive_avg_pool1d(x, 4).ravel(), [1, 3, 6, 8])
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch directly: float16 and the common float32 path
+# ---------------------------------------------------------------------------------------------
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+
+def T(a):
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_max_matches_torch(dtype, nd):
+    rng = np.random.default_rng(nd + (10 if dtype == np.float16 else 0))
+    sp = (9, 8, 7)[:nd] if nd < 3 else (7, 6, 5)
+    x = make_input(rng, (2, 3) + sp, dtype)
+    for k, s, p, d, ceil_mode in [(3, 2, 1, 1, True), (2, 2, 0, 1, False), (3, 1, 1, 2, False)]:
+        tv, ti = getattr(F, f"max_pool{nd}d")(T(x), k, s, p, d, ceil_mode, return_indices=True)
+        v, i = getattr(fastpool, f"max_pool{nd}d")(x, k, s, p, d, ceil_mode,
+                                                   return_indices=True)
+        np.testing.assert_array_equal(v, tv.numpy())
+        np.testing.assert_array_equal(i, ti.numpy())
+        tv, ti = getattr(F, f"adaptive_max_pool{nd}d")(T(x), 4, return_indices=True)
+        v, i = getattr(fastpool, f"adaptive_max_pool{nd}d")(x, 4, return_indices=True)
+        np.testing.assert_array_equal(v, tv.numpy())
+        np.testing.assert_array_equal(i, ti.numpy())
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_avg_matches_torch(dtype, nd):
+    rng = np.random.default_rng(20 + nd)
+    sp = (9, 8, 7)[:nd] if nd < 3 else (7, 6, 5)
+    x = make_input(rng, (2, 3) + sp, dtype, special=False)
+    tol = 1e-3 if dtype == np.float16 else 1e-6
+    for k, s, p, ceil_mode, cip in [(3, 2, 1, True, True), (3, 2, 1, True, False),
+                                    (2, 3, 1, False, True)]:
+        if not (nd == 3 and dtype == np.float16):  # torch lacks float16 avg_pool3d on the CPU
+            ref = getattr(F, f"avg_pool{nd}d")(T(x), k, s, p, ceil_mode, cip).numpy()
+            got = getattr(fastpool, f"avg_pool{nd}d")(x, k, s, p, ceil_mode, cip)
+            assert got.dtype == dtype
+            np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64),
+                                       rtol=tol, atol=tol)
+        ref = getattr(F, f"adaptive_avg_pool{nd}d")(T(x), 4).numpy()
+        got = getattr(fastpool, f"adaptive_avg_pool{nd}d")(x, 4)
+        np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=tol,
+                                   atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("nd", [2, 3])
+def test_fractional_matches_torch(dtype, nd):
+    rng = np.random.default_rng(30 + nd)
+    sp = (13, 11) if nd == 2 else (7, 8, 9)
+    x = make_input(rng, (2, 3) + sp, dtype)
+    osz = (6, 5) if nd == 2 else (4, 5, 6)  # torch 3-d needs out + k - 1 < in
+    for _ in range(4):
+        s = samples_for(rng, (2, 3, nd), dtype)
+        tv, ti = getattr(F, f"fractional_max_pool{nd}d")(T(x), 2, output_size=osz,
+                                                          return_indices=True,
+                                                          _random_samples=T(s))
+        v, i = getattr(fastpool, f"fractional_max_pool{nd}d")(x, 2, output_size=osz,
+                                                              return_indices=True,
+                                                              _random_samples=s)
+        np.testing.assert_array_equal(v, tv.numpy())
+        np.testing.assert_array_equal(i, ti.numpy())
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_lp_matches_torch(nd):
+    rng = np.random.default_rng(40 + nd)
+    sp = (9, 8, 7)[:nd] if nd < 3 else (7, 6, 5)
+    x = np.abs(make_input(rng, (2, 3) + sp, np.float32, nan=False, special=False))
+    for p, k, s, ceil_mode in [(2, 3, 2, True), (1, 2, 2, False), (3, 2, 1, True)]:
+        ref = getattr(F, f"lp_pool{nd}d")(T(x), p, k, s, ceil_mode).numpy()
+        got = getattr(fastpool, f"lp_pool{nd}d")(x, p, k, s, ceil_mode)
+        np.testing.assert_allclose(got, ref, rtol=2e-5, atol=1e-5)
+
+
+def test_lp_float16_rounds_once():
+    # the contract computes float16 in float32 and rounds once; PyTorch rounds every step,
+    # so compare with the reference (and loosely with PyTorch)
+    rng = np.random.default_rng(5)
+    x = np.abs(make_input(rng, (2, 3, 9, 8), np.float16, nan=False, special=False))
+    got = fastpool.lp_pool2d(x, 2, 3, 2, True)
+    ref = R.ref_lp_pool(x, 2, (3, 3), (2, 2), None, None, True)
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=1e-3)
+    tref = F.lp_pool2d(T(x), 2, 3, 2, True).numpy()
+    np.testing.assert_allclose(got.astype(np.float64), tref.astype(np.float64), rtol=5e-3)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_unpool_matches_torch(nd):
+    rng = np.random.default_rng(50 + nd)
+    sp = (9, 8, 7)[:nd] if nd < 3 else (7, 6, 5)
+    x = make_input(rng, (2, 3) + sp, np.float32, special=False)
+    tv, ti = getattr(F, f"max_pool{nd}d")(T(x), 3, 2, 1, return_indices=True)
+    ref = getattr(F, f"max_unpool{nd}d")(tv, ti, 3, 2, 1, output_size=sp).numpy()
+    got = getattr(fastpool, f"max_unpool{nd}d")(tv.numpy(), ti.numpy(), 3, 2, 1,
+                                                output_size=sp)
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_fractional_float16_intervals_match_torch():
+    # PyTorch computes the window starts in the input dtype: half arithmetic for float16
+    # (it differs from float32 arithmetic for a fair share of samples at these sizes)
+    rng = np.random.default_rng(60)
+    for n in (23, 37, 50, 61):
+        for o in (7, 15, n // 2, n - 3):
+            x = make_input(rng, (1, 16, 1, n), np.float16, nan=False, special=False)
+            s = samples_for(rng, (1, 16, 2), np.float16)
+            tv, ti = F.fractional_max_pool2d(T(x), (1, 2), output_size=(1, o),
+                                             return_indices=True, _random_samples=T(s))
+            v, i = fastpool.fractional_max_pool2d(x, (1, 2), output_size=(1, o),
+                                                  return_indices=True, random_samples=s)
+            np.testing.assert_array_equal(i, ti.numpy(), err_msg=f"n={n} o={o}")
+            np.testing.assert_array_equal(v, tv.numpy())
