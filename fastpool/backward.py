@@ -22,8 +22,10 @@ from ._runtime import launch_lock
 from .functional import (CF, _adaptive_params, _as_array, _avg_divisor, _fractional_size,
                          _parallel, _prepare, _tables, _unpool_geometry, _window_params, _zero)
 
-# scratch buffer of a channels-last task (one n, a block of channels): about this many bytes
-_CL_BUFFER_BYTES = 1 << 18
+# scratch buffer of a channels-last task (one n, a block of channels): at most this many bytes
+# (all channels when they fit: contiguous rows; the buffers are walked sequentially, so they
+# need not fit a cache)
+_CL_BUFFER_BYTES = 1 << 23
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -79,8 +81,9 @@ def _plane_block(planes, cells):
 
 
 def _channel_block(n, c, cells, itemsize):
-    """Channels per channels-last task: a scratch buffer of ~_CL_BUFFER_BYTES (a multiple of 8
-    channels), and at least two tasks per thread when the batch is small."""
+    """Channels per channels-last task: all if the scratch buffer stays within
+    _CL_BUFFER_BYTES, else a multiple of 8; split further while there are fewer than two tasks
+    per thread.  The result does not depend on it."""
     cb = max(1, _CL_BUFFER_BYTES // max(1, cells * itemsize))
     cb = c if cb >= c else min(c, max(8, cb // 8 * 8))
     while n * -(-c // cb) < 2 * _threads() and cb > 8:
@@ -143,7 +146,24 @@ def _max_scatter(op, gm, im, lay, osp, dtype, tab=None, dil=None):
     return lay.user_view(res)
 
 
-def _max_recompute(op, gm, arr, lay, osp, tab, dil, taps):
+# W windows (kernel, stride) compiled as constants in the channels-first recompute kernel
+_HOT_W = frozenset({(2, 2), (3, 2), (3, 1), (2, 1), (5, 1), (7, 1)})
+_POS32 = np.zeros(1, np.int32)
+_POS64 = np.zeros(1, np.int64)
+
+
+def _hot_w(wspec, width, out_width):
+    """(KW, SW) constants and the interior output columns [lo, hi) and pad for ``wspec``
+    = (kernel, stride, dilation, pad_before) along W; ((0, 0), 0, 0, 0) when not specialised."""
+    if wspec is None or wspec[2] != 1 or (wspec[0], wspec[1]) not in _HOT_W:
+        return (0, 0), 0, 0, 0
+    k, s, _, pw = wspec
+    lo = -(-pw // s)
+    hi = min(out_width, (width - k + pw) // s + 1)
+    return (k, s), lo, max(lo, hi), pw
+
+
+def _max_recompute(op, gm, arr, lay, osp, tab, dil, taps, wspec=None):
     """Max backward without indices: the argmax recomputed inside the backward kernel."""
     res = _result(op, lay, arr.dtype)
     if gm.size == 0:
@@ -158,12 +178,14 @@ def _max_recompute(op, gm, arr, lay, osp, tab, dil, taps):
         blk = _plane_block(lay.n * lay.c, cells)
     else:
         blk = _channel_block(lay.n, lay.c, cells, acc.itemsize)
+    consts, lo, hi, pw = _hot_w(wspec, lay.spatial[-1], osp[-1]) if lay.mem == CF else \
+        ((0, 0), 0, 0, 0)
     kern = _dispatch.kernel("max_backward_recompute", "cpu", lay.mem,
-                            _parallel(res.size + gm.size * taps))
+                            _parallel(res.size + gm.size * taps), *consts)
     with launch_lock():
         kern(lay.kernel_view(gs, osp), lay.kernel_view(xs, lay.spatial),
-             lay.kernel_view(rs, lay.spatial), tab, dil, blk, _f._lowest(arr.dtype), acc,
-             marker)
+             lay.kernel_view(rs, lay.spatial), tab, dil, lo, hi, pw,
+             _POS32 if cells < 2 ** 31 else _POS64, blk, _f._lowest(arr.dtype), acc, marker)
     return lay.user_view(res)
 
 
@@ -176,7 +198,8 @@ def _max_pool_backward(rank, grad_output, input, kernel_size, stride, padding, d
     gm = _grad_mem(op, grad_output, lay, osp, arr.dtype)
     tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
     if indices is None:
-        return _max_recompute(op, gm, arr, lay, osp, tab, dil, math.prod(k))
+        return _max_recompute(op, gm, arr, lay, osp, tab, dil, math.prod(k),
+                              (k[-1], s[-1], d[-1], pads[-1][0]))
     im = _index_mem(op, indices, lay, osp)
     return _max_scatter(op, gm, im, lay, osp, arr.dtype, tab, dil)
 

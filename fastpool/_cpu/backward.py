@@ -168,14 +168,20 @@ def make_max_gather(layout, parallel):
     return jit(kernel, parallel=parallel)
 
 
-def make_max_recompute(layout, parallel):
+def make_max_recompute(layout, parallel, KW=0, SW=0):
     """Max backward without indices: each window's argmax recomputed (the forward's scan: NaN
     wins, ties go to the first cell) and its gradient added, in output order, to the owned
-    scratch plane(s)."""
+    scratch plane(s).  ``KW``/``SW`` (channels-first): W window and stride compiled as
+    constants for the interior columns ``[lo, hi)`` (``KW = 0``: none)."""
     PAR = parallel  # noqa: F841
+    SPEC = KW > 0
 
     if layout == CF:
-        def kernel(g, x, gin, tab, dil, blk, init, zero, marker):
+        # separable: a vertical pass keeps (max, position) per column over the window's rows,
+        # vectorised along W; the horizontal pass merges a window's columns with the rule that
+        # reproduces the row-major scan (the last NaN, else the first maximum).  Positions are
+        # of ``pos.dtype`` (int32 when a plane has fewer than 2**31 cells).
+        def kernel(g, x, gin, tab, dil, lo, hi, pw, pos, blk, init, zero, marker):
             P = g.shape[0]
             OD = g.shape[1]
             OH = g.shape[2]
@@ -189,6 +195,9 @@ def make_max_recompute(layout, parallel):
             dw = dil[2]
             for t in prange((P + blk - 1) // blk):
                 buf = np.full(S, zero)
+                vm = np.full(W, init)
+                vp = np.zeros(W, pos.dtype)
+                cp = np.zeros(OW, pos.dtype)
                 for q in range(t * blk, min(P, (t + 1) * blk)):
                     for j in range(S):
                         buf[j] = zero
@@ -198,30 +207,68 @@ def make_max_recompute(layout, parallel):
                         for oh in range(OH):
                             h0 = tab[1, 0, oh]
                             nh = tab[1, 1, oh]
-                            for ow in range(OW):
-                                w0 = tab[2, 0, ow]
-                                nw = tab[2, 1, ow]
-                                m = init
-                                mi = (d0 * H + h0) * W + w0
-                                for a in range(nd):
-                                    z = d0 + a * dd
-                                    for b in range(nh):
-                                        row = (z * H + h0 + b * dh) * W
-                                        for c in range(nw):
-                                            w = w0 + c * dw
-                                            v = load(x[q, U(z), U(h0 + b * dh), U(w)], marker)
-                                            take = (v > m) | (v != v)
+                            first = (d0 * H + h0) * W
+                            for w in range(W):
+                                vm[w] = init
+                                vp[w] = first + w
+                            for a in range(nd):
+                                z = d0 + a * dd
+                                for b in range(nh):
+                                    y = h0 + b * dh
+                                    row = (z * H + y) * W
+                                    xr = x[q, U(z), U(y)]
+                                    for w in range(W):
+                                        v = load(xr[w], marker)
+                                        m = vm[w]
+                                        take = (v > m) | (v != v)
+                                        vm[w] = v if take else m
+                                        vp[w] = (row + w) if take else vp[w]
+                            for part in range(3):
+                                if part == 0:
+                                    oa, ob = 0, (lo if SPEC else OW)
+                                elif part == 1:
+                                    oa, ob = (lo, hi) if SPEC else (0, 0)
+                                else:
+                                    oa, ob = (hi, OW) if SPEC else (0, 0)
+                                if SPEC and part == 1:
+                                    for ow in range(oa, ob):
+                                        w0 = ow * SW - pw
+                                        m = vm[U(w0)]
+                                        mi = vp[U(w0)]
+                                        for c in range(1, KW):
+                                            v = vm[U(w0 + c)]
+                                            pv = vp[U(w0 + c)]
+                                            take = (v > m) | ((v != v) & ((m == m) | (pv > mi))) \
+                                                | ((v == m) & (pv < mi))
                                             m = v if take else m
-                                            mi = (row + w) if take else mi
-                                buf[U(mi)] += load(g[q, od, oh, ow], marker)
+                                            mi = pv if take else mi
+                                        cp[ow] = mi
+                                    # the scatter apart, so that the merge above vectorises
+                                    for ow in range(oa, ob):
+                                        buf[U(cp[ow])] += load(g[q, od, oh, ow], marker)
+                                else:
+                                    for ow in range(oa, ob):
+                                        w0 = tab[2, 0, ow]
+                                        nw = tab[2, 1, ow]
+                                        m = vm[U(w0)]
+                                        mi = vp[U(w0)]
+                                        for c in range(1, nw):
+                                            w = w0 + c * dw
+                                            v = vm[U(w)]
+                                            pv = vp[U(w)]
+                                            take = (v > m) | ((v != v) & ((m == m) | (pv > mi))) \
+                                                | ((v == m) & (pv < mi))
+                                            m = v if take else m
+                                            mi = pv if take else mi
+                                        buf[U(mi)] += load(g[q, od, oh, ow], marker)
                     j = 0
                     for z in range(D):
                         for y in range(H):
                             for w in range(W):
-                                gin[q, z, y, w] = to_storage(buf[j], marker)
-                                j += 1
+                                gin[q, z, y, w] = to_storage(buf[U(j + w)], marker)
+                            j += W
     else:
-        def kernel(g, x, gin, tab, dil, blk, init, zero, marker):
+        def kernel(g, x, gin, tab, dil, lo, hi, pw, ptype, blk, init, zero, marker):
             N = g.shape[0]
             OD = g.shape[1]
             OH = g.shape[2]
@@ -241,7 +288,7 @@ def make_max_recompute(layout, parallel):
                 wb = min(C, c0 + blk) - c0
                 buf = np.full(S * wb, zero)
                 mv = np.full(wb, init)
-                mi = np.zeros(wb, np.int64)
+                mi = np.zeros(wb, ptype.dtype)
                 for od in range(OD):
                     d0 = tab[0, 0, od]
                     nd = tab[0, 1, od]
@@ -262,10 +309,12 @@ def make_max_recompute(layout, parallel):
                                     for k in range(nw):
                                         w = w0 + k * dw
                                         pos = (z * H + y) * W + w
+                                        xr = x[n, U(z), U(y), U(w)]
                                         for c in range(wb):
-                                            v = load(x[n, U(z), U(y), U(w), U(c0 + c)], marker)
-                                            take = (v > mv[c]) | (v != v)
-                                            mv[c] = v if take else mv[c]
+                                            v = load(xr[U(c0 + c)], marker)
+                                            m = mv[c]
+                                            take = (v > m) | (v != v)
+                                            mv[c] = v if take else m
                                             mi[c] = pos if take else mi[c]
                             for c in range(wb):
                                 buf[U(mi[c] * wb + c)] += load(g[n, od, oh, ow, U(c0 + c)],
