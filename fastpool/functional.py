@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from . import _dispatch
-from ._dtypes import (AVG_DTYPES, FLOAT_DTYPES, MAX_DTYPES, check_dtype, storage)
+from ._dtypes import (AVG_DTYPES, FLOAT_DTYPES, HALF, MAX_DTYPES, PLAIN, check_dtype, storage)
 from ._params import (adaptive_table, check_alloc, check_empty_windows, check_float,
                       dim_table, int_tuple, padding_arg, positive, split_shape, stack_tables,
                       window_geometry, _is_int)
@@ -39,10 +39,16 @@ def _as_array(op, x, name="input"):
 
 
 class _Layout:
-    """How a user's array maps onto a kernel's canonical view, and back."""
-    __slots__ = ("mem", "batched", "channels_last", "n", "c", "spatial", "rank")
+    """How a user's array maps onto a kernel's canonical view, and back.
 
-    def __init__(self, mem, batched, channels_last, n, c, spatial):
+    ``mem`` is the memory layout the kernels see (CF or CL); ``to_mem`` the axis permutation
+    from the (batched) user order to memory order (None when they agree); ``copy`` whether the
+    input must be copied once to make it C-contiguous in that order.
+    """
+    __slots__ = ("mem", "batched", "channels_last", "n", "c", "spatial", "rank", "to_mem",
+                 "to_user", "copy")
+
+    def __init__(self, mem, batched, channels_last, n, c, spatial, copy=False):
         self.mem = mem
         self.batched = batched
         self.channels_last = channels_last
@@ -50,6 +56,35 @@ class _Layout:
         self.c = c
         self.spatial = spatial
         self.rank = len(spatial)
+        self.copy = copy
+        nd = self.rank + 2
+        if channels_last == (mem == CL):
+            self.to_mem = self.to_user = None
+        elif channels_last:  # (N, *sp, C) viewed as (N, C, *sp)
+            self.to_mem = (0, nd - 1) + tuple(range(1, nd - 1))
+            self.to_user = (0,) + tuple(range(2, nd)) + (1,)
+        else:  # (N, C, *sp) viewed as (N, *sp, C)
+            self.to_mem = (0,) + tuple(range(2, nd)) + (1,)
+            self.to_user = (0, nd - 1) + tuple(range(1, nd - 1))
+
+    def input_mem(self, x):
+        """The user's input as a C-contiguous array in memory order (a copy only if needed)."""
+        a = x if self.batched else x[None]
+        if self.to_mem is not None:
+            a = a.transpose(self.to_mem)
+        return np.ascontiguousarray(a) if self.copy else a
+
+    def mem_shape(self, spatial, c=None):
+        c = self.c if c is None else c
+        if self.mem == CF:
+            return (self.n, c) + tuple(spatial)
+        return (self.n,) + tuple(spatial) + (c,)
+
+    def kernel_shape(self, spatial):
+        s3 = self.canon(spatial)
+        if self.mem == CF:
+            return (self.n * self.c,) + s3
+        return (self.n,) + s3 + (self.c,)
 
     def canon(self, spatial):
         return (1,) * (3 - len(spatial)) + tuple(spatial)
@@ -65,15 +100,10 @@ class _Layout:
     def mem_view(self, user):
         """A user-ordered array -> its memory-ordered view (N, C, *sp) or (N, *sp, C)."""
         a = user if self.batched else user[None]
-        if self.channels_last == (self.mem == CL):
-            return a
-        return np.moveaxis(a, -1, 1) if self.channels_last else np.moveaxis(a, 1, -1)
+        return a if self.to_mem is None else a.transpose(self.to_mem)
 
     def user_view(self, mem):
-        if self.channels_last == (self.mem == CL):
-            a = mem
-        else:
-            a = np.moveaxis(mem, 1, -1) if self.mem == CF else np.moveaxis(mem, -1, 1)
+        a = mem if self.to_user is None else mem.transpose(self.to_user)
         return a if self.batched else a[0]
 
     def kernel_view(self, mem, spatial):
@@ -94,8 +124,7 @@ class _Layout:
         """Result array in memory order: fresh, or the validated ``out`` the user gave."""
         shape = self.user_shape(spatial)
         if out is None:
-            mshape = ((self.n, self.c) + tuple(spatial)) if self.mem == CF else \
-                ((self.n,) + tuple(spatial) + (self.c,))
+            mshape = self.mem_shape(spatial)
             check_alloc(op, mshape, np.dtype(dtype).itemsize)
             return (np.zeros if zero else np.empty)(mshape, dtype=dtype), None
         if not isinstance(out, np.ndarray):
@@ -116,28 +145,69 @@ class _Layout:
         return mem, out
 
 
-def _prepare(op, x, rank, channels_last, dtypes):
-    """Validate the input and choose the kernel layout; returns (memory array, _Layout)."""
-    x = _as_array(op, x)
+def _layout(op, x, rank, channels_last, dtypes):
+    """Validate the input array and choose the kernel layout for it."""
     check_dtype(x.dtype, dtypes, op)
     batched, n, c, spatial = split_shape(op, x.shape, rank, bool(channels_last))
     xb = x if batched else x[None]
     lnc = np.moveaxis(xb, -1, 1) if channels_last else xb  # logical (N, C, *spatial)
     cl = np.moveaxis(lnc, 1, -1)
     first, second = (cl, lnc) if channels_last else (lnc, cl)
+    copy = False
     if first.flags.c_contiguous:
         mem = CL if channels_last else CF
-        arr = first
     elif second.flags.c_contiguous:
         mem = CF if channels_last else CL
-        arr = second
     else:
         # copy once into the nearer layout: channels innermost when they have the smaller stride
         near_cl = abs(lnc.strides[1]) < abs(lnc.strides[-1]) if lnc.shape[1] > 1 else \
             bool(channels_last)
         mem = CL if near_cl else CF
-        arr = np.ascontiguousarray(cl if near_cl else lnc)
-    return arr, _Layout(mem, batched, bool(channels_last), n, c, spatial)
+        copy = True
+    return _Layout(mem, batched, bool(channels_last), n, c, spatial, copy)
+
+
+def _prepare(op, x, rank, channels_last, dtypes):
+    """Validate the input and choose the kernel layout; returns (memory array, _Layout)."""
+    x = _as_array(op, x)
+    lay = _layout(op, x, rank, channels_last, dtypes)
+    return lay.input_mem(x), lay
+
+
+def _freeze(v):
+    """A hashable key for a parameter that tells 2 from 2.0 and True from 1."""
+    t = type(v)
+    if t is int or t is str or v is None:
+        return v
+    if t is tuple or t is list:
+        return (t,) + tuple(_freeze(e) for e in v)
+    return (t, v)
+
+
+_PLANS = {}
+_PLAN_LIMIT = 512
+
+
+def _planned(op, params, input, out, build):
+    """Run ``build(x)``'s plan on ``input``, reusing the plan of an identical earlier call.
+
+    A plan holds everything that depends only on the parameters and the input's shape, strides
+    and dtype (validation, geometry, kernel choice), so repeated calls skip straight to the
+    allocation and the kernel launch.
+    """
+    x = input if type(input) is np.ndarray else _as_array(op, input)
+    try:
+        key = (op, tuple(_freeze(p) for p in params), x.shape, x.strides, x.dtype)
+        plan = _PLANS.get(key)
+    except TypeError:  # an unhashable parameter: no caching, the build reports it
+        key = plan = None
+    if plan is None:
+        plan = build(x)
+        if key is not None:
+            if len(_PLANS) >= _PLAN_LIMIT:
+                _PLANS.clear()
+            _PLANS[key] = plan
+    return plan(x, out)
 
 
 def _index_dtype(op, index_dtype, plane):
@@ -253,75 +323,6 @@ def _is_global(tab, spatial, osp, divmode):
     return divmode != 0
 
 
-def _run_sep(kind, arr, lay, res, osp, tab, dil, taps, wspec, divmode, dov, init, p, knumel):
-    xs, marker = storage(arr)
-    rs, _ = storage(res)
-    parallel = _parallel(res.size * taps)
-    if kind != "lp" and _is_global(tab, lay.spatial, osp, divmode if kind == "avg" else 2):
-        kern = _dispatch.kernel("global", "cpu", kind, parallel)
-        planes = rs.shape[0] * (rs.shape[1] if lay.mem == CF else 1)
-        with launch_lock():
-            kern(xs.reshape(planes, -1), rs.reshape(planes), init, marker)
-        return
-    consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1])
-    kern = _dispatch.kernel("separable", "cpu", kind, parallel, *consts)
-    with launch_lock():
-        kern(lay.kernel_view(xs, lay.spatial), lay.kernel_view(rs, osp), tab, dil, lo, hi, pw,
-             divmode, dov, init, float(p), knumel, marker)
-
-
-def _run_cl(kind, arr, lay, res, osp, tab, dil, taps, kidx, with_idx, divmode, dov, init, p,
-            knumel):
-    xs, marker = storage(arr)
-    rs, _ = storage(res)
-    kern = _dispatch.kernel("cl", "cpu", kind, _parallel(res.size * taps), bool(with_idx))
-    with launch_lock():
-        kern(lay.kernel_view(xs, lay.spatial), lay.kernel_view(rs, osp), kidx, tab, dil, divmode,
-             dov, init, float(p), knumel, marker)
-
-
-def _run_max(op, arr, lay, osp, tab, dil, taps, return_indices, out, index_dtype, wspec=None):
-    vout, iout = _unpack_out(op, out, return_indices)
-    _check_out_overlap(op, arr, vout, iout)
-    plane = math.prod(lay.spatial)
-    res, user_res = lay.allocate(op, osp, arr.dtype, vout)
-    if return_indices:
-        idt = _index_dtype(op, index_dtype, plane)
-        ires, user_ires = lay.allocate(op, osp, idt, iout, name="out[1] (indices)")
-        kidx = lay.kernel_view(ires, osp)
-    else:
-        kidx = _DUMMY_IDX[lay.mem]
-    if res.size and lay.mem == CF and not return_indices:
-        _run_sep("max", arr, lay, res, osp, tab, dil, taps, wspec, 0, 1, _lowest(arr.dtype),
-                 1.0, 1)
-    elif res.size and lay.mem == CL:
-        _run_cl("max", arr, lay, res, osp, tab, dil, taps, kidx, return_indices, 0, 1,
-                _lowest(arr.dtype), 1.0, 1)
-    elif res.size:  # channels-first with indices
-        xs, marker = storage(arr)
-        rs, _ = storage(res)
-        consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1])
-        kern = _dispatch.kernel("max", "cpu", CF, _parallel(res.size * taps), *consts)
-        with launch_lock():
-            kern(lay.kernel_view(xs, lay.spatial), lay.kernel_view(rs, osp), kidx, tab, dil, lo,
-                 hi, pw, _lowest(arr.dtype), marker)
-    values = user_res if user_res is not None else lay.user_view(res)
-    if not return_indices:
-        return values
-    return values, (user_ires if user_ires is not None else lay.user_view(ires))
-
-
-def _max_pool(rank, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
-              channels_last, out, index_dtype):
-    op = f"max_pool{rank}d"
-    arr, lay = _prepare(op, input, rank, channels_last, MAX_DTYPES)
-    k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
-                                              padding, dilation, ceil_mode)
-    tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
-    return _run_max(op, arr, lay, osp, tab, dil, math.prod(k), return_indices, out, index_dtype,
-                    (_k3(k), s[-1], d[-1], pads[-1][0]))
-
-
 def _k3(k):
     return (1,) * (3 - len(k)) + tuple(k)
 
@@ -335,19 +336,86 @@ def _zero(dtype):
     return np.float32(0)
 
 
-def _run_sum(op, kind, arr, lay, osp, tab, dil, taps, divmode, dov, p, knumel, out,
-             wspec=None):
-    if isinstance(out, (tuple, list)):
-        raise ValueError(f"{op}: out must be one array")
-    _check_out_overlap(op, arr, out)
-    res, user_res = lay.allocate(op, osp, arr.dtype, out)
-    if res.size and lay.mem == CF:
-        _run_sep(kind, arr, lay, res, osp, tab, dil, taps, wspec, divmode, dov, _zero(arr.dtype),
-                 p, knumel)
-    elif res.size:
-        _run_cl(kind, arr, lay, res, osp, tab, dil, taps, _DUMMY_IDX[CL], False, divmode, dov,
-                _zero(arr.dtype), p, knumel)
-    return user_res if user_res is not None else lay.user_view(res)
+def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, dov=1, p=1.0,
+                 knumel=1, return_indices=False, index_dtype=np.int64):
+    """Choose the kernel for a windowed op and return ``run(x, out)``.
+
+    kind: "max", "avg" or "lp".  Channels-first without indices runs the separable kernels
+    (or the global one), channels-last the channels-last kernels, channels-first with indices
+    the argmax kernel.
+    """
+    dtype = x.dtype
+    half = dtype == np.float16
+    marker = HALF if half else PLAIN
+    mshape = lay.mem_shape(osp)
+    check_alloc(op, mshape, dtype.itemsize)
+    size = math.prod(mshape)
+    parallel = _parallel(size * taps)
+    init = _lowest(dtype) if kind == "max" else _zero(dtype)
+    idt = _index_dtype(op, index_dtype, math.prod(lay.spatial)) if return_indices else None
+    xshape = lay.kernel_shape(lay.spatial)
+    oshape = lay.kernel_shape(osp)
+    with_idx = lay.mem == CL or return_indices  # the kernel takes an index array
+    if lay.mem == CF and not return_indices:
+        if kind != "lp" and _is_global(tab, lay.spatial, osp, divmode if kind == "avg" else 2):
+            kern = _dispatch.kernel("global", "cpu", kind, parallel)
+            xshape, oshape = (oshape[0], -1), (oshape[0],)
+            args = (init, marker)
+        else:
+            consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1])
+            kern = _dispatch.kernel("separable", "cpu", kind, parallel, *consts)
+            args = (tab, dil, lo, hi, pw, divmode, dov, init, float(p), knumel, marker)
+    elif lay.mem == CL:
+        kern = _dispatch.kernel("cl", "cpu", kind, parallel, bool(return_indices))
+        args = (tab, dil, divmode, dov, init, float(p), knumel, marker)
+    else:
+        consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1])
+        kern = _dispatch.kernel("max", "cpu", CF, parallel, *consts)
+        args = (tab, dil, lo, hi, pw, init, marker)
+    dummy = _DUMMY_IDX[lay.mem]
+
+    def run(x, out):
+        a = lay.input_mem(x)
+        if out is None:
+            res = np.empty(mshape, dtype)
+            ires = np.empty(mshape, idt) if return_indices else None
+            user = uidx = None
+        else:
+            vout, iout = _unpack_out(op, out, return_indices)
+            _check_out_overlap(op, x, vout, iout)
+            res, user = lay.allocate(op, osp, dtype, vout)
+            if return_indices:
+                ires, uidx = lay.allocate(op, osp, idt, iout, name="out[1] (indices)")
+        if size:
+            xin = (a.view(np.uint16) if half else a).reshape(xshape)
+            rk = (res.view(np.uint16) if half else res).reshape(oshape)
+            with launch_lock():
+                if with_idx:
+                    kern(xin, rk, ires.reshape(oshape) if return_indices else dummy, *args)
+                else:
+                    kern(xin, rk, *args)
+        values = user if user is not None else lay.user_view(res)
+        if not return_indices:
+            return values
+        return values, (uidx if uidx is not None else lay.user_view(ires))
+    return run
+
+
+def _max_pool(rank, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
+              channels_last, out, index_dtype):
+    op = f"max_pool{rank}d"
+
+    def build(x):
+        lay = _layout(op, x, rank, channels_last, MAX_DTYPES)
+        k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
+                                                  padding, dilation, ceil_mode)
+        tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
+        return _window_plan(op, "max", x, lay, osp, tab, dil, math.prod(k),
+                            (_k3(k), s[-1], d[-1], pads[-1][0]),
+                            return_indices=bool(return_indices), index_dtype=index_dtype)
+    params = (kernel_size, stride, padding, dilation, bool(ceil_mode), bool(return_indices),
+              bool(channels_last), index_dtype)
+    return _planned(op, params, input, out, build)
 
 
 def _avg_divisor(op, count_include_pad, divisor_override):
@@ -364,38 +432,52 @@ def _avg_divisor(op, count_include_pad, divisor_override):
 def _avg_pool(rank, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
               divisor_override, dilation, channels_last, out):
     op = f"avg_pool{rank}d"
-    arr, lay = _prepare(op, input, rank, channels_last, AVG_DTYPES)
-    k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
-                                              padding, dilation, ceil_mode)
-    divmode, dov = _avg_divisor(op, count_include_pad, divisor_override)
-    tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
-    return _run_sum(op, "avg", arr, lay, osp, tab, dil, math.prod(k), divmode, dov, 1.0, 1, out,
-                    (_k3(k), s[-1], d[-1], pads[-1][0]))
+
+    def build(x):
+        lay = _layout(op, x, rank, channels_last, AVG_DTYPES)
+        k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
+                                                  padding, dilation, ceil_mode)
+        divmode, dov = _avg_divisor(op, count_include_pad, divisor_override)
+        tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
+        return _window_plan(op, "avg", x, lay, osp, tab, dil, math.prod(k),
+                            (_k3(k), s[-1], d[-1], pads[-1][0]), divmode, dov)
+    params = (kernel_size, stride, padding, bool(ceil_mode), bool(count_include_pad),
+              divisor_override, dilation, bool(channels_last))
+    return _planned(op, params, input, out, build)
 
 
 def _lp_pool(rank, input, norm_type, kernel_size, stride, ceil_mode, padding, dilation,
              channels_last, out):
     op = f"lp_pool{rank}d"
-    p = check_float(op, "norm_type", norm_type)
-    if p == 0 or not math.isfinite(p):
-        raise ValueError(f"{op}: norm_type must be a non-zero finite number, got {norm_type!r}")
-    arr, lay = _prepare(op, input, rank, channels_last, FLOAT_DTYPES)
-    k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
-                                              padding, dilation, ceil_mode)
-    tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
-    knumel = math.prod(k)
-    return _run_sum(op, "lp", arr, lay, osp, tab, dil, knumel, 1, 1, p, knumel, out,
-                    (_k3(k), s[-1], d[-1], pads[-1][0]))
+
+    def build(x):
+        p = check_float(op, "norm_type", norm_type)
+        if p == 0 or not math.isfinite(p):
+            raise ValueError(f"{op}: norm_type must be a non-zero finite number, got "
+                             f"{norm_type!r}")
+        lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
+        k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
+                                                  padding, dilation, ceil_mode)
+        tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
+        knumel = math.prod(k)
+        return _window_plan(op, "lp", x, lay, osp, tab, dil, knumel,
+                            (_k3(k), s[-1], d[-1], pads[-1][0]), 1, 1, p, knumel)
+    params = (norm_type, kernel_size, stride, bool(ceil_mode), padding, dilation,
+              bool(channels_last))
+    return _planned(op, params, input, out, build)
 
 
 # ----------------------------------------------------------------------------- adaptive ops
 
-def _adaptive_params(op, rank, spatial, output_size):
+def _adaptive_params(op, rank, spatial, output_size, plane_bytes=1):
+    """Output size, window tables and taps per window; ``plane_bytes`` (N*C*itemsize) lets
+    the result's size be refused before any table is built."""
     osz = int_tuple(op, "output_size", output_size, rank, allow_none=True)
     osz = tuple(spatial[i] if v is None else v for i, v in enumerate(osz))
     for v in osz:
         if v < 0:
             raise ValueError(f"{op}: output_size must be non-negative, got {osz!r}")
+    check_alloc(op, osz, plane_bytes)
     pad3 = 3 - rank
     tabs = [adaptive_table(1, 1)] * pad3
     for i in range(rank):
@@ -411,29 +493,44 @@ _UNIT_DIL = np.ones(3, dtype=np.int64)
 def _adaptive_max_pool(rank, input, output_size, return_indices, channels_last, out,
                        index_dtype):
     op = f"adaptive_max_pool{rank}d"
-    arr, lay = _prepare(op, input, rank, channels_last, MAX_DTYPES)
-    osz, tab, taps = _adaptive_params(op, rank, lay.spatial, output_size)
-    return _run_max(op, arr, lay, osz, tab, _UNIT_DIL, taps, return_indices, out, index_dtype)
+
+    def build(x):
+        lay = _layout(op, x, rank, channels_last, MAX_DTYPES)
+        osz, tab, taps = _adaptive_params(op, rank, lay.spatial, output_size,
+                                          lay.n * lay.c * x.dtype.itemsize)
+        return _window_plan(op, "max", x, lay, osz, tab, _UNIT_DIL, taps,
+                            return_indices=bool(return_indices), index_dtype=index_dtype)
+    params = (output_size, bool(return_indices), bool(channels_last), index_dtype)
+    return _planned(op, params, input, out, build)
 
 
 def _adaptive_avg_pool(rank, input, output_size, channels_last, out):
     op = f"adaptive_avg_pool{rank}d"
-    arr, lay = _prepare(op, input, rank, channels_last, AVG_DTYPES)
-    osz, tab, taps = _adaptive_params(op, rank, lay.spatial, output_size)
-    return _run_sum(op, "avg", arr, lay, osz, tab, _UNIT_DIL, taps, 2, 1, 1.0, 1, out)
+
+    def build(x):
+        lay = _layout(op, x, rank, channels_last, AVG_DTYPES)
+        osz, tab, taps = _adaptive_params(op, rank, lay.spatial, output_size,
+                                          lay.n * lay.c * x.dtype.itemsize)
+        return _window_plan(op, "avg", x, lay, osz, tab, _UNIT_DIL, taps, divmode=2)
+    params = (output_size, bool(channels_last))
+    return _planned(op, params, input, out, build)
 
 
 # ----------------------------------------------------------------------------- fractional
 
 def _fractional_starts(op, samples, spatial, kernel, osz, dtype):
-    """PyTorch's interval rule, per plane: (N, C, 3, maxout) window starts."""
+    """PyTorch's interval rule, per plane: (N, C, 3, maxout) window starts.
+
+    The arithmetic runs in the input's float type, as PyTorch's (float16 rounds after every
+    operation, like ``c10::Half``; integer inputs use float32).  PyTorch's 2-d kernel reads the
+    samples as (W, H), its 3-d kernel as (T, H, W).
+    """
     n, c, rank = samples.shape
-    ft = np.float64 if dtype == np.float64 else np.float32
+    ft = dtype.type if dtype.kind == "f" else np.float32
     m = max(osz)
     starts = np.zeros((n, c, 3, m), dtype=np.int64)
     for i in range(rank):
-        # torch orders the samples from the last spatial dim (W) to the first
-        u = samples[:, :, rank - 1 - i].astype(ft)
+        u = samples[:, :, rank - 1 - i if rank == 2 else i].astype(ft)
         o, size, k = osz[i], spatial[i], kernel[i]
         dim = 3 - rank + i
         if o > 1:

@@ -15,7 +15,7 @@ BLOCK = 4  # output rows per parallel task
 
 
 def make_cl(kind, parallel, idx):
-    PAR = parallel  # noqa: F841  (in the closure so that each option set caches apart)
+    PAR = parallel  # in the closure so that each option set caches apart
     MAX = kind == "max"
     POWER = kind == "lp"
     IDX = idx
@@ -31,7 +31,8 @@ def make_cl(kind, parallel, idx):
         dh = dil[1]
         dw = dil[2]
         nrows = out.shape[0] * OD * OH
-        ntask = (nrows + BLOCK - 1) // BLOCK
+        blk = BLOCK if PAR else max(nrows, 1)  # serial: one task, scratch allocated once
+        ntask = (nrows + blk - 1) // blk
         pz = init + p
         invz = init + 1.0 / p
         knz = init + knumel
@@ -40,7 +41,7 @@ def make_cl(kind, parallel, idx):
         for t in prange(ntask):
             acc = np.full(C, init)
             acci = np.zeros(C if IDX else 1, np.int64)
-            for r in range(t * BLOCK, min(nrows, (t + 1) * BLOCK)):
+            for r in range(t * blk, min(nrows, (t + 1) * blk)):
                 n, od, oh = _rows(r, OD, OH)
                 d0 = tab[0, 0, od]
                 nd = tab[0, 1, od]

@@ -24,7 +24,7 @@ BLOCK = 8  # output rows per parallel task
 
 
 def make_sep(kind, parallel, KD, KH, KW, SW):
-    PAR = parallel  # noqa: F841  (in the closure so that each option set caches apart)
+    PAR = parallel  # in the closure so that each option set caches apart
     MAX = kind == "max"
     POWER = kind == "lp"
     SPEC = KW > 0
@@ -38,7 +38,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW):
         dh = dil[1]
         dw = dil[2]
         nrows = out.shape[0] * OD * OH
-        ntask = (nrows + BLOCK - 1) // BLOCK
+        blk = BLOCK if PAR else max(nrows, 1)  # serial: one task, scratch allocated once
+        ntask = (nrows + blk - 1) // blk
         pz = init + p
         invz = init + 1.0 / p
         knz = init + knumel
@@ -47,7 +48,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW):
         for t in prange(ntask):
             tmp = np.full(W, init)
             hv = np.full(OW, init)
-            for r in range(t * BLOCK, min(nrows, (t + 1) * BLOCK)):
+            for r in range(t * blk, min(nrows, (t + 1) * blk)):
                 q, od, oh = _rows(r, OD, OH)
                 d0 = tab[0, 0, od]
                 nd = tab[0, 1, od]
