@@ -1,0 +1,492 @@
+"""Gradients (``<op>_backward``) against PyTorch autograd, the NumPy oracle's backward and
+finite differences, plus determinism across thread counts and the error catalogue.
+
+Configurations are drawn from seeded RNGs (op x rank x layout x dtype x parameters) rather than
+a cartesian product: every (kernel, layout, dtype) compiles once, so the file stays fast.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+import fastpool
+import reference as R
+from conftest import make_input, windows_hit_input
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+OPS = ["max", "avg", "lp", "adaptive_max", "adaptive_avg", "fractional_max", "max_unpool"]
+LAYOUTS = ["cf", "cl", "cl_view"]
+TOL = {np.float16: (4e-3, 4e-3), np.float32: (2e-5, 2e-5), np.float64: (1e-11, 1e-12)}
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+def to_layout(a, layout):
+    """Canonical (N, C, *sp) -> (array to pass, channels_last)."""
+    if layout == "cf":
+        return np.ascontiguousarray(a), False
+    cl = np.ascontiguousarray(np.moveaxis(a, 1, -1))
+    if layout == "cl":
+        return cl, True
+    return np.moveaxis(cl, -1, 1), False  # logical NC* view of channels-last memory
+
+
+def from_layout(res, layout, like):
+    """Back to canonical, checking the result's dtype and memory layout."""
+    assert type(res) is np.ndarray
+    assert res.dtype == like.dtype, (res.dtype, like.dtype)
+    if layout == "cl":
+        assert res.flags.c_contiguous
+        res = np.moveaxis(res, -1, 1)
+    elif layout == "cl_view":
+        assert np.moveaxis(res, 1, -1).flags.c_contiguous, res.strides
+    else:
+        assert res.flags.c_contiguous
+    assert res.shape == like.shape, (res.shape, like.shape)
+    return res
+
+
+def close(got, ref, dtype, what=""):
+    rtol, atol = TOL[np.dtype(dtype).type]
+    scale = max(1.0, float(np.nanmax(np.abs(np.where(np.isfinite(ref), ref, 0)), initial=0)))
+    np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=rtol,
+                               atol=atol * scale, equal_nan=True, err_msg=what)
+
+
+def T(a):
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def torch_grad(fwd, x, g):
+    """d(sum(g * fwd(x)))/dx by PyTorch autograd (float16 computed in float32)."""
+    xt = T(x.astype(np.float32) if x.dtype == np.float16 else x).requires_grad_(True)
+    y = fwd(xt)
+    y = y[0] if isinstance(y, tuple) else y
+    y.backward(T(g.astype(np.float32) if g.dtype == np.float16 else g))
+    return xt.grad.numpy()
+
+
+def tup(rng, vals):
+    """A per-dim parameter as an int when the entries agree (half the time), else a tuple."""
+    vals = tuple(int(v) for v in vals)
+    if len(vals) == 1 or (len(set(vals)) == 1 and rng.random() < 0.5):
+        return vals[0]
+    return vals
+
+
+def draw_dtype(rng, allow_half=True):
+    return rng.choice([np.float64, np.float32, np.float16] if allow_half else
+                      [np.float64, np.float32], p=[0.6, 0.25, 0.15] if allow_half else [0.7, 0.3])
+
+
+def draw_window(rng, nd, dilation):
+    while True:
+        k = [int(rng.integers(1, 5 if nd < 3 else 4)) for _ in range(nd)]
+        s = [int(rng.choice([1, 2, 3, k[i], k[i] + 1])) for i in range(nd)]
+        d = [int(rng.integers(1, 3)) if dilation else 1 for _ in range(nd)]
+        p = [int(rng.integers(0, k[i] // 2 + 1)) for i in range(nd)]
+        ceil_mode = bool(rng.integers(0, 2))
+        sp = [int(rng.integers(max((k[i] - 1) * d[i] + 1 - 2 * p[i], 1),
+                               (k[i] - 1) * d[i] + 1 + (8 if nd < 3 else 4)))
+              for i in range(nd)]
+        if windows_hit_input(sp, k, s, [(v, v) for v in p], d, ceil_mode):
+            return k, s, p, d, ceil_mode, tuple(sp)
+
+
+# ---------------------------------------------------------------------------------------------
+# against PyTorch autograd
+# ---------------------------------------------------------------------------------------------
+
+def _config(seed):
+    """One random configuration: (name, nd, dtype, x, fastpool call(g, x, cl), torch fwd)."""
+    rng = np.random.default_rng(1000 + seed)
+    op = OPS[seed % len(OPS)]
+    nd = int(rng.integers(2, 4)) if op == "fractional_max" else int(rng.integers(1, 4))
+    dtype = draw_dtype(rng, allow_half=op not in ("fractional_max",))
+    n, c = int(rng.integers(1, 3)), int(rng.integers(1, 4))
+    fname = f"{op}_pool{nd}d" if op != "max_unpool" else f"max_unpool{nd}d"
+    bwd = getattr(fastpool, fname + "_backward")
+    tf = getattr(F, f"{op}_pool{nd}d" if op != "max_unpool" else f"max_unpool{nd}d")
+    desc = {"op": op, "nd": nd, "dtype": np.dtype(dtype).name}
+
+    if op in ("max", "avg", "lp"):
+        k, s, p, d, ceil_mode, sp = draw_window(rng, nd, dilation=op == "max")
+        x = make_input(rng, (n, c) + sp, dtype, nan=op == "max", special=op == "max")
+        if op == "lp":
+            x = (rng.integers(-1, 4, (n, c) + sp) * 0.5).astype(dtype)
+            x[rng.random(x.shape) < 0.3] = 0  # zero windows: zero gradient, as torch
+        kk, ss, pp, dd = tup(rng, k), tup(rng, s), tup(rng, p), tup(rng, d)
+        if op == "max":
+            with_idx = bool(rng.integers(0, 2))
+            idt = rng.choice([np.int64, np.int32])
+            desc.update(k=k, s=s, p=p, d=d, ceil=ceil_mode, indices=with_idx)
+
+            def call(g, xl, cl, layout=None):
+                kw = {}
+                if with_idx:
+                    kw["indices"] = getattr(fastpool, fname)(
+                        xl, kk, ss, pp, dd, ceil_mode, True, channels_last=cl,
+                        index_dtype=idt)[1]
+                return bwd(g, xl, kk, ss, pp, dd, ceil_mode, channels_last=cl, **kw)
+            fwd = lambda t: tf(t, kk, ss, pp, dd, ceil_mode)  # noqa: E731
+        elif op == "avg":
+            cip = bool(rng.integers(0, 2))
+            dov = int(rng.choice([0, 0, 3, -2])) or None
+            desc.update(k=k, s=s, p=p, ceil=ceil_mode, count_include_pad=cip,
+                        divisor_override=dov)
+
+            def call(g, xl, cl, layout=None):
+                return bwd(g, xl, kk, ss, pp, ceil_mode, cip, dov, channels_last=cl)
+            if nd == 1:
+                # torch's avg_pool1d has no divisor_override: the 2-d op on (N, C, 1, W)
+                def fwd(t):
+                    return F.avg_pool2d(t[:, :, None], (1, k[0]), (1, s[0]), (0, p[0]),
+                                        ceil_mode, cip, dov)[:, :, 0]
+            else:
+                fwd = lambda t: tf(t, kk, ss, pp, ceil_mode, cip, dov)  # noqa: E731
+        else:
+            norm = float(rng.choice([1.0, 2.0, 3.0, 1.5]))
+            desc.update(k=k, s=s, ceil=ceil_mode, p=norm)
+
+            def call(g, xl, cl, layout=None):
+                return bwd(g, xl, norm, kk, ss, ceil_mode, channels_last=cl)
+            fwd = lambda t: tf(t, norm, kk, ss, ceil_mode)  # noqa: E731
+    elif op in ("adaptive_max", "adaptive_avg"):
+        sp = tuple(int(rng.integers(1, 10 if nd < 3 else 6)) for _ in range(nd))
+        osz = tuple(int(rng.integers(1, v + 3)) for v in sp)
+        if rng.random() < 0.2:
+            osz = (1,) * nd  # global
+        x = make_input(rng, (n, c) + sp, dtype, nan=op == "adaptive_max",
+                       special=op == "adaptive_max")
+        arg = osz if rng.random() < 0.7 or nd == 1 else (osz[:-1] + (None,))
+        if arg[-1] is None:
+            osz = osz[:-1] + (sp[-1],)
+        desc.update(sp=sp, output_size=arg)
+        if op == "adaptive_max":
+            with_idx = bool(rng.integers(0, 2))
+            desc["indices"] = with_idx
+
+            def call(g, xl, cl, layout=None):
+                kw = {}
+                if with_idx:
+                    kw["indices"] = getattr(fastpool, fname)(xl, arg, True, channels_last=cl)[1]
+                return bwd(g, xl, arg, channels_last=cl, **kw)
+        else:
+            def call(g, xl, cl, layout=None):
+                return bwd(g, xl, arg, channels_last=cl)
+        fwd = lambda t: tf(t, arg)  # noqa: E731
+    elif op == "fractional_max":
+        k = tuple(int(rng.integers(1, 4)) for _ in range(nd))
+        osz = tuple(int(rng.integers(1, 5)) for _ in range(nd))
+        sp = tuple(o + kk + int(rng.integers(0, 4)) for o, kk in zip(osz, k))  # torch: <
+        x = make_input(rng, (n, c) + sp, dtype)
+        samples = rng.random((n, c, nd)).astype(dtype)
+        with_idx = bool(rng.integers(0, 2)) or nd == 3
+        desc.update(k=k, output_size=osz, indices=with_idx)
+
+        def call(g, xl, cl, layout=None):
+            if with_idx:
+                if nd == 3:  # PyTorch's own indices: the backward alone under test
+                    idx = tf(T(x), k, osz, return_indices=True, _random_samples=T(samples))[1]
+                    idx, _ = to_layout(idx.numpy(), layout)
+                else:
+                    idx = getattr(fastpool, fname)(xl, k, osz, None, True,
+                                                   random_samples=samples, channels_last=cl)[1]
+                return bwd(g, xl, k, osz, indices=idx, channels_last=cl)
+            return bwd(g, xl, k, output_size=osz, _random_samples=samples, channels_last=cl)
+        fwd = lambda t: tf(t, k, osz, _random_samples=T(samples))  # noqa: E731
+    else:  # max_unpool: the gradient with respect to the pooled values
+        k = tuple(int(rng.integers(1, 4)) for _ in range(nd))
+        s = tuple(int(rng.choice([1, kk, kk + 1])) for kk in k)
+        src_sp = tuple(int(rng.integers(kk, kk + 6)) for kk in k)
+        src = torch.from_numpy(make_input(rng, (n, c) + src_sp, np.float64, nan=False,
+                                          special=False))
+        pooled, tidx = getattr(F, f"max_pool{nd}d")(src, k, s, return_indices=True)
+        x = pooled.numpy().astype(dtype)
+        idx = tidx.numpy()
+        osz = src_sp  # within (default - stride, default + stride) exclusive, as required
+        desc.update(k=k, s=s, output_size=osz)
+
+        def call(g, xl, cl, layout):
+            il, _ = to_layout(idx, layout)
+            return bwd(g, xl, il, k, s, 0, osz, channels_last=cl)
+        fwd = lambda t: tf(t, T(idx), k, s, 0, osz)  # noqa: E731
+    return desc, dtype, x, call, fwd
+
+
+@pytest.mark.parametrize("seed", range(42))
+def test_backward_matches_torch(seed):
+    desc, dtype, x, call, fwd = _config(seed)
+    rng = np.random.default_rng(seed)
+    yt = fwd(T(x.astype(np.float32) if x.dtype == np.float16 else x))
+    yt = yt[0] if isinstance(yt, tuple) else yt
+    g = rng.standard_normal(tuple(yt.shape)).astype(dtype)
+    ref = torch_grad(fwd, x, g)
+    layout = LAYOUTS[seed % 3]
+    xl, cl = to_layout(x, layout)
+    gl, _ = to_layout(g, layout)
+    snapshot = xl.copy()
+    got = from_layout(call(gl, xl, cl, layout), layout, x)
+    np.testing.assert_array_equal(xl, snapshot)  # the input is never modified
+    close(got, ref, dtype, what=str(dict(desc, layout=layout)))
+
+
+def test_lp_zero_and_negative_windows_match_torch():
+    """x = 0 (infinite x**(p-1) for p < 1), all-zero windows and negative sums (NaN)."""
+    x = np.array([[[[0.0, 0.0, 1.0, -2.0], [0.0, 0.0, 3.0, 1.0],
+                    [-1.0, -1.0, 0.0, 2.0], [-3.0, 0.5, 0.0, 0.0]]]])
+    g = np.arange(1.0, 5.0).reshape(1, 1, 2, 2)
+    for p in (0.5, 1.0, 2.0, 3.0, 1.5, -1.0):
+        ref = torch_grad(lambda t: F.lp_pool2d(t, p, 2), x, g)
+        got = fastpool.lp_pool2d_backward(g, x, p, 2)
+        close(got, ref, np.float64, what=f"p={p}")
+
+
+# ---------------------------------------------------------------------------------------------
+# against the NumPy oracle (ONNX padding, dilation for avg/Lp) and finite differences
+# ---------------------------------------------------------------------------------------------
+
+def _onnx_config(rng, nd):
+    while True:
+        k = [int(rng.integers(1, 4)) for _ in range(nd)]
+        s = [int(rng.integers(1, 4)) for _ in range(nd)]
+        d = [int(rng.integers(1, 3)) for _ in range(nd)]
+        ceil_mode = bool(rng.integers(0, 2))
+        mode = rng.choice(["pairs", "same", "same_lower"])
+        sp = tuple(int(rng.integers((k[i] - 1) * d[i] + 1, (k[i] - 1) * d[i] + 7))
+                   for i in range(nd))
+        if mode == "pairs":
+            pads = [(int(rng.integers(0, k[i])), int(rng.integers(0, k[i]))) for i in range(nd)]
+            padding = tuple(pads)
+        else:
+            pads = [R.same_pads(sp[i], k[i], s[i], d[i], lower=mode == "same_lower")
+                    for i in range(nd)]
+            padding = str(mode)
+            ceil_mode = False
+        if windows_hit_input(sp, k, s, pads, d, ceil_mode) and all(
+                b < (kk - 1) * dd + 1 for (b, _), kk, dd in zip(pads, k, d)):
+            return tuple(k), tuple(s), tuple(d), pads, padding, ceil_mode, sp
+
+
+@pytest.mark.parametrize("seed", range(9))
+def test_backward_matches_reference(seed):
+    rng = np.random.default_rng(5000 + seed)
+    nd = 1 + seed % 3
+    op = ["max", "avg", "lp"][seed // 3]
+    k, s, d, pads, padding, ceil_mode, sp = _onnx_config(rng, nd)
+    layout = LAYOUTS[seed % 3]
+    x = rng.standard_normal((2, 3) + sp)
+    if op == "lp":
+        x = np.abs(x) + 0.1
+    if op == "max":
+        y, _ = R.ref_max_pool(x, k, s, pads, d, ceil_mode)
+    elif op == "avg":
+        y = R.ref_avg_pool(x, k, s, pads, ceil_mode, False, None, d)
+    else:
+        y = R.ref_lp_pool(x, 3.0, k, s, pads, d, ceil_mode)
+    g = rng.standard_normal(y.shape)
+    xl, cl = to_layout(x, layout)
+    gl, _ = to_layout(g, layout)
+    if op == "max":
+        ref = R.ref_max_pool_backward(g, x, k, s, pads, d, ceil_mode)
+        got = getattr(fastpool, f"max_pool{nd}d_backward")(gl, xl, k, s, padding, d, ceil_mode,
+                                                           channels_last=cl)
+    elif op == "avg":
+        ref = R.ref_avg_pool_backward(g, x, k, s, pads, ceil_mode, False, None, d)
+        got = getattr(fastpool, f"avg_pool{nd}d_backward")(gl, xl, k, s, padding, ceil_mode,
+                                                           False, dilation=d, channels_last=cl)
+    else:
+        ref = R.ref_lp_pool_backward(g, x, 3.0, k, s, pads, d, ceil_mode)
+        got = getattr(fastpool, f"lp_pool{nd}d_backward")(gl, xl, 3.0, k, s, ceil_mode,
+                                                          padding=padding, dilation=d,
+                                                          channels_last=cl)
+    close(from_layout(got, layout, x), ref, np.float64, what=f"{op} {k} {s} {d} {padding}")
+
+
+def _numeric_grad(f, x, g, eps=1e-6):
+    """Central differences of sum(g * f(x))."""
+    out = np.zeros_like(x)
+    flat = x.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        hi = np.sum(g * f(x))
+        flat[i] = old - eps
+        lo = np.sum(g * f(x))
+        flat[i] = old
+        out.reshape(-1)[i] = (hi - lo) / (2 * eps)
+    return out
+
+
+@pytest.mark.parametrize("op", ["max", "avg", "lp", "adaptive_avg"])
+def test_backward_matches_finite_differences(op):
+    rng = np.random.default_rng(77)
+    x = rng.permutation(60).reshape(1, 2, 5, 6) * 0.1 + 0.05  # distinct, positive
+    pads = [(1, 0), (0, 1)]
+    if op == "max":
+        def f(a):
+            return R.ref_max_pool(a, (2, 3), (2, 2), pads, (1, 1), True)[0]
+        got = lambda g: fastpool.max_pool2d_backward(g, x, (2, 3), 2, ((1, 0), (0, 1)),  # noqa
+                                                     ceil_mode=True)
+    elif op == "avg":
+        def f(a):
+            return R.ref_avg_pool(a, (3, 2), (2, 1), pads, True, True, None, (1, 2))
+        got = lambda g: fastpool.avg_pool2d_backward(g, x, (3, 2), (2, 1), ((1, 0), (0, 1)),  # noqa
+                                                     True, True, dilation=(1, 2))
+    elif op == "lp":
+        def f(a):
+            return R.ref_lp_pool(a, 2.5, (2, 2), (1, 2), pads, (2, 1), True)
+        got = lambda g: fastpool.lp_pool2d_backward(g, x, 2.5, 2, (1, 2), True,  # noqa: E731
+                                                    padding=((1, 0), (0, 1)), dilation=(2, 1))
+    else:
+        def f(a):
+            return R.ref_adaptive_avg_pool(a, (3, 4))
+        got = lambda g: fastpool.adaptive_avg_pool2d_backward(g, x, (3, 4))  # noqa: E731
+    g = rng.standard_normal(f(x).shape)
+    num = _numeric_grad(f, x.copy(), g)
+    np.testing.assert_allclose(got(g), num, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# determinism: bit-identical across runs and thread counts
+# ---------------------------------------------------------------------------------------------
+
+def _determinism_cases(rng):
+    """One case per accumulating kernel (adaptive, global and unpooling reuse these kernels or
+    accumulate nothing)."""
+    x2 = rng.integers(-3, 4, (4, 16, 40, 36)).astype(np.float32)  # ties: overlapping windows
+    g2 = rng.standard_normal((4, 16, 20, 18)).astype(np.float32)
+    xc = np.ascontiguousarray(np.moveaxis(x2, 1, -1))
+    gc = np.ascontiguousarray(np.moveaxis(g2, 1, -1))
+    idx = F.max_pool2d(T(x2), 3, 2, 1, return_indices=True)[1].numpy()  # no extra compile
+    idxc = np.ascontiguousarray(np.moveaxis(idx, 1, -1))
+    xp = np.abs(x2) + 0.5
+    return {
+        "max scatter cf": lambda: fastpool.max_pool2d_backward(g2, x2, 3, 2, 1, indices=idx),
+        "max gather cl": lambda: fastpool.max_pool2d_backward(gc, xc, 3, 2, 1, indices=idxc,
+                                                              channels_last=True),
+        "max recompute cf": lambda: fastpool.max_pool2d_backward(g2, x2, 3, 2, 1),
+        "max recompute cl": lambda: fastpool.max_pool2d_backward(gc, xc, 3, 2, 1,
+                                                                 channels_last=True),
+        "avg cf": lambda: fastpool.avg_pool2d_backward(g2, x2, 3, 2, 1),
+        "avg cl": lambda: fastpool.avg_pool2d_backward(gc, xc, 3, 2, 1, channels_last=True),
+        "lp cf": lambda: fastpool.lp_pool2d_backward(g2, xp, 2, 3, 2, padding=1),
+    }
+
+
+def test_deterministic_across_thread_counts():
+    import numba
+    from fastpool import functional
+    assert 4 * 16 * 40 * 36 >= functional.PARALLEL_MIN_WORK  # the parallel kernels run
+    cases = _determinism_cases(np.random.default_rng(3))
+    before = numba.get_num_threads()
+    counts = sorted({1, min(2, numba.config.NUMBA_NUM_THREADS),
+                     min(3, numba.config.NUMBA_NUM_THREADS)})
+    try:
+        results = {}
+        for nt in counts:
+            numba.set_num_threads(nt)
+            for name, fn in cases.items():
+                a, b = fn(), fn()
+                assert a.tobytes() == b.tobytes(), f"{name}: two runs differ ({nt} threads)"
+                if name in results:
+                    assert a.tobytes() == results[name].tobytes(), \
+                        f"{name}: {nt} threads differ from {counts[0]}"
+                results[name] = a
+    finally:
+        numba.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------------------------
+# float16: accumulated in float32, rounded once
+# ---------------------------------------------------------------------------------------------
+
+def test_float16_accumulates_in_float32():
+    """Many overlapping windows add into one cell: the sum is kept in float32 and rounded to
+    float16 once (a float16 running sum would drift)."""
+    k = 64
+    x = np.zeros((1, 1, 200), np.float16)
+    x[0, 0, 100] = 1  # the argmax of the 64 windows that contain it
+    g = np.full((1, 1, 200 - k + 1), 0.01, np.float16)
+    got = fastpool.max_pool1d_backward(g, x, k, 1)
+    want = np.float16(np.float32(np.float16(0.01)) * np.float32(k))
+    assert got.dtype == np.float16 and got[0, 0, 100] == want
+    got = fastpool.avg_pool1d_backward(g, x, k, 1)
+    share = np.float32(np.float16(0.01)) / np.float32(k)
+    assert got[0, 0, 100] == np.float16(share * np.float32(k))
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------------------------
+
+def test_errors():
+    x = np.zeros((2, 3, 8, 8), np.float32)
+    g = np.zeros((2, 3, 4, 4), np.float32)
+    with pytest.raises(ValueError, match=r"grad_output has shape \(2, 3, 4, 5\), expected "
+                                         r"\(2, 3, 4, 4\)"):
+        fastpool.max_pool2d_backward(np.zeros((2, 3, 4, 5), np.float32), x, 2)
+    with pytest.raises(TypeError, match="grad_output has dtype float64, expected the input's "
+                                        "dtype float32"):
+        fastpool.avg_pool2d_backward(g.astype(np.float64), x, 2)
+    with pytest.raises(TypeError, match="input dtype int32 is not supported"):
+        fastpool.avg_pool2d_backward(g.astype(np.int32), x.astype(np.int32), 2)
+    with pytest.raises(TypeError, match="indices must be int64 or int32, got dtype float32"):
+        fastpool.max_pool2d_backward(g, x, 2, indices=g)
+    with pytest.raises(ValueError, match=r"indices has shape \(2, 3, 4\), expected"):
+        fastpool.max_pool2d_backward(g, x, 2, indices=np.zeros((2, 3, 4), np.int64))
+    bad = np.zeros((2, 3, 4, 4), np.int64)
+    bad[1, 2, 3, 3] = 64
+    with pytest.raises(ValueError, match=r"indices holds 64 in plane 5, outside \[0, 64\)"):
+        fastpool.max_pool2d_backward(g, x, 2, indices=bad)
+    badc = np.ascontiguousarray(np.moveaxis(bad, 1, -1))
+    badc[0, 0, 0, 1] = -1
+    with pytest.raises(ValueError, match=r"indices holds -1 in plane 1, outside \[0, 64\)"):
+        fastpool.max_pool2d_backward(np.moveaxis(g, 1, -1).copy(), np.moveaxis(x, 1, -1).copy(),
+                                     2, indices=badc, channels_last=True)
+    with pytest.raises(ValueError, match="indices or its random_samples"):
+        fastpool.fractional_max_pool2d_backward(np.zeros((2, 3, 3, 3), np.float32), x, 2,
+                                                output_size=3)
+    with pytest.raises(ValueError, match=r"indices holds 99 in plane 0, outside \[0, 64\)"):
+        fastpool.max_unpool2d_backward(x, g, np.full((2, 3, 4, 4), 99), 2)
+    with pytest.raises(ValueError, match="norm_type must be a non-zero finite number"):
+        fastpool.lp_pool2d_backward(g, x, 0, 2)
+    with pytest.raises(ValueError, match="padding should be at most half of kernel size"):
+        fastpool.max_pool2d_backward(g, x, 2, padding=2)
+
+
+def test_indices_outside_their_window_still_scatter():
+    """Indices from elsewhere (in range but not in their window) go where they point, as in
+    PyTorch; the channels-last gather falls back to the scatter kernel for them."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 4, 6, 6)).astype(np.float64)
+    g = rng.standard_normal((1, 4, 3, 3))
+    idx = rng.integers(0, 36, (1, 4, 3, 3))
+    ref = torch.ops.aten.max_pool2d_with_indices_backward(T(g), T(x), [2, 2], [2, 2], [0, 0],
+                                                          [1, 1], False, T(idx)).numpy()
+    for layout in LAYOUTS:
+        xl, cl = to_layout(x, layout)
+        gl, _ = to_layout(g, layout)
+        il, _ = to_layout(idx, layout)
+        got = fastpool.max_pool2d_backward(gl, xl, 2, indices=il, channels_last=cl)
+        close(from_layout(got, layout, x), ref, np.float64, what=layout)
+
+
+def test_unbatched_and_public_names():
+    x = np.arange(2 * 5 * 5, dtype=np.float64).reshape(2, 5, 5)
+    g = np.ones((2, 2, 2))
+    got = fastpool.max_pool2d_backward(g, x, 2)
+    assert got.shape == x.shape and got[0, 1, 1] == 1 and got[0, 0, 0] == 0
+    for name in ("max_pool", "avg_pool", "lp_pool", "adaptive_max_pool", "adaptive_avg_pool",
+                 "max_unpool"):
+        for nd in (1, 2, 3):
+            assert callable(getattr(fastpool, f"{name}{nd}d_backward"))
+    for nd in (2, 3):
+        assert callable(getattr(fastpool, f"fractional_max_pool{nd}d_backward"))
+    assert math.isclose(float(fastpool.adaptive_avg_pool1d_backward(
+        np.ones((1, 1, 1)), np.zeros((1, 1, 4)), 1)[0, 0, 0]), 0.25)
