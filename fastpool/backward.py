@@ -3,24 +3,28 @@
 ``f_backward(grad_output, input, <f's parameters>)`` returns ``d(loss)/d(input)`` given
 ``grad_output = d(loss)/d(f(input))``, with PyTorch autograd's values, in the input's shape, dtype
 and memory layout.  Max-type ops take ``indices=`` from the forward call; without it the argmax
-is recomputed by the forward kernel (same tie and NaN rules).
+is recomputed inside the backward kernel with the forward's scan rule (NaN wins, ties go to the
+first cell in row-major window order).
 
 The flow mirrors the forward (``functional.py``): parameters and geometry through the same
-helpers, ``_prepare`` for the layout, one kernel per (op, layout, parallel) from ``_dispatch``,
-working on canonical views (``_cpu/backward.py`` describes them and why the results are
-bit-identical for every thread count).
+helpers, ``_layout`` for the memory layout, a plan cached per (parameters, input shape, strides,
+dtype) by ``functional._planned`` so that repeated calls go straight to the kernel, one kernel
+per (op, layout, parallel) from ``_dispatch`` on canonical views (``_cpu/backward.py`` describes
+them and why the results are bit-identical for every thread count).
 """
+import functools
 import math
 
 import numpy as np
 
 from . import _dispatch
 from . import functional as _f
-from ._dtypes import FLOAT_DTYPES, storage
+from ._dtypes import FLOAT_DTYPES, HALF, PLAIN
 from ._params import check_float
 from ._runtime import launch_lock
 from .functional import (CF, _adaptive_params, _as_array, _avg_divisor, _fractional_size,
-                         _parallel, _prepare, _tables, _unpool_geometry, _window_params, _zero)
+                         _layout, _parallel, _planned, _tables, _unpool_geometry,
+                         _window_params, _zero)
 
 # scratch buffer of a channels-last task (one n, a block of channels): at most this many bytes
 # (all channels when they fit: contiguous rows; the buffers are walked sequentially, so they
@@ -29,10 +33,6 @@ _CL_BUFFER_BYTES = 1 << 23
 
 
 # ----------------------------------------------------------------------------- shared pieces
-
-def _setup(op, input, rank, channels_last):
-    return _prepare(op, input, rank, channels_last, FLOAT_DTYPES)
-
 
 def _grad_mem(op, grad_output, lay, osp, dtype):
     """Validated grad_output as a C-contiguous array in the kernel's memory order."""
@@ -57,9 +57,9 @@ def _index_mem(op, indices, lay, osp, name="indices", what="the forward output's
     return np.ascontiguousarray(lay.mem_view(idx))
 
 
-def _result(op, lay, dtype):
-    res, _ = lay.allocate(op, lay.spatial, dtype, None)
-    return res
+def _bits(a):
+    """The array a kernel sees: float16 as uint16 bits."""
+    return a.view(np.uint16) if a.dtype == np.float16 else a
 
 
 def _flat(lay, mem, spatial):
@@ -103,140 +103,9 @@ def _raise_bad(op, bad, name, limit, what):
                          f"outside [0, {limit}) ({what})")
 
 
-# ----------------------------------------------------------------------------- max family
-
-def _max_scatter(op, gm, im, lay, osp, dtype, tab=None, dil=None):
-    """grad_input from grad_output and argmax indices (memory-ordered, C-contiguous).
-
-    Channels-last with window tables: a gather over the covering windows, kept when every
-    index was found in its own window (else the scatter, which also reports bad indices)."""
-    res = _result(op, lay, dtype)
-    cells = math.prod(lay.spatial)
-    if gm.size == 0:
-        res[...] = 0
-        return lay.user_view(res)
-    acc = _zero(dtype)
-    gs, marker = storage(gm)
-    rs, _ = storage(res)
-    par = _parallel(res.size + gm.size)
-    if lay.mem != CF and tab is not None:
-        s3 = lay.canon(lay.spatial)
-        inv, ilist = _inverse(tab, dil, s3)
-        rows = lay.n * s3[0] * s3[1]
-        matches = np.zeros(rows, np.int64)
-        kern = _dispatch.kernel("max_backward_gather", "cpu", lay.mem, par)
-        with launch_lock():
-            kern(lay.kernel_view(gs, osp), lay.kernel_view(im, osp),
-                 lay.kernel_view(rs, lay.spatial), inv, ilist, matches,
-                 _row_block(rows, s3[2] * lay.c), acc, marker)
-        if int(matches.sum()) == gm.size:
-            return lay.user_view(res)
-    if lay.mem == CF:
-        blk = _plane_block(lay.n * lay.c, cells)
-        ntask = -(-(lay.n * lay.c) // blk)
-    else:
-        blk = _channel_block(lay.n, lay.c, cells, acc.itemsize)
-        ntask = lay.n * -(-lay.c // blk)
-    bad = np.zeros((ntask, 2), np.int64)
-    kern = _dispatch.kernel("max_backward", "cpu", lay.mem, par)
-    with launch_lock():
-        kern(_flat(lay, gs, osp), _flat(lay, im, osp), _flat(lay, rs, lay.spatial), bad, blk,
-             acc, marker)
-    _raise_bad(op, bad, "indices", cells, f"the input plane of {lay.spatial}")
-    return lay.user_view(res)
-
-
-# W windows (kernel, stride) compiled as constants in the channels-first recompute kernel
-_HOT_W = frozenset({(2, 2), (3, 2), (3, 1), (2, 1), (5, 1), (7, 1)})
-_POS32 = np.zeros(1, np.int32)
-_POS64 = np.zeros(1, np.int64)
-
-
-def _hot_w(wspec, width, out_width):
-    """(KW, SW) constants and the interior output columns [lo, hi) and pad for ``wspec``
-    = (kernel, stride, dilation, pad_before) along W; ((0, 0), 0, 0, 0) when not specialised."""
-    if wspec is None or wspec[2] != 1 or (wspec[0], wspec[1]) not in _HOT_W:
-        return (0, 0), 0, 0, 0
-    k, s, _, pw = wspec
-    lo = -(-pw // s)
-    hi = min(out_width, (width - k + pw) // s + 1)
-    return (k, s), lo, max(lo, hi), pw
-
-
-def _max_recompute(op, gm, arr, lay, osp, tab, dil, taps, wspec=None):
-    """Max backward without indices: the argmax recomputed inside the backward kernel."""
-    res = _result(op, lay, arr.dtype)
-    if gm.size == 0:
-        res[...] = 0
-        return lay.user_view(res)
-    acc = _zero(arr.dtype)
-    gs, marker = storage(gm)
-    rs, _ = storage(res)
-    xs, _ = storage(arr)
-    cells = math.prod(lay.spatial)
-    if lay.mem == CF:
-        blk = _plane_block(lay.n * lay.c, cells)
-    else:
-        blk = _channel_block(lay.n, lay.c, cells, acc.itemsize)
-    consts, lo, hi, pw = _hot_w(wspec, lay.spatial[-1], osp[-1]) if lay.mem == CF else \
-        ((0, 0), 0, 0, 0)
-    kern = _dispatch.kernel("max_backward_recompute", "cpu", lay.mem,
-                            _parallel(res.size + gm.size * taps), *consts)
-    with launch_lock():
-        kern(lay.kernel_view(gs, osp), lay.kernel_view(xs, lay.spatial),
-             lay.kernel_view(rs, lay.spatial), tab, dil, lo, hi, pw,
-             _POS32 if cells < 2 ** 31 else _POS64, blk, _f._lowest(arr.dtype), acc, marker)
-    return lay.user_view(res)
-
-
-def _max_pool_backward(rank, grad_output, input, kernel_size, stride, padding, dilation,
-                       ceil_mode, indices, channels_last):
-    op = f"max_pool{rank}d_backward"
-    arr, lay = _setup(op, input, rank, channels_last)
-    k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
-                                              padding, dilation, ceil_mode)
-    gm = _grad_mem(op, grad_output, lay, osp, arr.dtype)
-    tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
-    if indices is None:
-        return _max_recompute(op, gm, arr, lay, osp, tab, dil, math.prod(k),
-                              (k[-1], s[-1], d[-1], pads[-1][0]))
-    im = _index_mem(op, indices, lay, osp)
-    return _max_scatter(op, gm, im, lay, osp, arr.dtype, tab, dil)
-
-
-def _adaptive_max_pool_backward(rank, grad_output, input, output_size, indices, channels_last):
-    op = f"adaptive_max_pool{rank}d_backward"
-    arr, lay = _setup(op, input, rank, channels_last)
-    osz, tab, taps = _adaptive_params(op, rank, lay.spatial, output_size)
-    gm = _grad_mem(op, grad_output, lay, osz, arr.dtype)
-    if indices is None:
-        return _max_recompute(op, gm, arr, lay, osz, tab, _f._UNIT_DIL, taps)
-    im = _index_mem(op, indices, lay, osz)
-    return _max_scatter(op, gm, im, lay, osz, arr.dtype, tab, _f._UNIT_DIL)
-
-
-def _fractional_max_pool_backward(rank, grad_output, input, kernel_size, output_size,
-                                  output_ratio, indices, random_samples, channels_last):
-    op = f"fractional_max_pool{rank}d_backward"
-    arr, lay = _setup(op, input, rank, channels_last)
-    _, osz = _fractional_size(op, rank, lay.spatial, kernel_size, output_size, output_ratio)
-    gm = _grad_mem(op, grad_output, lay, osz, arr.dtype)
-    if indices is None:
-        if random_samples is None:
-            raise ValueError(f"{op}: needs the forward's indices or its random_samples to know "
-                             f"the windows")
-        fwd = getattr(_f, f"fractional_max_pool{rank}d")
-        indices = fwd(lay.user_view(arr), kernel_size, output_size, output_ratio, True,
-                      random_samples=random_samples, channels_last=channels_last)[1]
-    im = _index_mem(op, indices, lay, osz)
-    return _max_scatter(op, gm, im, lay, osz, arr.dtype)
-
-
-# ----------------------------------------------------------------------------- average, Lp
-
-def _inverse(tab, dil, spatial3):
-    """Per dim and input position, the windows covering it (ascending): ``inv`` (3, 2, maxn)
-    holds (start, count) into ``ilist`` (3, maxlist)."""
+@functools.lru_cache(maxsize=256)
+def _inverse_cached(key, shape, dil, spatial3):
+    tab = np.frombuffer(key, np.int64).reshape(shape)
     rows = []
     for dim in range(3):
         first, cnt = tab[dim, 0], tab[dim, 1]
@@ -251,85 +120,253 @@ def _inverse(tab, dil, spatial3):
         inv[dim, 0, :st.size] = st
         inv[dim, 1, :ct.size] = ct
         ilist[dim, :ol.size] = ol
+    inv.setflags(write=False)
+    ilist.setflags(write=False)
     return inv, ilist
 
 
-def _sum_backward(op, power, gm, arr, lay, osp, tab, dil, divmode, dov, p, knumel, taps):
-    res = _result(op, lay, arr.dtype)
-    if gm.size == 0:
-        res[...] = 0
+def _inverse(tab, dil, spatial3):
+    """Per dim and input position, the windows covering it (ascending): ``inv`` (3, 2, maxn)
+    holds (start, count) into ``ilist`` (3, maxlist)."""
+    t = np.ascontiguousarray(tab, np.int64)
+    return _inverse_cached(t.tobytes(), t.shape, tuple(int(v) for v in dil), tuple(spatial3))
+
+
+# ----------------------------------------------------------------------------- max family
+
+# W windows (kernel, stride) compiled as constants in the channels-first recompute kernel
+_HOT_W = frozenset({(2, 2), (3, 2), (3, 1), (2, 1), (5, 1), (7, 1)})
+_POS32 = np.zeros(1, np.int32)
+_POS64 = np.zeros(1, np.int64)
+
+
+def _hot_w(wspec, width, out_width):
+    """(KW, SW) constants, the interior output columns [lo, hi) and the pad for ``wspec`` =
+    (kernel, stride, dilation, pad_before) along W; ((0, 0), 0, 0, 0) when not specialised."""
+    if wspec is None or wspec[2] != 1 or (wspec[0], wspec[1]) not in _HOT_W:
+        return (0, 0), 0, 0, 0
+    k, s, _, pw = wspec
+    lo = -(-pw // s)
+    hi = min(out_width, (width - k + pw) // s + 1)
+    return (k, s), lo, max(lo, hi), pw
+
+
+def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None):
+    """``run(x, (grad_output, indices, samples))`` for a max-type op.
+
+    ``tab``/``dil``: the window tables (None for fractional pooling, whose argmax without
+    indices comes from ``forward(input_view, samples)``)."""
+    dtype = x.dtype
+    marker = HALF if dtype == np.float16 else PLAIN
+    acc = _zero(dtype)
+    init = _f._lowest(dtype)
+    cells = math.prod(lay.spatial)
+    mshape = lay.mem_shape(lay.spatial)
+    gsize = math.prod(lay.mem_shape(osp))
+    xshape, oshape = lay.kernel_shape(lay.spatial), lay.kernel_shape(osp)
+    par_idx = _parallel(2 * cells * lay.n * lay.c + gsize)
+    par_rec = _parallel(cells * lay.n * lay.c + gsize * taps)
+    gather = tab is not None and lay.mem != CF
+    if gather:
+        s3 = lay.canon(lay.spatial)
+        inv, ilist = _inverse(tab, dil, s3)
+        rows = lay.n * s3[0] * s3[1]
+    consts, lo, hi, pw = _hot_w(wspec, lay.spatial[-1], osp[-1]) if lay.mem == CF else \
+        ((0, 0), 0, 0, 0)
+    pos = _POS32 if cells < 2 ** 31 else _POS64
+
+    def scatter(gm, im, res):
+        if lay.mem == CF:
+            blk = _plane_block(lay.n * lay.c, cells)
+            ntask = -(-(lay.n * lay.c) // blk)
+        else:
+            blk = _channel_block(lay.n, lay.c, cells, acc.itemsize)
+            ntask = lay.n * -(-lay.c // blk)
+        bad = np.zeros((ntask, 2), np.int64)
+        kern = _dispatch.kernel("max_backward", "cpu", lay.mem, par_idx)
+        with launch_lock():
+            kern(_flat(lay, _bits(gm), osp), _flat(lay, im, osp),
+                 _flat(lay, _bits(res), lay.spatial), bad, blk, acc, marker)
+        _raise_bad(op, bad, "indices", cells, f"the input plane of {lay.spatial}")
+
+    def run(x, extra):
+        g, indices, samples = extra
+        gm = _grad_mem(op, g, lay, osp, dtype)
+        res = np.empty(mshape, dtype)
+        if gsize == 0:
+            res[...] = 0
+            return lay.user_view(res)
+        if indices is None and tab is not None:
+            a = lay.input_mem(x)
+            blk = _plane_block(lay.n * lay.c, cells) if lay.mem == CF else \
+                _channel_block(lay.n, lay.c, cells, acc.itemsize)
+            kern = _dispatch.kernel("max_backward_recompute", "cpu", lay.mem, par_rec, *consts)
+            with launch_lock():
+                kern(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
+                     _bits(res).reshape(xshape), tab, dil, lo, hi, pw, pos, blk, init, acc,
+                     marker)
+            return lay.user_view(res)
+        if indices is None:
+            indices = forward(lay.user_view(lay.input_mem(x)), samples)
+        im = _index_mem(op, indices, lay, osp)
+        if gather:
+            # channels-last: a gather over the covering windows, kept when every index was
+            # found in its own window (else the scatter, which also reports bad indices)
+            matches = np.zeros(rows, np.int64)
+            kern = _dispatch.kernel("max_backward_gather", "cpu", lay.mem, par_idx)
+            with launch_lock():
+                kern(_bits(gm).reshape(oshape), im.reshape(oshape), _bits(res).reshape(xshape),
+                     inv, ilist, matches, _row_block(rows, s3[2] * lay.c), acc, marker)
+            if int(matches.sum()) == gsize:
+                return lay.user_view(res)
+        scatter(gm, im, res)
         return lay.user_view(res)
-    acc = _zero(arr.dtype)
-    gs, marker = storage(gm)
-    rs, _ = storage(res)
-    xs, _ = storage(arr)
+    return run
+
+
+def _max_pool_backward(rank, grad_output, input, kernel_size, stride, padding, dilation,
+                       ceil_mode, indices, channels_last):
+    op = f"max_pool{rank}d_backward"
+
+    def build(x):
+        lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
+        k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
+                                                  padding, dilation, ceil_mode)
+        tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
+        return _max_plan(op, x, lay, osp, tab, dil, math.prod(k),
+                         (k[-1], s[-1], d[-1], pads[-1][0]))
+    params = (kernel_size, stride, padding, dilation, bool(ceil_mode), bool(channels_last))
+    return _planned(op, params, input, (grad_output, indices, None), build)
+
+
+def _adaptive_max_pool_backward(rank, grad_output, input, output_size, indices, channels_last):
+    op = f"adaptive_max_pool{rank}d_backward"
+
+    def build(x):
+        lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
+        osz, tab, taps = _adaptive_params(op, rank, lay.spatial, output_size)
+        return _max_plan(op, x, lay, osz, tab, _f._UNIT_DIL, taps)
+    params = (output_size, bool(channels_last))
+    return _planned(op, params, input, (grad_output, indices, None), build)
+
+
+def _fractional_max_pool_backward(rank, grad_output, input, kernel_size, output_size,
+                                  output_ratio, indices, random_samples, channels_last):
+    op = f"fractional_max_pool{rank}d_backward"
+    if indices is None and random_samples is None:
+        raise ValueError(f"{op}: needs the forward's indices or its random_samples to know "
+                         f"the windows")
+    fwd = getattr(_f, f"fractional_max_pool{rank}d")
+
+    def build(x):
+        lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
+        _, osz = _fractional_size(op, rank, lay.spatial, kernel_size, output_size, output_ratio)
+
+        def forward(xv, samples):
+            return fwd(xv, kernel_size, output_size, output_ratio, True,
+                       random_samples=samples, channels_last=channels_last)[1]
+        return _max_plan(op, x, lay, osz, None, None, 1, forward=forward)
+    params = (kernel_size, output_size, output_ratio, bool(channels_last))
+    return _planned(op, params, input, (grad_output, indices, random_samples), build)
+
+
+# ----------------------------------------------------------------------------- average, Lp
+
+def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps):
+    """``run(x, (grad_output, ...))`` for average, Lp and adaptive average pooling."""
+    dtype = x.dtype
+    marker = HALF if dtype == np.float16 else PLAIN
+    acc = _zero(dtype)
+    mshape = lay.mem_shape(lay.spatial)
+    gsize = math.prod(lay.mem_shape(osp))
+    xshape, oshape = lay.kernel_shape(lay.spatial), lay.kernel_shape(osp)
     s3, o3 = lay.canon(lay.spatial), lay.canon(osp)
     cells = math.prod(s3)
-    if not power and o3 == (1, 1, 1) and all(tab[i, 1, 0] == s3[i] for i in range(3)) and \
-            divmode != 3:
+    fill = gsize and not power and o3 == (1, 1, 1) and divmode != 3 and \
+        all(tab[i, 1, 0] == s3[i] for i in range(3))
+    if fill:
         # one window covering the plane: a fill with grad_output / divisor
         div = {0: dov, 1: int(tab[0, 2, 0] * tab[1, 2, 0] * tab[2, 2, 0]), 2: cells}[divmode]
-        kern = _dispatch.kernel("global_backward", "cpu", lay.mem, _parallel(res.size))
-        with launch_lock():
-            if lay.mem == CF:
-                kern(gs.reshape(-1), _flat(lay, rs, lay.spatial), div,
-                     _plane_block(lay.n * lay.c, cells), acc, marker)
-            else:
-                kern(gs.reshape(lay.n, lay.c), _flat(lay, rs, lay.spatial), div,
-                     _row_block(lay.n * cells, lay.c), acc, marker)
+        kern = _dispatch.kernel("global_backward", "cpu", lay.mem, _parallel(cells * lay.n *
+                                                                             lay.c))
+        gflat = (lay.n * lay.c,) if lay.mem == CF else (lay.n, lay.c)
+        rflat = (lay.n * lay.c, cells) if lay.mem == CF else (lay.n, cells, lay.c)
+    elif gsize:
+        inv, ilist = _inverse(tab, dil, s3)
+        kern = _dispatch.kernel("lp_backward" if power else "avg_backward", "cpu", lay.mem,
+                                _parallel(cells * lay.n * lay.c +
+                                          gsize * taps * (2 if power else 1)))
+
+    def run(x, extra):
+        gm = _grad_mem(op, extra[0], lay, osp, dtype)
+        res = np.empty(mshape, dtype)
+        if gsize == 0:
+            res[...] = 0
+        elif fill:
+            blk = _plane_block(lay.n * lay.c, cells) if lay.mem == CF else \
+                _row_block(lay.n * cells, lay.c)
+            with launch_lock():
+                kern(_bits(gm).reshape(gflat), _bits(res).reshape(rflat), div, blk, acc, marker)
+        else:
+            blk = _plane_block(lay.n * lay.c, cells) if lay.mem == CF else \
+                _channel_block(lay.n, lay.c, o3[0] * o3[1] * s3[2], acc.itemsize)
+            a = lay.input_mem(x) if power else res  # the input is read by Lp only
+            with launch_lock():
+                kern(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
+                     _bits(res).reshape(xshape), tab, dil, inv, ilist, divmode, dov, acc,
+                     float(p), knumel, blk, marker)
         return lay.user_view(res)
-    inv, ilist = _inverse(tab, dil, s3)
-    if lay.mem == CF:
-        blk = _plane_block(lay.n * lay.c, math.prod(s3))
-    else:  # the task's T rows: (OD * OH * W) x channels
-        blk = _channel_block(lay.n, lay.c, o3[0] * o3[1] * s3[2], acc.itemsize)
-    kern = _dispatch.kernel("lp_backward" if power else "avg_backward", "cpu", lay.mem,
-                            _parallel(res.size + gm.size * taps * (2 if power else 1)))
-    with launch_lock():
-        kern(lay.kernel_view(gs, osp), lay.kernel_view(xs, lay.spatial),
-             lay.kernel_view(rs, lay.spatial), tab, dil, inv, ilist, divmode, dov, acc, float(p),
-             knumel, blk, marker)
-    return lay.user_view(res)
+    return run
 
 
 def _avg_pool_backward(rank, grad_output, input, kernel_size, stride, padding, ceil_mode,
                        count_include_pad, divisor_override, dilation, channels_last):
     op = f"avg_pool{rank}d_backward"
-    arr, lay = _setup(op, input, rank, channels_last)
-    k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
-                                              padding, dilation, ceil_mode)
-    divmode, dov = _avg_divisor(op, count_include_pad, divisor_override)
-    tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
-    gm = _grad_mem(op, grad_output, lay, osp, arr.dtype)
-    return _sum_backward(op, False, gm, arr, lay, osp, tab, dil, divmode, dov, 1.0, 1,
-                         math.prod(k))
+
+    def build(x):
+        lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
+        k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
+                                                  padding, dilation, ceil_mode)
+        divmode, dov = _avg_divisor(op, count_include_pad, divisor_override)
+        tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
+        return _sum_plan(op, False, x, lay, osp, tab, dil, divmode, dov, 1.0, 1, math.prod(k))
+    params = (kernel_size, stride, padding, bool(ceil_mode), bool(count_include_pad),
+              divisor_override, dilation, bool(channels_last))
+    return _planned(op, params, input, (grad_output,), build)
 
 
 def _lp_pool_backward(rank, grad_output, input, norm_type, kernel_size, stride, ceil_mode,
                       padding, dilation, channels_last):
     op = f"lp_pool{rank}d_backward"
-    p = check_float(op, "norm_type", norm_type)
-    if p == 0 or not math.isfinite(p):
-        raise ValueError(f"{op}: norm_type must be a non-zero finite number, got {norm_type!r}")
-    arr, lay = _setup(op, input, rank, channels_last)
-    k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
-                                              padding, dilation, ceil_mode)
-    tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
-    gm = _grad_mem(op, grad_output, lay, osp, arr.dtype)
-    knumel = math.prod(k)
-    return _sum_backward(op, True, gm, arr, lay, osp, tab, dil, 1, 1, p, knumel, knumel)
+
+    def build(x):
+        p = check_float(op, "norm_type", norm_type)
+        if p == 0 or not math.isfinite(p):
+            raise ValueError(f"{op}: norm_type must be a non-zero finite number, got "
+                             f"{norm_type!r}")
+        lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
+        k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
+                                                  padding, dilation, ceil_mode)
+        tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
+        knumel = math.prod(k)
+        return _sum_plan(op, True, x, lay, osp, tab, dil, 1, 1, p, knumel, knumel)
+    params = (norm_type, kernel_size, stride, bool(ceil_mode), padding, dilation,
+              bool(channels_last))
+    return _planned(op, params, input, (grad_output,), build)
 
 
 def _adaptive_avg_pool_backward(rank, grad_output, input, output_size, channels_last):
     op = f"adaptive_avg_pool{rank}d_backward"
-    arr, lay = _setup(op, input, rank, channels_last)
-    osz, tab, taps = _adaptive_params(op, rank, lay.spatial, output_size)
-    gm = _grad_mem(op, grad_output, lay, osz, arr.dtype)
-    # PyTorch: global pooling is a mean (one division by the cell count); other adaptive
-    # windows divide by each dim's extent in turn
-    divmode = 2 if all(o == 1 for o in osz) else 3
-    return _sum_backward(op, False, gm, arr, lay, osz, tab, _f._UNIT_DIL, divmode, 1, 1.0, 1,
-                         taps)
+
+    def build(x):
+        lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
+        osz, tab, taps = _adaptive_params(op, rank, lay.spatial, output_size)
+        # PyTorch: global pooling is a mean (one division by the cell count); other adaptive
+        # windows divide by each dim's extent in turn
+        divmode = 2 if all(o == 1 for o in osz) else 3
+        return _sum_plan(op, False, x, lay, osz, tab, _f._UNIT_DIL, divmode, 1, 1.0, 1, taps)
+    params = (output_size, bool(channels_last))
+    return _planned(op, params, input, (grad_output,), build)
 
 
 # ----------------------------------------------------------------------------- unpooling
@@ -337,19 +374,29 @@ def _adaptive_avg_pool_backward(rank, grad_output, input, output_size, channels_
 def _max_unpool_backward(rank, grad_output, input, indices, kernel_size, stride, padding,
                          output_size, channels_last):
     op = f"max_unpool{rank}d_backward"
-    arr, lay = _setup(op, input, rank, channels_last)
-    im = _index_mem(op, indices, lay, lay.spatial, what="the input's shape")
-    osz = _unpool_geometry(op, rank, lay.spatial, kernel_size, stride, padding, output_size)
-    gm = _grad_mem(op, grad_output, lay, osz, arr.dtype)
-    res = _result(op, lay, arr.dtype)
-    gs, _ = storage(gm)
-    rs, _ = storage(res)
-    bad = np.zeros((lay.n * lay.c if lay.mem == CF else lay.n, 2), np.int64)
-    kern = _dispatch.kernel("max_unpool_backward", "cpu", lay.mem, _parallel(2 * res.size))
-    with launch_lock():
-        kern(_flat(lay, gs, osz), _flat(lay, im, lay.spatial), _flat(lay, rs, lay.spatial), bad)
-    _raise_bad(op, bad, "indices", math.prod(osz), f"the output plane of {osz}")
-    return lay.user_view(res)
+
+    def build(x):
+        lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
+        osz = _unpool_geometry(op, rank, lay.spatial, kernel_size, stride, padding,
+                               output_size)
+        mshape = lay.mem_shape(lay.spatial)
+        size = math.prod(mshape)
+        kern = _dispatch.kernel("max_unpool_backward", "cpu", lay.mem, _parallel(2 * size))
+
+        def run(x, extra):
+            g, idx = extra
+            im = _index_mem(op, idx, lay, lay.spatial, what="the input's shape")
+            gm = _grad_mem(op, g, lay, osz, x.dtype)
+            res = np.empty(mshape, x.dtype)
+            bad = np.zeros((lay.n * lay.c if lay.mem == CF else lay.n, 2), np.int64)
+            with launch_lock():
+                kern(_flat(lay, _bits(gm), osz), _flat(lay, im, lay.spatial),
+                     _flat(lay, _bits(res), lay.spatial), bad)
+            _raise_bad(op, bad, "indices", math.prod(osz), f"the output plane of {osz}")
+            return lay.user_view(res)
+        return run
+    params = (kernel_size, stride, padding, output_size, bool(channels_last))
+    return _planned(op, params, input, (grad_output, indices), build)
 
 
 # ----------------------------------------------------------------------------- public names
