@@ -24,4 +24,6 @@ from .backward import (  # noqa: F401
     max_unpool1d_backward, max_unpool2d_backward, max_unpool3d_backward,
 )
 
+from ._warmup import warmup  # noqa: F401,E402
+
 __all__ = [n for n in dir() if not n.startswith("_")]

@@ -1,0 +1,84 @@
+"""``fastpool.warmup``: compile (and cache) kernels ahead of use, for servers and benchmarks."""
+import numpy as np
+
+from . import functional as _f
+
+_FORWARD = ("max_pool", "avg_pool", "lp_pool", "adaptive_max_pool", "adaptive_avg_pool",
+            "fractional_max_pool", "max_unpool")
+
+
+def _calls(name, rank, x, cl):
+    """Representative calls of one public op: the hot windows and the generic kernels."""
+    import fastpool
+    fn = getattr(fastpool, name)
+    kw = {"channels_last": cl}
+    base = name[:-len("_backward")] if name.endswith("_backward") else name
+    if base.startswith("max_pool"):
+        args = [((3, 2, 1), {}), ((2, 2), {}), ((3, 3), {}), ((3, 2, 1), {"return_indices": True})]
+    elif base.startswith("avg_pool"):
+        args = [((3, 2, 1), {}), ((2, 2), {}), ((3, 3), {})]
+    elif base.startswith("lp_pool"):
+        args = [((2.0, 2, 2), {}), ((3.0, 3, 3), {})]
+    elif base.startswith("adaptive"):
+        args = [((1,), {}), ((3,), {})]
+    elif base.startswith("fractional"):
+        args = [((2,), {"output_ratio": 0.5, "random_samples": np.full(
+            (x.shape[0], x.shape[-1] if cl else x.shape[1], rank), 0.5)})]
+    else:  # max_unpool
+        pool = getattr(fastpool, f"max_pool{rank}d")
+        v, i = pool(x, 2, return_indices=True, **kw)
+        args = [((i, 2), {})]
+        x = v
+    for a, k in args:
+        if name.endswith("_backward"):
+            y = getattr(fastpool, base)(x, *a, **k, **kw)
+            g = np.ones_like(y[0] if isinstance(y, tuple) else y)
+            k = {key: val for key, val in k.items() if key != "return_indices"}
+            fn(g, x, *a, **k, **kw)
+        else:
+            fn(x, *a, **k, **kw)
+
+
+def warmup(ops=None, dtypes=None, layouts=None):
+    """Compile the kernels behind ``ops`` for ``dtypes`` and ``layouts`` ahead of use.
+
+    ``ops``: public names (``"max_pool2d"``, ``"avg_pool2d_backward"``, ...) or families
+    (``"max_pool"``: every rank); default every forward op.  ``dtypes``: default float32.
+    ``layouts``: ``"cf"`` (channels-first) and/or ``"cl"`` (channels-last); default both.
+    Serial and parallel variants are both compiled; with a writable cache they persist.
+    Returns the number of calls made.
+    """
+    import fastpool
+    names = []
+    for op in (ops if ops is not None else _FORWARD):
+        if hasattr(fastpool, op):
+            names.append(op)
+        else:
+            found = [f"{op}{r}d" for r in (1, 2, 3) if hasattr(fastpool, f"{op}{r}d")]
+            if not found:
+                raise ValueError(f"warmup: unknown op {op!r}")
+            names += found
+    dtypes = [np.dtype(d) for d in (dtypes if dtypes is not None else [np.float32])]
+    layouts = list(layouts if layouts is not None else ["cf", "cl"])
+    for lay in layouts:
+        if lay not in ("cf", "cl"):
+            raise ValueError(f"warmup: layouts must be 'cf' or 'cl', got {lay!r}")
+    saved = _f.PARALLEL_MIN_WORK
+    calls = 0
+    try:
+        for threshold in (saved, 0):  # serial kernels, then parallel ones
+            _f.PARALLEL_MIN_WORK = threshold
+            for name in names:
+                rank = int(name.split("pool")[1][0])
+                for dt in dtypes:
+                    for lay in layouts:
+                        shape = (1, 2) + (8,) * rank
+                        x = (np.arange(np.prod(shape)) % 7).reshape(shape).astype(dt)
+                        if lay == "cl":
+                            x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+                        _calls(name, rank, x, lay == "cl")
+                        calls += 1
+    finally:
+        _f.PARALLEL_MIN_WORK = saved
+        _f._PLANS.clear()  # plans made above chose kernels under the forced threshold
+    return calls

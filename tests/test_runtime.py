@@ -1,0 +1,143 @@
+"""The parallel runtime: forked children, concurrent Python threads, the cache fallback.
+
+Each scenario runs in a fresh interpreter (the threading layer is chosen once per process), under
+the default layer (TBB when installed) and under the workqueue fallback.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastpool
+
+LAYERS = ["default", "workqueue"]
+
+# Every forward operator on inputs big enough for the parallel kernels, and tiny ones.
+_WORKLOAD = textwrap.dedent("""
+    import numpy as np, fastpool
+    def workload(seed):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((4, 16, 40, 40)).astype(np.float32)
+        xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        x3 = rng.standard_normal((2, 8, 12, 16, 16)).astype(np.float32)
+        tiny = rng.standard_normal((1, 4, 6, 6)).astype(np.float32)
+        v, i = fastpool.max_pool2d(x, 3, 2, 1, return_indices=True)
+        s = rng.random((4, 16, 2))
+        res = [
+            fastpool.max_pool2d(x, 3, 2, 1), v, i,
+            fastpool.max_pool2d(xl, 2, channels_last=True),
+            fastpool.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
+            fastpool.avg_pool2d(xl, 3, 2, 1, channels_last=True),
+            fastpool.lp_pool2d(np.abs(x), 2, 3, 2),
+            fastpool.adaptive_avg_pool2d(x, 7), fastpool.adaptive_max_pool2d(x, 5),
+            fastpool.adaptive_avg_pool2d(x, 1),
+            fastpool.max_pool3d(x3, 2), fastpool.max_pool1d(x[:, :, 0], 3, 2),
+            fastpool.fractional_max_pool2d(x, 2, output_size=(20, 20), random_samples=s),
+            fastpool.max_unpool2d(v, i, 3, 2, 1, output_size=x.shape[-2:]),
+            fastpool.max_pool2d(tiny, 2), fastpool.avg_pool2d(tiny, 2),
+        ]
+        if hasattr(fastpool, "max_pool2d_backward"):
+            res.append(fastpool.max_pool2d_backward(np.ones_like(v), x, 3, 2, 1))
+            res.append(fastpool.avg_pool2d_backward(np.ones_like(v), x, 3, 2, 1))
+        return res
+    def same(a, b):
+        return all(np.array_equal(p, q, equal_nan=True) for p, q in zip(a, b))
+""")
+
+
+def _run(script, layer, tmp_path, timeout=300):
+    env = dict(os.environ)
+    env.pop("FASTPOOL_THREADING_LAYER", None)
+    if layer != "default":
+        env["FASTPOOL_THREADING_LAYER"] = layer
+    # The children share the package's kernel cache with this process: they run one at a time
+    # while this process waits, so there are never two writers at once (numba #4807).
+    proc = subprocess.run([sys.executable, "-c", _WORKLOAD + textwrap.dedent(script)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_forked_child_runs_every_operator(layer, tmp_path):
+    out = _run("""
+        import os, multiprocessing as mp, numba
+        parent = workload(1)                     # parallel kernels run before the fork
+        pid = os.fork()
+        if pid == 0:
+            ok = same(workload(1), parent)
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        ctx = mp.get_context("fork")
+        with ctx.Pool(2) as pool:                # pool workers forked after parallel calls
+            results = pool.map(workload, [1, 1])
+        assert all(same(r, parent) for r in results)
+        print("layer", numba.threading_layer())
+    """, layer, tmp_path)
+    if layer == "workqueue":
+        assert "workqueue" in out
+    else:
+        assert "layer" in out
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_eight_threads_at_once(layer, tmp_path):
+    _run("""
+        from concurrent.futures import ThreadPoolExecutor
+        expected = [workload(s) for s in range(8)]
+        with ThreadPoolExecutor(8) as ex:
+            for _ in range(3):
+                got = list(ex.map(workload, range(8)))
+                assert all(same(g, e) for g, e in zip(got, expected))
+    """, layer, tmp_path)
+
+
+def test_threading_layer_is_safe_by_default(tmp_path):
+    out = _run("""
+        import numba
+        workload(0)
+        print("layer", numba.threading_layer())
+    """, "default", tmp_path)
+    layer = out.split()[-1]
+    assert layer in ("tbb", "workqueue"), out
+
+
+def test_cache_fallback_when_no_locator(monkeypatch):
+    """A cache that cannot be located falls back to an uncached kernel instead of failing."""
+    from numba.core import dispatcher
+
+    from fastpool import _runtime
+    from fastpool._cpu import separable
+
+    def refuse(self, *a, **k):
+        raise RuntimeError("cannot cache function: no locator available for file")
+
+    monkeypatch.setattr(dispatcher.Dispatcher, "enable_caching", refuse)
+    kern = separable.make_sep("max", False, 0, 0, 0, 0)  # a fresh dispatcher, not memoised
+    assert type(kern._cache).__name__ == "NullCache"
+    x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+    out = np.empty((1, 1, 2, 2))
+    from fastpool._params import dim_table, stack_tables
+    tab = stack_tables([dim_table(1, 1, 1, 0, 0, 1, 1), dim_table(4, 2, 2, 0, 0, 1, 2),
+                        dim_table(4, 2, 2, 0, 0, 1, 2)])
+    kern(x, out, tab, np.ones(3, np.int64), 0, 0, 0, 0, 1, -np.inf, 1.0, 1, None)
+    assert np.array_equal(out[0, 0], [[5, 7], [13, 15]])
+    assert _runtime.THREADING_LAYER is not None
+
+
+def test_import_compiles_nothing():
+    code = ("import sys, fastpool; "
+            "print('numba' in sys.modules, len(fastpool._dispatch.kernel.cache_info()[:]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[0] == "False"  # numba is not even imported
+
+
+def test_warmup_compiles_requested_kernels():
+    fastpool.warmup(ops=["max_pool2d"], dtypes=[np.float32], layouts=["cf"])
+    from fastpool import _dispatch
+    assert _dispatch.kernel.cache_info().currsize > 0
