@@ -1254,6 +1254,17 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _git_describe(fp) -> str:
+    """`` (git <commit>[-dirty])`` when fastpool runs from a git checkout, else ``""``."""
+    try:
+        root = os.path.dirname(os.path.abspath(list(fp.__path__)[0]))
+        r = subprocess.run(["git", "-C", root, "describe", "--always", "--dirty"],
+                           capture_output=True, text=True, timeout=10)
+        return f" (git {r.stdout.strip()})" if r.returncode == 0 and r.stdout.strip() else ""
+    except Exception:
+        return ""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="a small subset (finishes in under 2 minutes on 2 cores)")
@@ -1307,6 +1318,7 @@ def run(args) -> dict:
     if note:
         meta["notes"].append(note)
     meta["fastpool"] = getattr(fp, "__version__", "?") if fp is not None else "n/a"
+    meta["fastpool"] += _git_describe(fp)
     try:
         import numba
         meta["numba"] = numba.__version__
