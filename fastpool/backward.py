@@ -174,6 +174,8 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None):
     consts, lo, hi, pw = _hot_w(wspec, lay.spatial[-1], osp[-1]) if lay.mem == CF else \
         ((0, 0), 0, 0, 0)
     pos = _POS32 if cells < 2 ** 31 else _POS64
+    # channels-first float32 compute: the horizontal merge as a maximum of int64 keys
+    consts = consts + (lay.mem == CF and dtype != np.float64 and cells < 2 ** 31,)
 
     def scatter(gm, im, res):
         if lay.mem == CF:

@@ -236,6 +236,27 @@ def test_backward_matches_torch(seed):
     close(got, ref, dtype, what=str(dict(desc, layout=layout)))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_recomputed_argmax_equals_forward_indices(dtype):
+    """Without indices the backward recomputes the argmax (channels-first: a separable pass,
+    float32 merged through int64 keys); it must pick exactly the forward's cells: ties, NaN,
+    -0.0/+0.0, +-inf, padding, dilation, ceil mode, specialised and generic windows."""
+    rng = np.random.default_rng(11)
+    for it in range(8):
+        k, s, p, d, ceil_mode, sp = ((3, 3), (2, 2), (1, 1), (1, 1), bool(it % 2), (9, 11)) \
+            if it < 2 else draw_window(rng, 2, dilation=True)
+        x = make_input(rng, (2, 3) + sp, dtype)
+        x[rng.random(x.shape) < 0.1] = -0.0
+        layout = LAYOUTS[it % 2]
+        xl, cl = to_layout(x, layout)
+        y, idx = fastpool.max_pool2d(xl, k, s, p, d, ceil_mode, True, channels_last=cl)
+        g = rng.standard_normal(y.shape).astype(dtype)
+        a = fastpool.max_pool2d_backward(g, xl, k, s, p, d, ceil_mode, channels_last=cl)
+        b = fastpool.max_pool2d_backward(g, xl, k, s, p, d, ceil_mode, indices=idx,
+                                         channels_last=cl)
+        assert a.tobytes() == b.tobytes(), (k, s, p, d, ceil_mode, sp, layout)
+
+
 def test_lp_zero_and_negative_windows_match_torch():
     """x = 0 (infinite x**(p-1) for p < 1), all-zero windows and negative sums (NaN)."""
     x = np.array([[[[0.0, 0.0, 1.0, -2.0], [0.0, 0.0, 3.0, 1.0],

@@ -25,8 +25,9 @@ Indices that are not plain ``range`` variables are cast to unsigned (``U``) befo
 Numba's negative-index wraparound on a signed index otherwise blocks vectorisation.
 """
 import numpy as np
-from numba import prange
-from numba.extending import overload
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic, overload
 
 from ._intrinsics import load, to_storage
 from .._runtime import jit
@@ -34,6 +35,47 @@ from .._runtime import jit
 CF = "cf"
 CL = "cl"
 U = np.uint64
+
+
+@intrinsic
+def f32_bits(typingctx, v):
+    """The bits of a float32 as an int32."""
+    if not (isinstance(v, types.Float) and v.bitwidth == 32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.int32(v), codegen
+
+
+def argmax_key(v, p):  # pragma: no cover - replaced by the overload inside kernels
+    raise NotImplementedError
+
+
+@overload(argmax_key, inline="always")
+def _argmax_key_impl(v, p):
+    """One int64 whose maximum picks the forward scan's winner among float32 candidates: NaN
+    beats everything and the later NaN wins; otherwise the larger value, and the earlier
+    position on ties (-0.0 ties +0.0).  ``p`` < 2**32."""
+    def impl(v, p):
+        b = np.int64(f32_bits(v + np.float32(0)))
+        hi = b ^ ((b >> 31) & 0x7FFFFFFF)
+        if v != v:
+            return (np.int64(0x7FFFFFFF) << 32) | np.int64(p)
+        return (hi << 32) | (np.int64(0xFFFFFFFF) - np.int64(p))
+    return impl
+
+
+def key_pos(k):  # pragma: no cover - replaced by the overload inside kernels
+    raise NotImplementedError
+
+
+@overload(key_pos, inline="always")
+def _key_pos_impl(k):
+    def impl(k):
+        lo = k & 0xFFFFFFFF
+        return lo if (k >> 32) == 0x7FFFFFFF else np.int64(0xFFFFFFFF) - lo
+    return impl
 
 
 def as_acc(zero, n):  # pragma: no cover - replaced by the overload inside kernels
@@ -168,11 +210,13 @@ def make_max_gather(layout, parallel):
     return jit(kernel, parallel=parallel)
 
 
-def make_max_recompute(layout, parallel, KW=0, SW=0):
+def make_max_recompute(layout, parallel, KW=0, SW=0, KEYS=False):
     """Max backward without indices: each window's argmax recomputed (the forward's scan: NaN
     wins, ties go to the first cell) and its gradient added, in output order, to the owned
     scratch plane(s).  ``KW``/``SW`` (channels-first): W window and stride compiled as
-    constants for the interior columns ``[lo, hi)`` (``KW = 0``: none)."""
+    constants for the interior columns ``[lo, hi)`` (``KW = 0``: none).  ``KEYS``
+    (channels-first, float32 compute, planes under 2**31 cells): the horizontal merge as a
+    maximum of ``argmax_key`` values, which vectorises."""
     PAR = parallel  # noqa: F841
     SPEC = KW > 0
 
@@ -198,6 +242,8 @@ def make_max_recompute(layout, parallel, KW=0, SW=0):
                 vm = np.full(W, init)
                 vp = np.zeros(W, pos.dtype)
                 cp = np.zeros(OW, pos.dtype)
+                vk = np.zeros(W if KEYS else 1, np.int64)
+                ck = np.zeros(OW if KEYS else 1, np.int64)
                 for q in range(t * blk, min(P, (t + 1) * blk)):
                     for j in range(S):
                         buf[j] = zero
@@ -223,6 +269,27 @@ def make_max_recompute(layout, parallel, KW=0, SW=0):
                                         take = (v > m) | (v != v)
                                         vm[w] = v if take else m
                                         vp[w] = (row + w) if take else vp[w]
+                            if KEYS:
+                                for w in range(W):
+                                    vk[w] = argmax_key(vm[w], vp[w])
+                                for ow in range(lo if SPEC else 0, hi if SPEC else 0):
+                                    w0 = ow * SW - pw
+                                    kk = vk[U(w0)]
+                                    for c in range(1, KW):
+                                        kk = max(kk, vk[U(w0 + c)])
+                                    ck[ow] = kk
+                                for part in range(2):
+                                    oa, ob = ((0, lo) if part == 0 else (hi, OW)) if SPEC else \
+                                        ((0, OW) if part == 0 else (0, 0))
+                                    for ow in range(oa, ob):
+                                        w0 = tab[2, 0, ow]
+                                        kk = vk[U(w0)]
+                                        for c in range(1, tab[2, 1, ow]):
+                                            kk = max(kk, vk[U(w0 + c * dw)])
+                                        ck[ow] = kk
+                                for ow in range(OW):
+                                    buf[U(key_pos(ck[ow]))] += load(g[q, od, oh, ow], marker)
+                                continue
                             for part in range(3):
                                 if part == 0:
                                     oa, ob = 0, (lo if SPEC else OW)
