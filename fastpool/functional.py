@@ -229,7 +229,6 @@ def _lowest(dtype):
     return dtype.type(np.iinfo(dtype).min)
 
 
-_DUMMY_IDX = {CF: np.zeros((1, 1, 1, 1), np.int64), CL: np.zeros((1, 1, 1, 1, 1), np.int64)}
 
 
 def _parallel(work):
@@ -355,24 +354,26 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
     idt = _index_dtype(op, index_dtype, math.prod(lay.spatial)) if return_indices else None
     xshape = lay.kernel_shape(lay.spatial)
     oshape = lay.kernel_shape(osp)
-    with_idx = lay.mem == CL or return_indices  # the kernel takes an index array
-    if lay.mem == CF and not return_indices:
-        if kind != "lp" and _is_global(tab, lay.spatial, osp, divmode if kind == "avg" else 2):
+    with_idx = return_indices  # the kernel takes an index array
+    if not return_indices:
+        if lay.mem == CF and kind != "lp" and \
+                _is_global(tab, lay.spatial, osp, divmode if kind == "avg" else 2):
             kern = _dispatch.kernel("global", "cpu", kind, parallel)
             xshape, oshape = (oshape[0], -1), (oshape[0],)
             args = (init, marker)
-        else:
+        else:  # separable kernels; channels-last rows are (W * C) long
             consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1])
-            kern = _dispatch.kernel("separable", "cpu", kind, parallel, *consts)
-            args = (tab, dil, lo, hi, pw, divmode, dov, init, float(p), knumel, marker)
+            kern = _dispatch.kernel("separable", "cpu", kind, parallel, *consts, lay.mem == CL)
+            c = lay.c if lay.mem == CL else 1
+            xshape, oshape = xshape[:3] + (xshape[3] * c,), oshape[:3] + (oshape[3] * c,)
+            args = (tab, dil, lo, hi, pw, divmode, dov, init, float(p), knumel, c, marker)
     elif lay.mem == CL:
-        kern = _dispatch.kernel("cl", "cpu", kind, parallel, bool(return_indices))
+        kern = _dispatch.kernel("cl", "cpu", kind, parallel, True)
         args = (tab, dil, divmode, dov, init, float(p), knumel, marker)
     else:
         consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1])
         kern = _dispatch.kernel("max", "cpu", CF, parallel, *consts)
         args = (tab, dil, lo, hi, pw, init, marker)
-    dummy = _DUMMY_IDX[lay.mem]
 
     def run(x, out):
         a = lay.input_mem(x)
@@ -391,7 +392,7 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
             rk = (res.view(np.uint16) if half else res).reshape(oshape)
             with launch_lock():
                 if with_idx:
-                    kern(xin, rk, ires.reshape(oshape) if return_indices else dummy, *args)
+                    kern(xin, rk, ires.reshape(oshape), *args)
                 else:
                     kern(xin, rk, *args)
         values = user if user is not None else lay.user_view(res)

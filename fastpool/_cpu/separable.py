@@ -23,17 +23,21 @@ from .window import divide, _rows
 BLOCK = 8  # output rows per parallel task
 
 
-def make_sep(kind, parallel, KD, KH, KW, SW):
+def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
+    """``channels_last``: x is (N, D, H, W*C) and out (N, OD, OH, OW*C) with C innermost; the
+    vertical pass then runs over whole W*C rows and the horizontal one over C-vectors."""
     PAR = parallel  # in the closure so that each option set caches apart
     MAX = kind == "max"
     POWER = kind == "lp"
     SPEC = KW > 0
+    CLAST = channels_last
 
-    def kernel(x, out, tab, dil, owlo, owhi, pw, divmode, dov, init, p, knumel, marker):
-        W = x.shape[3]
+    def kernel(x, out, tab, dil, owlo, owhi, pw, divmode, dov, init, p, knumel, C, marker):
+        W = x.shape[3]  # W * C for channels-last
         OD = out.shape[1]
         OH = out.shape[2]
-        OW = out.shape[3]
+        Cn = C if CLAST else 1  # a compile-time 1 for channels-first
+        OW = out.shape[3] // Cn
         dd = dil[0]
         dh = dil[1]
         dw = dil[2]
@@ -47,7 +51,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW):
         p1 = p == 1.0
         for t in prange(ntask):
             tmp = np.full(W, init)
-            hv = np.full(OW, init)
+            hv = np.full(OW * Cn, init)
             for r in range(t * blk, min(nrows, (t + 1) * blk)):
                 q, od, oh = _rows(r, OD, OH)
                 d0 = tab[0, 0, od]
@@ -99,49 +103,59 @@ def make_sep(kind, parallel, KD, KH, KW, SW):
                 lo = owlo if SPEC else OW
                 hi = owhi if SPEC else OW
                 if hi > lo:
-                    tv = tmp[lo * SW - pw:]  # views: indices provably >= 0, so loads vectorise
-                    hvv = hv[lo:hi]
+                    # views: indices provably >= 0, so the loads vectorise
+                    tv = tmp[(lo * SW - pw) * Cn:]
+                    hvv = hv[lo * Cn:hi * Cn]
                     for j in range(hi - lo):
-                        m = tv[j * SW]
-                        for c in range(1, KW):
-                            v = tv[j * SW + c]
-                            if MAX:
-                                m = v if ((v > m) | (v != v)) else m
-                            else:
-                                m += v
-                        hvv[j] = m
+                        b = j * SW * Cn
+                        for ch in range(Cn):
+                            m = tv[b + ch]
+                            for c in range(1, KW):
+                                v = tv[b + c * Cn + ch]
+                                if MAX:
+                                    m = v if ((v > m) | (v != v)) else m
+                                else:
+                                    m += v
+                            hvv[j * Cn + ch] = m
                 for seg in range(2):
                     for ow in range(0 if seg == 0 else hi, lo if seg == 0 else OW):
                         w0 = tab[2, 0, ow]
-                        m = init
+                        hw = hv[ow * Cn:(ow + 1) * Cn]
+                        for ch in range(Cn):
+                            hw[ch] = init
                         for c in range(tab[2, 1, ow]):
-                            v = tmp[w0 + c * dw]
-                            if MAX:
-                                m = v if ((v > m) | (v != v)) else m
-                            else:
-                                m += v
-                        hv[ow] = m
+                            tw = tmp[(w0 + c * dw) * Cn:]
+                            for ch in range(Cn):
+                                v = tw[ch]
+                                if MAX:
+                                    m = hw[ch]
+                                    hw[ch] = v if ((v > m) | (v != v)) else m
+                                else:
+                                    hw[ch] += v
                 # finish: divisors and roots, conversion to the stored type
                 orow = out[q, od, oh]
                 if MAX:
-                    for ow in range(OW):
-                        orow[ow] = to_storage(hv[ow], marker)
+                    for i in range(OW * Cn):
+                        orow[i] = to_storage(hv[i], marker)
                 else:
                     if divmode == 1:
                         fdh = tab[0, 2, od] * tab[1, 2, oh]
                     else:
                         fdh = nd * nh
                     for ow in range(OW):
-                        if POWER:
-                            s = divide(hv[ow], fdh * tab[2, 2, ow]) * knz
-                            s = np.sqrt(s) if p2 else (s if p1 else s ** invz)
-                            orow[ow] = to_storage(s, marker)
+                        if POWER or divmode == 1:
+                            div = fdh * tab[2, 2, ow]
                         elif divmode == 0:
-                            orow[ow] = to_storage(divide(hv[ow], dov), marker)
-                        elif divmode == 1:
-                            orow[ow] = to_storage(divide(hv[ow], fdh * tab[2, 2, ow]), marker)
+                            div = dov
                         else:
-                            orow[ow] = to_storage(divide(hv[ow], fdh * tab[2, 1, ow]), marker)
+                            div = fdh * tab[2, 1, ow]
+                        for ch in range(ow * Cn, (ow + 1) * Cn):
+                            if POWER:
+                                s = divide(hv[ch], div) * knz
+                                s = np.sqrt(s) if p2 else (s if p1 else s ** invz)
+                                orow[ch] = to_storage(s, marker)
+                            else:
+                                orow[ch] = to_storage(divide(hv[ch], div), marker)
     from .._runtime import jit
     return jit(kernel, parallel=parallel)
 
