@@ -15,7 +15,7 @@ _FACTORIES = {
     # channels-first without indices: the separable kernels (layout argument is the kind)
     ("separable", "cpu"): ("._cpu.separable", "make_sep", ()),
     ("global", "cpu"): ("._cpu.separable", "make_global", ()),
-    # channels-last window kernels (layout argument is the kind; spec: with indices)
+    # channels-last max with indices (layout argument is the kind)
     ("cl", "cpu"): ("._cpu.channels_last", "make_cl", ()),
     ("fractional_max", "cpu"): ("._cpu.planes", "make_fractional_max", ()),
     ("max_unpool", "cpu"): ("._cpu.planes", "make_unpool", ()),

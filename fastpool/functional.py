@@ -368,8 +368,8 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
             xshape, oshape = xshape[:3] + (xshape[3] * c,), oshape[:3] + (oshape[3] * c,)
             args = (tab, dil, lo, hi, pw, divmode, dov, init, float(p), knumel, c, marker)
     elif lay.mem == CL:
-        kern = _dispatch.kernel("cl", "cpu", kind, parallel, True)
-        args = (tab, dil, divmode, dov, init, float(p), knumel, marker)
+        kern = _dispatch.kernel("cl", "cpu", kind, parallel)
+        args = (tab, dil, init, marker)
     else:
         consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1])
         kern = _dispatch.kernel("max", "cpu", CF, parallel, *consts)
