@@ -31,6 +31,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
     POWER = kind == "lp"
     SPEC = KW > 0
     CLAST = channels_last
+    # max over a single input row (1-d pooling): the horizontal pass reads the input directly
+    DIRECT = SPEC and MAX and KD * KH == 1
 
     def kernel(x, out, tab, dil, owlo, owhi, pw, divmode, dov, init, p, knumel, C, marker):
         W = x.shape[3]  # W * C for channels-last
@@ -59,59 +61,65 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                 h0 = tab[1, 0, oh]
                 nh = tab[1, 1, oh]
                 # vertical pass: tmp[w] = reduce over the window's (z, y) rows
-                if nd == 0 or nh == 0:  # no input row (PyTorch-style padding and dilation)
-                    for w in range(W):
-                        tmp[w] = init
-                elif SPEC and nd == KD and nh == KH:
-                    xq = x[q]
-                    for w in range(W):
-                        if MAX:
-                            m = load(xq[d0, h0, w], marker)
-                        else:
-                            m = init + load(xq[d0, h0, w], marker)
-                            if POWER:
-                                m = m * m if p2 else (m if p1 else m ** pz)
-                        for i in range(1, KD * KH):
-                            a = i // KH
-                            b = i - a * KH
-                            if MAX:
-                                v = load(xq[d0 + a * dd, h0 + b * dh, w], marker)
-                                m = v if ((v > m) | (v != v)) else m
-                            else:
-                                v = init + load(xq[d0 + a * dd, h0 + b * dh, w], marker)
-                                if POWER:
-                                    v = v * v if p2 else (v if p1 else v ** pz)
-                                m += v
-                        tmp[w] = m
+                if DIRECT:  # the horizontal pass reads the input row itself
+                    src = x[q, d0, h0]
+                    hm = marker
                 else:
-                    for a in range(nd):
-                        z = d0 + a * dd
-                        for b in range(nh):
-                            y = h0 + b * dh
-                            first = a == 0 and b == 0
-                            for w in range(W):
+                    src = tmp
+                    hm = None
+                    if nd == 0 or nh == 0:  # no input row (PyTorch-style padding and dilation)
+                        for w in range(W):
+                            tmp[w] = init
+                    elif SPEC and nd == KD and nh == KH:
+                        xq = x[q]
+                        for w in range(W):
+                            if MAX:
+                                m = load(xq[d0, h0, w], marker)
+                            else:
+                                m = init + load(xq[d0, h0, w], marker)
+                                if POWER:
+                                    m = m * m if p2 else (m if p1 else m ** pz)
+                            for i in range(1, KD * KH):
+                                a = i // KH
+                                b = i - a * KH
                                 if MAX:
-                                    v = load(x[q, z, y, w], marker)
-                                    m = tmp[w]
-                                    tmp[w] = v if (first | (v > m) | (v != v)) else m
+                                    v = load(xq[d0 + a * dd, h0 + b * dh, w], marker)
+                                    m = v if ((v > m) | (v != v)) else m
                                 else:
-                                    v = init + load(x[q, z, y, w], marker)
+                                    v = init + load(xq[d0 + a * dd, h0 + b * dh, w], marker)
                                     if POWER:
                                         v = v * v if p2 else (v if p1 else v ** pz)
-                                    tmp[w] = v if first else tmp[w] + v
+                                    m += v
+                            tmp[w] = m
+                    else:
+                        for a in range(nd):
+                            z = d0 + a * dd
+                            for b in range(nh):
+                                y = h0 + b * dh
+                                first = a == 0 and b == 0
+                                for w in range(W):
+                                    if MAX:
+                                        v = load(x[q, z, y, w], marker)
+                                        m = tmp[w]
+                                        tmp[w] = v if (first | (v > m) | (v != v)) else m
+                                    else:
+                                        v = init + load(x[q, z, y, w], marker)
+                                        if POWER:
+                                            v = v * v if p2 else (v if p1 else v ** pz)
+                                        tmp[w] = v if first else tmp[w] + v
                 # horizontal pass into hv[ow]: specialised interior [lo, hi), table-driven edges
                 lo = owlo if SPEC else OW
                 hi = owhi if SPEC else OW
                 if hi > lo:
                     # views: indices provably >= 0, so the loads vectorise
-                    tv = tmp[(lo * SW - pw) * Cn:]
+                    tv = src[(lo * SW - pw) * Cn:]
                     hvv = hv[lo * Cn:hi * Cn]
                     for j in range(hi - lo):
                         b = j * SW * Cn
                         for ch in range(Cn):
-                            m = tv[b + ch]
+                            m = load(tv[b + ch], hm)
                             for c in range(1, KW):
-                                v = tv[b + c * Cn + ch]
+                                v = load(tv[b + c * Cn + ch], hm)
                                 if MAX:
                                     m = v if ((v > m) | (v != v)) else m
                                 else:
@@ -124,9 +132,9 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                         for ch in range(Cn):
                             hw[ch] = init
                         for c in range(tab[2, 1, ow]):
-                            tw = tmp[(w0 + c * dw) * Cn:]
+                            tw = src[(w0 + c * dw) * Cn:]
                             for ch in range(Cn):
-                                v = tw[ch]
+                                v = load(tw[ch], hm)
                                 if MAX:
                                     m = hw[ch]
                                     hw[ch] = v if ((v > m) | (v != v)) else m
@@ -161,23 +169,44 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
 
 
 def make_global(kind, parallel):
-    """Global pooling: one window covering each whole (contiguous) plane."""
-    PAR = parallel  # noqa: F841
+    """Global pooling: one window covering each whole (contiguous) plane.
+
+    Eight independent lanes break the dependency chain of the reduction (so it vectorises
+    without reassociation flags); the lanes combine at the end, so float sums differ from a
+    sequential sum only by rounding, identically on every run.
+    """
+    PAR = parallel  # noqa: F841  (in the closure so that each option set caches apart)
     MAX = kind == "max"
+    LANES = 8
 
     def kernel(x, out, init, marker):
         P = x.shape[0]
         n = x.shape[1]
+        n8 = n - n % LANES
         for q in prange(P):
+            xr = x[q]
+            lane = np.full(LANES, init)
+            for i in range(0, n8, LANES):
+                for j in range(LANES):
+                    v = load(xr[i + j], marker)
+                    if MAX:
+                        m = lane[j]
+                        lane[j] = v if ((v > m) | (v != v)) else m
+                    else:
+                        lane[j] += v
             m = init
-            if MAX:
-                for i in range(n):
-                    v = load(x[q, i], marker)
+            for i in range(n8, n):
+                v = load(xr[i], marker)
+                if MAX:
                     m = v if ((v > m) | (v != v)) else m
-                out[q] = to_storage(m, marker)
-            else:
-                for i in range(n):
-                    m += load(x[q, i], marker)
-                out[q] = to_storage(divide(m, n), marker)
+                else:
+                    m += v
+            for j in range(LANES):
+                v = lane[j]
+                if MAX:
+                    m = v if ((v > m) | (v != v)) else m
+                else:
+                    m += v
+            out[q] = to_storage(m if MAX else divide(m, n), marker)
     from .._runtime import jit
     return jit(kernel, parallel=parallel)
