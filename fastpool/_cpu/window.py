@@ -24,7 +24,7 @@ def divide(s, n):  # pragma: no cover - replaced by the overload inside kernels
     raise NotImplementedError
 
 
-@overload(divide, inline="always")
+@overload(divide)
 def _divide_impl(s, n):
     from numba import types
     if isinstance(s, types.Integer):
