@@ -82,12 +82,12 @@ def _plane_block(planes, cells):
 
 def _channel_block(n, c, cells, itemsize):
     """Channels per channels-last task: all if the scratch buffer stays within
-    _CL_BUFFER_BYTES, else a multiple of 8; split further while there are fewer than two tasks
-    per thread.  The result does not depend on it."""
+    _CL_BUFFER_BYTES, else a multiple of 8; split further (down to 16) while there are fewer
+    than four tasks per thread.  The result does not depend on it."""
     cb = max(1, _CL_BUFFER_BYTES // max(1, cells * itemsize))
     cb = c if cb >= c else min(c, max(8, cb // 8 * 8))
-    while n * -(-c // cb) < 2 * _threads() and cb > 8:
-        cb = max(8, -(-cb // 16) * 8)
+    while n * -(-c // cb) < 4 * _threads() and cb > 16:
+        cb = max(16, -(-cb // 16) * 8)
     return cb
 
 
