@@ -283,25 +283,28 @@ def _tables(op, spatial, k, s, pads, d, osp, onnx):
     return stack_tables(tabs), np.array((1,) * pad3 + tuple(d), dtype=np.int64)
 
 
-# windows compiled as constants in the separable kernels: (KD, KH, KW, SW), W dilation 1
+# Windows compiled as constants, (KD, KH, KW, SW) with W dilation 1: the shapes that dominate
+# real networks.  Each costs a compilation per (kind, layout, dtype), so large (parallel) calls
+# get the whole set and small (serial) calls only the most common windows; everything else runs
+# the table-driven kernels, which handle any geometry.
 _HOT_WINDOWS = frozenset({
-    (1, 1, 2, 2), (1, 1, 3, 2), (1, 1, 3, 1), (1, 1, 2, 1), (1, 1, 5, 1),
-    (1, 2, 2, 2), (1, 3, 3, 2), (1, 3, 3, 1), (1, 2, 2, 1), (1, 5, 5, 1), (1, 7, 7, 1),
-    (2, 2, 2, 2), (3, 3, 3, 2), (3, 3, 3, 1),
+    (1, 3, 3, 2), (1, 2, 2, 2), (1, 3, 3, 1), (1, 5, 5, 1), (1, 1, 3, 2), (1, 1, 2, 2),
+    (2, 2, 2, 2),
 })
+_HOT_SERIAL = frozenset({(1, 3, 3, 2), (1, 2, 2, 2)})
 
 
-def _sep_args(wspec, width, out_width):
+def _sep_args(wspec, width, out_width, parallel, kind="max"):
     """Specialisation constants (KD, KH, KW, SW) and the interior columns [lo, hi).
 
     ``wspec`` is (kernel3, stride_w, dilation_w, pad_before_w) with ``kernel3`` the window in
     canonical rank 3, or None for adaptive windows.
     """
-    if wspec is None:
+    if wspec is None or kind == "lp":
         return (0, 0, 0, 0), 0, 0, 0
     k3, s, d, pw = wspec
     key = k3 + (s,)
-    if d != 1 or key not in _HOT_WINDOWS:
+    if d != 1 or key not in (_HOT_WINDOWS if parallel else _HOT_SERIAL):
         return (0, 0, 0, 0), 0, 0, 0
     k = k3[2]
     lo = -(-pw // s)
@@ -362,7 +365,7 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
             xshape, oshape = (oshape[0], -1), (oshape[0],)
             args = (init, marker)
         else:  # separable kernels; channels-last rows are (W * C) long
-            consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1])
+            consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1], parallel, kind)
             kern = _dispatch.kernel("separable", "cpu", kind, parallel, *consts, lay.mem == CL)
             c = lay.c if lay.mem == CL else 1
             xshape, oshape = xshape[:3] + (xshape[3] * c,), oshape[:3] + (oshape[3] * c,)
@@ -371,7 +374,7 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
         kern = _dispatch.kernel("cl", "cpu", kind, parallel)
         args = (tab, dil, init, marker)
     else:
-        consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1])
+        consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1], parallel)
         kern = _dispatch.kernel("max", "cpu", CF, parallel, *consts)
         args = (tab, dil, lo, hi, pw, init, marker)
 

@@ -1,0 +1,86 @@
+"""The kernels specialised on hot windows, against PyTorch.
+
+Small calls normally run the table-driven kernels (only a couple of windows are specialised
+below the parallel threshold), so these tests widen the serial hot set to reach every
+specialised kernel on small inputs, and run a few inputs large enough for the parallel ones.
+"""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastpool
+from fastpool import functional as fpf
+
+# (rank, kernel, stride, padding, ceil_mode) per hot window, with padding and ceil variants
+CASES = [
+    (2, 3, 2, 1, False), (2, 3, 2, 0, True), (2, 2, 2, 0, False), (2, 2, 2, 1, True),
+    (2, 3, 1, 1, False), (2, 5, 1, 2, False), (1, 3, 2, 0, False), (1, 3, 2, 1, True),
+    (1, 2, 2, 0, True), (3, 2, 2, 0, False), (3, 2, 2, 1, True),
+]
+SPATIAL = {1: (23,), 2: (13, 11), 3: (7, 9, 10)}
+POOL = {1: (fastpool.max_pool1d, fastpool.avg_pool1d, F.max_pool1d, F.avg_pool1d),
+        2: (fastpool.max_pool2d, fastpool.avg_pool2d, F.max_pool2d, F.avg_pool2d),
+        3: (fastpool.max_pool3d, fastpool.avg_pool3d, F.max_pool3d, F.avg_pool3d)}
+
+
+@pytest.fixture
+def all_hot_serial(monkeypatch):
+    monkeypatch.setattr(fpf, "_HOT_SERIAL", fpf._HOT_WINDOWS)
+    monkeypatch.setattr(fpf, "_PLANS", {})
+
+
+def _input(rng, shape, dtype=np.float32):
+    x = rng.integers(-3, 4, size=shape).astype(dtype)  # many ties
+    flat = x.reshape(-1)
+    flat[rng.choice(flat.size, 3, replace=False)] = np.nan
+    return x
+
+
+def _check(x, rank, k, s, p, ceil, channels_last):
+    fmax, favg, tmax, tavg = POOL[rank]
+    t = torch.from_numpy(x)
+    tv, ti = tmax(t, k, s, p, 1, ceil, True)
+    ta = tavg(t, k, s, p, ceil, False)
+    xin = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if channels_last else x
+    back = (lambda a: np.moveaxis(a, -1, 1)) if channels_last else (lambda a: a)
+    v = back(fmax(xin, k, s, p, 1, ceil, channels_last=channels_last))
+    np.testing.assert_array_equal(v, tv.numpy())
+    v, i = fmax(xin, k, s, p, 1, ceil, True, channels_last=channels_last)
+    np.testing.assert_array_equal(back(v), tv.numpy())
+    np.testing.assert_array_equal(back(i), ti.numpy())
+    a = back(favg(xin, k, s, p, ceil, False, channels_last=channels_last))
+    np.testing.assert_allclose(a, ta.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["cf", "cl"])
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}d-k{c[1]}s{c[2]}p{c[3]}"
+                                              f"{'-ceil' if c[4] else ''}" for c in CASES])
+def test_hot_window_small(case, channels_last, all_hot_serial):
+    rank, k, s, p, ceil = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    x = _input(rng, (2, 3) + SPATIAL[rank])
+    _check(x, rank, k, s, p, ceil, channels_last)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["cf", "cl"])
+@pytest.mark.parametrize("case", [(2, 3, 2, 1, False), (2, 2, 2, 0, True)],
+                         ids=["k3s2p1", "k2s2-ceil"])
+def test_hot_window_parallel(case, channels_last):
+    """Inputs above the parallel threshold: the parallel specialised kernels."""
+    rank, k, s, p, ceil = case
+    rng = np.random.default_rng(7)
+    x = _input(rng, (3, 16, 61, 67))
+    assert 3 * 16 * 30 * 33 * k * k >= fpf.PARALLEL_MIN_WORK
+    _check(x, rank, k, s, p, ceil, channels_last)
+
+
+def test_hot_window_float16(all_hot_serial):
+    rng = np.random.default_rng(3)
+    x = _input(rng, (2, 5, 13, 12), np.float16)
+    t = torch.from_numpy(x)
+    np.testing.assert_array_equal(fastpool.max_pool2d(x, 3, 2, 1),
+                                  F.max_pool2d(t, 3, 2, 1).numpy())
+    np.testing.assert_allclose(fastpool.avg_pool2d(x, 3, 2, 1).astype(np.float32),
+                               F.avg_pool2d(t, 3, 2, 1).numpy().astype(np.float32),
+                               rtol=1e-3, atol=1e-3)
