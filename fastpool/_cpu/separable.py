@@ -54,8 +54,16 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
         for t in prange(ntask):
             tmp = np.full(W, init)
             hv = np.full(OW * Cn, init)
+            q, od, oh = _rows(t * blk, OD, OH)
             for r in range(t * blk, min(nrows, (t + 1) * blk)):
-                q, od, oh = _rows(r, OD, OH)
+                if r > t * blk:  # next output row: (q, od, oh) counted on, no divisions
+                    oh += 1
+                    if oh == OH:
+                        oh = 0
+                        od += 1
+                        if od == OD:
+                            od = 0
+                            q += 1
                 d0 = tab[0, 0, od]
                 nd = tab[0, 1, od]
                 h0 = tab[1, 0, oh]
