@@ -124,7 +124,7 @@ def test_cache_fallback_when_no_locator(monkeypatch):
     from fastpool._params import dim_table, stack_tables
     tab = stack_tables([dim_table(1, 1, 1, 0, 0, 1, 1), dim_table(4, 2, 2, 0, 0, 1, 2),
                         dim_table(4, 2, 2, 0, 0, 1, 2)])
-    kern(x, out, tab, np.ones(3, np.int64), 0, 0, 0, 0, 1, -np.inf, 1.0, 1, None)
+    kern(x, out, tab, np.ones(3, np.int64), 0, 0, 0, 0, 1, -np.inf, 1.0, 1, 1, None)
     assert np.array_equal(out[0, 0], [[5, 7], [13, 15]])
     assert _runtime.THREADING_LAYER is not None
 
