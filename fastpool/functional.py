@@ -197,7 +197,7 @@ def _planned(op, params, input, out, build):
     """
     x = input if type(input) is np.ndarray else _as_array(op, input)
     try:
-        key = (op, tuple(_freeze(p) for p in params), x.shape, x.strides, x.dtype)
+        key = (op, tuple([_freeze(p) for p in params]), x.shape, x.strides, x.dtype)
         plan = _PLANS.get(key)
     except TypeError:  # an unhashable parameter: no caching, the build reports it
         key = plan = None
