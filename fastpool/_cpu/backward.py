@@ -437,6 +437,7 @@ def make_sum_backward(layout, parallel, power):
             for t in prange((P + blk - 1) // blk):
                 T = np.full(OD * OH * W, zero)
                 acc = np.full(W, zero)
+                sh = np.full(OW, zero)
                 for q in range(t * blk, min(P, (t + 1) * blk)):
                     for od in range(OD):
                         d0 = tab[0, 0, od]
@@ -445,8 +446,6 @@ def make_sum_backward(layout, parallel, power):
                             h0 = tab[1, 0, oh]
                             nh = tab[1, 1, oh]
                             base = (od * OH + oh) * W
-                            for w in range(W):
-                                T[U(base + w)] = zero
                             for ow in range(OW):
                                 w0 = tab[2, 0, ow]
                                 nw = tab[2, 1, ow]
@@ -483,8 +482,15 @@ def make_sum_backward(layout, parallel, power):
                                 else:
                                     share = gv / as_acc(zero, nd) / as_acc(zero, nh) / \
                                         as_acc(zero, nw)
-                                for c in range(nw):
-                                    T[U(base + w0 + c * dw)] += share
+                                sh[ow] = share
+                            # the row of T as a gather along W (outputs ascending): no chains
+                            # of read-modify-writes through memory
+                            for w in range(W):
+                                ws = inv[2, 0, w]
+                                v = zero
+                                for i in range(inv[2, 1, w]):
+                                    v += sh[U(ilist[2, U(ws + i)])]
+                                T[U(base + w)] = v
                     for z in range(D):
                         zs = inv[0, 0, z]
                         zn = inv[0, 1, z]
