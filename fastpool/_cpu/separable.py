@@ -183,7 +183,7 @@ def make_global(kind, parallel):
     without reassociation flags); the lanes combine at the end, so float sums differ from a
     sequential sum only by rounding, identically on every run.
     """
-    PAR = parallel  # noqa: F841  (in the closure so that each option set caches apart)
+    PAR = parallel  # in the closure so that each option set caches apart
     MAX = kind == "max"
     LANES = 8
 
@@ -191,30 +191,34 @@ def make_global(kind, parallel):
         P = x.shape[0]
         n = x.shape[1]
         n8 = n - n % LANES
-        for q in prange(P):
-            xr = x[q]
+        blk = 64 if PAR else max(P, 1)  # planes per task: the lanes are allocated per task
+        for t in prange((P + blk - 1) // blk):
             lane = np.full(LANES, init)
-            for i in range(0, n8, LANES):
+            for q in range(t * blk, min(P, (t + 1) * blk)):
+                xr = x[q]
                 for j in range(LANES):
-                    v = load(xr[i + j], marker)
+                    lane[j] = init
+                for i in range(0, n8, LANES):
+                    for j in range(LANES):
+                        v = load(xr[i + j], marker)
+                        if MAX:
+                            m = lane[j]
+                            lane[j] = v if ((v > m) | (v != v)) else m
+                        else:
+                            lane[j] += v
+                m = init
+                for i in range(n8, n):
+                    v = load(xr[i], marker)
                     if MAX:
-                        m = lane[j]
-                        lane[j] = v if ((v > m) | (v != v)) else m
+                        m = v if ((v > m) | (v != v)) else m
                     else:
-                        lane[j] += v
-            m = init
-            for i in range(n8, n):
-                v = load(xr[i], marker)
-                if MAX:
-                    m = v if ((v > m) | (v != v)) else m
-                else:
-                    m += v
-            for j in range(LANES):
-                v = lane[j]
-                if MAX:
-                    m = v if ((v > m) | (v != v)) else m
-                else:
-                    m += v
-            out[q] = to_storage(m if MAX else divide(m, n), marker)
+                        m += v
+                for j in range(LANES):
+                    v = lane[j]
+                    if MAX:
+                        m = v if ((v > m) | (v != v)) else m
+                    else:
+                        m += v
+                out[q] = to_storage(m if MAX else divide(m, n), marker)
     from .._runtime import jit
     return jit(kernel, parallel=parallel)
