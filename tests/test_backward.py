@@ -128,10 +128,10 @@ def _config(seed):
 
             def call(g, xl, cl, layout=None):
                 kw = {}
-                if with_idx:
-                    kw["indices"] = getattr(fastpool, fname)(
-                        xl, kk, ss, pp, dd, ceil_mode, True, channels_last=cl,
-                        index_dtype=idt)[1]
+                if with_idx:  # PyTorch's indices (the forward's own are tested elsewhere)
+                    ti = tf(T(x.astype(np.float32) if dtype == np.float16 else x), kk, ss, pp,
+                            dd, ceil_mode, True)[1].numpy().astype(idt)
+                    kw["indices"] = to_layout(ti, layout)[0]
                 return bwd(g, xl, kk, ss, pp, dd, ceil_mode, channels_last=cl, **kw)
             fwd = lambda t: tf(t, kk, ss, pp, dd, ceil_mode)  # noqa: E731
         elif op == "avg":
@@ -174,7 +174,9 @@ def _config(seed):
             def call(g, xl, cl, layout=None):
                 kw = {}
                 if with_idx:
-                    kw["indices"] = getattr(fastpool, fname)(xl, arg, True, channels_last=cl)[1]
+                    ti = tf(T(x.astype(np.float32) if dtype == np.float16 else x), arg,
+                            True)[1].numpy()
+                    kw["indices"] = to_layout(ti, layout)[0]
                 return bwd(g, xl, arg, channels_last=cl, **kw)
         else:
             def call(g, xl, cl, layout=None):
@@ -236,25 +238,33 @@ def test_backward_matches_torch(seed):
     close(got, ref, dtype, what=str(dict(desc, layout=layout)))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
-def test_recomputed_argmax_equals_forward_indices(dtype):
+# (dtype, layout, kernel, stride, padding, dilation, ceil_mode, spatial): the specialised
+# channels-first window (k3 s2), generic ones (dilation, adaptive-like edges), channels-last
+RECOMPUTE_CASES = [
+    (np.float32, "cf", (3, 3), (2, 2), (1, 1), (1, 1), False, (9, 11)),
+    (np.float32, "cf", (2, 3), (1, 2), (1, 1), (2, 1), True, (8, 9)),
+    (np.float32, "cl", (3, 2), (2, 3), (1, 0), (1, 2), True, (10, 7)),
+    (np.float16, "cf", (3, 3), (2, 2), (1, 1), (1, 1), True, (10, 9)),
+    (np.float16, "cl", (2, 2), (1, 1), (0, 1), (2, 1), False, (7, 8)),
+    (np.float64, "cf", (3, 2), (2, 1), (1, 1), (1, 2), True, (9, 8)),
+]
+
+
+def test_recomputed_argmax_equals_forward_indices():
     """Without indices the backward recomputes the argmax (channels-first: a separable pass,
     float32 merged through int64 keys); it must pick exactly the forward's cells: ties, NaN,
     -0.0/+0.0, +-inf, padding, dilation, ceil mode, specialised and generic windows."""
     rng = np.random.default_rng(11)
-    for it in range(8):
-        k, s, p, d, ceil_mode, sp = ((3, 3), (2, 2), (1, 1), (1, 1), bool(it % 2), (9, 11)) \
-            if it < 2 else draw_window(rng, 2, dilation=True)
+    for dtype, layout, k, s, p, d, ceil_mode, sp in RECOMPUTE_CASES:
         x = make_input(rng, (2, 3) + sp, dtype)
         x[rng.random(x.shape) < 0.1] = -0.0
-        layout = LAYOUTS[it % 2]
         xl, cl = to_layout(x, layout)
         y, idx = fastpool.max_pool2d(xl, k, s, p, d, ceil_mode, True, channels_last=cl)
         g = rng.standard_normal(y.shape).astype(dtype)
         a = fastpool.max_pool2d_backward(g, xl, k, s, p, d, ceil_mode, channels_last=cl)
         b = fastpool.max_pool2d_backward(g, xl, k, s, p, d, ceil_mode, indices=idx,
                                          channels_last=cl)
-        assert a.tobytes() == b.tobytes(), (k, s, p, d, ceil_mode, sp, layout)
+        assert a.tobytes() == b.tobytes(), (dtype, layout, k, s, p, d, ceil_mode, sp)
 
 
 def test_lp_zero_and_negative_windows_match_torch():
