@@ -54,14 +54,26 @@ def _rows_cf(r, OD, OH):
 _rows = jit(_rows_cf)
 
 
-def make_max(layout, parallel, KD, KH, KW, SW):
-    """Channels-first max with argmax: one scan of each window in row-major order.
+BLOCK = 8  # output rows per parallel task (scratch rows are allocated once per task)
 
-    Interior windows of hot shapes run with the window ``(KD, KH, KW)`` and stride ``SW`` as
-    compile-time constants (``KW = 0``: table-driven everywhere).
+
+def make_max(layout, parallel, KD, KH, KW, SW):
+    """Channels-first max with argmax: a vertical pass, then a horizontal pass.
+
+    For one output row ``(plane, od, oh)`` the window's (z, y) rows are reduced per column into
+    scratch rows ``tv[w]`` (value) and ``ti[w]`` (its flat input position), scanning rows in
+    order so that the first maximum and the last NaN win.  The horizontal pass then reduces each
+    window's columns of ``tv``/``ti``; flat positions increase in row-major window order, so the
+    cross-column rule is: a larger value, an equal one at a smaller position, or a NaN at a
+    larger position (or over a non-NaN).  Interior rows and columns of hot shapes run with the
+    window ``(KD, KH, KW)`` and stride ``SW`` as compile-time constants (``KW = 0``:
+    table-driven everywhere); edges and empty windows (value ``init``, position of the first
+    tap) use the tables.
     """
-    PAR = parallel  # noqa: F841  (in the closure so that each option set caches apart)
+    PAR = parallel  # in the closure so that each option set caches apart
     SPEC = KW > 0
+    # one input row per window (1-d pooling): the horizontal pass reads the input row itself
+    DIRECT = SPEC and KD * KH == 1
 
     def kernel(x, out, idx, tab, dil, owlo, owhi, pw, init, marker):
         H = x.shape[2]
@@ -72,50 +84,129 @@ def make_max(layout, parallel, KD, KH, KW, SW):
         dd = dil[0]
         dh = dil[1]
         dw = dil[2]
-        for r in prange(out.shape[0] * OD * OH):
-            p, od, oh = _rows(r, OD, OH)
-            d0 = tab[0, 0, od]
-            nd = tab[0, 1, od]
-            h0 = tab[1, 0, oh]
-            nh = tab[1, 1, oh]
-            xp = x[p]
-            orow = out[p, od, oh]
-            irow = idx[p, od, oh]
-            lo = owlo if (SPEC and nd == KD and nh == KH) else OW
-            hi = owhi if (SPEC and nd == KD and nh == KH) else OW
-            if hi > lo:
-                for ow in range(lo, hi):
-                    w0 = ow * SW - pw
-                    m = load(xp[d0, h0, w0], marker)
-                    mi = (d0 * H + h0) * W + w0
-                    for i in range(1, KD * KH * KW):
-                        a = i // (KH * KW)
-                        b = (i // KW) % KH
-                        c = i % KW
-                        z = d0 + a * dd
-                        y = h0 + b * dh
-                        v = load(xp[z, y, w0 + c], marker)
-                        take = (v > m) | (v != v)
-                        m = v if take else m
-                        mi = ((z * H + y) * W + w0 + c) if take else mi
-                    orow[ow] = to_storage(m, marker)
-                    irow[ow] = mi
-            for seg in range(2):
-                for ow in range(0 if seg == 0 else hi, lo if seg == 0 else OW):
-                    w0 = tab[2, 0, ow]
-                    nw = tab[2, 1, ow]
-                    m = init
-                    mi = (d0 * H + h0) * W + w0
+        nrows = out.shape[0] * OD * OH
+        sa = dd * H * W  # flat distance between window rows a and a + 1
+        sh = dh * W  # ... and b and b + 1
+        small = x.shape[1] * H * W < 2 ** 31  # positions within a plane fit int32
+        blk = BLOCK if PAR else max(nrows, 1)  # serial: one task, scratch allocated once
+        ntask = (nrows + blk - 1) // blk
+        for t in prange(ntask):
+            tv = np.full(W, init)
+            ti = np.zeros(W, idx.dtype)  # flat input position of tv[w] (table-driven rows)
+            tr = np.zeros(W, np.int32)  # position of tv[w] relative to base0 (specialised rows)
+            q, od, oh = _rows(t * blk, OD, OH)
+            for r in range(t * blk, min(nrows, (t + 1) * blk)):
+                if r > t * blk:  # next output row: (q, od, oh) counted on, no divisions
+                    oh += 1
+                    if oh == OH:
+                        oh = 0
+                        od += 1
+                        if od == OD:
+                            od = 0
+                            q += 1
+                d0 = tab[0, 0, od]
+                nd = tab[0, 1, od]
+                h0 = tab[1, 0, oh]
+                nh = tab[1, 1, oh]
+                xq = x[q]
+                base0 = (d0 * H + h0) * W
+                orow = out[q, od, oh]
+                irow = idx[q, od, oh]
+                full = SPEC and small and nd == KD and nh == KH
+                # vertical pass: (tv, ti)[w] = first max / last NaN over the window's rows
+                if DIRECT and full:
+                    pass  # the horizontal pass reads x[q, d0, h0] directly
+                elif nd == 0 or nh == 0:  # no input row (PyTorch-style padding and dilation)
+                    for w in range(W):
+                        tv[w] = init
+                        ti[w] = base0 + w
+                elif full:
+                    for w in range(W):
+                        m = load(xq[d0, h0, w], marker)
+                        mi = np.int32(0)
+                        for i in range(1, KD * KH):
+                            a = i // KH
+                            b = i - a * KH
+                            v = load(xq[d0 + a * dd, h0 + b * dh, w], marker)
+                            take = (v > m) | (v != v)
+                            m = v if take else m
+                            mi = np.int32(a * sa + b * sh) if take else mi
+                        tv[w] = m
+                        tr[w] = mi + np.int32(w)
+                else:
                     for a in range(nd):
                         z = d0 + a * dd
                         for b in range(nh):
                             y = h0 + b * dh
-                            for c in range(nw):
-                                w = w0 + c * dw
-                                v = load(xp[z, y, w], marker)
+                            xr = xq[z, y]
+                            rb = (z * H + y) * W
+                            if a == 0 and b == 0:
+                                for w in range(W):
+                                    tv[w] = load(xr[w], marker)
+                                    ti[w] = rb + w
+                            else:
+                                for w in range(W):
+                                    v = load(xr[w], marker)
+                                    m = tv[w]
+                                    take = (v > m) | (v != v)
+                                    tv[w] = v if take else m
+                                    ti[w] = (rb + w) if take else ti[w]
+                # horizontal pass: specialised interior [lo, hi), table-driven edges
+                lo = owlo if full else OW
+                hi = owhi if full else OW
+                if hi > lo:
+                    # views: indices provably >= 0, so the loads vectorise
+                    ov = orow[lo:hi]
+                    oi = irow[lo:hi]
+                    if DIRECT:
+                        sv = xq[d0, h0, lo * SW - pw:]
+                        sb = base0 + lo * SW - pw
+                        for j in range(hi - lo):
+                            w = j * SW
+                            m = load(sv[w], marker)
+                            mi = w
+                            for c in range(1, KW):
+                                v = load(sv[w + c], marker)
                                 take = (v > m) | (v != v)
                                 m = v if take else m
-                                mi = ((z * H + y) * W + w) if take else mi
-                    orow[ow] = to_storage(m, marker)
-                    irow[ow] = mi
+                                mi = (w + c) if take else mi
+                            ov[j] = to_storage(m, marker)
+                            oi[j] = sb + mi
+                    else:
+                        sv = tv[lo * SW - pw:]
+                        si = tr[lo * SW - pw:]
+                        for j in range(hi - lo):
+                            w = j * SW
+                            m = sv[w]
+                            mi = si[w]
+                            for c in range(1, KW):
+                                v = sv[w + c]
+                                ci = si[w + c]
+                                take = (v > m) | ((v == m) & (ci < mi)) | \
+                                    ((v != v) & ((m == m) | (ci > mi)))
+                                m = v if take else m
+                                mi = ci if take else mi
+                            ov[j] = to_storage(m, marker)
+                            oi[j] = base0 + mi
+                if DIRECT and full and (lo > 0 or hi < OW):
+                    # edge columns of a direct row: (tv, ti) were not filled
+                    xr = xq[d0, h0]
+                    for w in range(W):
+                        tv[w] = load(xr[w], marker)
+                        ti[w] = base0 + w
+                for seg in range(2):
+                    for ow in range(0 if seg == 0 else hi, lo if seg == 0 else OW):
+                        w0 = tab[2, 0, ow]
+                        m = init
+                        mi = base0 + w0
+                        for c in range(tab[2, 1, ow]):
+                            w = w0 + c * dw
+                            v = tv[w]
+                            ci = (base0 + tr[w]) if (full and not DIRECT) else ti[w]
+                            take = (v > m) | ((v == m) & (ci < mi)) | \
+                                ((v != v) & ((m == m) | (ci > mi)))
+                            m = v if take else m
+                            mi = ci if take else mi
+                        orow[ow] = to_storage(m, marker)
+                        irow[ow] = mi
     return jit(kernel, parallel=parallel)
