@@ -23,6 +23,11 @@ from .window import divide, _rows
 BLOCK = 8  # output rows per parallel task
 
 
+def _jit_inline(fn):
+    from .._runtime import jit
+    return jit(fn)
+
+
 def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
     """``channels_last``: x is (N, D, H, W*C) and out (N, OD, OH, OW*C) with C innermost; the
     vertical pass then runs over whole W*C rows and the horizontal one over C-vectors."""
@@ -176,49 +181,58 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
     return jit(kernel, parallel=parallel)
 
 
+@_jit_inline
+def _pick(m, v):
+    """NaN-propagating max of two values."""
+    return v if ((v > m) | (v != v)) else m
+
+
 def make_global(kind, parallel):
     """Global pooling: one window covering each whole (contiguous) plane.
 
-    Eight independent lanes break the dependency chain of the reduction (so it vectorises
-    without reassociation flags); the lanes combine at the end, so float sums differ from a
+    Eight independent scalar lanes break the dependency chain of the reduction (no
+    reassociation flags needed); they combine pairwise at the end, so float sums differ from a
     sequential sum only by rounding, identically on every run.
     """
-    PAR = parallel  # in the closure so that each option set caches apart
+    PAR = parallel  # noqa: F841  (in the closure so that each option set caches apart)
     MAX = kind == "max"
-    LANES = 8
 
     def kernel(x, out, init, marker):
         P = x.shape[0]
         n = x.shape[1]
-        n8 = n - n % LANES
-        blk = 64 if PAR else max(P, 1)  # planes per task: the lanes are allocated per task
-        for t in prange((P + blk - 1) // blk):
-            lane = np.full(LANES, init)
-            for q in range(t * blk, min(P, (t + 1) * blk)):
-                xr = x[q]
-                for j in range(LANES):
-                    lane[j] = init
-                for i in range(0, n8, LANES):
-                    for j in range(LANES):
-                        v = load(xr[i + j], marker)
-                        if MAX:
-                            m = lane[j]
-                            lane[j] = v if ((v > m) | (v != v)) else m
-                        else:
-                            lane[j] += v
-                m = init
+        n8 = n - n % 8
+        for q in prange(P):
+            xr = x[q]
+            # eight scalar lanes stay in registers
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = init
+            for i in range(0, n8, 8):
+                if MAX:
+                    a0 = _pick(a0, load(xr[i], marker))
+                    a1 = _pick(a1, load(xr[i + 1], marker))
+                    a2 = _pick(a2, load(xr[i + 2], marker))
+                    a3 = _pick(a3, load(xr[i + 3], marker))
+                    a4 = _pick(a4, load(xr[i + 4], marker))
+                    a5 = _pick(a5, load(xr[i + 5], marker))
+                    a6 = _pick(a6, load(xr[i + 6], marker))
+                    a7 = _pick(a7, load(xr[i + 7], marker))
+                else:
+                    a0 += load(xr[i], marker)
+                    a1 += load(xr[i + 1], marker)
+                    a2 += load(xr[i + 2], marker)
+                    a3 += load(xr[i + 3], marker)
+                    a4 += load(xr[i + 4], marker)
+                    a5 += load(xr[i + 5], marker)
+                    a6 += load(xr[i + 6], marker)
+                    a7 += load(xr[i + 7], marker)
+            if MAX:
+                m = _pick(_pick(_pick(a0, a1), _pick(a2, a3)), _pick(_pick(a4, a5), _pick(a6, a7)))
                 for i in range(n8, n):
-                    v = load(xr[i], marker)
-                    if MAX:
-                        m = v if ((v > m) | (v != v)) else m
-                    else:
-                        m += v
-                for j in range(LANES):
-                    v = lane[j]
-                    if MAX:
-                        m = v if ((v > m) | (v != v)) else m
-                    else:
-                        m += v
-                out[q] = to_storage(m if MAX else divide(m, n), marker)
+                    m = _pick(m, load(xr[i], marker))
+                out[q] = to_storage(m, marker)
+            else:
+                m = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+                for i in range(n8, n):
+                    m += load(xr[i], marker)
+                out[q] = to_storage(divide(m, n), marker)
     from .._runtime import jit
     return jit(kernel, parallel=parallel)
