@@ -108,7 +108,6 @@ def padding_arg(op, padding, rank, kernel, stride, dilation, spatial, half_limit
                          f"'same_lower'; got {padding!r}")
     if _is_int(padding):
         pads = (int(padding),) * rank
-        onnx = False
     elif isinstance(padding, (tuple, list)):
         if len(padding) == 1 and rank > 1 and _is_int(padding[0]):
             padding = tuple(padding) * rank
@@ -117,7 +116,6 @@ def padding_arg(op, padding, rank, kernel, stride, dilation, spatial, half_limit
                              f"{tuple(padding)!r} (length {len(padding)})")
         if all(_is_int(p) for p in padding):
             pads = tuple(int(p) for p in padding)
-            onnx = False
         elif all(isinstance(p, (tuple, list)) and len(p) == 2 and all(_is_int(q) for q in p)
                  for p in padding):
             pairs = tuple((int(p[0]), int(p[1])) for p in padding)

@@ -107,9 +107,15 @@ def _cache_usable(numba):
 
 
 def jit(fn, parallel=False, fastmath=False):
-    """njit with fastpool's options, caching when a cache folder is writable."""
+    """njit with fastpool's options, caching when a cache folder is writable.
+
+    Numba's cache key ignores the jit options, so a function compiled both serial and parallel
+    would load the other variant's binary: each option set gets its own cache entry by name.
+    """
     configure()
     import numba
+    if parallel or fastmath:
+        fn.__qualname__ += ("_parallel" if parallel else "") + ("_fastmath" if fastmath else "")
     opts = dict(nogil=True, parallel=parallel, fastmath=fastmath, error_model="numpy",
                 boundscheck=False)
     if _CACHE is not False:

@@ -20,7 +20,6 @@ import numpy as np
 from . import _dispatch
 from . import functional as _f
 from ._dtypes import FLOAT_DTYPES, HALF, PLAIN
-from ._params import check_float
 from ._runtime import launch_lock
 from .functional import (CF, _adaptive_params, _as_array, _avg_divisor, _fractional_size,
                          _layout, _parallel, _planned, _tables, _unpool_geometry,
@@ -342,10 +341,7 @@ def _lp_pool_backward(rank, grad_output, input, norm_type, kernel_size, stride, 
     op = f"lp_pool{rank}d_backward"
 
     def build(x):
-        p = check_float(op, "norm_type", norm_type)
-        if p == 0 or not math.isfinite(p):
-            raise ValueError(f"{op}: norm_type must be a non-zero finite number, got "
-                             f"{norm_type!r}")
+        p = _f._norm_type(op, norm_type)
         lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
         k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
                                                   padding, dilation, ceil_mode)

@@ -450,15 +450,19 @@ def _avg_pool(rank, input, kernel_size, stride, padding, ceil_mode, count_includ
     return _planned(op, params, input, out, build)
 
 
+def _norm_type(op, norm_type):
+    p = check_float(op, "norm_type", norm_type)
+    if p == 0 or not math.isfinite(p):
+        raise ValueError(f"{op}: norm_type must be a non-zero finite number, got {norm_type!r}")
+    return p
+
+
 def _lp_pool(rank, input, norm_type, kernel_size, stride, ceil_mode, padding, dilation,
              channels_last, out):
     op = f"lp_pool{rank}d"
 
     def build(x):
-        p = check_float(op, "norm_type", norm_type)
-        if p == 0 or not math.isfinite(p):
-            raise ValueError(f"{op}: norm_type must be a non-zero finite number, got "
-                             f"{norm_type!r}")
+        p = _norm_type(op, norm_type)
         lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
         k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
                                                   padding, dilation, ceil_mode)

@@ -141,3 +141,13 @@ def test_warmup_compiles_requested_kernels():
     fastpool.warmup(ops=["max_pool2d"], dtypes=[np.float32], layouts=["cf"])
     from fastpool import _dispatch
     assert _dispatch.kernel.cache_info().currsize > 0
+
+
+def test_serial_and_parallel_variants_cache_apart():
+    """Numba's cache key ignores jit options: each option set must have its own entry."""
+    from fastpool._cpu import planes
+    serial = planes.make_unpool("any", False)
+    parallel = planes.make_unpool("any", True)
+    assert serial.py_func.__qualname__ != parallel.py_func.__qualname__
+    if type(serial._cache).__name__ != "NullCache":
+        assert serial._cache._cache_file._index_path != parallel._cache._cache_file._index_path

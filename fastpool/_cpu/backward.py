@@ -100,7 +100,6 @@ def _as_acc_impl(zero, n):
 
 def make_max_scatter(layout, parallel):
     """grad_input[idx[o]] += grad_output[o] per plane, outputs in order (any indices)."""
-    PAR = parallel  # noqa: F841  (in the closure so that each option set caches apart)
 
     if layout == CF:
         def kernel(g, idx, gin, bad, blk, zero, marker):
@@ -164,7 +163,6 @@ def make_max_gather(layout, parallel):
     the caller falls back to the scatter kernel unless they add up to every output (indices
     outside their own window or out of range).
     """
-    PAR = parallel  # noqa: F841
 
     def kernel(g, idx, gin, inv, ilist, matches, blk, zero, marker):
         N = g.shape[0]
@@ -217,7 +215,6 @@ def make_max_recompute(layout, parallel, KW=0, SW=0, KEYS=False):
     constants for the interior columns ``[lo, hi)`` (``KW = 0``: none).  ``KEYS``
     (channels-first, float32 compute, planes under 2**31 cells): the horizontal merge as a
     maximum of ``argmax_key`` values, which vectorises."""
-    PAR = parallel  # noqa: F841
     SPEC = KW > 0
 
     if layout == CF:
@@ -413,7 +410,6 @@ def make_sum_backward(layout, parallel, power):
     over the window, and each cell's sum times ``p * x**(p-1)``.
     ``blk``: planes per task (channels-first) or channels per task (channels-last).
     """
-    PAR = parallel  # noqa: F841
     POWER = power
 
     if layout == CF:
@@ -638,7 +634,6 @@ def make_sum_backward(layout, parallel, power):
 
 def make_global_backward(layout, parallel):
     """One window covering the whole plane: every cell gets ``grad_output / div``."""
-    PAR = parallel  # noqa: F841
 
     if layout == CF:
         def kernel(g, gin, div, blk, zero, marker):
@@ -673,7 +668,6 @@ def make_global_backward(layout, parallel):
 
 def make_unpool_backward(layout, parallel):
     """grad_input[i] = grad_output[idx[i]] per plane (a gather: no accumulation)."""
-    PAR = parallel  # noqa: F841
 
     if layout == CF:
         def kernel(g, idx, gin, bad):

@@ -15,7 +15,7 @@ BLOCK = 4  # output rows per parallel task
 
 
 def make_cl(kind, parallel):
-    PAR = parallel  # in the closure so that each option set caches apart
+    PAR = parallel  # serial variants run all rows as one task
     assert kind == "max"
 
     def kernel(x, out, ind, tab, dil, init, marker):

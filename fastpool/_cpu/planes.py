@@ -11,7 +11,6 @@ from .._runtime import jit
 
 def make_fractional_max(layout, parallel):
     """``starts`` is (N, C, 3, maxout): each window's first cell per plane and dim."""
-    PAR = parallel  # noqa: F841  (in the closure so that each option set caches apart)
 
     def kernel(x, out, idx, starts, kd, kh, kw, want_idx, init, marker):
         N = out.shape[0]
@@ -51,7 +50,6 @@ def make_unpool(layout, parallel):
     ``bad`` (planes, 2) receives (1, index) for each plane holding an out-of-range index;
     nothing is written to such a plane.
     """
-    PAR = parallel  # noqa: F841
 
     def kernel(x, idx, out, bad):
         N = x.shape[0]

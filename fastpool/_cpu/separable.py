@@ -18,7 +18,7 @@ import numpy as np
 from numba import prange
 
 from ._intrinsics import load, to_storage
-from .window import divide, _rows
+from .window import divide, _next_row, _rows
 
 BLOCK = 8  # output rows per parallel task
 
@@ -31,7 +31,7 @@ def _jit_inline(fn):
 def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
     """``channels_last``: x is (N, D, H, W*C) and out (N, OD, OH, OW*C) with C innermost; the
     vertical pass then runs over whole W*C rows and the horizontal one over C-vectors."""
-    PAR = parallel  # in the closure so that each option set caches apart
+    PAR = parallel  # serial variants run all rows as one task
     MAX = kind == "max"
     POWER = kind == "lp"
     SPEC = KW > 0
@@ -61,14 +61,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
             hv = np.full(OW * Cn, init)
             q, od, oh = _rows(t * blk, OD, OH)
             for r in range(t * blk, min(nrows, (t + 1) * blk)):
-                if r > t * blk:  # next output row: (q, od, oh) counted on, no divisions
-                    oh += 1
-                    if oh == OH:
-                        oh = 0
-                        od += 1
-                        if od == OD:
-                            od = 0
-                            q += 1
+                if r > t * blk:  # next output row: counted on, no divisions
+                    q, od, oh = _next_row(q, od, oh, OD, OH)
                 d0 = tab[0, 0, od]
                 nd = tab[0, 1, od]
                 h0 = tab[1, 0, oh]
@@ -194,7 +188,6 @@ def make_global(kind, parallel):
     reassociation flags needed); they combine pairwise at the end, so float sums differ from a
     sequential sum only by rounding, identically on every run.
     """
-    PAR = parallel  # noqa: F841  (in the closure so that each option set caches apart)
     MAX = kind == "max"
 
     def kernel(x, out, init, marker):

@@ -54,6 +54,21 @@ def _rows_cf(r, OD, OH):
 _rows = jit(_rows_cf)
 
 
+def _next_row_py(q, od, oh, OD, OH):
+    """The output row after (q, od, oh) in (plane, D, H) order."""
+    oh += 1
+    if oh == OH:
+        oh = 0
+        od += 1
+        if od == OD:
+            od = 0
+            q += 1
+    return q, od, oh
+
+
+_next_row = jit(_next_row_py)
+
+
 BLOCK = 8  # output rows per parallel task (scratch rows are allocated once per task)
 
 
@@ -70,7 +85,7 @@ def make_max(layout, parallel, KD, KH, KW, SW):
     table-driven everywhere); edges and empty windows (value ``init``, position of the first
     tap) use the tables.
     """
-    PAR = parallel  # in the closure so that each option set caches apart
+    PAR = parallel  # serial variants run all rows as one task
     SPEC = KW > 0
     # one input row per window (1-d pooling): the horizontal pass reads the input row itself
     DIRECT = SPEC and KD * KH == 1
@@ -96,14 +111,8 @@ def make_max(layout, parallel, KD, KH, KW, SW):
             tr = np.zeros(W, np.int32)  # position of tv[w] relative to base0 (specialised rows)
             q, od, oh = _rows(t * blk, OD, OH)
             for r in range(t * blk, min(nrows, (t + 1) * blk)):
-                if r > t * blk:  # next output row: (q, od, oh) counted on, no divisions
-                    oh += 1
-                    if oh == OH:
-                        oh = 0
-                        od += 1
-                        if od == OD:
-                            od = 0
-                            q += 1
+                if r > t * blk:  # next output row: counted on, no divisions
+                    q, od, oh = _next_row(q, od, oh, OD, OH)
                 d0 = tab[0, 0, od]
                 nd = tab[0, 1, od]
                 h0 = tab[1, 0, oh]
