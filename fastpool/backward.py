@@ -22,8 +22,7 @@ from . import functional as _f
 from ._dtypes import FLOAT_DTYPES, HALF, PLAIN
 from ._runtime import launch_lock
 from .functional import (CF, _adaptive_params, _as_array, _avg_divisor, _fractional_size,
-                         _layout, _parallel, _planned, _tables, _unpool_geometry,
-                         _window_params, _zero)
+                         _layout, _parallel, _planned, _unpool_geometry, _window, _zero)
 
 # scratch buffer of a channels-last task (one n, a block of channels): at most this many bytes
 # (all channels when they fit: contiguous rows; the buffers are walked sequentially, so they
@@ -231,9 +230,8 @@ def _max_pool_backward(rank, grad_output, input, kernel_size, stride, padding, d
 
     def build(x):
         lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
-        k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
-                                                  padding, dilation, ceil_mode)
-        tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
+        k, s, d, pads, osp, tab, dil = _window(op, rank, lay.spatial, kernel_size, stride,
+                                               padding, dilation, ceil_mode)
         return _max_plan(op, x, lay, osp, tab, dil, math.prod(k),
                          (k[-1], s[-1], d[-1], pads[-1][0]))
     params = (kernel_size, stride, padding, dilation, bool(ceil_mode), bool(channels_last))
@@ -326,10 +324,9 @@ def _avg_pool_backward(rank, grad_output, input, kernel_size, stride, padding, c
 
     def build(x):
         lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
-        k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
-                                                  padding, dilation, ceil_mode)
+        k, s, d, pads, osp, tab, dil = _window(op, rank, lay.spatial, kernel_size, stride,
+                                               padding, dilation, ceil_mode)
         divmode, dov = _avg_divisor(op, count_include_pad, divisor_override)
-        tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
         return _sum_plan(op, False, x, lay, osp, tab, dil, divmode, dov, 1.0, 1, math.prod(k))
     params = (kernel_size, stride, padding, bool(ceil_mode), bool(count_include_pad),
               divisor_override, dilation, bool(channels_last))
@@ -343,9 +340,8 @@ def _lp_pool_backward(rank, grad_output, input, norm_type, kernel_size, stride, 
     def build(x):
         p = _f._norm_type(op, norm_type)
         lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
-        k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
-                                                  padding, dilation, ceil_mode)
-        tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
+        k, s, d, pads, osp, tab, dil = _window(op, rank, lay.spatial, kernel_size, stride,
+                                               padding, dilation, ceil_mode)
         knumel = math.prod(k)
         return _sum_plan(op, True, x, lay, osp, tab, dil, 1, 1, p, knumel, knumel)
     params = (norm_type, kernel_size, stride, bool(ceil_mode), padding, dilation,

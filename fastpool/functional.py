@@ -272,6 +272,14 @@ def _window_params(op, rank, spatial, kernel_size, stride, padding, dilation, ce
     return k, s, d, pads, onnx, osp
 
 
+def _window(op, rank, spatial, kernel_size, stride, padding, dilation, ceil_mode):
+    """Everything about a windowed op's geometry: (k, s, d, pads, out size, tables, dilation)."""
+    k, s, d, pads, onnx, osp = _window_params(op, rank, spatial, kernel_size, stride, padding,
+                                              dilation, ceil_mode)
+    tab, dil = _tables(op, spatial, k, s, pads, d, osp, onnx)
+    return k, s, d, pads, osp, tab, dil
+
+
 def _tables(op, spatial, k, s, pads, d, osp, onnx):
     pad3 = 3 - len(spatial)
     tabs = [dim_table(1, 1, 1, 0, 0, 1, 1)] * pad3
@@ -411,9 +419,8 @@ def _max_pool(rank, input, kernel_size, stride, padding, dilation, ceil_mode, re
 
     def build(x):
         lay = _layout(op, x, rank, channels_last, MAX_DTYPES)
-        k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
-                                                  padding, dilation, ceil_mode)
-        tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
+        k, s, d, pads, osp, tab, dil = _window(op, rank, lay.spatial, kernel_size, stride,
+                                               padding, dilation, ceil_mode)
         return _window_plan(op, "max", x, lay, osp, tab, dil, math.prod(k),
                             (_k3(k), s[-1], d[-1], pads[-1][0]),
                             return_indices=bool(return_indices), index_dtype=index_dtype)
@@ -439,10 +446,9 @@ def _avg_pool(rank, input, kernel_size, stride, padding, ceil_mode, count_includ
 
     def build(x):
         lay = _layout(op, x, rank, channels_last, AVG_DTYPES)
-        k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
-                                                  padding, dilation, ceil_mode)
+        k, s, d, pads, osp, tab, dil = _window(op, rank, lay.spatial, kernel_size, stride,
+                                               padding, dilation, ceil_mode)
         divmode, dov = _avg_divisor(op, count_include_pad, divisor_override)
-        tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
         return _window_plan(op, "avg", x, lay, osp, tab, dil, math.prod(k),
                             (_k3(k), s[-1], d[-1], pads[-1][0]), divmode, dov)
     params = (kernel_size, stride, padding, bool(ceil_mode), bool(count_include_pad),
@@ -464,9 +470,8 @@ def _lp_pool(rank, input, norm_type, kernel_size, stride, ceil_mode, padding, di
     def build(x):
         p = _norm_type(op, norm_type)
         lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
-        k, s, d, pads, onnx, osp = _window_params(op, rank, lay.spatial, kernel_size, stride,
-                                                  padding, dilation, ceil_mode)
-        tab, dil = _tables(op, lay.spatial, k, s, pads, d, osp, onnx)
+        k, s, d, pads, osp, tab, dil = _window(op, rank, lay.spatial, kernel_size, stride,
+                                               padding, dilation, ceil_mode)
         knumel = math.prod(k)
         return _window_plan(op, "lp", x, lay, osp, tab, dil, knumel,
                             (_k3(k), s[-1], d[-1], pads[-1][0]), 1, 1, p, knumel)
