@@ -35,6 +35,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
     MAX = kind == "max"
     POWER = kind == "lp"
     SPEC = KW > 0
+    assert not (SPEC and POWER), "Lp kernels are table-driven (powers in the vertical pass)"
     CLAST = channels_last
     # max over a single input row (1-d pooling): the horizontal pass reads the input directly
     DIRECT = SPEC and MAX and KD * KH == 1
@@ -58,7 +59,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
         p1 = p == 1.0
         for t in prange(ntask):
             tmp = np.full(W, init)
-            hv = np.full(OW * Cn, init)
+            hv = np.full(Cn, init)  # one output cell of an edge column
             q, od, oh = _rows(t * blk, OD, OH)
             for r in range(t * blk, min(nrows, (t + 1) * blk)):
                 if r > t * blk:  # next output row: counted on, no divisions
@@ -67,9 +68,10 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                 nd = tab[0, 1, od]
                 h0 = tab[1, 0, oh]
                 nh = tab[1, 1, oh]
+                xq = x[q]
                 # vertical pass: tmp[w] = reduce over the window's (z, y) rows
                 if DIRECT:  # the horizontal pass reads the input row itself
-                    src = x[q, d0, h0]
+                    src = xq[d0, h0]
                     hm = marker
                 else:
                     src = tmp
@@ -78,101 +80,119 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                         for w in range(W):
                             tmp[w] = init
                     elif SPEC and nd == KD and nh == KH:
-                        xq = x[q]
                         for w in range(W):
-                            if MAX:
-                                m = load(xq[d0, h0, w], marker)
-                            else:
-                                m = init + load(xq[d0, h0, w], marker)
-                                if POWER:
-                                    m = m * m if p2 else (m if p1 else m ** pz)
+                            m = load(xq[d0, h0, w], marker)
+                            if not MAX:
+                                m = init + m
                             for i in range(1, KD * KH):
                                 a = i // KH
                                 b = i - a * KH
+                                v = load(xq[d0 + a * dd, h0 + b * dh, w], marker)
                                 if MAX:
-                                    v = load(xq[d0 + a * dd, h0 + b * dh, w], marker)
                                     m = v if ((v > m) | (v != v)) else m
                                 else:
-                                    v = init + load(xq[d0 + a * dd, h0 + b * dh, w], marker)
-                                    if POWER:
-                                        v = v * v if p2 else (v if p1 else v ** pz)
                                     m += v
                             tmp[w] = m
                     else:
                         for a in range(nd):
-                            z = d0 + a * dd
                             for b in range(nh):
-                                y = h0 + b * dh
-                                first = a == 0 and b == 0
-                                for w in range(W):
-                                    if MAX:
-                                        v = load(x[q, z, y, w], marker)
-                                        m = tmp[w]
-                                        tmp[w] = v if (first | (v > m) | (v != v)) else m
-                                    else:
-                                        v = init + load(x[q, z, y, w], marker)
-                                        if POWER:
-                                            v = v * v if p2 else (v if p1 else v ** pz)
-                                        tmp[w] = v if first else tmp[w] + v
-                # horizontal pass into hv[ow]: specialised interior [lo, hi), table-driven edges
+                                xr = xq[d0 + a * dd, h0 + b * dh]
+                                if a == 0 and b == 0:
+                                    for w in range(W):
+                                        if MAX:
+                                            tmp[w] = load(xr[w], marker)
+                                        else:
+                                            v = init + load(xr[w], marker)
+                                            if POWER:
+                                                v = v * v if p2 else (v if p1 else v ** pz)
+                                            tmp[w] = v
+                                else:
+                                    for w in range(W):
+                                        if MAX:
+                                            v = load(xr[w], marker)
+                                            m = tmp[w]
+                                            tmp[w] = v if ((v > m) | (v != v)) else m
+                                        else:
+                                            v = init + load(xr[w], marker)
+                                            if POWER:
+                                                v = v * v if p2 else (v if p1 else v ** pz)
+                                            tmp[w] += v
+                # divisor of the row's windows: fdh times the taps along W
+                if divmode == 1:
+                    fdh = tab[0, 2, od] * tab[1, 2, oh]
+                else:
+                    fdh = nd * nh
+                orow = out[q, od, oh]
+                # horizontal pass, written out finished: specialised interior [lo, hi) (full
+                # windows: KW taps in range and in the padded extent), table-driven edges
                 lo = owlo if SPEC else OW
                 hi = owhi if SPEC else OW
                 if hi > lo:
+                    div = dov if (divmode == 0 and not POWER) else fdh * KW
                     # views: indices provably >= 0, so the loads vectorise
                     tv = src[(lo * SW - pw) * Cn:]
-                    hvv = hv[lo * Cn:hi * Cn]
+                    ov = orow[lo * Cn:hi * Cn]
                     for j in range(hi - lo):
-                        b = j * SW * Cn
+                        if CLAST:  # a view per output cell: C-vector loads from offsets >= 0
+                            tj = tv[j * SW * Cn:]
+                            oj = ov[j * Cn:]
+                        else:  # channels-first: one loop over j, vectorised across cells
+                            tj = tv
+                            oj = ov
+                        jb = 0 if CLAST else j * SW
                         for ch in range(Cn):
-                            m = load(tv[b + ch], hm)
+                            m = load(tj[jb + ch], hm)
                             for c in range(1, KW):
-                                v = load(tv[b + c * Cn + ch], hm)
+                                v = load(tj[jb + c * Cn + ch], hm)
                                 if MAX:
                                     m = v if ((v > m) | (v != v)) else m
                                 else:
                                     m += v
-                            hvv[j * Cn + ch] = m
+                            if MAX:
+                                m = to_storage(m, marker)
+                            elif POWER:
+                                m = to_storage(_root(m, div, knz, invz, p1, p2), marker)
+                            else:
+                                m = to_storage(divide(m, div), marker)
+                            oj[(0 if CLAST else j) + ch] = m
                 for seg in range(2):
                     for ow in range(0 if seg == 0 else hi, lo if seg == 0 else OW):
                         w0 = tab[2, 0, ow]
-                        hw = hv[ow * Cn:(ow + 1) * Cn]
                         for ch in range(Cn):
-                            hw[ch] = init
+                            hv[ch] = init
                         for c in range(tab[2, 1, ow]):
                             tw = src[(w0 + c * dw) * Cn:]
                             for ch in range(Cn):
                                 v = load(tw[ch], hm)
                                 if MAX:
-                                    m = hw[ch]
-                                    hw[ch] = v if ((v > m) | (v != v)) else m
+                                    m = hv[ch]
+                                    hv[ch] = v if ((v > m) | (v != v)) else m
                                 else:
-                                    hw[ch] += v
-                # finish: divisors and roots, conversion to the stored type
-                orow = out[q, od, oh]
-                if MAX:
-                    for i in range(OW * Cn):
-                        orow[i] = to_storage(hv[i], marker)
-                else:
-                    if divmode == 1:
-                        fdh = tab[0, 2, od] * tab[1, 2, oh]
-                    else:
-                        fdh = nd * nh
-                    for ow in range(OW):
+                                    hv[ch] += v
                         if POWER or divmode == 1:
                             div = fdh * tab[2, 2, ow]
                         elif divmode == 0:
                             div = dov
                         else:
                             div = fdh * tab[2, 1, ow]
-                        for ch in range(ow * Cn, (ow + 1) * Cn):
-                            if POWER:
-                                s = divide(hv[ch], div) * knz
-                                s = np.sqrt(s) if p2 else (s if p1 else s ** invz)
-                                orow[ch] = to_storage(s, marker)
+                        ow_ = orow[ow * Cn:(ow + 1) * Cn]
+                        for ch in range(Cn):
+                            if MAX:
+                                ow_[ch] = to_storage(hv[ch], marker)
+                            elif POWER:
+                                ow_[ch] = to_storage(_root(hv[ch], div, knz, invz, p1, p2),
+                                                     marker)
                             else:
-                                orow[ch] = to_storage(divide(hv[ch], div), marker)
+                                ow_[ch] = to_storage(divide(hv[ch], div), marker)
     from .._runtime import jit
-    return jit(kernel, parallel=parallel)
+    return jit(kernel, parallel=parallel, fastmath=False if MAX else {"reassoc", "contract"})
+
+
+@_jit_inline
+def _root(m, div, knz, invz, p1, p2):
+    """PyTorch's Lp norm of a window from its sum of |x|^p: (sum / div * knumel) ** (1/p)."""
+    s = divide(m, div) * knz
+    return np.sqrt(s) if p2 else (s if p1 else s ** invz)
 
 
 @_jit_inline
@@ -184,9 +204,10 @@ def _pick(m, v):
 def make_global(kind, parallel):
     """Global pooling: one window covering each whole (contiguous) plane.
 
-    Eight independent scalar lanes break the dependency chain of the reduction (no
-    reassociation flags needed); they combine pairwise at the end, so float sums differ from a
-    sequential sum only by rounding, identically on every run.
+    Max: eight independent scalar lanes break the dependency chain of the NaN-propagating
+    select; they combine pairwise at the end.  Average: one running sum that the compiler may
+    reassociate (vector lanes, combined at the end); nothing else of fast-math is allowed, so
+    NaN and infinities propagate as usual and every run gives the same bits.
     """
     MAX = kind == "max"
 
@@ -196,10 +217,10 @@ def make_global(kind, parallel):
         n8 = n - n % 8
         for q in prange(P):
             xr = x[q]
-            # eight scalar lanes stay in registers
-            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = init
-            for i in range(0, n8, 8):
-                if MAX:
+            if MAX:
+                # eight scalar lanes stay in registers
+                a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = init
+                for i in range(0, n8, 8):
                     a0 = _pick(a0, load(xr[i], marker))
                     a1 = _pick(a1, load(xr[i + 1], marker))
                     a2 = _pick(a2, load(xr[i + 2], marker))
@@ -208,24 +229,14 @@ def make_global(kind, parallel):
                     a5 = _pick(a5, load(xr[i + 5], marker))
                     a6 = _pick(a6, load(xr[i + 6], marker))
                     a7 = _pick(a7, load(xr[i + 7], marker))
-                else:
-                    a0 += load(xr[i], marker)
-                    a1 += load(xr[i + 1], marker)
-                    a2 += load(xr[i + 2], marker)
-                    a3 += load(xr[i + 3], marker)
-                    a4 += load(xr[i + 4], marker)
-                    a5 += load(xr[i + 5], marker)
-                    a6 += load(xr[i + 6], marker)
-                    a7 += load(xr[i + 7], marker)
-            if MAX:
                 m = _pick(_pick(_pick(a0, a1), _pick(a2, a3)), _pick(_pick(a4, a5), _pick(a6, a7)))
                 for i in range(n8, n):
                     m = _pick(m, load(xr[i], marker))
                 out[q] = to_storage(m, marker)
             else:
-                m = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
-                for i in range(n8, n):
-                    m += load(xr[i], marker)
-                out[q] = to_storage(divide(m, n), marker)
+                s = init
+                for i in range(n):
+                    s += load(xr[i], marker)
+                out[q] = to_storage(divide(s, n), marker)
     from .._runtime import jit
-    return jit(kernel, parallel=parallel)
+    return jit(kernel, parallel=parallel, fastmath=False if MAX else {"reassoc", "contract"})
