@@ -197,7 +197,11 @@ def _planned(op, params, input, out, build):
     """
     x = input if type(input) is np.ndarray else _as_array(op, input)
     try:
-        key = (op, tuple([_freeze(p) for p in params]), x.shape, x.strides, x.dtype)
+        # parameters and their types (2 is not 2.0, True is not 1); nested ones frozen deeply
+        types = tuple(map(type, params))
+        if tuple in types or list in types:
+            params = tuple([_freeze(p) for p in params])
+        key = (op, params, types, x.shape, x.strides, x.dtype)
         plan = _PLANS.get(key)
     except TypeError:  # an unhashable parameter: no caching, the build reports it
         key = plan = None
@@ -386,8 +390,13 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
         kern = _dispatch.kernel("max", "cpu", CF, parallel, *consts)
         args = (tab, dil, lo, hi, pw, init, marker)
 
+    # the common case, decided once: the input is already the kernel's C-contiguous memory and
+    # the result needs no transposition (no per-call layout work)
+    direct_in = lay.batched and lay.to_mem is None and not lay.copy and not half
+    direct_out = lay.batched and lay.to_user is None and not half
+    lock = launch_lock() if parallel else None  # serial kernels never need the launch lock
+
     def run(x, out):
-        a = lay.input_mem(x)
         if out is None:
             res = np.empty(mshape, dtype)
             ires = np.empty(mshape, idt) if return_indices else None
@@ -399,14 +408,28 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
             if return_indices:
                 ires, uidx = lay.allocate(op, osp, idt, iout, name="out[1] (indices)")
         if size:
-            xin = (a.view(np.uint16) if half else a).reshape(xshape)
+            if direct_in:
+                xin = x.reshape(xshape)
+            else:
+                a = lay.input_mem(x)
+                xin = (a.view(np.uint16) if half else a).reshape(xshape)
             rk = (res.view(np.uint16) if half else res).reshape(oshape)
-            with launch_lock():
+            ik = ires.reshape(oshape) if with_idx else None
+            if lock is None:
                 if with_idx:
-                    kern(xin, rk, ires.reshape(oshape), *args)
+                    kern(xin, rk, ik, *args)
                 else:
                     kern(xin, rk, *args)
-        values = user if user is not None else lay.user_view(res)
+            else:
+                with lock:
+                    if with_idx:
+                        kern(xin, rk, ik, *args)
+                    else:
+                        kern(xin, rk, *args)
+        if user is not None:
+            values = user
+        else:
+            values = res if direct_out else lay.user_view(res)
         if not return_indices:
             return values
         return values, (uidx if uidx is not None else lay.user_view(ires))

@@ -40,7 +40,6 @@ def make_cl(kind, parallel):
                 nd = tab[0, 1, od]
                 h0 = tab[1, 0, oh]
                 nh = tab[1, 1, oh]
-                xn = x[n]
                 for ow in range(OW):
                     w0 = tab[2, 0, ow]
                     nw = tab[2, 1, ow]
@@ -55,19 +54,16 @@ def make_cl(kind, parallel):
                             y = h0 + b * dh
                             for c in range(nw):
                                 w = w0 + c * dw
-                                xr = xn[z, y, w]
                                 pos = (z * H + y) * W + w
                                 first = a == 0 and b == 0 and c == 0
-                                for ch in range(C):
-                                    v = load(xr[ch], marker)
+                                for ch in range(C):  # direct indexing: no per-tap views
+                                    v = load(x[n, z, y, w, ch], marker)
                                     m = acc[ch]
                                     take = first | (v > m) | (v != v)
                                     acc[ch] = v if take else m
                                     acci[ch] = pos if take else acci[ch]
-                    orow = out[n, od, oh, ow]
-                    irow = ind[n, od, oh, ow]
                     for ch in range(C):
-                        orow[ch] = to_storage(acc[ch], marker)
-                        irow[ch] = acci[ch]
+                        out[n, od, oh, ow, ch] = to_storage(acc[ch], marker)
+                        ind[n, od, oh, ow, ch] = acci[ch]
     from .._runtime import jit
     return jit(kernel, parallel=parallel)

@@ -30,21 +30,25 @@ def _jit_inline(fn):
 
 def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
     """``channels_last``: x is (N, D, H, W*C) and out (N, OD, OH, OW*C) with C innermost; the
-    vertical pass then runs over whole W*C rows and the horizontal one over C-vectors."""
+    vertical pass then runs over whole W*C rows and the horizontal one over C-vectors.
+
+    The loops index the arrays directly instead of taking views: a view costs two atomic
+    reference-count updates (shared by every thread), which cost more than a short row's
+    arithmetic.  Offsets are clamped at 0 so that the compiler can drop negative-index handling
+    and vectorise.
+    """
     PAR = parallel  # serial variants run all rows as one task
     MAX = kind == "max"
     POWER = kind == "lp"
     SPEC = KW > 0
     assert not (SPEC and POWER), "Lp kernels are table-driven (powers in the vertical pass)"
     CLAST = channels_last
-    # max over a single input row (1-d pooling): the horizontal pass reads the input directly
-    DIRECT = SPEC and MAX and KD * KH == 1
 
     def kernel(x, out, tab, dil, owlo, owhi, pw, divmode, dov, init, p, knumel, C, marker):
         W = x.shape[3]  # W * C for channels-last
         OD = out.shape[1]
         OH = out.shape[2]
-        Cn = C if CLAST else 1  # a compile-time 1 for channels-first
+        Cn = max(C, 1) if CLAST else 1  # a compile-time 1 for channels-first
         OW = out.shape[3] // Cn
         dd = dil[0]
         dh = dil[1]
@@ -58,6 +62,12 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
         p2 = p == 2.0
         p1 = p == 1.0
         for t in prange(ntask):
+            # (clamped inside the parallel body, where the compiler sees that they are >= 0)
+            Cn = max(C, 1) if CLAST else 1
+            # interior columns [lo, hi): full windows (KW taps in range and in the padded extent)
+            lo = max(owlo, 0) if SPEC else OW
+            hi = max(owhi, lo) if SPEC else OW
+            tb = max(lo * SW - pw, 0) * Cn  # tmp offset of the first interior window
             tmp = np.full(W, init)
             hv = np.full(Cn, init)  # one output cell of an edge column
             q, od, oh = _rows(t * blk, OD, OH)
@@ -68,102 +78,93 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                 nd = tab[0, 1, od]
                 h0 = tab[1, 0, oh]
                 nh = tab[1, 1, oh]
-                xq = x[q]
                 # vertical pass: tmp[w] = reduce over the window's (z, y) rows
-                if DIRECT:  # the horizontal pass reads the input row itself
-                    src = xq[d0, h0]
-                    hm = marker
+                if nd == 0 or nh == 0:  # no input row (PyTorch-style padding and dilation)
+                    for w in range(W):
+                        tmp[w] = init
+                elif SPEC and nd == KD and nh == KH:
+                    for w in range(W):
+                        m = load(x[q, d0, h0, w], marker)
+                        if not MAX:
+                            m = init + m
+                        for i in range(1, KD * KH):
+                            a = i // KH
+                            b = i - a * KH
+                            v = load(x[q, d0 + a * dd, h0 + b * dh, w], marker)
+                            if MAX:
+                                m = v if ((v > m) | (v != v)) else m
+                            else:
+                                m += v
+                        tmp[w] = m
                 else:
-                    src = tmp
-                    hm = None
-                    if nd == 0 or nh == 0:  # no input row (PyTorch-style padding and dilation)
-                        for w in range(W):
-                            tmp[w] = init
-                    elif SPEC and nd == KD and nh == KH:
-                        for w in range(W):
-                            m = load(xq[d0, h0, w], marker)
-                            if not MAX:
-                                m = init + m
-                            for i in range(1, KD * KH):
-                                a = i // KH
-                                b = i - a * KH
-                                v = load(xq[d0 + a * dd, h0 + b * dh, w], marker)
+                    for a in range(nd):
+                        z = d0 + a * dd
+                        for b in range(nh):
+                            y = h0 + b * dh
+                            first = a == 0 and b == 0
+                            for w in range(W):
                                 if MAX:
-                                    m = v if ((v > m) | (v != v)) else m
+                                    v = load(x[q, z, y, w], marker)
+                                    m = tmp[w]
+                                    tmp[w] = v if (first | (v > m) | (v != v)) else m
                                 else:
-                                    m += v
-                            tmp[w] = m
-                    else:
-                        for a in range(nd):
-                            for b in range(nh):
-                                xr = xq[d0 + a * dd, h0 + b * dh]
-                                if a == 0 and b == 0:
-                                    for w in range(W):
-                                        if MAX:
-                                            tmp[w] = load(xr[w], marker)
-                                        else:
-                                            v = init + load(xr[w], marker)
-                                            if POWER:
-                                                v = v * v if p2 else (v if p1 else v ** pz)
-                                            tmp[w] = v
-                                else:
-                                    for w in range(W):
-                                        if MAX:
-                                            v = load(xr[w], marker)
-                                            m = tmp[w]
-                                            tmp[w] = v if ((v > m) | (v != v)) else m
-                                        else:
-                                            v = init + load(xr[w], marker)
-                                            if POWER:
-                                                v = v * v if p2 else (v if p1 else v ** pz)
-                                            tmp[w] += v
+                                    v = init + load(x[q, z, y, w], marker)
+                                    if POWER:
+                                        v = v * v if p2 else (v if p1 else v ** pz)
+                                    tmp[w] = v if first else tmp[w] + v
                 # divisor of the row's windows: fdh times the taps along W
                 if divmode == 1:
                     fdh = tab[0, 2, od] * tab[1, 2, oh]
                 else:
                     fdh = nd * nh
-                orow = out[q, od, oh]
-                # horizontal pass, written out finished: specialised interior [lo, hi) (full
-                # windows: KW taps in range and in the padded extent), table-driven edges
-                lo = owlo if SPEC else OW
-                hi = owhi if SPEC else OW
+                # horizontal pass, written out finished: specialised interior, table-driven edges
                 if hi > lo:
                     div = dov if (divmode == 0 and not POWER) else fdh * KW
-                    # views: indices provably >= 0, so the loads vectorise
-                    tv = src[(lo * SW - pw) * Cn:]
-                    ov = orow[lo * Cn:hi * Cn]
-                    for j in range(hi - lo):
-                        if CLAST:  # a view per output cell: C-vector loads from offsets >= 0
-                            tj = tv[j * SW * Cn:]
-                            oj = ov[j * Cn:]
-                        else:  # channels-first: one loop over j, vectorised across cells
-                            tj = tv
-                            oj = ov
-                        jb = 0 if CLAST else j * SW
-                        for ch in range(Cn):
-                            m = load(tj[jb + ch], hm)
+                    if CLAST:  # C-vectors: unit-stride loops over the channels
+                        for j in range(hi - lo):
+                            tj = tmp[tb + j * SW * Cn:]  # a view of task-local scratch
+                            ob = max((lo + j) * Cn, 0)
+                            for ch in range(Cn):
+                                m = tj[ch]
+                                for c in range(1, KW):
+                                    v = tj[c * Cn + ch]
+                                    if MAX:
+                                        m = v if ((v > m) | (v != v)) else m
+                                    else:
+                                        m += v
+                                if MAX:
+                                    out[q, od, oh, ob + ch] = to_storage(m, marker)
+                                elif POWER:
+                                    out[q, od, oh, ob + ch] = to_storage(
+                                        _root(m, div, knz, invz, p1, p2), marker)
+                                else:
+                                    out[q, od, oh, ob + ch] = to_storage(divide(m, div), marker)
+                    else:  # channels-first: one loop over the cells, vectorised across them
+                        tv = tmp[tb:]  # a view of task-local scratch
+                        for j in range(hi - lo):
+                            m = tv[j * SW]
                             for c in range(1, KW):
-                                v = load(tj[jb + c * Cn + ch], hm)
+                                v = tv[j * SW + c]
                                 if MAX:
                                     m = v if ((v > m) | (v != v)) else m
                                 else:
                                     m += v
                             if MAX:
-                                m = to_storage(m, marker)
+                                out[q, od, oh, lo + j] = to_storage(m, marker)
                             elif POWER:
-                                m = to_storage(_root(m, div, knz, invz, p1, p2), marker)
+                                out[q, od, oh, lo + j] = to_storage(
+                                    _root(m, div, knz, invz, p1, p2), marker)
                             else:
-                                m = to_storage(divide(m, div), marker)
-                            oj[(0 if CLAST else j) + ch] = m
+                                out[q, od, oh, lo + j] = to_storage(divide(m, div), marker)
                 for seg in range(2):
                     for ow in range(0 if seg == 0 else hi, lo if seg == 0 else OW):
                         w0 = tab[2, 0, ow]
                         for ch in range(Cn):
                             hv[ch] = init
                         for c in range(tab[2, 1, ow]):
-                            tw = src[(w0 + c * dw) * Cn:]
+                            cb = max((w0 + c * dw) * Cn, 0)
                             for ch in range(Cn):
-                                v = load(tw[ch], hm)
+                                v = tmp[cb + ch]
                                 if MAX:
                                     m = hv[ch]
                                     hv[ch] = v if ((v > m) | (v != v)) else m
@@ -175,15 +176,15 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                             div = dov
                         else:
                             div = fdh * tab[2, 1, ow]
-                        ow_ = orow[ow * Cn:(ow + 1) * Cn]
+                        ob = max(ow * Cn, 0)
                         for ch in range(Cn):
                             if MAX:
-                                ow_[ch] = to_storage(hv[ch], marker)
+                                out[q, od, oh, ob + ch] = to_storage(hv[ch], marker)
                             elif POWER:
-                                ow_[ch] = to_storage(_root(hv[ch], div, knz, invz, p1, p2),
-                                                     marker)
+                                out[q, od, oh, ob + ch] = to_storage(
+                                    _root(hv[ch], div, knz, invz, p1, p2), marker)
                             else:
-                                ow_[ch] = to_storage(divide(hv[ch], div), marker)
+                                out[q, od, oh, ob + ch] = to_storage(divide(hv[ch], div), marker)
     from .._runtime import jit
     return jit(kernel, parallel=parallel, fastmath=False if MAX else {"reassoc", "contract"})
 
@@ -216,27 +217,26 @@ def make_global(kind, parallel):
         n = x.shape[1]
         n8 = n - n % 8
         for q in prange(P):
-            xr = x[q]
             if MAX:
                 # eight scalar lanes stay in registers
                 a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = init
                 for i in range(0, n8, 8):
-                    a0 = _pick(a0, load(xr[i], marker))
-                    a1 = _pick(a1, load(xr[i + 1], marker))
-                    a2 = _pick(a2, load(xr[i + 2], marker))
-                    a3 = _pick(a3, load(xr[i + 3], marker))
-                    a4 = _pick(a4, load(xr[i + 4], marker))
-                    a5 = _pick(a5, load(xr[i + 5], marker))
-                    a6 = _pick(a6, load(xr[i + 6], marker))
-                    a7 = _pick(a7, load(xr[i + 7], marker))
+                    a0 = _pick(a0, load(x[q, i], marker))
+                    a1 = _pick(a1, load(x[q, i + 1], marker))
+                    a2 = _pick(a2, load(x[q, i + 2], marker))
+                    a3 = _pick(a3, load(x[q, i + 3], marker))
+                    a4 = _pick(a4, load(x[q, i + 4], marker))
+                    a5 = _pick(a5, load(x[q, i + 5], marker))
+                    a6 = _pick(a6, load(x[q, i + 6], marker))
+                    a7 = _pick(a7, load(x[q, i + 7], marker))
                 m = _pick(_pick(_pick(a0, a1), _pick(a2, a3)), _pick(_pick(a4, a5), _pick(a6, a7)))
                 for i in range(n8, n):
-                    m = _pick(m, load(xr[i], marker))
+                    m = _pick(m, load(x[q, i], marker))
                 out[q] = to_storage(m, marker)
             else:
                 s = init
                 for i in range(n):
-                    s += load(xr[i], marker)
+                    s += load(x[q, i], marker)
                 out[q] = to_storage(divide(s, n), marker)
     from .._runtime import jit
     return jit(kernel, parallel=parallel, fastmath=False if MAX else {"reassoc", "contract"})

@@ -83,7 +83,8 @@ def make_max(layout, parallel, KD, KH, KW, SW):
     larger position (or over a non-NaN).  Interior rows and columns of hot shapes run with the
     window ``(KD, KH, KW)`` and stride ``SW`` as compile-time constants (``KW = 0``:
     table-driven everywhere); edges and empty windows (value ``init``, position of the first
-    tap) use the tables.
+    tap) use the tables.  Arrays are indexed directly, without per-row views (see
+    ``separable.make_sep``).
     """
     PAR = parallel  # serial variants run all rows as one task
     SPEC = KW > 0
@@ -106,6 +107,10 @@ def make_max(layout, parallel, KD, KH, KW, SW):
         blk = BLOCK if PAR else max(nrows, 1)  # serial: one task, scratch allocated once
         ntask = (nrows + blk - 1) // blk
         for t in prange(ntask):
+            # (clamped inside the parallel body, where the compiler sees that they are >= 0)
+            lo = max(owlo, 0) if SPEC else OW
+            hi = max(owhi, lo) if SPEC else OW
+            xb = max(lo * SW - pw, 0)  # first column of the first interior window
             tv = np.full(W, init)
             ti = np.zeros(W, idx.dtype)  # flat input position of tv[w] (table-driven rows)
             tr = np.zeros(W, np.int32)  # position of tv[w] relative to base0 (specialised rows)
@@ -117,10 +122,7 @@ def make_max(layout, parallel, KD, KH, KW, SW):
                 nd = tab[0, 1, od]
                 h0 = tab[1, 0, oh]
                 nh = tab[1, 1, oh]
-                xq = x[q]
                 base0 = (d0 * H + h0) * W
-                orow = out[q, od, oh]
-                irow = idx[q, od, oh]
                 full = SPEC and small and nd == KD and nh == KH
                 # vertical pass: (tv, ti)[w] = first max / last NaN over the window's rows
                 if DIRECT and full:
@@ -131,12 +133,12 @@ def make_max(layout, parallel, KD, KH, KW, SW):
                         ti[w] = base0 + w
                 elif full:
                     for w in range(W):
-                        m = load(xq[d0, h0, w], marker)
+                        m = load(x[q, d0, h0, w], marker)
                         mi = np.int32(0)
                         for i in range(1, KD * KH):
                             a = i // KH
                             b = i - a * KH
-                            v = load(xq[d0 + a * dd, h0 + b * dh, w], marker)
+                            v = load(x[q, d0 + a * dd, h0 + b * dh, w], marker)
                             take = (v > m) | (v != v)
                             m = v if take else m
                             mi = np.int32(a * sa + b * sh) if take else mi
@@ -147,43 +149,35 @@ def make_max(layout, parallel, KD, KH, KW, SW):
                         z = d0 + a * dd
                         for b in range(nh):
                             y = h0 + b * dh
-                            xr = xq[z, y]
                             rb = (z * H + y) * W
                             if a == 0 and b == 0:
                                 for w in range(W):
-                                    tv[w] = load(xr[w], marker)
+                                    tv[w] = load(x[q, z, y, w], marker)
                                     ti[w] = rb + w
                             else:
                                 for w in range(W):
-                                    v = load(xr[w], marker)
+                                    v = load(x[q, z, y, w], marker)
                                     m = tv[w]
                                     take = (v > m) | (v != v)
                                     tv[w] = v if take else m
                                     ti[w] = (rb + w) if take else ti[w]
                 # horizontal pass: specialised interior [lo, hi), table-driven edges
-                lo = owlo if full else OW
-                hi = owhi if full else OW
-                if hi > lo:
-                    # views: indices provably >= 0, so the loads vectorise
-                    ov = orow[lo:hi]
-                    oi = irow[lo:hi]
+                if full and hi > lo:
                     if DIRECT:
-                        sv = xq[d0, h0, lo * SW - pw:]
-                        sb = base0 + lo * SW - pw
                         for j in range(hi - lo):
-                            w = j * SW
-                            m = load(sv[w], marker)
+                            w = xb + j * SW
+                            m = load(x[q, d0, h0, w], marker)
                             mi = w
                             for c in range(1, KW):
-                                v = load(sv[w + c], marker)
+                                v = load(x[q, d0, h0, w + c], marker)
                                 take = (v > m) | (v != v)
                                 m = v if take else m
                                 mi = (w + c) if take else mi
-                            ov[j] = to_storage(m, marker)
-                            oi[j] = sb + mi
+                            out[q, od, oh, lo + j] = to_storage(m, marker)
+                            idx[q, od, oh, lo + j] = base0 + mi
                     else:
-                        sv = tv[lo * SW - pw:]
-                        si = tr[lo * SW - pw:]
+                        sv = tv[xb:]
+                        si = tr[xb:]
                         for j in range(hi - lo):
                             w = j * SW
                             m = sv[w]
@@ -195,16 +189,17 @@ def make_max(layout, parallel, KD, KH, KW, SW):
                                     ((v != v) & ((m == m) | (ci > mi)))
                                 m = v if take else m
                                 mi = ci if take else mi
-                            ov[j] = to_storage(m, marker)
-                            oi[j] = base0 + mi
-                if DIRECT and full and (lo > 0 or hi < OW):
+                            out[q, od, oh, lo + j] = to_storage(m, marker)
+                            idx[q, od, oh, lo + j] = base0 + mi
+                elo = lo if full else OW  # edge columns: [0, elo) and [ehi, OW)
+                ehi = hi if full else OW
+                if DIRECT and full and (elo > 0 or ehi < OW):
                     # edge columns of a direct row: (tv, ti) were not filled
-                    xr = xq[d0, h0]
                     for w in range(W):
-                        tv[w] = load(xr[w], marker)
+                        tv[w] = load(x[q, d0, h0, w], marker)
                         ti[w] = base0 + w
                 for seg in range(2):
-                    for ow in range(0 if seg == 0 else hi, lo if seg == 0 else OW):
+                    for ow in range(0 if seg == 0 else ehi, elo if seg == 0 else OW):
                         w0 = tab[2, 0, ow]
                         m = init
                         mi = base0 + w0
@@ -216,6 +211,6 @@ def make_max(layout, parallel, KD, KH, KW, SW):
                                 ((v != v) & ((m == m) | (ci > mi)))
                             m = v if take else m
                             mi = ci if take else mi
-                        orow[ow] = to_storage(m, marker)
-                        irow[ow] = mi
+                        out[q, od, oh, ow] = to_storage(m, marker)
+                        idx[q, od, oh, ow] = mi
     return jit(kernel, parallel=parallel)
