@@ -69,6 +69,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
             hi = max(owhi, lo) if SPEC else OW
             tb = max(lo * SW - pw, 0) * Cn  # tmp offset of the first interior window
             tmp = np.full(W, init)
+            tv = tmp[tb:]  # interior windows' columns (one view per task, not per row)
             hv = np.full(Cn, init)  # one output cell of an edge column
             q, od, oh = _rows(t * blk, OD, OH)
             for r in range(t * blk, min(nrows, (t + 1) * blk)):
@@ -140,7 +141,6 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                 else:
                                     out[q, od, oh, ob + ch] = to_storage(divide(m, div), marker)
                     else:  # channels-first: one loop over the cells, vectorised across them
-                        tv = tmp[tb:]  # a view of task-local scratch
                         for j in range(hi - lo):
                             m = tv[j * SW]
                             for c in range(1, KW):

@@ -114,6 +114,8 @@ def make_max(layout, parallel, KD, KH, KW, SW):
             tv = np.full(W, init)
             ti = np.zeros(W, idx.dtype)  # flat input position of tv[w] (table-driven rows)
             tr = np.zeros(W, np.int32)  # position of tv[w] relative to base0 (specialised rows)
+            sv = tv[xb:]  # interior windows' columns (views made once per task, not per row)
+            si = tr[xb:]
             q, od, oh = _rows(t * blk, OD, OH)
             for r in range(t * blk, min(nrows, (t + 1) * blk)):
                 if r > t * blk:  # next output row: counted on, no divisions
@@ -176,8 +178,6 @@ def make_max(layout, parallel, KD, KH, KW, SW):
                             out[q, od, oh, lo + j] = to_storage(m, marker)
                             idx[q, od, oh, lo + j] = base0 + mi
                     else:
-                        sv = tv[xb:]
-                        si = tr[xb:]
                         for j in range(hi - lo):
                             w = j * SW
                             m = sv[w]
