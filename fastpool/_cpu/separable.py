@@ -32,10 +32,12 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
     """``channels_last``: x is (N, D, H, W*C) and out (N, OD, OH, OW*C) with C innermost; the
     vertical pass then runs over whole W*C rows and the horizontal one over C-vectors.
 
-    The loops index the arrays directly instead of taking views: a view costs two atomic
-    reference-count updates (shared by every thread), which cost more than a short row's
-    arithmetic.  Offsets are clamped at 0 so that the compiler can drop negative-index handling
-    and vectorise.
+    The loops index the input and output directly instead of taking per-row views: a view costs
+    two atomic updates of the array's reference count, which every thread shares, and that cost
+    more than a short row's arithmetic.  Views are taken only of task-local scratch (once per
+    task for channels-first rows, once per output cell for channels-last C-vectors), and
+    offsets are clamped at 0 inside the parallel body so that the compiler can drop
+    negative-index handling and vectorise.
     """
     PAR = parallel  # serial variants run all rows as one task
     MAX = kind == "max"
