@@ -11,7 +11,8 @@ from numba import prange
 from ._intrinsics import load, to_storage
 from .window import _rows
 
-BLOCK = 4  # output rows per parallel task
+BLOCK = 4  # fewest output rows per parallel task
+TASKS = 512  # parallel tasks per call, at most (enough to balance the threads)
 
 
 def make_cl(kind, parallel):
@@ -29,7 +30,9 @@ def make_cl(kind, parallel):
         dh = dil[1]
         dw = dil[2]
         nrows = out.shape[0] * OD * OH
-        blk = BLOCK if PAR else max(nrows, 1)  # serial: one task, scratch allocated once
+        # parallel: at most ~TASKS tasks of at least BLOCK rows (scratch is allocated per task);
+        # serial: one task, scratch allocated once
+        blk = max(BLOCK, nrows // TASKS) if PAR else max(nrows, 1)
         ntask = (nrows + blk - 1) // blk
         for t in prange(ntask):
             acc = np.full(C, init)

@@ -20,7 +20,8 @@ from numba import prange
 from ._intrinsics import load, to_storage
 from .window import divide, _next_row, _rows
 
-BLOCK = 8  # output rows per parallel task
+BLOCK = 8  # fewest output rows per parallel task
+TASKS = 512  # parallel tasks per call, at most (enough to balance the threads)
 
 
 def _jit_inline(fn):
@@ -56,7 +57,9 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
         dh = dil[1]
         dw = dil[2]
         nrows = out.shape[0] * OD * OH
-        blk = BLOCK if PAR else max(nrows, 1)  # serial: one task, scratch allocated once
+        # parallel: at most ~TASKS tasks of at least BLOCK rows (scratch is allocated per task);
+        # serial: one task, scratch allocated once
+        blk = max(BLOCK, nrows // TASKS) if PAR else max(nrows, 1)
         ntask = (nrows + blk - 1) // blk
         pz = init + p
         invz = init + 1.0 / p

@@ -69,7 +69,8 @@ def _next_row_py(q, od, oh, OD, OH):
 _next_row = jit(_next_row_py)
 
 
-BLOCK = 8  # output rows per parallel task (scratch rows are allocated once per task)
+BLOCK = 8  # fewest output rows per parallel task
+TASKS = 512  # parallel tasks per call, at most (enough to balance the threads)
 
 
 def make_max(layout, parallel, KD, KH, KW, SW):
@@ -104,7 +105,9 @@ def make_max(layout, parallel, KD, KH, KW, SW):
         sa = dd * H * W  # flat distance between window rows a and a + 1
         sh = dh * W  # ... and b and b + 1
         small = x.shape[1] * H * W < 2 ** 31  # positions within a plane fit int32
-        blk = BLOCK if PAR else max(nrows, 1)  # serial: one task, scratch allocated once
+        # parallel: at most ~TASKS tasks of at least BLOCK rows (scratch is allocated per task);
+        # serial: one task, scratch allocated once
+        blk = max(BLOCK, nrows // TASKS) if PAR else max(nrows, 1)
         ntask = (nrows + blk - 1) // blk
         for t in prange(ntask):
             # (clamped inside the parallel body, where the compiler sees that they are >= 0)
