@@ -414,18 +414,12 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
                 a = lay.input_mem(x)
                 xin = (a.view(np.uint16) if half else a).reshape(xshape)
             rk = (res.view(np.uint16) if half else res).reshape(oshape)
-            ik = ires.reshape(oshape) if with_idx else None
+            arrays = (xin, rk, ires.reshape(oshape)) if with_idx else (xin, rk)
             if lock is None:
-                if with_idx:
-                    kern(xin, rk, ik, *args)
-                else:
-                    kern(xin, rk, *args)
+                kern(*arrays, *args)
             else:
                 with lock:
-                    if with_idx:
-                        kern(xin, rk, ik, *args)
-                    else:
-                        kern(xin, rk, *args)
+                    kern(*arrays, *args)
         if user is not None:
             values = user
         else:
