@@ -25,5 +25,6 @@ from .backward import (  # noqa: F401
 )
 
 from ._warmup import warmup  # noqa: F401,E402
+from ._alloc import release_memory, set_output_cache  # noqa: F401,E402
 
 __all__ = [n for n in dir() if not n.startswith("_")]

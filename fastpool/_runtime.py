@@ -156,4 +156,12 @@ def runtime_info():
         "cache": "enabled" if _CACHE is not False else "disabled",
         "cache_dir": cache_dir,
         "cuda": cuda,
+        "output_cache": _output_cache(),
     }
+
+
+def _output_cache():
+    from ._alloc import output_cache_info
+    i = output_cache_info()
+    return (f"recycles results over 1 MiB; limit {i['limit_bytes'] >> 20} MiB "
+            f"(FASTPOOL_OUTPUT_CACHE_MB), holding {i['held_bytes'] >> 20} MiB now")

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from . import _dispatch
+from . import _alloc, _dispatch
 from . import functional as _f
 from ._dtypes import FLOAT_DTYPES, HALF, PLAIN
 from ._runtime import launch_lock
@@ -192,7 +192,7 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None):
     def run(x, extra):
         g, indices, samples = extra
         gm = _grad_mem(op, g, lay, osp, dtype)
-        res = np.empty(mshape, dtype)
+        res = _alloc.empty(mshape, dtype)
         if gsize == 0:
             res[...] = 0
             return lay.user_view(res)
@@ -298,7 +298,7 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps):
 
     def run(x, extra):
         gm = _grad_mem(op, extra[0], lay, osp, dtype)
-        res = np.empty(mshape, dtype)
+        res = _alloc.empty(mshape, dtype)
         if gsize == 0:
             res[...] = 0
         elif fill:
@@ -381,7 +381,7 @@ def _max_unpool_backward(rank, grad_output, input, indices, kernel_size, stride,
             g, idx = extra
             im = _index_mem(op, idx, lay, lay.spatial, what="the input's shape")
             gm = _grad_mem(op, g, lay, osz, x.dtype)
-            res = np.empty(mshape, x.dtype)
+            res = _alloc.empty(mshape, x.dtype)
             bad = np.zeros((lay.n * lay.c if lay.mem == CF else lay.n, 2), np.int64)
             with launch_lock():
                 kern(_flat(lay, _bits(gm), osz), _flat(lay, im, lay.spatial),

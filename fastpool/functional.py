@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from . import _dispatch
+from . import _alloc, _dispatch
 from ._dtypes import (AVG_DTYPES, FLOAT_DTYPES, HALF, MAX_DTYPES, PLAIN, check_dtype, storage)
 from ._params import (adaptive_table, check_alloc, check_empty_windows, check_float,
                       dim_table, int_tuple, padding_arg, positive, split_shape, stack_tables,
@@ -126,7 +126,7 @@ class _Layout:
         if out is None:
             mshape = self.mem_shape(spatial)
             check_alloc(op, mshape, np.dtype(dtype).itemsize)
-            return (np.zeros if zero else np.empty)(mshape, dtype=dtype), None
+            return (np.zeros(mshape, dtype) if zero else _alloc.empty(mshape, dtype)), None
         if not isinstance(out, np.ndarray):
             raise TypeError(f"{op}: {name} must be a numpy array, got {type(out).__name__}")
         if out.shape != shape:
@@ -398,8 +398,8 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
 
     def run(x, out):
         if out is None:
-            res = np.empty(mshape, dtype)
-            ires = np.empty(mshape, idt) if return_indices else None
+            res = _alloc.empty(mshape, dtype)
+            ires = _alloc.empty(mshape, idt) if return_indices else None
             user = uidx = None
         else:
             vout, iout = _unpack_out(op, out, return_indices)
