@@ -84,3 +84,49 @@ def test_hot_window_float16(all_hot_serial):
     np.testing.assert_allclose(fastpool.avg_pool2d(x, 3, 2, 1).astype(np.float32),
                                F.avg_pool2d(t, 3, 2, 1).numpy().astype(np.float32),
                                rtol=1e-3, atol=1e-3)
+
+
+# Non-overlapping windows along W (k2 s2) finish several rows in one flat loop when no column
+# is an edge; rows change divisor where the padding along H or D cuts a window, which closes a
+# group early.  Row counts well past one group, odd widths, asymmetric padding along H.
+FLAT = [
+    (2, (2, 2), ((1, 1), (0, 0)), (3, 5, 37, 33)),
+    (2, (2, 2), ((0, 1), (0, 0)), (2, 3, 40, 9)),
+    (2, (2, 2), 0, (1, 7, 64, 34)),
+    (3, (2, 2, 2), ((1, 0), (0, 1), (0, 0)), (2, 3, 7, 11, 13)),
+    (1, (2,), 0, (2, 9, 41)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int16])
+@pytest.mark.parametrize("case", FLAT, ids=[f"{c[0]}d-{i}" for i, c in enumerate(FLAT)])
+def test_flat_rows_against_reference(case, dtype, all_hot_serial):
+    from reference import ref_avg_pool, ref_max_pool, resolve_pads
+    rank, k, pads, shape = case
+    rng = np.random.default_rng(len(shape) * 131 + shape[-1])
+    x = _input(rng, shape, np.float32 if dtype == np.int16 else dtype)
+    if dtype == np.int16:
+        x = np.nan_to_num(x).astype(np.int16)
+    fmax, favg = POOL[rank][:2]
+    rp = resolve_pads(pads, shape[2:], k, k)
+    np.testing.assert_array_equal(fmax(x, k, k, pads), ref_max_pool(x, k, k, rp)[0])
+    if dtype == np.int16:
+        return
+    tol = 2e-3 if dtype == np.float16 else 1e-6
+    for incl in (True, False):
+        got = favg(x, k, k, pads, count_include_pad=incl)
+        ref = ref_avg_pool(x, k, k, rp, count_include_pad=incl)
+        np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64),
+                                   rtol=tol, atol=tol)
+    got = favg(x, k, k, pads, divisor_override=3)
+    ref = ref_avg_pool(x, k, k, rp, divisor_override=3)
+    np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=tol, atol=tol)
+
+
+def test_flat_rows_parallel():
+    rng = np.random.default_rng(11)
+    x = _input(rng, (4, 32, 66, 45))
+    t = torch.from_numpy(x)
+    np.testing.assert_array_equal(fastpool.max_pool2d(x, 2), F.max_pool2d(t, 2).numpy())
+    np.testing.assert_allclose(fastpool.avg_pool2d(x, 2, padding=1),
+                               F.avg_pool2d(t, 2, padding=1).numpy(), rtol=1e-6, atol=1e-6)

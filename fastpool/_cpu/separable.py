@@ -21,6 +21,8 @@ from ._intrinsics import load, to_storage
 from .window import divide, _next_row, _rows
 
 BLOCK = 8  # fewest output rows per parallel task
+FLAT_ROWS = 16  # rows finished together by the flat horizontal pass, at most
+FLAT_CELLS = 4096  # and at most this many scratch cells
 TASKS = 512  # parallel tasks per call, at most (enough to balance the threads)
 
 
@@ -46,6 +48,11 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
     SPEC = KW > 0
     assert not (SPEC and POWER), "Lp kernels are table-driven (powers in the vertical pass)"
     CLAST = channels_last
+    fin = _finisher(kind)
+    # non-overlapping windows along W (channels-first, specialised): a task's rows can be
+    # finished together, one flat loop over several rows' cells, when no column is an edge
+    FLATK = SPEC and not CLAST and KW <= SW
+    flush = _flat_rows(kind, KW, SW) if FLATK else None
 
     def kernel(x, out, tab, dil, owlo, owhi, pw, divmode, dov, init, p, knumel, C, marker):
         W = x.shape[3]  # W * C for channels-last
@@ -73,23 +80,50 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
             lo = max(owlo, 0) if SPEC else OW
             hi = max(owhi, lo) if SPEC else OW
             tb = max(lo * SW - pw, 0) * Cn  # tmp offset of the first interior window
-            tmp = np.full(W, init)
+            # flat rows: the vertical pass of up to G rows goes to tmp[rl * TS:], at the stride
+            # TS = OW * SW of the output's cells, and one loop then finishes all of them
+            flat = FLATK and lo == 0 and hi == OW
+            TS = max(OW * SW, 1)
+            G = max(1, min(FLAT_ROWS, FLAT_CELLS // TS)) if flat else 1
+            TW = TS if flat else W  # columns the vertical pass computes
+            tmp = np.full(max(G * TS, W), init)
             tv = tmp[tb:]  # interior windows' columns (one view per task, not per row)
             hv = np.full(Cn, init)  # one output cell of an edge column
+            outf = out.reshape(out.size)  # (flat rows only; a view per task)
+            rl = 0  # rows in the current flat group
+            g0 = 0  # its first row
+            gdiv = 0  # its divisor
             q, od, oh = _rows(t * blk, OD, OH)
-            for r in range(t * blk, min(nrows, (t + 1) * blk)):
+            rend = min(nrows, (t + 1) * blk)
+            for r in range(t * blk, rend):
                 if r > t * blk:  # next output row: counted on, no divisions
                     q, od, oh = _next_row(q, od, oh, OD, OH)
                 d0 = tab[0, 0, od]
                 nd = tab[0, 1, od]
                 h0 = tab[1, 0, oh]
                 nh = tab[1, 1, oh]
+                # divisor of the row's windows: fdh times the taps along W
+                if divmode == 1:
+                    fdh = tab[0, 2, od] * tab[1, 2, oh]
+                else:
+                    fdh = nd * nh
+                gb = 0
+                if flat:
+                    if rl == G or (rl > 0 and fdh != gdiv):
+                        flush(tmp, outf, g0 * OW, rl * OW, divmode, dov, gdiv, knz, invz, p1, p2,
+                              marker)
+                        rl = 0
+                    if rl == 0:
+                        g0 = r
+                        gdiv = fdh
+                    gb = max(rl * TS, 0)
+                    rl += 1
                 # vertical pass: tmp[w] = reduce over the window's (z, y) rows
                 if nd == 0 or nh == 0:  # no input row (PyTorch-style padding and dilation)
-                    for w in range(W):
-                        tmp[w] = init
+                    for w in range(TW):
+                        tmp[gb + w] = init
                 elif SPEC and nd == KD and nh == KH:
-                    for w in range(W):
+                    for w in range(TW):
                         m = load(x[q, d0, h0, w], marker)
                         if not MAX:
                             m = init + m
@@ -101,28 +135,25 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                 m = v if ((v > m) | (v != v)) else m
                             else:
                                 m += v
-                        tmp[w] = m
+                        tmp[gb + w] = m
                 else:
                     for a in range(nd):
                         z = d0 + a * dd
                         for b in range(nh):
                             y = h0 + b * dh
                             first = a == 0 and b == 0
-                            for w in range(W):
+                            for w in range(TW):
                                 if MAX:
                                     v = load(x[q, z, y, w], marker)
-                                    m = tmp[w]
-                                    tmp[w] = v if (first | (v > m) | (v != v)) else m
+                                    m = tmp[gb + w]
+                                    tmp[gb + w] = v if (first | (v > m) | (v != v)) else m
                                 else:
                                     v = init + load(x[q, z, y, w], marker)
                                     if POWER:
                                         v = v * v if p2 else (v if p1 else v ** pz)
-                                    tmp[w] = v if first else tmp[w] + v
-                # divisor of the row's windows: fdh times the taps along W
-                if divmode == 1:
-                    fdh = tab[0, 2, od] * tab[1, 2, oh]
-                else:
-                    fdh = nd * nh
+                                    tmp[gb + w] = v if first else tmp[gb + w] + v
+                if flat:
+                    continue  # finished with its group
                 # horizontal pass, written out finished: specialised interior, table-driven edges
                 if hi > lo:
                     div = dov if (divmode == 0 and not POWER) else fdh * KW
@@ -138,13 +169,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                         m = v if ((v > m) | (v != v)) else m
                                     else:
                                         m += v
-                                if MAX:
-                                    out[q, od, oh, ob + ch] = to_storage(m, marker)
-                                elif POWER:
-                                    out[q, od, oh, ob + ch] = to_storage(
-                                        _root(m, div, knz, invz, p1, p2), marker)
-                                else:
-                                    out[q, od, oh, ob + ch] = to_storage(divide(m, div), marker)
+                                out[q, od, oh, ob + ch] = fin(m, div, knz, invz, p1, p2, marker)
                     else:  # channels-first: one loop over the cells, vectorised across them
                         for j in range(hi - lo):
                             m = tv[j * SW]
@@ -154,16 +179,26 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                     m = v if ((v > m) | (v != v)) else m
                                 else:
                                     m += v
-                            if MAX:
-                                out[q, od, oh, lo + j] = to_storage(m, marker)
-                            elif POWER:
-                                out[q, od, oh, lo + j] = to_storage(
-                                    _root(m, div, knz, invz, p1, p2), marker)
-                            else:
-                                out[q, od, oh, lo + j] = to_storage(divide(m, div), marker)
+                            out[q, od, oh, lo + j] = fin(m, div, knz, invz, p1, p2, marker)
                 for seg in range(2):
                     for ow in range(0 if seg == 0 else hi, lo if seg == 0 else OW):
                         w0 = tab[2, 0, ow]
+                        if POWER or divmode == 1:
+                            div = fdh * tab[2, 2, ow]
+                        elif divmode == 0:
+                            div = dov
+                        else:
+                            div = fdh * tab[2, 1, ow]
+                        if not CLAST:  # one cell: a scalar accumulator
+                            m = init
+                            for c in range(tab[2, 1, ow]):
+                                v = tmp[max(w0 + c * dw, 0)]
+                                if MAX:
+                                    m = v if ((v > m) | (v != v)) else m
+                                else:
+                                    m += v
+                            out[q, od, oh, max(ow, 0)] = fin(m, div, knz, invz, p1, p2, marker)
+                            continue
                         for ch in range(Cn):
                             hv[ch] = init
                         for c in range(tab[2, 1, ow]):
@@ -175,21 +210,11 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                     hv[ch] = v if ((v > m) | (v != v)) else m
                                 else:
                                     hv[ch] += v
-                        if POWER or divmode == 1:
-                            div = fdh * tab[2, 2, ow]
-                        elif divmode == 0:
-                            div = dov
-                        else:
-                            div = fdh * tab[2, 1, ow]
                         ob = max(ow * Cn, 0)
                         for ch in range(Cn):
-                            if MAX:
-                                out[q, od, oh, ob + ch] = to_storage(hv[ch], marker)
-                            elif POWER:
-                                out[q, od, oh, ob + ch] = to_storage(
-                                    _root(hv[ch], div, knz, invz, p1, p2), marker)
-                            else:
-                                out[q, od, oh, ob + ch] = to_storage(divide(hv[ch], div), marker)
+                            out[q, od, oh, ob + ch] = fin(hv[ch], div, knz, invz, p1, p2, marker)
+            if flat and rl > 0:
+                flush(tmp, outf, g0 * OW, rl * OW, divmode, dov, gdiv, knz, invz, p1, p2, marker)
     from .._runtime import jit
     return jit(kernel, parallel=parallel, fastmath=False if MAX else {"reassoc", "contract"})
 
@@ -199,6 +224,56 @@ def _root(m, div, knz, invz, p1, p2):
     """PyTorch's Lp norm of a window from its sum of |x|^p: (sum / div * knumel) ** (1/p)."""
     s = divide(m, div) * knz
     return np.sqrt(s) if p2 else (s if p1 else s ** invz)
+
+
+_FLAT = {}
+
+
+def _flat_rows(kind, KW, SW):
+    """Finish ``n`` consecutive output cells (several rows) from scratch rows laid out at
+    the cells' own stride: ``out[ob + i]`` reduces ``tmp[i * SW : i * SW + KW]``, KW <= SW."""
+    key = (kind, KW, SW)
+    if key not in _FLAT:
+        MAX = kind == "max"
+        fin = _finisher(kind)
+
+        def flat_rows(tmp, outf, ob, n, divmode, dov, fdh, knz, invz, p1, p2, marker):
+            div = dov if divmode == 0 else fdh * KW
+            for i in range(n):
+                m = tmp[i * SW]
+                for c in range(1, KW):
+                    v = tmp[i * SW + c]
+                    if MAX:
+                        m = v if ((v > m) | (v != v)) else m
+                    else:
+                        m += v
+                outf[max(ob, 0) + i] = fin(m, div, knz, invz, p1, p2, marker)
+        flat_rows.__qualname__ = f"flat_rows_{kind}_{KW}_{SW}"
+        from .._runtime import jit
+        _FLAT[key] = jit(flat_rows, fastmath=False if MAX else {"reassoc", "contract"})
+    return _FLAT[key]
+
+
+_FINISHERS = {}
+
+
+def _finisher(kind):
+    """The finished output value of a window from its reduction ``m`` (max as is, average
+    divided, Lp rooted), in storage form; specialised on ``kind`` at compile time so that
+    integer max never meets the floating-point branches."""
+    if kind not in _FINISHERS:
+        MAX = kind == "max"
+        POWER = kind == "lp"
+
+        def finish(m, div, knz, invz, p1, p2, marker):
+            if MAX:
+                return to_storage(m, marker)
+            if POWER:
+                return to_storage(_root(m, div, knz, invz, p1, p2), marker)
+            return to_storage(divide(m, div), marker)
+        finish.__qualname__ = f"finish_{kind}"
+        _FINISHERS[kind] = _jit_inline(finish)
+    return _FINISHERS[kind]
 
 
 @_jit_inline
