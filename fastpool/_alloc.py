@@ -14,6 +14,7 @@ sets it at import, :func:`set_output_cache` at run time, and 0 turns recycling o
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -82,6 +83,16 @@ def empty(shape, dtype):
         _pool.move_to_end(key)
         _trim()
     return a
+
+
+def allocator(shape, dtype):
+    """A no-argument function returning a result array of ``shape`` and ``dtype``: plain
+    ``numpy.empty`` below the recycling size (decided once, per plan), else :func:`empty`."""
+    dtype = np.dtype(dtype)
+    shape = tuple(shape)
+    if math.prod(shape) * dtype.itemsize < MIN_BYTES:
+        return functools.partial(np.empty, shape, dtype)
+    return functools.partial(empty, shape, dtype)
 
 
 def _trim():

@@ -47,3 +47,16 @@ def kernel(op, device, layout, parallel, *spec):
         raise NotImplementedError(f"fastpool: no {device} kernel for {op}") from None
     mod = importlib.import_module(module, __package__)
     return getattr(mod, factory)(layout, parallel, *extra, *spec)
+
+
+def entry_point(kern, argv):
+    """The compiled overload of dispatcher ``kern`` that arguments ``argv`` select, as a
+    function that unboxes them without Numba's type dispatch; None if it cannot be found.
+
+    Only for callers that pass arguments of exactly these types on every later call.
+    """
+    try:
+        from numba import typeof
+        return kern.overloads[tuple(typeof(a) for a in argv)].entry_point
+    except Exception:  # not a Numba dispatcher, or no overload of exactly these types
+        return None

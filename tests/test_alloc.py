@@ -1,4 +1,5 @@
-"""Recycled result buffers: reused only once nothing outside fastpool references them."""
+"""The per-call fast paths: result buffers recycled only once nothing outside fastpool
+references them, and plans that call their compiled kernel directly (same argument types)."""
 import threading
 
 import numpy as np
@@ -138,3 +139,25 @@ def test_byte_limit_evicts_least_recently_used():
 def test_set_output_cache_rejects(bad, exc):
     with pytest.raises(exc, match="max_bytes"):
         fastpool.set_output_cache(bad)
+
+
+def test_plan_reused_with_unaligned_and_read_only_inputs():
+    """A plan calls its compiled overload directly after the first call; an input with the
+    same shape, strides and dtype but unaligned or read-only memory must still be right."""
+    rng = np.random.default_rng(5)
+    shape = (2, 3, 9, 11)
+    n = int(np.prod(shape))
+    for _ in range(3):
+        x = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_array_equal(fastpool.max_pool2d(x, 2), _ref(x))
+        buf = bytearray(4 * n + 1)
+        xu = np.frombuffer(buf, dtype=np.float32, count=n, offset=1).reshape(shape)
+        xu[...] = x
+        assert not xu.flags.aligned and xu.strides == x.strides
+        np.testing.assert_array_equal(fastpool.max_pool2d(xu, 2), _ref(x))
+        xr = x.copy()
+        xr.flags.writeable = False
+        np.testing.assert_array_equal(fastpool.max_pool2d(xr, 2), _ref(x))
+        np.testing.assert_allclose(fastpool.avg_pool2d(xu, 3, 2, 1),
+                                   F.avg_pool2d(torch.from_numpy(x), 3, 2, 1).numpy(),
+                                   rtol=1e-6, atol=1e-6)
