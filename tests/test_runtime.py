@@ -151,3 +151,26 @@ def test_serial_and_parallel_variants_cache_apart():
     assert serial.py_func.__qualname__ != parallel.py_func.__qualname__
     if type(serial._cache).__name__ != "NullCache":
         assert serial._cache._cache_file._index_path != parallel._cache._cache_file._index_path
+
+
+def _cache_files():
+    import numba
+    roots = [numba.config.CACHE_DIR] if numba.config.CACHE_DIR else \
+        [os.path.dirname(fastpool.__file__)]
+    return {os.path.join(d, f) for r in roots for d, _, fs in os.walk(r) for f in fs
+            if f.endswith(".nbc")}
+
+
+def test_second_process_loads_every_kernel_from_the_cache(tmp_path):
+    """A fresh process compiles nothing that an earlier one cached: the cache key of every
+    kernel is the same in every process (a kernel that closed over a jitted function would
+    get a new key, and a new cache entry, in each one)."""
+    from fastpool import _runtime
+    _runtime.configure()
+    if _runtime._CACHE is False:
+        pytest.skip("Numba's cache is disabled here")
+    _run("workload(2)", "default", tmp_path)   # fills the cache where it is cold
+    before = _cache_files()
+    _run("workload(3)", "default", tmp_path)
+    added = _cache_files() - before
+    assert not added, f"a second process compiled again: {sorted(added)[:5]}"

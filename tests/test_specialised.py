@@ -98,19 +98,22 @@ FLAT = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int16, np.int64])
 @pytest.mark.parametrize("case", FLAT, ids=[f"{c[0]}d-{i}" for i, c in enumerate(FLAT)])
 def test_flat_rows_against_reference(case, dtype, all_hot_serial):
     from reference import ref_avg_pool, ref_max_pool, resolve_pads
     rank, k, pads, shape = case
     rng = np.random.default_rng(len(shape) * 131 + shape[-1])
-    x = _input(rng, shape, np.float32 if dtype == np.int16 else dtype)
-    if dtype == np.int16:
-        x = np.nan_to_num(x).astype(np.int16)
+    integer = np.dtype(dtype).kind == "i"
+    x = _input(rng, shape, np.float32 if integer else dtype)
+    if integer:  # int64: values a float64 could not hold exactly (|x| ~ 2**61)
+        x = np.nan_to_num(x).astype(dtype)
+        if dtype == np.int64:
+            x = x * 2 ** 60 + rng.integers(0, 2 ** 20, size=shape)
     fmax, favg = POOL[rank][:2]
     rp = resolve_pads(pads, shape[2:], k, k)
     np.testing.assert_array_equal(fmax(x, k, k, pads), ref_max_pool(x, k, k, rp)[0])
-    if dtype == np.int16:
+    if integer:
         return
     tol = 2e-3 if dtype == np.float16 else 1e-6
     for incl in (True, False):

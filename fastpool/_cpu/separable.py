@@ -48,11 +48,11 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
     SPEC = KW > 0
     assert not (SPEC and POWER), "Lp kernels are table-driven (powers in the vertical pass)"
     CLAST = channels_last
-    fin = _finisher(kind)
     # non-overlapping windows along W (channels-first, specialised): a task's rows can be
     # finished together, one flat loop over several rows' cells, when no column is an edge
     FLATK = SPEC and not CLAST and KW <= SW
-    flush = _flat_rows(kind, KW, SW) if FLATK else None
+    # (the kernel may only close over constants: a jitted function in a closure cell changes
+    # Numba's cache key in every process, so nothing would ever load from the cache)
 
     def kernel(x, out, tab, dil, owlo, owhi, pw, divmode, dov, init, p, knumel, C, marker):
         W = x.shape[3]  # W * C for channels-last
@@ -95,24 +95,39 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
             gdiv = 0  # its divisor
             q, od, oh = _rows(t * blk, OD, OH)
             rend = min(nrows, (t + 1) * blk)
-            for r in range(t * blk, rend):
-                if r > t * blk:  # next output row: counted on, no divisions
-                    q, od, oh = _next_row(q, od, oh, OD, OH)
+            fdh = 0
+            for r in range(t * blk, rend + 1):  # one step past the rows: the last flat group
+                if r < rend:
+                    if r > t * blk:  # next output row: counted on, no divisions
+                        q, od, oh = _next_row(q, od, oh, OD, OH)
+                    # divisor of the row's windows: fdh times the taps along W
+                    if divmode == 1:
+                        fdh = tab[0, 2, od] * tab[1, 2, oh]
+                    else:
+                        fdh = tab[0, 1, od] * tab[1, 1, oh]
+                if flat and rl > 0 and (r == rend or rl == G or fdh != gdiv):
+                    # finish the group: out[g0 * OW + i] reduces tmp[i * SW : i * SW + KW]
+                    div = dov if divmode == 0 else gdiv * KW
+                    ob = max(g0 * OW, 0)
+                    for i in range(rl * OW):
+                        m = tmp[i * SW]
+                        for c in range(1, KW):
+                            v = tmp[i * SW + c]
+                            if MAX:
+                                m = v if ((v > m) | (v != v)) else m
+                            else:
+                                m += v
+                        outf[ob + i] = to_storage(m, marker) if MAX else \
+                            _mean_or_root(m, div, POWER, knz, invz, p1, p2, marker)
+                    rl = 0
+                if r == rend:
+                    break
                 d0 = tab[0, 0, od]
                 nd = tab[0, 1, od]
                 h0 = tab[1, 0, oh]
                 nh = tab[1, 1, oh]
-                # divisor of the row's windows: fdh times the taps along W
-                if divmode == 1:
-                    fdh = tab[0, 2, od] * tab[1, 2, oh]
-                else:
-                    fdh = nd * nh
                 gb = 0
                 if flat:
-                    if rl == G or (rl > 0 and fdh != gdiv):
-                        flush(tmp, outf, g0 * OW, rl * OW, divmode, dov, gdiv, knz, invz, p1, p2,
-                              marker)
-                        rl = 0
                     if rl == 0:
                         g0 = r
                         gdiv = fdh
@@ -169,7 +184,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                         m = v if ((v > m) | (v != v)) else m
                                     else:
                                         m += v
-                                out[q, od, oh, ob + ch] = fin(m, div, knz, invz, p1, p2, marker)
+                                out[q, od, oh, ob + ch] = to_storage(m, marker) if MAX else \
+                                    _mean_or_root(m, div, POWER, knz, invz, p1, p2, marker)
                     else:  # channels-first: one loop over the cells, vectorised across them
                         for j in range(hi - lo):
                             m = tv[j * SW]
@@ -179,7 +195,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                     m = v if ((v > m) | (v != v)) else m
                                 else:
                                     m += v
-                            out[q, od, oh, lo + j] = fin(m, div, knz, invz, p1, p2, marker)
+                            out[q, od, oh, lo + j] = to_storage(m, marker) if MAX else \
+                                _mean_or_root(m, div, POWER, knz, invz, p1, p2, marker)
                 for seg in range(2):
                     for ow in range(0 if seg == 0 else hi, lo if seg == 0 else OW):
                         w0 = tab[2, 0, ow]
@@ -197,7 +214,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                     m = v if ((v > m) | (v != v)) else m
                                 else:
                                     m += v
-                            out[q, od, oh, max(ow, 0)] = fin(m, div, knz, invz, p1, p2, marker)
+                            out[q, od, oh, max(ow, 0)] = to_storage(m, marker) if MAX else \
+                                _mean_or_root(m, div, POWER, knz, invz, p1, p2, marker)
                             continue
                         for ch in range(Cn):
                             hv[ch] = init
@@ -212,9 +230,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                     hv[ch] += v
                         ob = max(ow * Cn, 0)
                         for ch in range(Cn):
-                            out[q, od, oh, ob + ch] = fin(hv[ch], div, knz, invz, p1, p2, marker)
-            if flat and rl > 0:
-                flush(tmp, outf, g0 * OW, rl * OW, divmode, dov, gdiv, knz, invz, p1, p2, marker)
+                            out[q, od, oh, ob + ch] = to_storage(hv[ch], marker) if MAX else \
+                                _mean_or_root(hv[ch], div, POWER, knz, invz, p1, p2, marker)
     from .._runtime import jit
     return jit(kernel, parallel=parallel, fastmath=False if MAX else {"reassoc", "contract"})
 
@@ -226,54 +243,14 @@ def _root(m, div, knz, invz, p1, p2):
     return np.sqrt(s) if p2 else (s if p1 else s ** invz)
 
 
-_FLAT = {}
-
-
-def _flat_rows(kind, KW, SW):
-    """Finish ``n`` consecutive output cells (several rows) from scratch rows laid out at
-    the cells' own stride: ``out[ob + i]`` reduces ``tmp[i * SW : i * SW + KW]``, KW <= SW."""
-    key = (kind, KW, SW)
-    if key not in _FLAT:
-        MAX = kind == "max"
-        fin = _finisher(kind)
-
-        def flat_rows(tmp, outf, ob, n, divmode, dov, fdh, knz, invz, p1, p2, marker):
-            div = dov if divmode == 0 else fdh * KW
-            for i in range(n):
-                m = tmp[i * SW]
-                for c in range(1, KW):
-                    v = tmp[i * SW + c]
-                    if MAX:
-                        m = v if ((v > m) | (v != v)) else m
-                    else:
-                        m += v
-                outf[max(ob, 0) + i] = fin(m, div, knz, invz, p1, p2, marker)
-        flat_rows.__qualname__ = f"flat_rows_{kind}_{KW}_{SW}"
-        from .._runtime import jit
-        _FLAT[key] = jit(flat_rows, fastmath=False if MAX else {"reassoc", "contract"})
-    return _FLAT[key]
-
-
-_FINISHERS = {}
-
-
-def _finisher(kind):
-    """The finished output value of a window from its reduction ``m`` (max as is, average
-    divided, Lp rooted), in storage form; specialised on ``kind`` at compile time so that
-    integer max never meets the floating-point branches."""
-    if kind not in _FINISHERS:
-        MAX = kind == "max"
-        POWER = kind == "lp"
-
-        def finish(m, div, knz, invz, p1, p2, marker):
-            if MAX:
-                return to_storage(m, marker)
-            if POWER:
-                return to_storage(_root(m, div, knz, invz, p1, p2), marker)
-            return to_storage(divide(m, div), marker)
-        finish.__qualname__ = f"finish_{kind}"
-        _FINISHERS[kind] = _jit_inline(finish)
-    return _FINISHERS[kind]
+@_jit_inline
+def _mean_or_root(m, div, power, knz, invz, p1, p2, marker):
+    """A window's finished average (sum / divisor) or, with ``power``, its Lp norm, in storage
+    form.  (Max results are stored as they are; kernels pick between the two at compile time,
+    so that integer max never meets floating-point division.)"""
+    if power:
+        return to_storage(_root(m, div, knz, invz, p1, p2), marker)
+    return to_storage(divide(m, div), marker)
 
 
 @_jit_inline
