@@ -34,9 +34,11 @@ def make_cl(kind, parallel):
         # serial: one task, scratch allocated once
         blk = max(BLOCK, nrows // TASKS) if PAR else max(nrows, 1)
         ntask = (nrows + blk - 1) // blk
+        small = H * W * x.shape[1] < 2 ** 31  # positions within a plane fit int32
         for t in prange(ntask):
             acc = np.full(C, init)
             acci = np.zeros(C, np.int64)
+            rel = np.zeros(C, np.int32)  # position relative to the window's first tap
             for r in range(t * blk, min(nrows, (t + 1) * blk)):
                 n, od, oh = _rows(r, OD, OH)
                 d0 = tab[0, 0, od]
@@ -48,9 +50,37 @@ def make_cl(kind, parallel):
                     nw = tab[2, 1, ow]
                     # a window without input cells keeps PyTorch's -inf and first-tap index
                     first_pos = (d0 * H + h0) * W + w0
-                    for ch in range(C):
-                        acc[ch] = init
-                        acci[ch] = first_pos
+                    if nd == 0 or nh == 0 or nw == 0:
+                        for ch in range(C):
+                            out[n, od, oh, ow, ch] = to_storage(init, marker)
+                            ind[n, od, oh, ow, ch] = first_pos
+                        continue
+                    if small:  # int32 positions: the loops over C run at the values' width
+                        for a in range(nd):
+                            z = max(d0 + a * dd, 0)
+                            for b in range(nh):
+                                y = max(h0 + b * dh, 0)
+                                for c in range(nw):
+                                    w = max(w0 + c * dw, 0)
+                                    p = np.int32((z * H + y) * W + w - first_pos)
+                                    if a == 0 and b == 0 and c == 0:
+                                        for ch in range(C):
+                                            acc[ch] = load(x[n, z, y, w, ch], marker)
+                                            rel[ch] = p
+                                    else:
+                                        for ch in range(C):
+                                            # (both running values loaded before either
+                                            # store: the loop then vectorises)
+                                            v = load(x[n, z, y, w, ch], marker)
+                                            m = acc[ch]
+                                            i = rel[ch]
+                                            take = (v > m) | (v != v)
+                                            acc[ch] = v if take else m
+                                            rel[ch] = p if take else i
+                        for ch in range(C):
+                            out[n, od, oh, ow, ch] = to_storage(acc[ch], marker)
+                            ind[n, od, oh, ow, ch] = first_pos + rel[ch]
+                        continue
                     for a in range(nd):
                         z = d0 + a * dd
                         for b in range(nh):
