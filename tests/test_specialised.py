@@ -133,3 +133,42 @@ def test_flat_rows_parallel():
     np.testing.assert_array_equal(fastpool.max_pool2d(x, 2), F.max_pool2d(t, 2).numpy())
     np.testing.assert_allclose(fastpool.avg_pool2d(x, 2, padding=1),
                                F.avg_pool2d(t, 2, padding=1).numpy(), rtol=1e-6, atol=1e-6)
+
+
+# Edge columns of the specialised channels-first kernels reduce a scratch row padded with the
+# neutral value (max: the dtype's lowest, sums: 0): asymmetric padding along W, ceil-mode
+# windows past the right edge, integer extremes, and the padding's value never leaking.
+EDGES = [
+    ((3, 3), (2, 2), ((1, 0), (1, 2)), True),
+    ((5, 5), (1, 1), ((2, 2), (2, 2)), False),
+    ((5, 5), (1, 1), ((0, 0), (4, 1)), False),
+    ((3, 3), (1, 1), ((1, 1), (0, 2)), False),
+    ((2, 2), (2, 2), ((0, 0), (1, 0)), True),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int8, np.int64])
+@pytest.mark.parametrize("case", EDGES, ids=[f"e{i}" for i in range(len(EDGES))])
+def test_padded_edge_columns_against_reference(case, dtype, all_hot_serial):
+    from reference import ref_avg_pool, ref_max_pool, resolve_pads
+    k, s, pads, ceil = case
+    rng = np.random.default_rng(sum(k) * 7 + s[0])
+    shape = (2, 3, 11, 14)
+    if np.dtype(dtype).kind == "i":
+        info = np.iinfo(dtype)
+        x = rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype)
+        x[0, 0, :, :4] = info.min  # windows whose every value is the lowest one
+    else:
+        x = _input(rng, shape, dtype)
+        x[1, 2, :, -3:] = -np.inf
+    rp = resolve_pads(pads, shape[2:], k, s)
+    got = fastpool.max_pool2d(x, k, s, pads, ceil_mode=ceil)
+    np.testing.assert_array_equal(got, ref_max_pool(x, k, s, rp, ceil_mode=ceil)[0])
+    if np.dtype(dtype).kind == "i":
+        return
+    tol = 2e-3 if dtype == np.float16 else 1e-6
+    for incl in (True, False):
+        got = fastpool.avg_pool2d(x, k, s, pads, ceil_mode=ceil, count_include_pad=incl)
+        ref = ref_avg_pool(x, k, s, rp, ceil_mode=ceil, count_include_pad=incl)
+        np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=tol,
+                                   atol=tol)

@@ -7,7 +7,8 @@ uses it, from cache, so the kernels run close to the memory floor.
 
 Hot shapes get kernels specialised on the window as compile-time constants ``(KD, KH, KW, SW)``:
 interior rows then reduce their KD*KH input rows in one unrolled, vectorised loop, and interior
-columns their KW taps of ``tmp``; edges fall back to table-driven loops (``KW = 0`` means a
+columns their KW taps of ``tmp``; channels-first edge columns read a scratch row padded with
+the neutral value, channels-last ones fall back to table-driven loops (``KW = 0`` means a
 kernel that is table-driven everywhere).  Rows are handed out in blocks so that the scratch
 rows are allocated once per block.
 
@@ -51,6 +52,10 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
     # non-overlapping windows along W (channels-first, specialised): a task's rows can be
     # finished together, one flat loop over several rows' cells, when no column is an edge
     FLATK = SPEC and not CLAST and KW <= SW
+    # channels-first, specialised: the scratch row has `init` (max: the lowest value, sums: 0)
+    # on both sides, so edge windows reduce their KW taps like interior ones, the missing taps
+    # reading the neutral padding (an average then divides by the column's own tap count)
+    PADT = SPEC and not CLAST
     # (the kernel may only close over constants: a jitted function in a closure cell changes
     # Numba's cache key in every process, so nothing would ever load from the cache)
 
@@ -79,14 +84,20 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
             # interior columns [lo, hi): full windows (KW taps in range and in the padded extent)
             lo = max(owlo, 0) if SPEC else OW
             hi = max(owhi, lo) if SPEC else OW
-            tb = max(lo * SW - pw, 0) * Cn  # tmp offset of the first interior window
             # flat rows: the vertical pass of up to G rows goes to tmp[rl * TS:], at the stride
             # TS = OW * SW of the output's cells, and one loop then finishes all of them
             flat = FLATK and lo == 0 and hi == OW
             TS = max(OW * SW, 1)
             G = max(1, min(FLAT_ROWS, FLAT_CELLS // TS)) if flat else 1
             TW = TS if flat else W  # columns the vertical pass computes
-            tmp = np.full(max(G * TS, W), init)
+            # padded scratch row: tmp[PADL + w] holds column w
+            PADL = max(pw, 0) if (PADT and not flat) else 0
+            PADR = max((OW - 1) * SW - pw + KW - W, 0) if PADT else 0
+            if PADT and MAX and not flat:  # max: no divisor, every column is interior
+                lo = 0
+                hi = OW
+            tb = max(PADL + lo * SW - pw, 0) * Cn  # tmp offset of the first interior window
+            tmp = np.full(PADL + max(G * TS, W) + PADR, init)
             tv = tmp[tb:]  # interior windows' columns (one view per task, not per row)
             hv = np.full(Cn, init)  # one output cell of an edge column
             outf = out.reshape(out.size)  # (flat rows only; a view per task)
@@ -126,7 +137,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                 nd = tab[0, 1, od]
                 h0 = tab[1, 0, oh]
                 nh = tab[1, 1, oh]
-                gb = 0
+                gb = PADL
                 if flat:
                     if rl == 0:
                         g0 = r
@@ -199,6 +210,23 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                 _mean_or_root(m, div, POWER, knz, invz, p1, p2, marker)
                 for seg in range(2):
                     for ow in range(0 if seg == 0 else hi, lo if seg == 0 else OW):
+                        if PADT:  # the KW taps of the padded row; the column's own divisor
+                            cb = max(PADL + ow * SW - pw, 0)
+                            m = tmp[cb]
+                            for c in range(1, KW):
+                                v = tmp[cb + c]
+                                if MAX:
+                                    m = v if ((v > m) | (v != v)) else m
+                                else:
+                                    m += v
+                            if not MAX:
+                                if divmode == 0:
+                                    div = dov
+                                else:
+                                    div = fdh * (tab[2, 2, ow] if divmode == 1 else tab[2, 1, ow])
+                            out[q, od, oh, ow] = to_storage(m, marker) if MAX else \
+                                _mean_or_root(m, div, POWER, knz, invz, p1, p2, marker)
+                            continue
                         w0 = tab[2, 0, ow]
                         if POWER or divmode == 1:
                             div = fdh * tab[2, 2, ow]
