@@ -24,6 +24,7 @@ from .window import divide, _next_row, _rows
 BLOCK = 8  # fewest output rows per parallel task
 FLAT_ROWS = 16  # rows finished together by the flat horizontal pass, at most
 FLAT_CELLS = 4096  # and at most this many scratch cells
+FLAT_MAX_ROW = 48  # for scratch rows of at most this many cells
 TASKS = 512  # parallel tasks per call, at most (enough to balance the threads)
 
 
@@ -86,8 +87,9 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
             hi = max(owhi, lo) if SPEC else OW
             # flat rows: the vertical pass of up to G rows goes to tmp[rl * TS:], at the stride
             # TS = OW * SW of the output's cells, and one loop then finishes all of them
-            flat = FLATK and lo == 0 and hi == OW
             TS = max(OW * SW, 1)
+            # (only short rows gain: on long ones the larger scratch costs more than it saves)
+            flat = FLATK and lo == 0 and hi == OW and TS <= FLAT_MAX_ROW
             G = max(1, min(FLAT_ROWS, FLAT_CELLS // TS)) if flat else 1
             TW = TS if flat else W  # columns the vertical pass computes
             # padded scratch row: tmp[PADL + w] holds column w
