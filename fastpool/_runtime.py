@@ -161,7 +161,8 @@ def runtime_info():
 
 
 def _output_cache():
-    from ._alloc import output_cache_info
+    from ._alloc import MIN_BYTES, output_cache_info
     i = output_cache_info()
-    return (f"recycles results over 1 MiB; limit {i['limit_bytes'] >> 20} MiB "
-            f"(FASTPOOL_OUTPUT_CACHE_MB), holding {i['held_bytes'] >> 20} MiB now")
+    return (f"recycles results of {MIN_BYTES >> 20} MiB or more; limit "
+            f"{i['limit_bytes'] >> 20} MiB (FASTPOOL_OUTPUT_CACHE_MB), holding "
+            f"{i['held_bytes'] >> 20} MiB now")

@@ -224,29 +224,46 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None):
     return run
 
 
+# Plan builders take (x, op, rank, params), like the forward ones (see functional._planned).
+
+def _build_max_backward(x, op, rank, params):
+    kernel_size, stride, padding, dilation, ceil_mode, channels_last = params
+    lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
+    k, s, d, pads, osp, tab, dil = _window(op, rank, lay.spatial, kernel_size, stride,
+                                           padding, dilation, ceil_mode)
+    return _max_plan(op, x, lay, osp, tab, dil, math.prod(k),
+                     (k[-1], s[-1], d[-1], pads[-1][0]))
+
+
 def _max_pool_backward(rank, grad_output, input, kernel_size, stride, padding, dilation,
                        ceil_mode, indices, channels_last):
-    op = f"max_pool{rank}d_backward"
-
-    def build(x):
-        lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
-        k, s, d, pads, osp, tab, dil = _window(op, rank, lay.spatial, kernel_size, stride,
-                                               padding, dilation, ceil_mode)
-        return _max_plan(op, x, lay, osp, tab, dil, math.prod(k),
-                         (k[-1], s[-1], d[-1], pads[-1][0]))
     params = (kernel_size, stride, padding, dilation, bool(ceil_mode), bool(channels_last))
-    return _planned(op, params, input, (grad_output, indices, None), build)
+    return _planned(f"max_pool{rank}d_backward", params, input, (grad_output, indices, None),
+                    _build_max_backward, rank)
+
+
+def _build_adaptive_max_backward(x, op, rank, params):
+    output_size, channels_last = params
+    lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
+    osz, tab, taps = _adaptive_params(op, rank, lay.spatial, output_size)
+    return _max_plan(op, x, lay, osz, tab, _f._UNIT_DIL, taps)
 
 
 def _adaptive_max_pool_backward(rank, grad_output, input, output_size, indices, channels_last):
-    op = f"adaptive_max_pool{rank}d_backward"
+    return _planned(f"adaptive_max_pool{rank}d_backward", (output_size, bool(channels_last)),
+                    input, (grad_output, indices, None), _build_adaptive_max_backward, rank)
 
-    def build(x):
-        lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
-        osz, tab, taps = _adaptive_params(op, rank, lay.spatial, output_size)
-        return _max_plan(op, x, lay, osz, tab, _f._UNIT_DIL, taps)
-    params = (output_size, bool(channels_last))
-    return _planned(op, params, input, (grad_output, indices, None), build)
+
+def _build_fractional_max_backward(x, op, rank, params):
+    kernel_size, output_size, output_ratio, channels_last = params
+    lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
+    _, osz = _fractional_size(op, rank, lay.spatial, kernel_size, output_size, output_ratio)
+    fwd = getattr(_f, f"fractional_max_pool{rank}d")
+
+    def forward(xv, samples):
+        return fwd(xv, kernel_size, output_size, output_ratio, True,
+                   random_samples=samples, channels_last=channels_last)[1]
+    return _max_plan(op, x, lay, osz, None, None, 1, forward=forward)
 
 
 def _fractional_max_pool_backward(rank, grad_output, input, kernel_size, output_size,
@@ -255,18 +272,9 @@ def _fractional_max_pool_backward(rank, grad_output, input, kernel_size, output_
     if indices is None and random_samples is None:
         raise ValueError(f"{op}: needs the forward's indices or its random_samples to know "
                          f"the windows")
-    fwd = getattr(_f, f"fractional_max_pool{rank}d")
-
-    def build(x):
-        lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
-        _, osz = _fractional_size(op, rank, lay.spatial, kernel_size, output_size, output_ratio)
-
-        def forward(xv, samples):
-            return fwd(xv, kernel_size, output_size, output_ratio, True,
-                       random_samples=samples, channels_last=channels_last)[1]
-        return _max_plan(op, x, lay, osz, None, None, 1, forward=forward)
     params = (kernel_size, output_size, output_ratio, bool(channels_last))
-    return _planned(op, params, input, (grad_output, indices, random_samples), build)
+    return _planned(op, params, input, (grad_output, indices, random_samples),
+                    _build_fractional_max_backward, rank)
 
 
 # ----------------------------------------------------------------------------- average, Lp
@@ -318,79 +326,86 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps):
     return run
 
 
+def _build_avg_backward(x, op, rank, params):
+    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, dilation, \
+        channels_last = params
+    lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
+    k, s, d, pads, osp, tab, dil = _window(op, rank, lay.spatial, kernel_size, stride,
+                                           padding, dilation, ceil_mode)
+    divmode, dov = _avg_divisor(op, count_include_pad, divisor_override)
+    return _sum_plan(op, False, x, lay, osp, tab, dil, divmode, dov, 1.0, 1, math.prod(k))
+
+
 def _avg_pool_backward(rank, grad_output, input, kernel_size, stride, padding, ceil_mode,
                        count_include_pad, divisor_override, dilation, channels_last):
-    op = f"avg_pool{rank}d_backward"
-
-    def build(x):
-        lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
-        k, s, d, pads, osp, tab, dil = _window(op, rank, lay.spatial, kernel_size, stride,
-                                               padding, dilation, ceil_mode)
-        divmode, dov = _avg_divisor(op, count_include_pad, divisor_override)
-        return _sum_plan(op, False, x, lay, osp, tab, dil, divmode, dov, 1.0, 1, math.prod(k))
     params = (kernel_size, stride, padding, bool(ceil_mode), bool(count_include_pad),
               divisor_override, dilation, bool(channels_last))
-    return _planned(op, params, input, (grad_output,), build)
+    return _planned(f"avg_pool{rank}d_backward", params, input, (grad_output,),
+                    _build_avg_backward, rank)
+
+
+def _build_lp_backward(x, op, rank, params):
+    norm_type, kernel_size, stride, ceil_mode, padding, dilation, channels_last = params
+    p = _f._norm_type(op, norm_type)
+    lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
+    k, s, d, pads, osp, tab, dil = _window(op, rank, lay.spatial, kernel_size, stride,
+                                           padding, dilation, ceil_mode)
+    knumel = math.prod(k)
+    return _sum_plan(op, True, x, lay, osp, tab, dil, 1, 1, p, knumel, knumel)
 
 
 def _lp_pool_backward(rank, grad_output, input, norm_type, kernel_size, stride, ceil_mode,
                       padding, dilation, channels_last):
-    op = f"lp_pool{rank}d_backward"
-
-    def build(x):
-        p = _f._norm_type(op, norm_type)
-        lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
-        k, s, d, pads, osp, tab, dil = _window(op, rank, lay.spatial, kernel_size, stride,
-                                               padding, dilation, ceil_mode)
-        knumel = math.prod(k)
-        return _sum_plan(op, True, x, lay, osp, tab, dil, 1, 1, p, knumel, knumel)
     params = (norm_type, kernel_size, stride, bool(ceil_mode), padding, dilation,
               bool(channels_last))
-    return _planned(op, params, input, (grad_output,), build)
+    return _planned(f"lp_pool{rank}d_backward", params, input, (grad_output,),
+                    _build_lp_backward, rank)
+
+
+def _build_adaptive_avg_backward(x, op, rank, params):
+    output_size, channels_last = params
+    lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
+    osz, tab, taps = _adaptive_params(op, rank, lay.spatial, output_size)
+    # PyTorch: global pooling is a mean (one division by the cell count); other adaptive
+    # windows divide by each dim's extent in turn
+    divmode = 2 if all(o == 1 for o in osz) else 3
+    return _sum_plan(op, False, x, lay, osz, tab, _f._UNIT_DIL, divmode, 1, 1.0, 1, taps)
 
 
 def _adaptive_avg_pool_backward(rank, grad_output, input, output_size, channels_last):
-    op = f"adaptive_avg_pool{rank}d_backward"
-
-    def build(x):
-        lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
-        osz, tab, taps = _adaptive_params(op, rank, lay.spatial, output_size)
-        # PyTorch: global pooling is a mean (one division by the cell count); other adaptive
-        # windows divide by each dim's extent in turn
-        divmode = 2 if all(o == 1 for o in osz) else 3
-        return _sum_plan(op, False, x, lay, osz, tab, _f._UNIT_DIL, divmode, 1, 1.0, 1, taps)
-    params = (output_size, bool(channels_last))
-    return _planned(op, params, input, (grad_output,), build)
+    return _planned(f"adaptive_avg_pool{rank}d_backward", (output_size, bool(channels_last)),
+                    input, (grad_output,), _build_adaptive_avg_backward, rank)
 
 
 # ----------------------------------------------------------------------------- unpooling
 
+def _build_max_unpool_backward(x, op, rank, params):
+    kernel_size, stride, padding, output_size, channels_last = params
+    lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
+    osz = _unpool_geometry(op, rank, lay.spatial, kernel_size, stride, padding, output_size)
+    mshape = lay.mem_shape(lay.spatial)
+    size = math.prod(mshape)
+    kern = _dispatch.kernel("max_unpool_backward", "cpu", lay.mem, _parallel(2 * size))
+
+    def run(x, extra):
+        g, idx = extra
+        im = _index_mem(op, idx, lay, lay.spatial, what="the input's shape")
+        gm = _grad_mem(op, g, lay, osz, x.dtype)
+        res = _alloc.empty(mshape, x.dtype)
+        bad = np.zeros((lay.n * lay.c if lay.mem == CF else lay.n, 2), np.int64)
+        with launch_lock():
+            kern(_flat(lay, _bits(gm), osz), _flat(lay, im, lay.spatial),
+                 _flat(lay, _bits(res), lay.spatial), bad)
+        _raise_bad(op, bad, "indices", math.prod(osz), f"the output plane of {osz}")
+        return lay.user_view(res)
+    return run
+
+
 def _max_unpool_backward(rank, grad_output, input, indices, kernel_size, stride, padding,
                          output_size, channels_last):
-    op = f"max_unpool{rank}d_backward"
-
-    def build(x):
-        lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
-        osz = _unpool_geometry(op, rank, lay.spatial, kernel_size, stride, padding,
-                               output_size)
-        mshape = lay.mem_shape(lay.spatial)
-        size = math.prod(mshape)
-        kern = _dispatch.kernel("max_unpool_backward", "cpu", lay.mem, _parallel(2 * size))
-
-        def run(x, extra):
-            g, idx = extra
-            im = _index_mem(op, idx, lay, lay.spatial, what="the input's shape")
-            gm = _grad_mem(op, g, lay, osz, x.dtype)
-            res = _alloc.empty(mshape, x.dtype)
-            bad = np.zeros((lay.n * lay.c if lay.mem == CF else lay.n, 2), np.int64)
-            with launch_lock():
-                kern(_flat(lay, _bits(gm), osz), _flat(lay, im, lay.spatial),
-                     _flat(lay, _bits(res), lay.spatial), bad)
-            _raise_bad(op, bad, "indices", math.prod(osz), f"the output plane of {osz}")
-            return lay.user_view(res)
-        return run
     params = (kernel_size, stride, padding, output_size, bool(channels_last))
-    return _planned(op, params, input, (grad_output, indices), build)
+    return _planned(f"max_unpool{rank}d_backward", params, input, (grad_output, indices),
+                    _build_max_unpool_backward, rank)
 
 
 # ----------------------------------------------------------------------------- public names

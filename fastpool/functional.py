@@ -191,9 +191,9 @@ _PLAN_LIMIT = 512
 _NESTED = {}  # parameter types -> whether one of them is a tuple or list (frozen deeply)
 
 
-def _planned(op, params, input, out, build, rank=None):
-    """Run the plan ``build`` makes for ``input`` (``build(x, op, rank, params)``, or
-    ``build(x)`` without ``rank``), reusing the plan of an identical earlier call.
+def _planned(op, params, input, out, build, rank):
+    """Run the plan ``build(x, op, rank, params)`` makes for ``input``, reusing the plan of an
+    identical earlier call.
 
     A plan holds everything that depends only on the parameters and the input's shape, strides
     and dtype (validation, geometry, kernel choice), so repeated calls skip straight to the
@@ -215,7 +215,7 @@ def _planned(op, params, input, out, build, rank=None):
     except TypeError:  # an unhashable parameter: no caching, the build reports it
         key = plan = None
     if plan is None:
-        plan = build(x) if rank is None else build(x, op, rank, params)
+        plan = build(x, op, rank, params)
         if key is not None:
             if len(_PLANS) >= _PLAN_LIMIT:
                 _PLANS.clear()

@@ -109,15 +109,17 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
             q, od, oh = _rows(t * blk, OD, OH)
             rend = min(nrows, (t + 1) * blk)
             fdh = 0
+            d0 = nd = h0 = nh = 0
             for r in range(t * blk, rend + 1):  # one step past the rows: the last flat group
                 if r < rend:
                     if r > t * blk:  # next output row: counted on, no divisions
                         q, od, oh = _next_row(q, od, oh, OD, OH)
+                    d0 = tab[0, 0, od]
+                    nd = tab[0, 1, od]
+                    h0 = tab[1, 0, oh]
+                    nh = tab[1, 1, oh]
                     # divisor of the row's windows: fdh times the taps along W
-                    if divmode == 1:
-                        fdh = tab[0, 2, od] * tab[1, 2, oh]
-                    else:
-                        fdh = tab[0, 1, od] * tab[1, 1, oh]
+                    fdh = tab[0, 2, od] * tab[1, 2, oh] if divmode == 1 else nd * nh
                 if flat and rl > 0 and (r == rend or rl == G or fdh != gdiv):
                     # finish the group: out[g0 * OW + i] reduces tmp[i * SW : i * SW + KW]
                     div = dov if divmode == 0 else gdiv * KW
@@ -135,10 +137,6 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                     rl = 0
                 if r == rend:
                     break
-                d0 = tab[0, 0, od]
-                nd = tab[0, 1, od]
-                h0 = tab[1, 0, oh]
-                nh = tab[1, 1, oh]
                 gb = PADL
                 if flat:
                     if rl == 0:
