@@ -279,8 +279,9 @@ def _fractional_max_pool_backward(rank, grad_output, input, kernel_size, output_
 
 # ----------------------------------------------------------------------------- average, Lp
 
-def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps):
-    """``run(x, (grad_output, ...))`` for average, Lp and adaptive average pooling."""
+def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, hw):
+    """``run(x, (grad_output, ...))`` for average, Lp and adaptive average pooling.  ``hw``:
+    (kernel, stride, left pad) of uniform windows along W, (0, 1, 0) for adaptive ones."""
     dtype = x.dtype
     marker = HALF if dtype == np.float16 else PLAIN
     acc = _zero(dtype)
@@ -300,6 +301,7 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps):
         rflat = (lay.n * lay.c, cells) if lay.mem == CF else (lay.n, cells, lay.c)
     elif gsize:
         inv, ilist = _inverse(tab, dil, s3)
+        hwa = np.array(hw, np.int64)
         kern = _dispatch.kernel("lp_backward" if power else "avg_backward", "cpu", lay.mem,
                                 _parallel(cells * lay.n * lay.c +
                                           gsize * taps * (2 if power else 1)))
@@ -321,7 +323,7 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps):
             with launch_lock():
                 kern(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
                      _bits(res).reshape(xshape), tab, dil, inv, ilist, divmode, dov, acc,
-                     float(p), knumel, blk, marker)
+                     float(p), knumel, blk, hwa, marker)
         return lay.user_view(res)
     return run
 
@@ -333,7 +335,8 @@ def _build_avg_backward(x, op, rank, params):
     k, s, d, pads, osp, tab, dil = _window(op, rank, lay.spatial, kernel_size, stride,
                                            padding, dilation, ceil_mode)
     divmode, dov = _avg_divisor(op, count_include_pad, divisor_override)
-    return _sum_plan(op, False, x, lay, osp, tab, dil, divmode, dov, 1.0, 1, math.prod(k))
+    return _sum_plan(op, False, x, lay, osp, tab, dil, divmode, dov, 1.0, 1, math.prod(k),
+                     (k[-1], s[-1], pads[-1][0]))
 
 
 def _avg_pool_backward(rank, grad_output, input, kernel_size, stride, padding, ceil_mode,
@@ -351,7 +354,8 @@ def _build_lp_backward(x, op, rank, params):
     k, s, d, pads, osp, tab, dil = _window(op, rank, lay.spatial, kernel_size, stride,
                                            padding, dilation, ceil_mode)
     knumel = math.prod(k)
-    return _sum_plan(op, True, x, lay, osp, tab, dil, 1, 1, p, knumel, knumel)
+    return _sum_plan(op, True, x, lay, osp, tab, dil, 1, 1, p, knumel, knumel,
+                     (k[-1], s[-1], pads[-1][0]))
 
 
 def _lp_pool_backward(rank, grad_output, input, norm_type, kernel_size, stride, ceil_mode,
@@ -369,7 +373,8 @@ def _build_adaptive_avg_backward(x, op, rank, params):
     # PyTorch: global pooling is a mean (one division by the cell count); other adaptive
     # windows divide by each dim's extent in turn
     divmode = 2 if all(o == 1 for o in osz) else 3
-    return _sum_plan(op, False, x, lay, osz, tab, _f._UNIT_DIL, divmode, 1, 1.0, 1, taps)
+    return _sum_plan(op, False, x, lay, osz, tab, _f._UNIT_DIL, divmode, 1, 1.0, 1, taps,
+                     (0, 1, 0))
 
 
 def _adaptive_avg_pool_backward(rank, grad_output, input, output_size, channels_last):

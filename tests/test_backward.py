@@ -437,6 +437,39 @@ def test_deterministic_across_thread_counts():
 # float16: accumulated in float32, rounded once
 # ---------------------------------------------------------------------------------------------
 
+def test_channels_first_average_backward_geometries():
+    """The channels-first average/adaptive backward builds each row of window sums from shares
+    stuffed into zero rows: gaps (stride > kernel), asymmetric and "same" pads, dilation, ceil
+    mode and every divisor rule, in 1, 2 and 3 dims, against the oracle."""
+    rng = np.random.default_rng(4242)
+    for case in range(40):
+        nd = 1 + case % 3
+        k, s, d, pads, padding, ceil_mode, sp = _onnx_config(rng, nd)
+        if case % 4 == 0:  # strides past the kernel: columns no window covers
+            s = tuple(kk * dd + int(rng.integers(1, 3)) for kk, dd in zip(k, d))
+            pads = [(0, 0)] * nd
+            padding = 0
+            ceil_mode = False
+        incl = bool(case % 2)
+        dov = int(rng.integers(1, 7)) if case % 5 == 0 else None
+        x = rng.standard_normal((2, 3) + sp)
+        y = R.ref_avg_pool(x, k, s, pads, ceil_mode, incl, dov, d)
+        g = rng.standard_normal(y.shape)
+        ref = R.ref_avg_pool_backward(g, x, k, s, pads, ceil_mode, incl, dov, d)
+        got = getattr(fastpool, f"avg_pool{nd}d_backward")(g, x, k, s, padding, ceil_mode, incl,
+                                                           dov, dilation=d)
+        close(got, ref, np.float64, what=f"{k} {s} {d} {padding} {ceil_mode} {incl} {dov}")
+    for case in range(12):
+        nd = 1 + case % 3
+        sp = tuple(int(v) for v in rng.integers(1, 12, nd))
+        osz = tuple(int(rng.integers(1, n + 3)) for n in sp)
+        x = rng.standard_normal((2, 3) + sp)
+        g = rng.standard_normal((2, 3) + osz)
+        ref = R.ref_adaptive_avg_pool_backward(g, x, osz)
+        got = getattr(fastpool, f"adaptive_avg_pool{nd}d_backward")(g, x, osz)
+        close(got, ref, np.float64, what=f"adaptive {sp} -> {osz}")
+
+
 def test_float16_accumulates_in_float32():
     """Many overlapping windows add into one cell: the sum is kept in float32 and rounded to
     float16 once (a float16 running sum would drift)."""

@@ -402,6 +402,13 @@ def make_sum_backward(layout, parallel, power):
     w]``), then each input row ``(z, y)`` sums the ``T`` rows of the windows covering it and is
     written once.  Per cell the order is (od, oh) ascending, then ow ascending.
 
+    Channels-first rows of ``T`` come from long unit-stride loops: with uniform windows along W
+    (``hw`` = kernel, stride, left pad) a plane's shares are stuffed into rows ``E`` that are
+    zero elsewhere, at ``LM + ow * SW``, and ``T[w] = sum over taps c, the last first, of
+    E[LM + w + pw - c * dw]``: exactly the shares of the windows covering ``w`` in ascending
+    order, plus zeros, which change no bit (a sum started at +0 is never -0).  Adaptive windows
+    (``hw[0] == 0``) add each window's share to its columns instead.
+
     ``divmode``: 0 divide by ``dov``; 1 by the taps inside the padded extent; 2 by the taps
     inside the input; 3 sequentially by the taps of each dim (PyTorch's adaptive average).
     For Lp (always the padded-extent divisor, as the forward) the gradient follows PyTorch's
@@ -414,7 +421,7 @@ def make_sum_backward(layout, parallel, power):
 
     if layout == CF:
         def kernel(g, x, gin, tab, dil, inv, ilist, divmode, dov, zero, p, knumel, blk,
-                   marker):
+                   hw, marker):
             P = g.shape[0]
             OD = g.shape[1]
             OH = g.shape[2]
@@ -430,10 +437,39 @@ def make_sum_backward(layout, parallel, power):
             one = as_acc(zero, 1)
             kz = as_acc(zero, knumel)
             dz = as_acc(zero, dov)
+            NR = OD * OH
+            # uniform windows along W (hw = (KW, SW, left pad); KW = 0: adaptive windows):
+            # the shares of the plane's output rows are stuffed into zero rows ``E`` at their
+            # windows' first taps, and T is then a KW-tap sum of E (see the docstring)
+            KWu = max(hw[0], 0)
+            SWu = max(hw[1], 1)
+            PWu = max(hw[2], 0)
+            LM = max((KWu - 1) * dw, 0)  # left margin of an E row
+            RS = W + PWu + LM if KWu > 0 else W  # row stride of E and T
+            # windows whose first tap lies past the row cover no cell (none in practice: the
+            # geometry checks reject windows without an input tap)
+            OWs = min(OW, (W + PWu + SWu - 1) // SWu)
             for t in prange((P + blk - 1) // blk):
-                T = np.full(OD * OH * W, zero)
+                T = np.full(NR * RS, zero)
+                E = np.full(NR * RS + RS if KWu > 0 else 1, zero)  # zero apart from the shares
                 acc = np.full(W, zero)
                 sh = np.full(OW, zero)
+                # the divisors as floats, converted once per task (int-to-float conversions
+                # and divisions by them do not vectorise): per output cell (rules 1 and 2),
+                # or the W extents (rule 3)
+                dv = np.full(NR * OW if divmode in (1, 2) else OW, one)
+                if not POWER and divmode != 0:
+                    for od in range(OD):
+                        for oh in range(OH):
+                            for ow in range(OW):
+                                if divmode == 1:
+                                    n = tab[0, 2, od] * tab[1, 2, oh] * tab[2, 2, ow]
+                                elif divmode == 2:
+                                    n = tab[0, 1, od] * tab[1, 1, oh] * tab[2, 1, ow]
+                                else:
+                                    n = tab[2, 1, ow]
+                                dv[U((od * OH + oh) * OW + ow if divmode != 3 else ow)] = \
+                                    as_acc(zero, n)
                 for q in range(t * blk, min(P, (t + 1) * blk)):
                     for od in range(OD):
                         d0 = tab[0, 0, od]
@@ -441,12 +477,12 @@ def make_sum_backward(layout, parallel, power):
                         for oh in range(OH):
                             h0 = tab[1, 0, oh]
                             nh = tab[1, 1, oh]
-                            base = (od * OH + oh) * W
-                            for ow in range(OW):
-                                w0 = tab[2, 0, ow]
-                                nw = tab[2, 1, ow]
-                                gv = zero + load(g[q, od, oh, ow], marker)
-                                if POWER:
+                            base = (od * OH + oh) * RS
+                            if POWER:
+                                for ow in range(OW):
+                                    w0 = tab[2, 0, ow]
+                                    nw = tab[2, 1, ow]
+                                    gv = zero + load(g[q, od, oh, ow], marker)
                                     s = zero
                                     for a in range(nd):
                                         z = d0 + a * dd
@@ -464,41 +500,79 @@ def make_sum_backward(layout, parallel, power):
                                                  tab[2, 2, ow])
                                     A = s / div
                                     if A == 0:
-                                        share = zero
+                                        sh[ow] = zero
                                     else:
                                         gy = gv * (e * (A * kz) ** (e - one))
-                                        share = (gy * kz) / div
-                                elif divmode == 0:
-                                    share = gv / dz
-                                elif divmode == 1:
-                                    share = gv / as_acc(zero, tab[0, 2, od] * tab[1, 2, oh] *
-                                                        tab[2, 2, ow])
-                                elif divmode == 2:
-                                    share = gv / as_acc(zero, nd * nh * nw)
-                                else:
-                                    share = gv / as_acc(zero, nd) / as_acc(zero, nh) / \
-                                        as_acc(zero, nw)
-                                sh[ow] = share
-                            # the row of T as a gather along W (outputs ascending): no chains
-                            # of read-modify-writes through memory
+                                        sh[ow] = (gy * kz) / div
+                            elif divmode == 0:  # one loop per divisor rule: they vectorise
+                                for ow in range(OW):
+                                    sh[ow] = (zero + load(g[q, od, oh, ow], marker)) / dz
+                            elif divmode == 3:  # by each dim's extent in turn
+                                an = as_acc(zero, nd)
+                                ah = as_acc(zero, nh)
+                                for ow in range(OW):
+                                    sh[ow] = (zero + load(g[q, od, oh, ow], marker)) / an / ah / \
+                                        dv[ow]
+                            else:
+                                db = (od * OH + oh) * OW
+                                for ow in range(OW):
+                                    sh[ow] = (zero + load(g[q, od, oh, ow], marker)) / \
+                                        dv[U(db + ow)]
+                            if KWu > 0:
+                                eb = base + LM
+                                for ow in range(OWs):
+                                    E[U(eb + ow * SWu)] = sh[ow]
+                                continue
+                            # adaptive windows: each window adds its share to its columns,
+                            # windows in ascending order (every cell sums in that order)
                             for w in range(W):
-                                ws = inv[2, 0, w]
-                                v = zero
-                                for i in range(inv[2, 1, w]):
-                                    v += sh[U(ilist[2, U(ws + i)])]
-                                T[U(base + w)] = v
+                                T[U(base + w)] = zero
+                            for ow in range(OW):
+                                w0 = base + tab[2, 0, ow]
+                                v = sh[ow]
+                                for c in range(tab[2, 1, ow]):
+                                    T[U(w0 + c * dw)] += v
+                    if KWu > 0:
+                        # T[i] sums E over the taps, the last tap first (windows ascending);
+                        # the zeros between the shares add nothing (a sum started at +0 is
+                        # never -0, and v + 0 == v)
+                        for c in range(KWu - 1, -1, -1):
+                            off = PWu + LM - c * dw
+                            if c == KWu - 1:
+                                for i in range(NR * RS):
+                                    T[i] = zero + E[U(i + off)]
+                            else:
+                                for i in range(NR * RS):
+                                    T[i] += E[U(i + off)]
                     for z in range(D):
                         zs = inv[0, 0, z]
                         zn = inv[0, 1, z]
                         for y in range(H):
                             ys = inv[1, 0, y]
                             yn = inv[1, 1, y]
+                            if not POWER and zn * yn <= 2:
+                                # one or two covering rows (the common case): written at once
+                                if zn * yn == 0:
+                                    for w in range(W):
+                                        gin[q, z, y, w] = to_storage(zero, marker)
+                                    continue
+                                b1 = (ilist[0, U(zs)] * OH + ilist[1, U(ys)]) * RS
+                                if zn * yn == 1:
+                                    for w in range(W):
+                                        gin[q, z, y, w] = to_storage(zero + T[U(b1 + w)], marker)
+                                    continue
+                                b2 = (ilist[0, U(zs + (1 if zn == 2 else 0))] * OH +
+                                      ilist[1, U(ys + (1 if yn == 2 else 0))]) * RS
+                                for w in range(W):
+                                    gin[q, z, y, w] = to_storage((zero + T[U(b1 + w)]) +
+                                                                 T[U(b2 + w)], marker)
+                                continue
                             for w in range(W):
                                 acc[w] = zero
                             for i in range(zn):
                                 od = ilist[0, U(zs + i)]
                                 for j in range(yn):
-                                    base = (od * OH + ilist[1, U(ys + j)]) * W
+                                    base = (od * OH + ilist[1, U(ys + j)]) * RS
                                     for w in range(W):
                                         acc[w] += T[U(base + w)]
                             if POWER:
@@ -517,7 +591,7 @@ def make_sum_backward(layout, parallel, power):
                                     gin[q, z, y, w] = to_storage(acc[w], marker)
     else:
         def kernel(g, x, gin, tab, dil, inv, ilist, divmode, dov, zero, p, knumel, blk,
-                   marker):
+                   hw, marker):
             N = g.shape[0]
             OD = g.shape[1]
             OH = g.shape[2]
