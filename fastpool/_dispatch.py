@@ -23,6 +23,8 @@ _FACTORIES = {
     ("max_backward", "cpu"): ("._cpu.backward", "make_max_scatter", ()),
     ("max_backward_gather", "cpu"): ("._cpu.backward", "make_max_gather", ()),
     ("max_backward_recompute", "cpu"): ("._cpu.backward", "make_max_recompute", ()),
+    # channels-first max backward without indices: the forward's argmax scan (spec as "max")
+    ("max_backward_scan", "cpu"): ("._cpu.window", "make_max_backward", ()),
     ("global_backward", "cpu"): ("._cpu.backward", "make_global_backward", ()),
     ("avg_backward", "cpu"): ("._cpu.backward", "make_sum_backward", (False,)),
     ("lp_backward", "cpu"): ("._cpu.backward", "make_sum_backward", (True,)),

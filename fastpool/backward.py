@@ -132,28 +132,17 @@ def _inverse(tab, dil, spatial3):
 
 # ----------------------------------------------------------------------------- max family
 
-# W windows (kernel, stride) compiled as constants in the channels-first recompute kernel
-_HOT_W = frozenset({(2, 2), (3, 2), (3, 1), (2, 1), (5, 1), (7, 1)})
+# positions of the channels-last recompute kernel's scratch (int32 when a plane fits)
 _POS32 = np.zeros(1, np.int32)
 _POS64 = np.zeros(1, np.int64)
 
 
-def _hot_w(wspec, width, out_width):
-    """(KW, SW) constants, the interior output columns [lo, hi) and the pad for ``wspec`` =
-    (kernel, stride, dilation, pad_before) along W; ((0, 0), 0, 0, 0) when not specialised."""
-    if wspec is None or wspec[2] != 1 or (wspec[0], wspec[1]) not in _HOT_W:
-        return (0, 0), 0, 0, 0
-    k, s, _, pw = wspec
-    lo = -(-pw // s)
-    hi = min(out_width, (width - k + pw) // s + 1)
-    return (k, s), lo, max(lo, hi), pw
-
-
-def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None):
+def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None):
     """``run(x, (grad_output, indices, samples))`` for a max-type op.
 
     ``tab``/``dil``: the window tables (None for fractional pooling, whose argmax without
-    indices comes from ``forward(input_view, samples)``)."""
+    indices comes from ``forward(input_view, samples)``).  ``wspec``: (kernel, stride,
+    dilation, pad before) along W and ``k3`` the window in rank 3, for uniform windows."""
     dtype = x.dtype
     marker = HALF if dtype == np.float16 else PLAIN
     acc = _zero(dtype)
@@ -169,11 +158,13 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None):
         s3 = lay.canon(lay.spatial)
         inv, ilist = _inverse(tab, dil, s3)
         rows = lay.n * s3[0] * s3[1]
-    consts, lo, hi, pw = _hot_w(wspec, lay.spatial[-1], osp[-1]) if lay.mem == CF else \
-        ((0, 0), 0, 0, 0)
+    if lay.mem == CF:
+        # channels-first without indices: the forward argmax kernel's scan, in backward mode
+        sep = None if wspec is None else (k3, wspec[1], wspec[2], wspec[3])
+        consts, lo, hi, pw = _f._sep_args(sep, lay.spatial[-1], osp[-1], par_rec)
+    else:
+        consts, lo, hi, pw = (0, 0), 0, 0, 0
     pos = _POS32 if cells < 2 ** 31 else _POS64
-    # channels-first float32 compute: the horizontal merge as a maximum of int64 keys
-    consts = consts + (lay.mem == CF and dtype != np.float64 and cells < 2 ** 31,)
 
     def scatter(gm, im, res):
         if lay.mem == CF:
@@ -198,13 +189,17 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None):
             return lay.user_view(res)
         if indices is None and tab is not None:
             a = lay.input_mem(x)
-            blk = _plane_block(lay.n * lay.c, cells) if lay.mem == CF else \
-                _channel_block(lay.n, lay.c, cells, acc.itemsize)
-            kern = _dispatch.kernel("max_backward_recompute", "cpu", lay.mem, par_rec, *consts)
+            if lay.mem == CF:
+                kern = _dispatch.kernel("max_backward_scan", "cpu", CF, par_rec, *consts)
+                with launch_lock():
+                    kern(_bits(a).reshape(xshape), _bits(gm).reshape(oshape),
+                         _bits(res).reshape(xshape), tab, dil, lo, hi, pw, init, acc, marker)
+                return lay.user_view(res)
+            kern = _dispatch.kernel("max_backward_recompute", "cpu", lay.mem, par_rec)
             with launch_lock():
                 kern(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
-                     _bits(res).reshape(xshape), tab, dil, lo, hi, pw, pos, blk, init, acc,
-                     marker)
+                     _bits(res).reshape(xshape), tab, dil, lo, hi, pw, pos,
+                     _channel_block(lay.n, lay.c, cells, acc.itemsize), init, acc, marker)
             return lay.user_view(res)
         if indices is None:
             indices = forward(lay.user_view(lay.input_mem(x)), samples)
@@ -232,7 +227,7 @@ def _build_max_backward(x, op, rank, params):
     k, s, d, pads, osp, tab, dil = _window(op, rank, lay.spatial, kernel_size, stride,
                                            padding, dilation, ceil_mode)
     return _max_plan(op, x, lay, osp, tab, dil, math.prod(k),
-                     (k[-1], s[-1], d[-1], pads[-1][0]))
+                     (k[-1], s[-1], d[-1], pads[-1][0]), k3=_f._k3(k))
 
 
 def _max_pool_backward(rank, grad_output, input, kernel_size, stride, padding, dilation,

@@ -397,7 +397,7 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
     else:
         consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1], parallel)
         kern = _dispatch.kernel("max", "cpu", CF, parallel, *consts)
-        args = (tab, dil, lo, hi, pw, init, marker)
+        args = (tab, dil, lo, hi, pw, init, init, marker)  # (init again: the unused zero)
 
     # the common case, decided once: the input is already the kernel's C-contiguous memory and
     # the result needs no transposition (no per-call layout work)

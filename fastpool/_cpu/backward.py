@@ -25,9 +25,8 @@ Indices that are not plain ``range`` variables are cast to unsigned (``U``) befo
 Numba's negative-index wraparound on a signed index otherwise blocks vectorisation.
 """
 import numpy as np
-from llvmlite import ir
-from numba import prange, types
-from numba.extending import intrinsic, overload
+from numba import prange
+from numba.extending import overload
 
 from ._intrinsics import load, to_storage
 from .._runtime import jit
@@ -35,47 +34,6 @@ from .._runtime import jit
 CF = "cf"
 CL = "cl"
 U = np.uint64
-
-
-@intrinsic
-def f32_bits(typingctx, v):
-    """The bits of a float32 as an int32."""
-    if not (isinstance(v, types.Float) and v.bitwidth == 32):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-    return types.int32(v), codegen
-
-
-def argmax_key(v, p):  # pragma: no cover - replaced by the overload inside kernels
-    raise NotImplementedError
-
-
-@overload(argmax_key, inline="always")
-def _argmax_key_impl(v, p):
-    """One int64 whose maximum picks the forward scan's winner among float32 candidates: NaN
-    beats everything and the later NaN wins; otherwise the larger value, and the earlier
-    position on ties (-0.0 ties +0.0).  ``p`` < 2**32."""
-    def impl(v, p):
-        b = np.int64(f32_bits(v + np.float32(0)))
-        hi = b ^ ((b >> 31) & 0x7FFFFFFF)
-        if v != v:
-            return (np.int64(0x7FFFFFFF) << 32) | np.int64(p)
-        return (hi << 32) | (np.int64(0xFFFFFFFF) - np.int64(p))
-    return impl
-
-
-def key_pos(k):  # pragma: no cover - replaced by the overload inside kernels
-    raise NotImplementedError
-
-
-@overload(key_pos, inline="always")
-def _key_pos_impl(k):
-    def impl(k):
-        lo = k & 0xFFFFFFFF
-        return lo if (k >> 32) == 0x7FFFFFFF else np.int64(0xFFFFFFFF) - lo
-    return impl
 
 
 def as_acc(zero, n):  # pragma: no cover - replaced by the overload inside kernels
@@ -208,188 +166,71 @@ def make_max_gather(layout, parallel):
     return jit(kernel, parallel=parallel)
 
 
-def make_max_recompute(layout, parallel, KW=0, SW=0, KEYS=False):
-    """Max backward without indices: each window's argmax recomputed (the forward's scan: NaN
-    wins, ties go to the first cell) and its gradient added, in output order, to the owned
-    scratch plane(s).  ``KW``/``SW`` (channels-first): W window and stride compiled as
-    constants for the interior columns ``[lo, hi)`` (``KW = 0``: none).  ``KEYS``
-    (channels-first, float32 compute, planes under 2**31 cells): the horizontal merge as a
-    maximum of ``argmax_key`` values, which vectorises."""
-    SPEC = KW > 0
+def make_max_recompute(layout, parallel):
+    """Channels-last max backward without indices: each window's argmax recomputed per channel
+    (the forward's scan: NaN wins, ties go to the first cell) and its gradient added, in output
+    order, to the task's scratch planes (one n, a block of channels).  (Channels-first runs
+    ``window.make_max_backward``, the forward argmax kernel's scan.)"""
+    assert layout == CL
 
-    if layout == CF:
-        # separable: a vertical pass keeps (max, position) per column over the window's rows,
-        # vectorised along W; the horizontal pass merges a window's columns with the rule that
-        # reproduces the row-major scan (the last NaN, else the first maximum).  Positions are
-        # of ``pos.dtype`` (int32 when a plane has fewer than 2**31 cells).
-        def kernel(g, x, gin, tab, dil, lo, hi, pw, pos, blk, init, zero, marker):
-            P = g.shape[0]
-            OD = g.shape[1]
-            OH = g.shape[2]
-            OW = g.shape[3]
-            D = x.shape[1]
-            H = x.shape[2]
-            W = x.shape[3]
-            S = D * H * W
-            dd = dil[0]
-            dh = dil[1]
-            dw = dil[2]
-            for t in prange((P + blk - 1) // blk):
-                buf = np.full(S, zero)
-                vm = np.full(W, init)
-                vp = np.zeros(W, pos.dtype)
-                cp = np.zeros(OW, pos.dtype)
-                vk = np.zeros(W if KEYS else 1, np.int64)
-                ck = np.zeros(OW if KEYS else 1, np.int64)
-                for q in range(t * blk, min(P, (t + 1) * blk)):
-                    for j in range(S):
-                        buf[j] = zero
-                    for od in range(OD):
-                        d0 = tab[0, 0, od]
-                        nd = tab[0, 1, od]
-                        for oh in range(OH):
-                            h0 = tab[1, 0, oh]
-                            nh = tab[1, 1, oh]
-                            first = (d0 * H + h0) * W
-                            for w in range(W):
-                                vm[w] = init
-                                vp[w] = first + w
-                            for a in range(nd):
-                                z = d0 + a * dd
-                                for b in range(nh):
-                                    y = h0 + b * dh
-                                    row = (z * H + y) * W
-                                    xr = x[q, U(z), U(y)]
-                                    for w in range(W):
-                                        v = load(xr[w], marker)
-                                        m = vm[w]
+    def kernel(g, x, gin, tab, dil, lo, hi, pw, ptype, blk, init, zero, marker):
+        N = g.shape[0]
+        OD = g.shape[1]
+        OH = g.shape[2]
+        OW = g.shape[3]
+        C = g.shape[4]
+        D = x.shape[1]
+        H = x.shape[2]
+        W = x.shape[3]
+        S = D * H * W
+        dd = dil[0]
+        dh = dil[1]
+        dw = dil[2]
+        nb = (C + blk - 1) // blk
+        for t in prange(N * nb):
+            n = t // nb
+            c0 = (t - n * nb) * blk
+            wb = min(C, c0 + blk) - c0
+            buf = np.full(S * wb, zero)
+            mv = np.full(wb, init)
+            mi = np.zeros(wb, ptype.dtype)
+            for od in range(OD):
+                d0 = tab[0, 0, od]
+                nd = tab[0, 1, od]
+                for oh in range(OH):
+                    h0 = tab[1, 0, oh]
+                    nh = tab[1, 1, oh]
+                    for ow in range(OW):
+                        w0 = tab[2, 0, ow]
+                        nw = tab[2, 1, ow]
+                        first = (d0 * H + h0) * W + w0
+                        for c in range(wb):
+                            mv[c] = init
+                            mi[c] = first
+                        for a in range(nd):
+                            z = d0 + a * dd
+                            for b in range(nh):
+                                y = h0 + b * dh
+                                for k in range(nw):
+                                    w = w0 + k * dw
+                                    pos = (z * H + y) * W + w
+                                    xr = x[n, U(z), U(y), U(w)]
+                                    for c in range(wb):
+                                        v = load(xr[U(c0 + c)], marker)
+                                        m = mv[c]
                                         take = (v > m) | (v != v)
-                                        vm[w] = v if take else m
-                                        vp[w] = (row + w) if take else vp[w]
-                            if KEYS:
-                                for w in range(W):
-                                    vk[w] = argmax_key(vm[w], vp[w])
-                                for ow in range(lo if SPEC else 0, hi if SPEC else 0):
-                                    w0 = ow * SW - pw
-                                    kk = vk[U(w0)]
-                                    for c in range(1, KW):
-                                        kk = max(kk, vk[U(w0 + c)])
-                                    ck[ow] = kk
-                                for part in range(2):
-                                    oa, ob = ((0, lo) if part == 0 else (hi, OW)) if SPEC else \
-                                        ((0, OW) if part == 0 else (0, 0))
-                                    for ow in range(oa, ob):
-                                        w0 = tab[2, 0, ow]
-                                        kk = vk[U(w0)]
-                                        for c in range(1, tab[2, 1, ow]):
-                                            kk = max(kk, vk[U(w0 + c * dw)])
-                                        ck[ow] = kk
-                                for ow in range(OW):
-                                    buf[U(key_pos(ck[ow]))] += load(g[q, od, oh, ow], marker)
-                                continue
-                            for part in range(3):
-                                if part == 0:
-                                    oa, ob = 0, (lo if SPEC else OW)
-                                elif part == 1:
-                                    oa, ob = (lo, hi) if SPEC else (0, 0)
-                                else:
-                                    oa, ob = (hi, OW) if SPEC else (0, 0)
-                                if SPEC and part == 1:
-                                    for ow in range(oa, ob):
-                                        w0 = ow * SW - pw
-                                        m = vm[U(w0)]
-                                        mi = vp[U(w0)]
-                                        for c in range(1, KW):
-                                            v = vm[U(w0 + c)]
-                                            pv = vp[U(w0 + c)]
-                                            take = (v > m) | ((v != v) & ((m == m) | (pv > mi))) \
-                                                | ((v == m) & (pv < mi))
-                                            m = v if take else m
-                                            mi = pv if take else mi
-                                        cp[ow] = mi
-                                    # the scatter apart, so that the merge above vectorises
-                                    for ow in range(oa, ob):
-                                        buf[U(cp[ow])] += load(g[q, od, oh, ow], marker)
-                                else:
-                                    for ow in range(oa, ob):
-                                        w0 = tab[2, 0, ow]
-                                        nw = tab[2, 1, ow]
-                                        m = vm[U(w0)]
-                                        mi = vp[U(w0)]
-                                        for c in range(1, nw):
-                                            w = w0 + c * dw
-                                            v = vm[U(w)]
-                                            pv = vp[U(w)]
-                                            take = (v > m) | ((v != v) & ((m == m) | (pv > mi))) \
-                                                | ((v == m) & (pv < mi))
-                                            m = v if take else m
-                                            mi = pv if take else mi
-                                        buf[U(mi)] += load(g[q, od, oh, ow], marker)
-                    j = 0
-                    for z in range(D):
-                        for y in range(H):
-                            for w in range(W):
-                                gin[q, z, y, w] = to_storage(buf[U(j + w)], marker)
-                            j += W
-    else:
-        def kernel(g, x, gin, tab, dil, lo, hi, pw, ptype, blk, init, zero, marker):
-            N = g.shape[0]
-            OD = g.shape[1]
-            OH = g.shape[2]
-            OW = g.shape[3]
-            C = g.shape[4]
-            D = x.shape[1]
-            H = x.shape[2]
-            W = x.shape[3]
-            S = D * H * W
-            dd = dil[0]
-            dh = dil[1]
-            dw = dil[2]
-            nb = (C + blk - 1) // blk
-            for t in prange(N * nb):
-                n = t // nb
-                c0 = (t - n * nb) * blk
-                wb = min(C, c0 + blk) - c0
-                buf = np.full(S * wb, zero)
-                mv = np.full(wb, init)
-                mi = np.zeros(wb, ptype.dtype)
-                for od in range(OD):
-                    d0 = tab[0, 0, od]
-                    nd = tab[0, 1, od]
-                    for oh in range(OH):
-                        h0 = tab[1, 0, oh]
-                        nh = tab[1, 1, oh]
-                        for ow in range(OW):
-                            w0 = tab[2, 0, ow]
-                            nw = tab[2, 1, ow]
-                            first = (d0 * H + h0) * W + w0
-                            for c in range(wb):
-                                mv[c] = init
-                                mi[c] = first
-                            for a in range(nd):
-                                z = d0 + a * dd
-                                for b in range(nh):
-                                    y = h0 + b * dh
-                                    for k in range(nw):
-                                        w = w0 + k * dw
-                                        pos = (z * H + y) * W + w
-                                        xr = x[n, U(z), U(y), U(w)]
-                                        for c in range(wb):
-                                            v = load(xr[U(c0 + c)], marker)
-                                            m = mv[c]
-                                            take = (v > m) | (v != v)
-                                            mv[c] = v if take else m
-                                            mi[c] = pos if take else mi[c]
-                            for c in range(wb):
-                                buf[U(mi[c] * wb + c)] += load(g[n, od, oh, ow, U(c0 + c)],
-                                                               marker)
-                j = 0
-                for z in range(D):
-                    for y in range(H):
-                        for w in range(W):
-                            for c in range(wb):
-                                gin[n, z, y, w, U(c0 + c)] = to_storage(buf[U(j + c)], marker)
-                            j += wb
+                                        mv[c] = v if take else m
+                                        mi[c] = pos if take else mi[c]
+                        for c in range(wb):
+                            buf[U(mi[c] * wb + c)] += load(g[n, od, oh, ow, U(c0 + c)],
+                                                           marker)
+            j = 0
+            for z in range(D):
+                for y in range(H):
+                    for w in range(W):
+                        for c in range(wb):
+                            gin[n, z, y, w, U(c0 + c)] = to_storage(buf[U(j + c)], marker)
+                        j += wb
     return jit(kernel, parallel=parallel)
 
 

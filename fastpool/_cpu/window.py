@@ -73,7 +73,7 @@ BLOCK = 8  # fewest output rows per parallel task
 TASKS = 512  # parallel tasks per call, at most (enough to balance the threads)
 
 
-def make_max(layout, parallel, KD, KH, KW, SW):
+def make_max(layout, parallel, KD, KH, KW, SW, backward=False):
     """Channels-first max with argmax: a vertical pass, then a horizontal pass.
 
     For one output row ``(plane, od, oh)`` the window's (z, y) rows are reduced per column into
@@ -91,8 +91,9 @@ def make_max(layout, parallel, KD, KH, KW, SW):
     SPEC = KW > 0
     # one input row per window (1-d pooling): the horizontal pass reads the input row itself
     DIRECT = SPEC and KD * KH == 1
+    BWD = backward
 
-    def kernel(x, out, idx, tab, dil, owlo, owhi, pw, init, marker):
+    def kernel(x, out, idx, tab, dil, owlo, owhi, pw, init, zero, marker):
         H = x.shape[2]
         W = x.shape[3]
         OD = out.shape[1]
@@ -108,6 +109,10 @@ def make_max(layout, parallel, KD, KH, KW, SW):
         # parallel: at most ~TASKS tasks of at least BLOCK rows (scratch is allocated per task);
         # serial: one task, scratch allocated once
         blk = max(BLOCK, nrows // TASKS) if PAR else max(nrows, 1)
+        S = x.shape[1] * H * W
+        if BWD:  # a task owns whole planes (its gradient planes are summed in its scratch)
+            RP = max(OD * OH, 1)
+            blk = RP * (max(1, out.shape[0] // TASKS) if PAR else max(out.shape[0], 1))
         ntask = (nrows + blk - 1) // blk
         for t in prange(ntask):
             # (clamped inside the parallel body, where the compiler sees that they are >= 0)
@@ -115,7 +120,13 @@ def make_max(layout, parallel, KD, KH, KW, SW):
             hi = max(owhi, lo) if SPEC else OW
             xb = max(lo * SW - pw, 0)  # first column of the first interior window
             tv = np.full(W, init)
-            ti = np.zeros(W, idx.dtype)  # flat input position of tv[w] (table-driven rows)
+            if BWD:
+                ti = np.zeros(W, np.int64)  # flat input position of tv[w] (table-driven rows)
+            else:
+                ti = np.zeros(W, idx.dtype)
+            # backward: a row's argmax positions, and the owned gradient plane being summed
+            cp = np.zeros(OW if BWD else 1, np.int64)
+            buf = np.full(S if BWD else 1, zero)  # (zero again after each plane)
             tr = np.zeros(W, np.int32)  # position of tv[w] relative to base0 (specialised rows)
             sv = tv[xb:]  # interior windows' columns (views made once per task, not per row)
             si = tr[xb:]
@@ -178,8 +189,11 @@ def make_max(layout, parallel, KD, KH, KW, SW):
                                 take = (v > m) | (v != v)
                                 m = v if take else m
                                 mi = (w + c) if take else mi
-                            out[q, od, oh, lo + j] = to_storage(m, marker)
-                            idx[q, od, oh, lo + j] = base0 + mi
+                            if BWD:
+                                cp[lo + j] = base0 + mi
+                            else:
+                                out[q, od, oh, lo + j] = to_storage(m, marker)
+                                idx[q, od, oh, lo + j] = base0 + mi
                     else:
                         for j in range(hi - lo):
                             w = j * SW
@@ -192,8 +206,11 @@ def make_max(layout, parallel, KD, KH, KW, SW):
                                     ((v != v) & ((m == m) | (ci > mi)))
                                 m = v if take else m
                                 mi = ci if take else mi
-                            out[q, od, oh, lo + j] = to_storage(m, marker)
-                            idx[q, od, oh, lo + j] = base0 + mi
+                            if BWD:
+                                cp[lo + j] = base0 + mi
+                            else:
+                                out[q, od, oh, lo + j] = to_storage(m, marker)
+                                idx[q, od, oh, lo + j] = base0 + mi
                 elo = lo if full else OW  # edge columns: [0, elo) and [ehi, OW)
                 ehi = hi if full else OW
                 if DIRECT and full and (elo > 0 or ehi < OW):
@@ -214,6 +231,28 @@ def make_max(layout, parallel, KD, KH, KW, SW):
                                 ((v != v) & ((m == m) | (ci > mi)))
                             m = v if take else m
                             mi = ci if take else mi
-                        out[q, od, oh, ow] = to_storage(m, marker)
-                        idx[q, od, oh, ow] = mi
+                        if BWD:
+                            cp[ow] = mi
+                        else:
+                            out[q, od, oh, ow] = to_storage(m, marker)
+                            idx[q, od, oh, ow] = mi
+                if BWD:
+                    # the row's gradients added at its argmax cells, outputs in order; the
+                    # plane written out (rounded once) after its last row
+                    for ow in range(OW):
+                        buf[max(cp[ow], 0)] += zero + load(out[q, od, oh, ow], marker)
+                    if od == OD - 1 and oh == OH - 1:  # zeroed again for the next plane
+                        gq = idx[max(q, 0)].reshape(S)
+                        for j in range(S):
+                            gq[j] = to_storage(buf[j], marker)
+                            buf[j] = zero
     return jit(kernel, parallel=parallel)
+
+
+def make_max_backward(layout, parallel, KD, KH, KW, SW):
+    """Channels-first max backward without indices: ``make_max``'s argmax scan, each output
+    row's gradients then added at its argmax cells (outputs in order) into a scratch plane of
+    the accumulation type that the task owns, written out once.  Arguments as the forward's,
+    with ``out`` the grad_output and ``idx`` the grad_input, and ``zero`` the accumulation
+    type's zero."""
+    return make_max(layout, parallel, KD, KH, KW, SW, backward=True)
