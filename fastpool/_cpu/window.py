@@ -73,6 +73,31 @@ BLOCK = 8  # fewest output rows per parallel task
 TASKS = 512  # parallel tasks per call, at most (enough to balance the threads)
 
 
+@jit
+def _merge(m, mi, v, ci):
+    """A window's running (max, flat position) after the candidate (v, ci), columns merged
+    in any order: a larger value, an equal one at a smaller position, or a NaN at a larger
+    position (or over a non-NaN) wins."""
+    take = (v > m) | ((v == m) & (ci < mi)) | ((v != v) & ((m == m) | (ci > mi)))
+    return (v if take else m), (ci if take else mi)
+
+
+@jit
+def _col_argmax(x, q, d0, h0, w, dd, dh, sa, sh, KD, KH, marker):
+    """Column w's first max / last NaN over a full window's KD * KH rows (rows in order), and
+    its int32 flat offset from the first row; ``KD``/``KH`` are a kernel's constants."""
+    m = load(x[q, d0, h0, w], marker)
+    mi = np.int32(0)
+    for i in range(1, KD * KH):
+        a = i // KH
+        b = i - a * KH
+        v = load(x[q, d0 + a * dd, h0 + b * dh, w], marker)
+        take = (v > m) | (v != v)
+        m = v if take else m
+        mi = np.int32(a * sa + b * sh) if take else mi
+    return m, mi
+
+
 def make_max(layout, parallel, KD, KH, KW, SW, backward=False):
     """Channels-first max with argmax: a vertical pass, then a horizontal pass.
 
@@ -149,15 +174,7 @@ def make_max(layout, parallel, KD, KH, KW, SW, backward=False):
                         ti[w] = base0 + w
                 elif full:
                     for w in range(W):
-                        m = load(x[q, d0, h0, w], marker)
-                        mi = np.int32(0)
-                        for i in range(1, KD * KH):
-                            a = i // KH
-                            b = i - a * KH
-                            v = load(x[q, d0 + a * dd, h0 + b * dh, w], marker)
-                            take = (v > m) | (v != v)
-                            m = v if take else m
-                            mi = np.int32(a * sa + b * sh) if take else mi
+                        m, mi = _col_argmax(x, q, d0, h0, w, dd, dh, sa, sh, KD, KH, marker)
                         tv[w] = m
                         tr[w] = mi + np.int32(w)
                 else:
@@ -200,12 +217,7 @@ def make_max(layout, parallel, KD, KH, KW, SW, backward=False):
                             m = sv[w]
                             mi = si[w]
                             for c in range(1, KW):
-                                v = sv[w + c]
-                                ci = si[w + c]
-                                take = (v > m) | ((v == m) & (ci < mi)) | \
-                                    ((v != v) & ((m == m) | (ci > mi)))
-                                m = v if take else m
-                                mi = ci if take else mi
+                                m, mi = _merge(m, mi, sv[w + c], si[w + c])
                             if BWD:
                                 cp[lo + j] = base0 + mi
                             else:
@@ -225,12 +237,10 @@ def make_max(layout, parallel, KD, KH, KW, SW, backward=False):
                         mi = base0 + w0
                         for c in range(tab[2, 1, ow]):
                             w = w0 + c * dw
-                            v = tv[w]
-                            ci = (base0 + tr[w]) if (full and not DIRECT) else ti[w]
-                            take = (v > m) | ((v == m) & (ci < mi)) | \
-                                ((v != v) & ((m == m) | (ci > mi)))
-                            m = v if take else m
-                            mi = ci if take else mi
+                            if full and not DIRECT:
+                                m, mi = _merge(m, mi, tv[w], base0 + tr[w])
+                            else:
+                                m, mi = _merge(m, mi, tv[w], ti[w])
                         if BWD:
                             cp[ow] = mi
                         else:
