@@ -56,8 +56,13 @@ def _as_acc_impl(zero, n):
 
 # ----------------------------------------------------------------------------- max family
 
-def make_max_scatter(layout, parallel):
-    """grad_input[idx[o]] += grad_output[o] per plane, outputs in order (any indices)."""
+def make_max_scatter(layout, parallel, direct=False):
+    """grad_input[idx[o]] += grad_output[o] per plane, outputs in order (any indices).
+
+    ``direct`` (channels-first, the storage type is the accumulation type: float32, float64):
+    the sums go straight into the zeroed gradient plane, which stays in cache, instead of
+    through a scratch plane copied out afterwards."""
+    DIRECT = direct
 
     if layout == CF:
         def kernel(g, idx, gin, bad, blk, zero, marker):
@@ -65,10 +70,11 @@ def make_max_scatter(layout, parallel):
             OS = g.shape[1]
             S = gin.shape[1]
             for t in prange((P + blk - 1) // blk):
-                buf = np.full(S, zero)
+                buf = np.full(1 if DIRECT else S, zero)  # (zeroed again after each plane)
                 for p in range(t * blk, min(P, (t + 1) * blk)):
-                    for j in range(S):
-                        buf[j] = zero
+                    if DIRECT:
+                        for j in range(S):
+                            gin[p, j] = zero
                     ok = True
                     for o in range(OS):
                         i = idx[p, o]
@@ -77,11 +83,16 @@ def make_max_scatter(layout, parallel):
                             bad[t, 1] = i
                             ok = False
                             break
-                        buf[U(i)] += load(g[p, o], marker)
+                        if DIRECT:
+                            gin[p, U(i)] += load(g[p, o], marker)
+                        else:
+                            buf[U(i)] += load(g[p, o], marker)
                     if not ok:
                         break
-                    for j in range(S):
-                        gin[p, j] = to_storage(buf[j], marker)
+                    if not DIRECT:
+                        for j in range(S):
+                            gin[p, j] = to_storage(buf[j], marker)
+                            buf[j] = zero
     else:
         def kernel(g, idx, gin, bad, blk, zero, marker):
             N = g.shape[0]
