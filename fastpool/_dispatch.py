@@ -15,6 +15,8 @@ _FACTORIES = {
     # channels-first without indices: the separable kernels (layout argument is the kind)
     ("separable", "cpu"): ("._cpu.separable", "make_sep", ()),
     ("global", "cpu"): ("._cpu.separable", "make_global", ()),
+    # stride-1 size-keeping max on small contiguous planes (spec: KH, KW; layout: the kind)
+    ("flat", "cpu"): ("._cpu.separable", "make_flat", ()),
     # channels-last max with indices (layout argument is the kind)
     ("cl", "cpu"): ("._cpu.channels_last", "make_cl", ()),
     ("fractional_max", "cpu"): ("._cpu.planes", "make_fractional_max", ()),

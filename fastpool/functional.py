@@ -333,6 +333,25 @@ def _sep_args(wspec, width, out_width, parallel, kind="max"):
     return key, lo, max(lo, hi), pw
 
 
+# (KH, KW) of the flat max kernels: stride-1 windows that keep the size, on planes of at most
+# _FLAT_PLANE cells (beyond ~64 x 64 the row-wise separable kernels are as fast or faster)
+_FLAT_WINDOWS = frozenset({(3, 3), (5, 5), (1, 3), (1, 5)})
+_FLAT_PLANE = 1 << 12
+
+
+def _flat_spec(k, s, d, pads, spatial, osp):
+    """(KH, KW, pad top, pad left) when the flat kernels apply, else None: at most 2 spatial
+    dims, stride and dilation 1, symmetric pads that keep the size, a hot window, a small
+    plane.  (The plan also needs a C-contiguous channels-first input.)"""
+    if len(spatial) > 2 or tuple(osp) != tuple(spatial) or any(v != 1 for v in s) or \
+            any(v != 1 for v in d) or math.prod(spatial) > _FLAT_PLANE:
+        return None
+    kh, ph = (k[0], pads[0][0]) if len(k) == 2 else (1, 0)
+    if (kh, k[-1]) not in _FLAT_WINDOWS or 2 * ph != kh - 1 or 2 * pads[-1][0] != k[-1] - 1:
+        return None
+    return kh, k[-1], ph, pads[-1][0]
+
+
 def _is_global(tab, spatial, osp, divmode):
     """Does each output plane hold one window covering its whole input plane (same divisor)?"""
     if any(o != 1 for o in osp):
@@ -360,7 +379,7 @@ def _zero(dtype):
 
 
 def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, dov=1, p=1.0,
-                 knumel=1, return_indices=False, index_dtype=np.int64):
+                 knumel=1, return_indices=False, index_dtype=np.int64, flat=None):
     """Choose the kernel for a windowed op and return ``run(x, out)``.
 
     kind: "max", "avg" or "lp".  Channels-first without indices runs the separable kernels
@@ -379,7 +398,14 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
     xshape = lay.kernel_shape(lay.spatial)
     oshape = lay.kernel_shape(osp)
     with_idx = return_indices  # the kernel takes an index array
-    if not return_indices:
+    if flat is not None and not return_indices and lay.mem == CF and x.flags.c_contiguous:
+        # stride-1 "same" max on small planes: flat passes over whole planes (separable.py)
+        KH, KW, ph, pw = flat
+        H, W = lay.canon(lay.spatial)[1:]
+        kern = _dispatch.kernel("flat", "cpu", kind, parallel, KH, KW)
+        xshape = oshape = (lay.n * lay.c, H * W)
+        args = (H, W, ph, pw, init, marker)
+    elif not return_indices:
         if lay.mem == CF and kind != "lp" and \
                 _is_global(tab, lay.spatial, osp, divmode if kind == "avg" else 2):
             kern = _dispatch.kernel("global", "cpu", kind, parallel)
@@ -463,7 +489,8 @@ def _build_max(x, op, rank, params):
                                            padding, dilation, bool(ceil_mode))
     return _window_plan(op, "max", x, lay, osp, tab, dil, math.prod(k),
                         (_k3(k), s[-1], d[-1], pads[-1][0]),
-                        return_indices=bool(return_indices), index_dtype=index_dtype)
+                        return_indices=bool(return_indices), index_dtype=index_dtype,
+                        flat=_flat_spec(k, s, d, pads, lay.spatial, osp))
 
 
 _MAX_OPS = _ops("max_pool")

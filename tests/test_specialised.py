@@ -172,3 +172,63 @@ def test_padded_edge_columns_against_reference(case, dtype, all_hot_serial):
         ref = ref_avg_pool(x, k, s, rp, ceil_mode=ceil, count_include_pad=incl)
         np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=tol,
                                    atol=tol)
+
+
+# Stride-1 size-keeping max on small contiguous planes runs flat passes over whole planes
+# (separable.make_flat): the vertical pass over the interior rows and the horizontal one over
+# the whole plane are single loops, the clipped top/bottom rows and the edge columns (whose flat
+# windows would wrap into the neighbouring rows) are redone.  Planes from 1 x 1 to 64 x 64.
+FLAT = [(2, 3, (7, 9), np.float32), (2, 5, (40, 40), np.float32), (2, 3, (1, 1), np.float16),
+        (2, 5, (3, 2), np.float64), (2, 5, (6, 5), np.uint8), (2, 3, (64, 64), np.float32),
+        (2, 5, (2, 13), np.float32), (2, 3, (13, 2), np.int64), (1, 3, (37,), np.float32),
+        (1, 5, (4,), np.float32), (1, 5, (6,), np.uint8), (2, 5, (17, 23), np.float64),
+        (2, 3, (31, 8), np.float16), (2, 5, (11, 6), np.int64)]
+
+
+@pytest.mark.parametrize("case", FLAT, ids=[f"{c[0]}d-k{c[1]}-{'x'.join(map(str, c[2]))}-"
+                                            f"{np.dtype(c[3]).name}" for c in FLAT])
+def test_flat_stride1_max_against_reference(case, monkeypatch):
+    from reference import ref_max_pool
+    rank, k, sp, dtype = case
+    calls = []
+    real = fpf._dispatch.kernel
+    monkeypatch.setattr(fpf._dispatch, "kernel", lambda op, *a: calls.append(op) or real(op, *a))
+    monkeypatch.setattr(fpf, "_PLANS", {})
+    rng = np.random.default_rng(k * 100 + sum(sp))
+    shape = (2, 3) + sp
+    if np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        x = rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype)
+        x.reshape(-1)[::5] = info.min  # the lowest value inside windows and at edges
+    else:
+        x = rng.standard_normal(shape).astype(dtype)
+        x[rng.random(shape) < 0.05] = np.nan
+        x[rng.random(shape) < 0.05] = -np.inf
+    pool = fastpool.max_pool1d if rank == 1 else fastpool.max_pool2d
+    got = pool(x, k, 1, k // 2)
+    assert "flat" in calls
+    want = ref_max_pool(x, (k,) * rank, (1,) * rank, [(k // 2, k // 2)] * rank)[0]
+    np.testing.assert_array_equal(got, want)
+    # the same windows given as "same" padding, and written into out=
+    out = np.full_like(want, 7)
+    assert pool(x, k, 1, "same", out=out) is out
+    np.testing.assert_array_equal(out, want)
+    # a strided view is not a flat plane: the row-wise kernels, same answer, input untouched
+    xs = np.repeat(x, 2, axis=-1)[..., ::2]
+    keep = xs.copy()
+    np.testing.assert_array_equal(pool(xs, k, 1, k // 2), want)
+    np.testing.assert_array_equal(xs, keep)
+
+
+def test_flat_kernels_only_for_their_geometry():
+    spec = fpf._flat_spec
+    assert spec((3, 3), (1, 1), (1, 1), [(1, 1), (1, 1)], (20, 30), (20, 30)) == (3, 3, 1, 1)
+    assert spec((5,), (1,), (1,), [(2, 2)], (50,), (50,)) == (1, 5, 0, 2)
+    # stride, dilation, asymmetric pads, a size change, rank 3, cold windows, big planes
+    assert spec((3, 3), (2, 1), (1, 1), [(1, 1), (1, 1)], (20, 30), (10, 30)) is None
+    assert spec((3, 3), (1, 1), (2, 1), [(2, 2), (1, 1)], (20, 30), (20, 30)) is None
+    assert spec((3, 3), (1, 1), (1, 1), [(0, 2), (1, 1)], (20, 30), (20, 30)) is None
+    assert spec((3, 3), (1, 1), (1, 1), [(0, 0), (1, 1)], (20, 30), (18, 30)) is None
+    assert spec((3, 3, 3), (1,) * 3, (1,) * 3, [(1, 1)] * 3, (4, 5, 6), (4, 5, 6)) is None
+    assert spec((7, 7), (1, 1), (1, 1), [(3, 3), (3, 3)], (20, 30), (20, 30)) is None
+    assert spec((3, 3), (1, 1), (1, 1), [(1, 1), (1, 1)], (65, 64), (65, 64)) is None

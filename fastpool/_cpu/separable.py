@@ -325,3 +325,95 @@ def make_global(kind, parallel):
                 out[q] = to_storage(divide(s, n), marker)
     from .._runtime import jit
     return jit(kernel, parallel=parallel, fastmath=False if MAX else {"reassoc", "contract"})
+
+
+def make_flat(kind, parallel, KH, KW):
+    """Max over stride-1 windows that keep the size (symmetric pads ``(K - 1) / 2``) on small
+    contiguous planes, as flat passes over each whole plane instead of short rows.
+
+    ``x``/``out`` are (planes, H * W).  The vertical pass writes ``R[i] = max over the window's
+    rows of x[i + (b - ph) * W]`` for every cell of the interior rows in one loop (the clipped
+    top and bottom rows row by row, still unit-stride); the horizontal pass writes ``out[i] =
+    max over c of R[i + c - pw]`` in one loop over the plane, right everywhere but in the
+    ``KW - 1`` edge columns of each row (their windows would wrap into the next row), which are
+    redone as running maxima from each row's ends.  On planes of up to 64 x 64 cells short
+    rows otherwise leave most of the work to the scalar remainders of the compiler's 32-wide
+    vector loops (a 40-wide row: 8 of 40 columns; 14-wide: all).
+    """
+    assert kind == "max"
+    PAR = parallel
+    PW = (KW - 1) // 2  # the pads: symmetric
+
+    def kernel(x, out, H, W, ph, pw, init, marker):
+        P = x.shape[0]
+        blk = max(1, P // TASKS) if PAR else max(P, 1)
+        ntask = (P + blk - 1) // blk
+        for t in prange(ntask):
+            Hc = max(H, 0)
+            Wc = max(W, 0)
+            S = Hc * Wc
+            pt = min(max(ph, 0), Hc)
+            pb = max(min(Hc - (KH - 1 - ph), Hc), pt)
+            pl = max(pw, 0)
+            pr = max(KW - 1 - pw, 0)
+            R = np.full(max(S, 1), init)
+            for q in range(t * blk, min(P, (t + 1) * blk)):
+                xq = x[max(q, 0)]
+                oq = out[max(q, 0)]
+                x0 = max((pt - ph) * Wc, 0)
+                r0 = pt * Wc
+                for j in range((pb - pt) * Wc):
+                    m = load(xq[x0 + j], marker)
+                    for b in range(1, KH):
+                        v = load(xq[x0 + j + b * Wc], marker)
+                        m = v if ((v > m) | (v != v)) else m
+                    R[r0 + j] = m
+                for seg in range(2):
+                    for y in range(0 if seg == 0 else pb, pt if seg == 0 else Hc):
+                        rb = y * Wc
+                        for w in range(Wc):
+                            R[rb + w] = init
+                        for b in range(max(ph - y, 0), min(KH, Hc - y + ph)):
+                            xb = max((y - ph + b) * Wc, 0)
+                            for w in range(Wc):
+                                v = load(xq[xb + w], marker)
+                                m = R[rb + w]
+                                R[rb + w] = v if ((v > m) | (v != v)) else m
+                for j in range(S - pr - pl):
+                    m = R[j]
+                    for c in range(1, KW):
+                        v = R[j + c]
+                        m = v if ((v > m) | (v != v)) else m
+                    oq[pl + j] = to_storage(m, marker)
+                if Wc > KW:  # the edge columns: running max from each row's ends (unrolled)
+                    for y in range(Hc):
+                        rb = y * Wc
+                        m = R[rb]
+                        for c in range(1, PW + 1):
+                            v = R[rb + c]
+                            m = v if ((v > m) | (v != v)) else m
+                        for ow in range(PW):
+                            v = R[rb + ow + PW]
+                            m = v if ((v > m) | (v != v)) else m
+                            oq[rb + ow] = to_storage(m, marker)
+                        re = rb + Wc - 1
+                        m = R[re]
+                        for c in range(1, PW + 1):
+                            v = R[re - c]
+                            m = v if ((v > m) | (v != v)) else m
+                        for ow in range(PW):
+                            v = R[re - ow - PW]
+                            m = v if ((v > m) | (v != v)) else m
+                            oq[re - ow] = to_storage(m, marker)
+                else:
+                    for y in range(Hc):
+                        for ow in range(Wc):
+                            if ow >= pl and ow < Wc - pr:
+                                continue
+                            m = init
+                            for c in range(max(pl - ow, 0), min(KW, Wc - ow + pl)):
+                                v = R[max(y * Wc + ow - pl + c, 0)]
+                                m = v if ((v > m) | (v != v)) else m
+                            oq[max(y * Wc + ow, 0)] = to_storage(m, marker)
+    from .._runtime import jit
+    return jit(kernel, parallel=parallel)
