@@ -158,12 +158,10 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
         s3 = lay.canon(lay.spatial)
         inv, ilist = _inverse(tab, dil, s3)
         rows = lay.n * s3[0] * s3[1]
-    if lay.mem == CF:
-        # channels-first without indices: the forward argmax kernel's scan, in backward mode
-        sep = None if wspec is None else (k3, wspec[1], wspec[2], wspec[3])
-        consts, lo, hi, pw = _f._sep_args(sep, lay.spatial[-1], osp[-1], par_rec)
-    else:
-        consts, lo, hi, pw = (0, 0), 0, 0, 0
+    # without indices, hot windows as constants: channels-first runs the forward argmax
+    # kernel's scan in backward mode, channels-last the recompute kernel (KD, KH, KW)
+    sep = None if wspec is None else (k3, wspec[1], wspec[2], wspec[3])
+    consts, lo, hi, pw = _f._sep_args(sep, lay.spatial[-1], osp[-1], par_rec)
     pos = _POS32 if cells < 2 ** 31 else _POS64
 
     def scatter(gm, im, res):
@@ -196,7 +194,8 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
                     kern(_bits(a).reshape(xshape), _bits(gm).reshape(oshape),
                          _bits(res).reshape(xshape), tab, dil, lo, hi, pw, init, acc, marker)
                 return lay.user_view(res)
-            kern = _dispatch.kernel("max_backward_recompute", "cpu", lay.mem, par_rec)
+            kern = _dispatch.kernel("max_backward_recompute", "cpu", lay.mem, par_rec,
+                                    *consts[:3])
             with launch_lock():
                 kern(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
                      _bits(res).reshape(xshape), tab, dil, lo, hi, pw, pos,

@@ -470,6 +470,39 @@ def test_channels_first_average_backward_geometries():
         close(got, ref, np.float64, what=f"adaptive {sp} -> {osz}")
 
 
+def test_channels_last_max_backward_without_indices_geometries():
+    """The channels-last max backward without indices sums into a ring of input rows written
+    out as the windows move on (1-d and 2-d), or a whole plane (3-d): gaps (stride > kernel),
+    dilation, asymmetric and "same" pads, ceil mode, a depth of one read by two output depths,
+    hot windows compiled as constants, against the oracle (many ties, so the first-max rule
+    matters)."""
+    rng = np.random.default_rng(777)
+    configs = [((3, 3), (2, 2), (1, 1), [(1, 1), (1, 1)], False, (9, 11)),
+               ((2, 2), (2, 2), (1, 1), [(0, 0), (0, 0)], True, (7, 5)),
+               ((3, 3), (1, 1), (1, 1), [(1, 1), (1, 1)], False, (6, 8)),
+               ((2, 3), (3, 4), (1, 1), [(0, 0), (0, 0)], False, (10, 13)),
+               ((3, 2), (1, 2), (2, 1), [(2, 0), (1, 1)], True, (9, 8)),
+               ((3,), (2,), (1,), [(1, 1)], False, (15,)),
+               ((2, 2, 2), (1, 1, 1), (1, 1, 1), [(1, 1), (0, 0), (1, 1)], False, (1, 5, 6)),
+               ((2, 2, 2), (2, 2, 2), (1, 1, 1), [(0, 0)] * 3, False, (4, 6, 5))]
+    for case in range(24):
+        k, s, d, pads, ceil_mode, sp = configs[case % len(configs)]
+        if case >= len(configs):
+            k, s, d, pads, padding, ceil_mode, sp = _onnx_config(rng, 1 + case % 2)
+        else:
+            padding = tuple(pads)
+        nd = len(k)
+        x = rng.integers(-2, 3, size=(2, 5) + tuple(sp)).astype(np.float64)  # ties
+        y, _ = R.ref_max_pool(x, k, s, pads, d, ceil_mode)
+        g = rng.standard_normal(y.shape)
+        ref = R.ref_max_pool_backward(g, x, k, s, pads, d, ceil_mode)
+        xl, _ = to_layout(x, "cl")
+        gl, _ = to_layout(g, "cl")
+        got = getattr(fastpool, f"max_pool{nd}d_backward")(gl, xl, k, s, padding, d, ceil_mode,
+                                                           channels_last=True)
+        close(from_layout(got, "cl", x), ref, np.float64, what=f"{k} {s} {d} {pads} {sp}")
+
+
 def test_float16_accumulates_in_float32():
     """Many overlapping windows add into one cell: the sum is kept in float32 and rounded to
     float16 once (a float16 running sum would drift)."""

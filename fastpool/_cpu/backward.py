@@ -177,12 +177,24 @@ def make_max_gather(layout, parallel):
     return jit(kernel, parallel=parallel)
 
 
-def make_max_recompute(layout, parallel):
+def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
     """Channels-last max backward without indices: each window's argmax recomputed per channel
     (the forward's scan: NaN wins, ties go to the first cell) and its gradient added, in output
-    order, to the task's scratch planes (one n, a block of channels).  (Channels-first runs
-    ``window.make_max_backward``, the forward argmax kernel's scan.)"""
+    order, to the task's scratch (one n, a block of channels).  (Channels-first runs
+    ``window.make_max_backward``, the forward argmax kernel's scan.)
+
+    Scratch: for 1-d and 2-d problems a ring of the input rows that windows still touch (row y
+    in slot y % RB, RB rows of W * wb cells, about the rows one window spans), each row written
+    out and zeroed as soon as no later window touches it, so the scratch stays in cache; for
+    3-d problems the whole plane, written out at the end.
+
+    ``KD, KH, KW`` (0: none): a hot window compiled as constants; its full windows keep each
+    channel's running (max, tap number) in registers over the unrolled taps, one vectorised
+    loop over the channels, instead of updating scratch vectors tap by tap.  The input is
+    indexed directly (a view per tap costs two atomic reference-count updates)."""
     assert layout == CL
+    SPEC = KW > 0
+    KT = KD * KH * KW
 
     def kernel(g, x, gin, tab, dil, lo, hi, pw, ptype, blk, init, zero, marker):
         N = g.shape[0]
@@ -193,48 +205,109 @@ def make_max_recompute(layout, parallel):
         D = x.shape[1]
         H = x.shape[2]
         W = x.shape[3]
-        S = D * H * W
         dd = dil[0]
         dh = dil[1]
         dw = dil[2]
+        ring = D == 1 and OD == 1  # (a 3-d window over one depth row may repeat it)
+        # ring: before output row oh, the rows below mh[oh] (the lowest first row of any window
+        # from oh on: with dilation and padding first rows need not increase) are finished;
+        # the rows held at once, [mh[oh], the last row touched so far], fit RB slots
+        mh = np.full(OH + 1, H)
+        for oh in range(OH - 1, -1, -1):
+            mh[oh] = min(mh[oh + 1], tab[1, 0, oh] if tab[1, 1, oh] > 0 else H)
+        RB = 1
+        ml = -1
+        for oh in range(OH):
+            if tab[1, 1, oh] > 0:
+                ml = max(ml, tab[1, 0, oh] + (tab[1, 1, oh] - 1) * dh)
+            RB = max(RB, ml - mh[oh] + 1)
+        RB = RB if ring else D * H  # scratch rows
         nb = (C + blk - 1) // blk
         for t in prange(N * nb):
             n = t // nb
             c0 = (t - n * nb) * blk
             wb = min(C, c0 + blk) - c0
-            buf = np.full(S * wb, zero)
+            RW = W * wb
+            buf = np.full(RB * RW, zero)
             mv = np.full(wb, init)
             mi = np.zeros(wb, ptype.dtype)
-            for od in range(OD):
+            tap = np.zeros(wb if SPEC else 1, np.int32)  # full windows: each channel's argmax tap
+            rs = np.zeros(max(KT, 1), np.int64)  # full windows: scratch row of each (a, b)
+            nf = 0  # ring: rows below nf are written out
+            for r in range(OD * OH + 1):
+                od = r // OH
+                oh = r - od * OH
+                # ring: the rows no later window touches are finished (all of them at the end)
+                upto = H if r == OD * OH else mh[oh]
+                if ring:
+                    for y in range(nf, upto):
+                        sb = (y % RB) * RW
+                        for w in range(W):
+                            for c in range(wb):
+                                gin[n, 0, y, w, U(c0 + c)] = to_storage(buf[U(sb + w * wb + c)],
+                                                                        marker)
+                                buf[U(sb + w * wb + c)] = zero
+                    nf = max(nf, upto)
+                if r == OD * OH:
+                    break
                 d0 = tab[0, 0, od]
                 nd = tab[0, 1, od]
-                for oh in range(OH):
-                    h0 = tab[1, 0, oh]
-                    nh = tab[1, 1, oh]
-                    for ow in range(OW):
-                        w0 = tab[2, 0, ow]
-                        nw = tab[2, 1, ow]
-                        first = (d0 * H + h0) * W + w0
+                h0 = tab[1, 0, oh]
+                nh = tab[1, 1, oh]
+                full_rows = SPEC and nd == KD and nh == KH
+                if full_rows:
+                    for a in range(KD):
+                        for b in range(KH):
+                            y = h0 + b * dh
+                            rs[a * KH + b] = y % RB if ring else (d0 + a * dd) * H + y
+                for ow in range(OW):
+                    w0 = tab[2, 0, ow]
+                    nw = tab[2, 1, ow]
+                    if full_rows and nw == KW:
                         for c in range(wb):
-                            mv[c] = init
-                            mi[c] = first
-                        for a in range(nd):
-                            z = d0 + a * dd
-                            for b in range(nh):
-                                y = h0 + b * dh
-                                for k in range(nw):
-                                    w = w0 + k * dw
-                                    pos = (z * H + y) * W + w
-                                    xr = x[n, U(z), U(y), U(w)]
-                                    for c in range(wb):
-                                        v = load(xr[U(c0 + c)], marker)
-                                        m = mv[c]
-                                        take = (v > m) | (v != v)
-                                        mv[c] = v if take else m
-                                        mi[c] = pos if take else mi[c]
+                            m = load(x[n, U(d0), U(h0), U(w0), U(c0 + c)], marker)
+                            ti = np.int32(0)
+                            for i in range(1, KT):
+                                a = i // (KH * KW)
+                                b = (i // KW) % KH
+                                k = i % KW
+                                v = load(x[n, U(d0 + a * dd), U(h0 + b * dh), U(w0 + k * dw),
+                                           U(c0 + c)], marker)
+                                take = (v > m) | (v != v)
+                                m = v if take else m
+                                ti = np.int32(i) if take else ti
+                            tap[c] = ti
                         for c in range(wb):
-                            buf[U(mi[c] * wb + c)] += load(g[n, od, oh, ow, U(c0 + c)],
-                                                           marker)
+                            i = tap[c]
+                            k = i % KW
+                            sl = rs[i // KW] * RW + (w0 + k * dw) * wb
+                            buf[U(sl + c)] += load(g[n, od, oh, ow, U(c0 + c)], marker)
+                        continue
+                    first = (d0 * H + h0) * W + w0
+                    for c in range(wb):
+                        mv[c] = init
+                        mi[c] = first
+                    for a in range(nd):
+                        z = d0 + a * dd
+                        for b in range(nh):
+                            y = h0 + b * dh
+                            for k in range(nw):
+                                w = w0 + k * dw
+                                pos = (z * H + y) * W + w
+                                for c in range(wb):
+                                    v = load(x[n, U(z), U(y), U(w), U(c0 + c)], marker)
+                                    m = mv[c]
+                                    take = (v > m) | (v != v)
+                                    mv[c] = v if take else m
+                                    mi[c] = pos if take else mi[c]
+                    for c in range(wb):
+                        pos = mi[c]
+                        if ring:  # (one plane row per input row)
+                            y = pos // W
+                            pos = (y % RB) * W + pos - y * W
+                        buf[U(pos * wb + c)] += load(g[n, od, oh, ow, U(c0 + c)], marker)
+            if ring:
+                continue
             j = 0
             for z in range(D):
                 for y in range(H):
