@@ -437,10 +437,11 @@ def test_deterministic_across_thread_counts():
 # float16: accumulated in float32, rounded once
 # ---------------------------------------------------------------------------------------------
 
-def test_channels_first_average_backward_geometries():
+def test_average_backward_geometries():
     """The channels-first average/adaptive backward builds each row of window sums from shares
-    stuffed into zero rows: gaps (stride > kernel), asymmetric and "same" pads, dilation, ceil
-    mode and every divisor rule, in 1, 2 and 3 dims, against the oracle."""
+    stuffed into zero rows, and both layouts write input rows with one or two covering windows
+    at once: gaps (stride > kernel), asymmetric and "same" pads, dilation, ceil mode and every
+    divisor rule, in 1, 2 and 3 dims, against the oracle."""
     rng = np.random.default_rng(4242)
     for case in range(40):
         nd = 1 + case % 3
@@ -456,9 +457,14 @@ def test_channels_first_average_backward_geometries():
         y = R.ref_avg_pool(x, k, s, pads, ceil_mode, incl, dov, d)
         g = rng.standard_normal(y.shape)
         ref = R.ref_avg_pool_backward(g, x, k, s, pads, ceil_mode, incl, dov, d)
-        got = getattr(fastpool, f"avg_pool{nd}d_backward")(g, x, k, s, padding, ceil_mode, incl,
-                                                           dov, dilation=d)
-        close(got, ref, np.float64, what=f"{k} {s} {d} {padding} {ceil_mode} {incl} {dov}")
+        for layout in ("cf", "cl"):  # (channels-last: rows with one or two covering windows
+            xl, cl = to_layout(x, layout)  # are written at once too)
+            gl, _ = to_layout(g, layout)
+            got = getattr(fastpool, f"avg_pool{nd}d_backward")(gl, xl, k, s, padding, ceil_mode,
+                                                               incl, dov, dilation=d,
+                                                               channels_last=cl)
+            close(from_layout(got, layout, x), ref, np.float64,
+                  what=f"{layout} {k} {s} {d} {padding} {ceil_mode} {incl} {dov}")
     for case in range(12):
         nd = 1 + case % 3
         sp = tuple(int(v) for v in rng.integers(1, 12, nd))

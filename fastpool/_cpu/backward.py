@@ -135,8 +135,6 @@ def make_max_gather(layout, parallel):
 
     def kernel(g, idx, gin, inv, ilist, matches, blk, zero, marker):
         N = g.shape[0]
-        OH = g.shape[2]
-        OW = g.shape[3]
         C = g.shape[4]
         D = gin.shape[1]
         H = gin.shape[2]
@@ -608,6 +606,22 @@ def make_sum_backward(layout, parallel, power):
                     for y in range(H):
                         ys = inv[1, 0, y]
                         yn = inv[1, 1, y]
+                        if not POWER and zn * yn <= 2:
+                            # one or two covering rows (the common case): written at once
+                            b1 = (ilist[0, U(zs)] * OH + ilist[1, U(ys)]) * RW if zn * yn else 0
+                            b2 = (ilist[0, U(zs + (1 if zn == 2 else 0))] * OH +
+                                  ilist[1, U(ys + (1 if yn == 2 else 0))]) * RW if zn * yn else 0
+                            for w in range(W):
+                                for c in range(wb):
+                                    i = w * wb + c
+                                    if zn * yn == 0:
+                                        v = zero
+                                    elif zn * yn == 1:
+                                        v = zero + T[U(b1 + i)]
+                                    else:
+                                        v = (zero + T[U(b1 + i)]) + T[U(b2 + i)]
+                                    gin[n, z, y, w, U(c0 + c)] = to_storage(v, marker)
+                            continue
                         for i in range(RW):
                             acc[i] = zero
                         for i in range(zn):
