@@ -178,15 +178,16 @@ def test_padded_edge_columns_against_reference(case, dtype, all_hot_serial):
 # (separable.make_flat): the vertical pass over the interior rows and the horizontal one over
 # the whole plane are single loops, the clipped top/bottom rows and the edge columns (whose flat
 # windows would wrap into the neighbouring rows) are redone.  Planes from 1 x 1 to 64 x 64.
-FLAT = [(2, 3, (7, 9), np.float32), (2, 5, (40, 40), np.float32), (2, 3, (1, 1), np.float16),
-        (2, 5, (3, 2), np.float64), (2, 5, (6, 5), np.uint8), (2, 3, (64, 64), np.float32),
-        (2, 5, (2, 13), np.float32), (2, 3, (13, 2), np.int64), (1, 3, (37,), np.float32),
-        (1, 5, (4,), np.float32), (1, 5, (6,), np.uint8), (2, 5, (17, 23), np.float64),
-        (2, 3, (31, 8), np.float16), (2, 5, (11, 6), np.int64)]
+FLAT_S1 = [(2, 3, (7, 9), np.float32), (2, 5, (40, 40), np.float32),
+           (2, 3, (1, 1), np.float16), (2, 5, (3, 2), np.float64), (2, 5, (6, 5), np.uint8),
+           (2, 3, (64, 64), np.float32),
+           (2, 5, (2, 13), np.float32), (2, 3, (13, 2), np.int64), (1, 3, (37,), np.float32),
+           (1, 5, (4,), np.float32), (1, 5, (6,), np.uint8), (2, 5, (17, 23), np.float64),
+           (2, 3, (31, 8), np.float16), (2, 5, (11, 6), np.int64)]
 
 
-@pytest.mark.parametrize("case", FLAT, ids=[f"{c[0]}d-k{c[1]}-{'x'.join(map(str, c[2]))}-"
-                                            f"{np.dtype(c[3]).name}" for c in FLAT])
+@pytest.mark.parametrize("case", FLAT_S1, ids=[f"{c[0]}d-k{c[1]}-{'x'.join(map(str, c[2]))}-"
+                                            f"{np.dtype(c[3]).name}" for c in FLAT_S1])
 def test_flat_stride1_max_against_reference(case, monkeypatch):
     from reference import ref_max_pool
     rank, k, sp, dtype = case
@@ -232,3 +233,38 @@ def test_flat_kernels_only_for_their_geometry():
     assert spec((3, 3, 3), (1,) * 3, (1,) * 3, [(1, 1)] * 3, (4, 5, 6), (4, 5, 6)) is None
     assert spec((7, 7), (1, 1), (1, 1), [(3, 3), (3, 3)], (20, 30), (20, 30)) is None
     assert spec((3, 3), (1, 1), (1, 1), [(1, 1), (1, 1)], (65, 64), (65, 64)) is None
+
+
+# Non-overlapping windows (k2 s2, 1-d and 2-d) on rows too long for the flat groups: a row whose
+# every column is interior reduces its cells straight from the input (row-major taps); rows cut
+# by the padding along H, and ceil-mode partial columns, take the scratch-row passes.
+FUSED = [((2, 2), ((0, 0), (0, 0)), False, (2, 3, 9, 64), np.float32),
+         ((2, 2), ((1, 1), (0, 0)), False, (2, 3, 11, 101), np.float64),
+         ((2, 2), ((1, 0), (0, 0)), True, (1, 4, 8, 77), np.float16),
+         ((2, 2), ((0, 0), (0, 0)), False, (2, 2, 6, 130), np.uint8),
+         ((2,), ((0, 0),), False, (2, 5, 99), np.int64)]
+
+
+@pytest.mark.parametrize("case", FUSED, ids=[f"f{i}" for i in range(len(FUSED))])
+def test_fused_nonoverlapping_rows_against_reference(case, all_hot_serial):
+    from reference import ref_avg_pool, ref_max_pool
+    k, pads, ceil, shape, dtype = case
+    rng = np.random.default_rng(shape[-1])
+    if np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        x = rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype)
+    else:
+        x = _input(rng, shape, dtype)
+    pool = fastpool.max_pool1d if len(k) == 1 else fastpool.max_pool2d
+    apool = fastpool.avg_pool1d if len(k) == 1 else fastpool.avg_pool2d
+    padding = tuple(pads)  # (before, after) pairs
+    got = pool(x, k, k, padding, ceil_mode=ceil)
+    np.testing.assert_array_equal(got, ref_max_pool(x, k, k, list(pads), ceil_mode=ceil)[0])
+    if np.dtype(dtype).kind in "iu":
+        return
+    tol = 2e-3 if dtype == np.float16 else 1e-6
+    for incl in (True, False):
+        got = apool(x, k, k, padding, ceil_mode=ceil, count_include_pad=incl)
+        ref = ref_avg_pool(x, k, k, list(pads), ceil_mode=ceil, count_include_pad=incl)
+        np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=tol,
+                                   atol=tol)

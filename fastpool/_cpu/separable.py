@@ -57,6 +57,10 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
     # on both sides, so edge windows reduce their KW taps like interior ones, the missing taps
     # reading the neutral padding (an average then divides by the column's own tap count)
     PADT = SPEC and not CLAST
+    # non-overlapping 1-d/2-d windows along W (channels-first, specialised), rows too long for
+    # the flat groups: rows whose columns are all interior reduce straight from the input, in
+    # PyTorch's row-major tap order (k2s2: 9-24% faster; 3-d windows gained nothing)
+    FUSEK = SPEC and not CLAST and KW == SW and KD == 1
     # (the kernel may only close over constants: a jitted function in a closure cell changes
     # Numba's cache key in every process, so nothing would ever load from the cache)
 
@@ -95,6 +99,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
             # padded scratch row: tmp[PADL + w] holds column w
             PADL = max(pw, 0) if (PADT and not flat) else 0
             PADR = max((OW - 1) * SW - pw + KW - W, 0) if PADT else 0
+            # every column's window inside the row (none partial, none in the padding)
+            fused = FUSEK and not flat and lo == 0 and hi == OW
             if PADT and MAX and not flat:  # max: no divisor, every column is interior
                 lo = 0
                 hi = OW
@@ -144,6 +150,27 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                         gdiv = fdh
                     gb = max(rl * TS, 0)
                     rl += 1
+                if fused and nd == KD and nh == KH:
+                    # non-overlapping windows, every column interior: each output cell reduces
+                    # its KD * KH * KW input taps at once (row-major), no scratch row
+                    div = dov if divmode == 0 else fdh * KW
+                    for j in range(OW):
+                        w = j * SW
+                        m = load(x[q, d0, h0, w], marker)
+                        if not MAX:
+                            m = init + m
+                        for i in range(1, KD * KH * KW):
+                            a = i // (KH * KW)
+                            b = (i // KW) % KH
+                            c = i % KW
+                            v = load(x[q, d0 + a * dd, h0 + b * dh, w + c], marker)
+                            if MAX:
+                                m = v if ((v > m) | (v != v)) else m
+                            else:
+                                m += v
+                        out[q, od, oh, j] = to_storage(m, marker) if MAX else \
+                            _mean_or_root(m, div, POWER, knz, invz, p1, p2, marker)
+                    continue
                 # vertical pass: tmp[w] = reduce over the window's (z, y) rows
                 if nd == 0 or nh == 0:  # no input row (PyTorch-style padding and dilation)
                     for w in range(TW):
