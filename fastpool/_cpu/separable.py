@@ -150,27 +150,28 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                         gdiv = fdh
                     gb = max(rl * TS, 0)
                     rl += 1
-                if fused and nd == KD and nh == KH:
-                    # non-overlapping windows, every column interior: each output cell reduces
-                    # its KD * KH * KW input taps at once (row-major), no scratch row
-                    div = dov if divmode == 0 else fdh * KW
-                    for j in range(OW):
-                        w = j * SW
-                        m = load(x[q, d0, h0, w], marker)
-                        if not MAX:
-                            m = init + m
-                        for i in range(1, KD * KH * KW):
-                            a = i // (KH * KW)
-                            b = (i // KW) % KH
-                            c = i % KW
-                            v = load(x[q, d0 + a * dd, h0 + b * dh, w + c], marker)
-                            if MAX:
-                                m = v if ((v > m) | (v != v)) else m
-                            else:
-                                m += v
-                        out[q, od, oh, j] = to_storage(m, marker) if MAX else \
-                            _mean_or_root(m, div, POWER, knz, invz, p1, p2, marker)
-                    continue
+                if FUSEK:  # (pruned at compile time elsewhere)
+                    if fused and nd == KD and nh == KH:
+                        # non-overlapping windows, every column interior: each output cell reduces
+                        # its KD * KH * KW input taps at once (row-major), no scratch row
+                        div = dov if divmode == 0 else fdh * KW
+                        for j in range(OW):
+                            w = j * SW
+                            m = load(x[q, d0, h0, w], marker)
+                            if not MAX:
+                                m = init + m
+                            for i in range(1, KD * KH * KW):
+                                a = i // (KH * KW)
+                                b = (i // KW) % KH
+                                c = i % KW
+                                v = load(x[q, d0 + a * dd, h0 + b * dh, w + c], marker)
+                                if MAX:
+                                    m = v if ((v > m) | (v != v)) else m
+                                else:
+                                    m += v
+                            out[q, od, oh, j] = to_storage(m, marker) if MAX else \
+                                _mean_or_root(m, div, POWER, knz, invz, p1, p2, marker)
+                        continue
                 # vertical pass: tmp[w] = reduce over the window's (z, y) rows
                 if nd == 0 or nh == 0:  # no input row (PyTorch-style padding and dilation)
                     for w in range(TW):
