@@ -70,7 +70,8 @@ def make_max_scatter(layout, parallel, direct=False):
             OS = g.shape[1]
             S = gin.shape[1]
             for t in prange((P + blk - 1) // blk):
-                buf = np.full(1 if DIRECT else S, zero)  # (zeroed again after each plane)
+                if not DIRECT:
+                    buf = np.full(S, zero)  # (zeroed again after each plane)
                 for p in range(t * blk, min(P, (t + 1) * blk)):
                     if DIRECT:
                         for j in range(S):
@@ -372,27 +373,27 @@ def make_sum_backward(layout, parallel, power):
             # windows whose first tap lies past the row cover no cell (none in practice: the
             # geometry checks reject windows without an input tap)
             OWs = min(OW, (W + PWu + SWu - 1) // SWu)
+            # the divisors as floats, converted once per call (int-to-float conversions
+            # and divisions by them do not vectorise): per output cell (rules 1 and 2),
+            # or the W extents (rule 3)
+            dv = np.full(NR * OW if divmode in (1, 2) else OW, one)
+            if not POWER and divmode != 0:
+                for od in range(OD):
+                    for oh in range(OH):
+                        for ow in range(OW):
+                            if divmode == 1:
+                                n = tab[0, 2, od] * tab[1, 2, oh] * tab[2, 2, ow]
+                            elif divmode == 2:
+                                n = tab[0, 1, od] * tab[1, 1, oh] * tab[2, 1, ow]
+                            else:
+                                n = tab[2, 1, ow]
+                            dv[U((od * OH + oh) * OW + ow if divmode != 3 else ow)] = \
+                                as_acc(zero, n)
             for t in prange((P + blk - 1) // blk):
                 T = np.full(NR * RS, zero)
                 E = np.full(NR * RS + RS if KWu > 0 else 1, zero)  # zero apart from the shares
                 acc = np.full(W, zero)
                 sh = np.full(OW, zero)
-                # the divisors as floats, converted once per task (int-to-float conversions
-                # and divisions by them do not vectorise): per output cell (rules 1 and 2),
-                # or the W extents (rule 3)
-                dv = np.full(NR * OW if divmode in (1, 2) else OW, one)
-                if not POWER and divmode != 0:
-                    for od in range(OD):
-                        for oh in range(OH):
-                            for ow in range(OW):
-                                if divmode == 1:
-                                    n = tab[0, 2, od] * tab[1, 2, oh] * tab[2, 2, ow]
-                                elif divmode == 2:
-                                    n = tab[0, 1, od] * tab[1, 1, oh] * tab[2, 1, ow]
-                                else:
-                                    n = tab[2, 1, ow]
-                                dv[U((od * OH + oh) * OW + ow if divmode != 3 else ow)] = \
-                                    as_acc(zero, n)
                 for q in range(t * blk, min(P, (t + 1) * blk)):
                     for od in range(OD):
                         d0 = tab[0, 0, od]

@@ -150,8 +150,9 @@ def make_max(layout, parallel, KD, KH, KW, SW, backward=False):
             else:
                 ti = np.zeros(W, idx.dtype)
             # backward: a row's argmax positions, and the owned gradient plane being summed
-            cp = np.zeros(OW if BWD else 1, np.int64)
-            buf = np.full(S if BWD else 1, zero)  # (zero again after each plane)
+            if BWD:
+                cp = np.zeros(OW, np.int64)
+                buf = np.full(S, zero)  # (zero again after each plane)
             tr = np.zeros(W, np.int32)  # position of tv[w] relative to base0 (specialised rows)
             sv = tv[xb:]  # interior windows' columns (views made once per task, not per row)
             si = tr[xb:]
