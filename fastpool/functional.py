@@ -379,7 +379,8 @@ def _zero(dtype):
 
 
 def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, dov=1, p=1.0,
-                 knumel=1, return_indices=False, index_dtype=np.int64, flat=None):
+                 knumel=1, return_indices=False, index_dtype=np.int64, flat=None,
+                 adaptive=None):
     """Choose the kernel for a windowed op and return ``run(x, out)``.
 
     kind: "max", "avg" or "lp".  Channels-first without indices runs the separable kernels
@@ -405,6 +406,15 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
         kern = _dispatch.kernel("flat", "cpu", kind, parallel, KH, KW)
         xshape = oshape = (lay.n * lay.c, H * W)
         args = (H, W, ph, pw, init, marker)
+    elif adaptive is not None and not return_indices and lay.mem == CF and \
+            x.flags.c_contiguous:
+        # adaptive windows of two sizes per axis on contiguous 1-d/2-d planes (separable.py)
+        KH, KW = adaptive
+        H, W = lay.canon(lay.spatial)[1:]
+        OH, OW = lay.canon(osp)[1:]
+        kern = _dispatch.kernel("adaptive", "cpu", kind, parallel, KH, KW)
+        xshape, oshape = (lay.n * lay.c, H * W), (lay.n * lay.c, OH * OW)
+        args = (tab, H, W, OH, OW, init, marker)
     elif not return_indices:
         if lay.mem == CF and kind != "lp" and \
                 _is_global(tab, lay.spatial, osp, divmode if kind == "avg" else 2):
@@ -582,6 +592,28 @@ def _adaptive_params(op, rank, spatial, output_size, plane_bytes=1):
     return osz, stack_tables(tabs) if all(osz) else None, taps
 
 
+# widest windows (rows and columns) the two-size adaptive kernels take: their horizontal pass
+# reduces every KW-wide run of a row, which pays only while runs are short
+_ADAPTIVE_MAX_K = 8
+
+
+def _adaptive_spec(rank, tab, osz):
+    """(KH, KW) of the two-size adaptive kernels, or None: 1-d/2-d windows whose sizes along
+    each axis are K or K + 1 with K at most _ADAPTIVE_MAX_K.  (The plan also needs a
+    C-contiguous channels-first input.)"""
+    if tab is None or rank > 2 or all(v == 1 for v in osz):  # (one window: the global kernels)
+        return None
+    osz = (1,) * (3 - rank) + tuple(osz)
+    spec = []
+    for ax in (1, 2):
+        n = tab[ax, 1, :osz[ax]]
+        k = int(n.min())
+        if int(n.max()) > k + 1 or k > _ADAPTIVE_MAX_K:
+            return None
+        spec.append(k)
+    return tuple(spec)
+
+
 _UNIT_DIL = np.ones(3, dtype=np.int64)
 
 
@@ -591,7 +623,8 @@ def _build_adaptive_max(x, op, rank, params):
     osz, tab, taps = _adaptive_params(op, rank, lay.spatial, output_size,
                                       lay.n * lay.c * x.dtype.itemsize)
     return _window_plan(op, "max", x, lay, osz, tab, _UNIT_DIL, taps,
-                        return_indices=bool(return_indices), index_dtype=index_dtype)
+                        return_indices=bool(return_indices), index_dtype=index_dtype,
+                        adaptive=_adaptive_spec(rank, tab, osz))
 
 
 def _build_adaptive_avg(x, op, rank, params):
@@ -599,7 +632,8 @@ def _build_adaptive_avg(x, op, rank, params):
     lay = _layout(op, x, rank, bool(channels_last), AVG_DTYPES)
     osz, tab, taps = _adaptive_params(op, rank, lay.spatial, output_size,
                                       lay.n * lay.c * x.dtype.itemsize)
-    return _window_plan(op, "avg", x, lay, osz, tab, _UNIT_DIL, taps, divmode=2)
+    return _window_plan(op, "avg", x, lay, osz, tab, _UNIT_DIL, taps, divmode=2,
+                        adaptive=_adaptive_spec(rank, tab, osz))
 
 
 _ADAPTIVE_MAX_OPS = _ops("adaptive_max_pool")

@@ -268,3 +268,78 @@ def test_fused_nonoverlapping_rows_against_reference(case, all_hot_serial):
         ref = ref_avg_pool(x, k, k, list(pads), ceil_mode=ceil, count_include_pad=incl)
         np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=tol,
                                    atol=tol)
+
+
+# Adaptive windows of two sizes per axis (K or K + 1, K <= 8) on contiguous 1-d/2-d planes run
+# the two-size kernels: row sums/maxima over whole padded rows, every K-wide run of them, then a
+# pick per cell.  Sizes that do and do not divide, up- and downsampling, all dtypes.
+ADAPTIVE = [((30, 30), (7, 7), np.float32, True), ((9, 40), (5, 9), np.float16, False),
+            ((17, 6), (17, 12), np.float64, False), ((8, 31), (3, 31), np.uint8, False),
+            ((61,), (9,), np.float32, False), ((14, 14), (6, 6), np.int64, False)]
+
+
+@pytest.mark.parametrize("case", ADAPTIVE, ids=[f"{'x'.join(map(str, c[0]))}-"
+                                               f"{'x'.join(map(str, c[1]))}-"
+                                               f"{np.dtype(c[2]).name}" for c in ADAPTIVE])
+def test_adaptive_two_size_kernels_against_reference(case, monkeypatch):
+    from reference import ref_adaptive_avg_pool, ref_adaptive_max_pool
+    sp, osz, dtype, parallel = case  # (the parallel kernels on one case: compiles are slow)
+    calls = []
+    real = fpf._dispatch.kernel
+    monkeypatch.setattr(fpf._dispatch, "kernel", lambda op, *a: calls.append((op, a[2])) or
+                        real(op, *a))
+    monkeypatch.setattr(fpf, "_PLANS", {})
+    if parallel:
+        monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0)
+    rng = np.random.default_rng(sum(sp) * 31 + sum(osz))
+    shape = (2, 3) + sp
+    if np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        lo, hi = (info.min, info.max) if info.bits <= 8 else (-10 ** 6, 10 ** 6)
+        x = rng.integers(lo, hi, size=shape, endpoint=True).astype(dtype)
+    else:
+        x = rng.standard_normal(shape).astype(dtype)
+        x[rng.random(shape) < 0.04] = np.nan
+        x[rng.random(shape) < 0.04] = -np.inf
+    rank = len(sp)
+    amax = getattr(fastpool, f"adaptive_max_pool{rank}d")
+    aavg = getattr(fastpool, f"adaptive_avg_pool{rank}d")
+    keep = x.copy()
+    np.testing.assert_array_equal(amax(x, osz), ref_adaptive_max_pool(x, osz)[0])
+    assert ("adaptive", parallel) in calls
+    calls.clear()
+    got = aavg(x, osz)
+    assert ("adaptive", parallel) in calls
+    want = ref_adaptive_avg_pool(x, osz)
+    if np.dtype(dtype).kind in "iu":
+        np.testing.assert_array_equal(got, want)
+    else:
+        tol = 2e-3 if dtype == np.float16 else 1e-5
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=tol,
+                                   atol=tol)
+        # against PyTorch as well (float64 there, so only the tolerance separates them)
+        ref = getattr(F, f"adaptive_avg_pool{rank}d")(torch.from_numpy(x.astype(np.float64)),
+                                                      osz).numpy()
+        np.testing.assert_allclose(got.astype(np.float64), ref, rtol=tol, atol=tol)
+    np.testing.assert_array_equal(x, keep)
+    # out= and a strided view (not a contiguous plane: the row-wise kernels) give the same
+    out = np.full_like(got, 3)
+    assert aavg(x, osz, out=out) is out
+    np.testing.assert_array_equal(out, got)
+    xs = np.repeat(x, 2, axis=-1)[..., ::2]
+    calls.clear()
+    np.testing.assert_array_equal(amax(xs, osz), ref_adaptive_max_pool(x, osz)[0])
+    assert "adaptive" not in [c[0] for c in calls]
+
+
+def test_adaptive_two_size_kernels_only_for_their_windows():
+    def spec(sp, osz):
+        tab = fpf._adaptive_params("t", len(sp), sp, osz)[1]
+        return fpf._adaptive_spec(len(sp), tab, osz)
+    assert spec((30, 30), (7, 7)) == (5, 5)
+    assert spec((12,), (4,)) == (1, 3)
+    assert spec((16, 16), (5, 5)) == (4, 4)
+    assert spec((10, 20), (20, 40)) == (1, 1)  # upsampling: windows of 1 or 2 cells
+    assert spec((72, 72), (8, 8)) is None  # windows wider than 8
+    assert spec((30, 30), (1, 1)) is None  # one window: the global kernels
+    assert spec((4, 5, 6), (2, 2, 2)) is None  # 3-d

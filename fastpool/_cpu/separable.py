@@ -445,3 +445,103 @@ def make_flat(kind, parallel, KH, KW):
                             oq[max(y * Wc + ow, 0)] = to_storage(m, marker)
     from .._runtime import jit
     return jit(kernel, parallel=parallel)
+
+
+def make_adaptive(kind, parallel, KH, KW):
+    """Adaptive max/average pooling of contiguous channels-first 1-d/2-d planes whose windows
+    are KH or KH + 1 rows and KW or KW + 1 columns (every adaptive window is one of two sizes).
+
+    ``x``/``out`` are (planes, H * W) and (planes, OH * OW).  Per plane: the vertical pass
+    reduces each output row's KH (or KH + 1) input rows into ``T[oh * WP:]`` (WP = W rounded up
+    to 32, so that the compiler's 32-wide vector loop runs over the whole row: short rows,
+    such as 30-wide ones, would otherwise run in its scalar remainder; the extra columns read on
+    into the next rows when the array holds them, and are never used); one flat pass then
+    reduces every KW-wide run of ``T`` (a second one extends them to KW + 1 where some window
+    is that wide), and each output cell picks its window's run.  Every offset is clamped at 0
+    in the parallel body, so that no index needs negative-index handling.
+    """
+    MAX = kind == "max"
+    PAR = parallel
+
+    def kernel(x, out, tab, H, W, OH, OW, init, marker):
+        P = x.shape[0]
+        N = x.size
+        xf = x.reshape(N)
+        of = out.reshape(out.size)
+        Wc = max(W, 1)
+        WP = (Wc + 31) // 32 * 32
+        TL = max(OH, 1) * WP
+        # the output cells' runs (offsets into S, or S2 = S + TL) and divisors, for every plane
+        ncell = max(OH * OW, 1)
+        off = np.zeros(ncell, np.int64)
+        dv = np.ones(ncell, np.int64)
+        two = False
+        for oh in range(OH):
+            for ow in range(OW):
+                nw = tab[2, 1, ow]
+                off[oh * OW + ow] = oh * WP + tab[2, 0, ow] + (TL if nw > KW else 0)
+                dv[oh * OW + ow] = tab[1, 1, oh] * nw
+                two = two or nw > KW
+        blk = max(1, P // TASKS) if PAR else max(P, 1)
+        ntask = (P + blk - 1) // blk
+        for t in prange(ntask):
+            Wt = max(W, 1)
+            HW = max(H, 1) * Wt
+            T = np.full(TL + 32, init)
+            S = np.full(2 * TL + 32, init)
+            for q in range(t * blk, min(P, (t + 1) * blk)):
+                for oh in range(OH):
+                    nh = tab[1, 1, oh]
+                    xb = max(q * HW + tab[1, 0, oh] * Wt, 0)
+                    tb = max(oh * WP, 0)
+                    # the whole padded row when the array holds it, else the row itself
+                    n = WP if xb + (nh - 1) * Wt + WP <= N else Wt
+                    if nh == KH:
+                        for w in range(n):
+                            m = load(xf[xb + w], marker)
+                            if not MAX:
+                                m = init + m
+                            for b in range(1, KH):
+                                v = load(xf[max(xb + b * Wt, 0) + w], marker)
+                                if MAX:
+                                    m = v if ((v > m) | (v != v)) else m
+                                else:
+                                    m += v
+                            T[tb + w] = m
+                    else:  # KH + 1 rows
+                        for w in range(n):
+                            m = load(xf[xb + w], marker)
+                            if not MAX:
+                                m = init + m
+                            for b in range(1, KH + 1):
+                                v = load(xf[max(xb + b * Wt, 0) + w], marker)
+                                if MAX:
+                                    m = v if ((v > m) | (v != v)) else m
+                                else:
+                                    m += v
+                            T[tb + w] = m
+                # S[j]: the KW-wide run from T[j]; S2[j] = S[j] and T[j + KW]
+                for j in range(TL - KW + 1):
+                    m = T[j]
+                    for c in range(1, KW):
+                        v = T[j + c]
+                        if MAX:
+                            m = v if ((v > m) | (v != v)) else m
+                        else:
+                            m += v
+                    S[j] = m
+                if two:
+                    for j in range(TL - KW):
+                        m = S[j]
+                        v = T[j + KW]
+                        if MAX:
+                            S[TL + j] = v if ((v > m) | (v != v)) else m
+                        else:
+                            S[TL + j] = m + v
+                ob = max(q * OH * OW, 0)
+                for i in range(OH * OW):
+                    m = S[off[i]]
+                    of[ob + i] = to_storage(m, marker) if MAX else \
+                        to_storage(divide(m, dv[i]), marker)
+    from .._runtime import jit
+    return jit(kernel, parallel=parallel, fastmath=False if MAX else {"reassoc", "contract"})
