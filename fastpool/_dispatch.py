@@ -29,6 +29,7 @@ _FACTORIES = {
     ("max_backward_recompute", "cpu"): ("._cpu.backward", "make_max_recompute", ()),
     # channels-first max backward without indices: the forward's argmax scan (spec as "max")
     ("max_backward_scan", "cpu"): ("._cpu.window", "make_max_backward", ()),
+    ("adaptive_backward", "cpu"): ("._cpu.backward", "make_adaptive_backward", ()),
     ("global_backward", "cpu"): ("._cpu.backward", "make_global_backward", ()),
     ("avg_backward", "cpu"): ("._cpu.backward", "make_sum_backward", (False,)),
     ("lp_backward", "cpu"): ("._cpu.backward", "make_sum_backward", (True,)),

@@ -123,6 +123,17 @@ def _inverse_cached(key, shape, dil, spatial3):
     return inv, ilist
 
 
+def _covering(inv, ilist, dim, n, sentinel):
+    """(most covering windows, n): the k-th window covering each position of ``dim``, in
+    ascending order, or ``sentinel`` past the position's last one."""
+    cnt = inv[dim, 1, :n]
+    out = np.full((max(1, int(cnt.max()) if n else 1), n), sentinel, np.int64)
+    for k in range(out.shape[0]):
+        has = cnt > k
+        out[k, has] = ilist[dim, inv[dim, 0, :n][has] + k]
+    return out
+
+
 def _inverse(tab, dil, spatial3):
     """Per dim and input position, the windows covering it (ascending): ``inv`` (3, 2, maxn)
     holds (start, count) into ``ilist`` (3, maxlist)."""
@@ -300,6 +311,29 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
         kern = _dispatch.kernel("lp_backward" if power else "avg_backward", "cpu", lay.mem,
                                 _parallel(cells * lay.n * lay.c +
                                           gsize * taps * (2 if power else 1)))
+    # adaptive average, channels-first 1-d/2-d: rows of shares gathered per column and whole
+    # rows written at once (_cpu/backward.py, make_adaptive_backward)
+    adaptive = bool(gsize) and not fill and not power and divmode == 3 and lay.mem == CF and \
+        s3[0] == 1 and o3[0] == 1
+    if adaptive:
+        iw = _covering(inv, ilist, 2, s3[2], o3[2])
+        ih = _covering(inv, ilist, 1, s3[1], o3[1])
+        ch = np.ascontiguousarray(inv[1, 1, :s3[1]])
+        # per output cell, its divisors along H and W (padded: the kernel's share loop runs
+        # in whole 32-cell vectors)
+        ncell = o3[1] * o3[2]
+        dh = np.ones(ncell + 32, acc.dtype)
+        dw = np.ones(ncell + 32, acc.dtype)
+        dh[:ncell] = np.repeat(tab[1, 1, :o3[1]], o3[2])
+        dw[:ncell] = np.tile(tab[2, 1, :o3[2]], o3[1])
+        starts, sizes = tab[2, 0, :o3[2]], tab[2, 1, :o3[2]]
+        kmin = int(sizes.min())
+        # stuffed rows pay K + 1 passes: only for overlapping windows (a column covered by
+        # two or more), else one gather pass is cheaper
+        stuff = iw.shape[0] > 1 and kmin <= 8 and bool(np.all(np.diff(starts) > 0)) and \
+            int(sizes.max()) <= kmin + 1
+        kern = _dispatch.kernel("adaptive_backward", "cpu", CF,
+                                _parallel(cells * lay.n * lay.c + gsize * taps))
 
     def run(x, extra):
         gm = _grad_mem(op, extra[0], lay, osp, dtype)
@@ -311,6 +345,11 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
                 _row_block(lay.n * cells, lay.c)
             with launch_lock():
                 kern(_bits(gm).reshape(gflat), _bits(res).reshape(rflat), div, blk, acc, marker)
+        elif adaptive:
+            with launch_lock():
+                kern(_bits(gm).reshape(lay.n * lay.c, -1), _bits(res).reshape(lay.n * lay.c, -1),
+                     tab, iw, ih, ch, dh, dw, s3[1], s3[2], o3[1], o3[2], kmin, stuff,
+                     _plane_block(lay.n * lay.c, cells), acc, marker)
         else:
             blk = _plane_block(lay.n * lay.c, cells) if lay.mem == CF else \
                 _channel_block(lay.n, lay.c, o3[0] * o3[1] * s3[2], acc.itemsize)

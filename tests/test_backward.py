@@ -476,6 +476,54 @@ def test_average_backward_geometries():
         close(got, ref, np.float64, what=f"adaptive {sp} -> {osz}")
 
 
+# (spatial, output size, dtype, parallel): overlapping windows of two sizes (the stuffed rows),
+# non-overlapping ones and upsampling (the gathered rows; input rows under up to 4 windows)
+ADAPTIVE_BWD = [((30, 30), (7, 7), np.float32, True), ((13, 11), (4, 3), np.float64, False),
+                ((9, 40), (5, 9), np.float16, False), ((16, 24), (4, 6), np.float32, False),
+                ((5, 6), (17, 13), np.float64, False), ((61,), (9,), np.float32, False),
+                ((7,), (19,), np.float16, False), ((1, 33), (1, 8), np.float32, True)]
+
+
+@pytest.mark.parametrize("case", ADAPTIVE_BWD, ids=[f"a{i}" for i in range(len(ADAPTIVE_BWD))])
+def test_adaptive_average_backward_rows(case, monkeypatch):
+    """Channels-first 1-d/2-d adaptive average backward (make_adaptive_backward), against the
+    oracle and PyTorch's autograd, NaN and -0.0 gradients included; the same bits serial and
+    parallel, and as the channels-last kernel."""
+    from fastpool import backward as B
+    from fastpool import functional
+    sp, osz, dtype, parallel = case
+    calls = []
+    real = B._dispatch.kernel
+    monkeypatch.setattr(B._dispatch, "kernel", lambda op, *a: calls.append((op, a[2])) or
+                        real(op, *a))
+    monkeypatch.setattr(functional, "_PLANS", {})
+    rng = np.random.default_rng(sum(sp) + 7 * sum(osz))
+    x = rng.standard_normal((2, 3) + sp).astype(dtype)
+    g = rng.standard_normal((2, 3) + osz).astype(dtype)
+    g.reshape(-1)[5] = np.nan
+    g.reshape(-1)[-1] = -0.0
+    keep = g.copy()
+    nd = len(sp)
+    monkeypatch.setattr(B, "_parallel", lambda work: parallel)
+    got = getattr(fastpool, f"adaptive_avg_pool{nd}d_backward")(g, x, osz)
+    assert calls and calls[-1] == ("adaptive_backward", parallel)
+    np.testing.assert_array_equal(g, keep)
+    close(got, R.ref_adaptive_avg_pool_backward(g, x, osz), dtype, what=f"{sp} -> {osz}")
+    close(got, torch_grad(lambda t: getattr(F, f"adaptive_avg_pool{nd}d")(t, osz), x, g), dtype)
+    if parallel:  # the same bits from the serial kernel
+        functional._PLANS.clear()
+        monkeypatch.setattr(B, "_parallel", lambda work: False)
+        again = getattr(fastpool, f"adaptive_avg_pool{nd}d_backward")(g, x, osz)
+        assert calls[-1] == ("adaptive_backward", False)
+        assert again.tobytes() == got.tobytes()
+    # the channels-last kernel sums every cell's shares in the same order
+    gl, cl = to_layout(g, "cl")
+    xl, _ = to_layout(x, "cl")
+    rows = getattr(fastpool, f"adaptive_avg_pool{nd}d_backward")(gl, xl, osz, channels_last=cl)
+    assert calls[-1][0] == "avg_backward"
+    assert np.ascontiguousarray(from_layout(rows, "cl", x)).tobytes() == got.tobytes()
+
+
 def test_channels_last_max_backward_without_indices_geometries():
     """The channels-last max backward without indices sums into a ring of input rows written
     out as the windows move on (1-d and 2-d), or a whole plane (3-d): gaps (stride > kernel),
