@@ -711,7 +711,6 @@ def make_adaptive_backward(layout, parallel):
         WP = (Wc + 31) // 32 * 32
         Kc = max(K, 0)
         RS = Wc + Kc if stuff else WP  # T's row stride; E's rows have a K-cell left margin
-        OS = max(OH * OW, 1)
         NG = g.size
         gf = g.reshape(NG)
         of = gin.reshape(gin.size)
