@@ -25,7 +25,12 @@ Method
   the median per-call time over the rounds.
 * Threads: Numba (``numba.set_num_threads``), PyTorch (``torch.set_num_threads``, one inter-op
   thread) and ONNX Runtime (``intra_op_num_threads``, ``inter_op_num_threads=1``) all use the
-  same count.  JAX/XLA has no public knob for its CPU intra-op pool: it sizes it to the CPUs the
+  same count.  ONNX Runtime's worker threads do not spin (``session.intra_op.allow_spinning``
+  0; ``--ort-spinning`` restores its default): spinning, they burn ~40 ms of CPU after every
+  run, and on a virtual machine the candidate sampled next then ran slower for up to a second
+  (measured: fastpool's max k2 s2 with indices 3.8 -> 6.2 ms right after an ONNX Runtime
+  sample, unchanged without spinning), which biased whichever candidate followed it.  Without
+  spinning ONNX Runtime's own time on that row was ~10% longer.  JAX/XLA has no public knob for its CPU intra-op pool: it sizes it to the CPUs the
   process may run on.  With ``--threads 1`` we set
   ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`` before JAX is
   imported; otherwise use ``--pin`` (restricts the whole process, hence every library, to the first
@@ -442,6 +447,8 @@ def _build_onnxruntime(d: RowData, threads: int) -> Candidate:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    if not ORT_SPINNING:  # (see the module docstring)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(model.SerializeToString(), so,
@@ -542,6 +549,8 @@ def _build_jax(d: RowData, threads: int) -> Candidate:
 
     return Candidate("jax", fn, lambda out: d.logical(np.asarray(out)), note="jit")
 
+
+ORT_SPINNING = False  # ONNX Runtime sessions' allow_spinning (set by run(); see the docstring)
 
 BUILDERS = {"fastpool": _build_fastpool, "torch": _build_torch,
             "onnxruntime": _build_onnxruntime, "jax": _build_jax}
@@ -1293,6 +1302,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="skip the copy-bandwidth measurement (no memory floor)")
     p.add_argument("--pin", action="store_true",
                    help="restrict the process to the first N CPUs (makes JAX use N threads)")
+    p.add_argument("--ort-spinning", action="store_true",
+                   help="let ONNX Runtime's worker threads spin between runs (its default; "
+                        "off here because spinning slowed the candidate sampled next)")
     p.add_argument("--min-sample", type=float, default=0.02, help=argparse.SUPPRESS)
     p.add_argument("--gap", type=float, default=0.3, help=argparse.SUPPRESS)
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
@@ -1306,6 +1318,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args) -> dict:
+    global ORT_SPINNING
+    ORT_SPINNING = bool(getattr(args, "ort_spinning", False))
     if args.pin and args.threads:
         pinned = pin_cpus(args.threads)
     else:
@@ -1319,7 +1333,8 @@ def run(args) -> dict:
                             "platform": platform.platform(), "cpu": _cpu_name(),
                             "cpus": os.cpu_count(), "rounds": rounds,
                             "min_sample_s": args.min_sample, "quick": quick, "notes": [],
-                            "pinned": pinned, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+                            "pinned": pinned, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                            "ort_spinning": ORT_SPINNING}
     fp, note = load_fastpool(args.fastpool_module)
     if note:
         meta["notes"].append(note)
