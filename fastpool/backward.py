@@ -314,7 +314,8 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
     # adaptive average, channels-first 1-d/2-d: rows of shares gathered per column and whole
     # rows written at once (_cpu/backward.py, make_adaptive_backward)
     adaptive = bool(gsize) and not fill and not power and divmode == 3 and lay.mem == CF and \
-        s3[0] == 1 and o3[0] == 1
+        s3[0] == 1 and o3[0] == 1 and \
+        (o3[1] + 1) * (-(-s3[2] // 32) * 32 + 32) <= _f.ADAPTIVE_MAX_SCRATCH
     if adaptive:
         iw = _covering(inv, ilist, 2, s3[2], o3[2])
         ih = _covering(inv, ilist, 1, s3[1], o3[1])

@@ -595,6 +595,9 @@ def _adaptive_params(op, rank, spatial, output_size, plane_bytes=1):
 # widest windows (rows and columns) the two-size adaptive kernels take: their horizontal pass
 # reduces every KW-wide run of a row, which pays only while runs are short
 _ADAPTIVE_MAX_K = 8
+# most scratch cells (output rows x 32-padded input row) per task of those kernels and of the
+# adaptive backward; larger problems have rows long enough for the row-wise kernels
+ADAPTIVE_MAX_SCRATCH = 1 << 20
 
 
 def _adaptive_spec(rank, tab, osz):
@@ -604,6 +607,9 @@ def _adaptive_spec(rank, tab, osz):
     if tab is None or rank > 2 or all(v == 1 for v in osz):  # (one window: the global kernels)
         return None
     osz = (1,) * (3 - rank) + tuple(osz)
+    width = int(tab[2, 0, osz[2] - 1] + tab[2, 1, osz[2] - 1])  # the input's W
+    if osz[1] * -(-width // 32) * 32 > ADAPTIVE_MAX_SCRATCH:
+        return None
     spec = []
     for ax in (1, 2):
         n = tab[ax, 1, :osz[ax]]

@@ -343,3 +343,5 @@ def test_adaptive_two_size_kernels_only_for_their_windows():
     assert spec((72, 72), (8, 8)) is None  # windows wider than 8
     assert spec((30, 30), (1, 1)) is None  # one window: the global kernels
     assert spec((4, 5, 6), (2, 2, 2)) is None  # 3-d
+    assert spec((1200, 1100), (1199, 1000)) is None  # scratch past ADAPTIVE_MAX_SCRATCH
+    assert spec((600, 1100), (599, 1000)) == (2, 2)
