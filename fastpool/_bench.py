@@ -22,7 +22,13 @@ Method
   so that one sample lasts at least ``--min-sample`` seconds.  Then ``--rounds`` rounds run
   round-robin over the candidates (the start rotates every round, with a short sleep between
   samples so that spinning worker threads of the previous candidate settle); the reported time is
-  the median per-call time over the rounds.
+  the median per-call time over the rounds.  Each timed sample follows an untimed one of the
+  same candidate (``--no-warm-sample`` drops it): after the pause the machine runs slower for
+  tens of milliseconds (measured on the 2-core virtual machine, 12 back-to-back calls after a
+  0.3 s pause: a single-threaded 29 MB ``np.copyto`` 1.6 ms on the first call, 1.1 ms by the
+  twelfth; fastpool's adaptive 30->7 average 1.3 -> 0.7 ms, against 0.43 ms without a pause),
+  while the copy bandwidth behind the memory floor is measured back to back; the warm-up
+  sample puts every candidate and the floor under the same conditions.
 * Threads: Numba (``numba.set_num_threads``), PyTorch (``torch.set_num_threads``, one inter-op
   thread) and ONNX Runtime (``intra_op_num_threads``, ``inter_op_num_threads=1``) all use the
   same count.  ONNX Runtime's worker threads do not spin (``session.intra_op.allow_spinning``
@@ -895,7 +901,7 @@ def wait_idle(max_wait: float, threshold: float = 0.1, window: float = 0.5) -> f
 
 def run_row(w: Workload, fp, peers: list, threads: int, rounds: int, min_sample: float = 0.02,
             gap: float = 0.3, progress=None, check: bool = True,
-            idle_wait: float = 0.0) -> dict:
+            idle_wait: float = 0.0, warm: bool = True) -> dict:
     """Benchmark one row; returns its result record (JSON-serialisable)."""
     rec: dict[str, Any] = {"name": w.name, "op": w.op, "dims": w.dims, "shape": list(w.shape),
                            "dtype": w.dtype, "layout": w.layout, "pass": w.pass_,
@@ -969,6 +975,8 @@ def run_row(w: Workload, fp, peers: list, threads: int, rounds: int, min_sample:
             for c, n_inner in live[k:] + live[:k]:
                 if gap:
                     _settle(gap)
+                if warm:  # one untimed sample first (see the module docstring)
+                    _sample(c, n_inner)
                 e = rec["candidates"][c.name]
                 e["samples_s"].append(_sample(c, n_inner, e["cpu_per_wall"]))
             if progress:
@@ -1074,7 +1082,8 @@ def format_report(result: dict) -> str:
                  f"intra-op [inter-op 1]); jax: {m['jax_threads']}"
                  + (f"; pinned to CPUs {m['pinned']}" if m.get("pinned") else ""))
     lines.append(f"timing: median of {m['rounds']} interleaved rounds, each sample >= "
-                 f"{m['min_sample_s'] * 1e3:.0f} ms of back-to-back calls, after a warm-up call")
+                 f"{m['min_sample_s'] * 1e3:.0f} ms of back-to-back calls, after a warm-up call"
+                 + (" and an untimed warm-up sample" if m.get("warm_sample") else ""))
     ri = m.get("runtime_info")
     if ri:
         lines.append("fastpool runtime: " + ", ".join(f"{k} {v}" for k, v in ri.items()))
@@ -1305,6 +1314,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--ort-spinning", action="store_true",
                    help="let ONNX Runtime's worker threads spin between runs (its default; "
                         "off here because spinning slowed the candidate sampled next)")
+    p.add_argument("--no-warm-sample", action="store_true",
+                   help="time each sample right after the pause that precedes it, without "
+                        "the untimed warm-up sample (see bench/README.md)")
     p.add_argument("--min-sample", type=float, default=0.02, help=argparse.SUPPRESS)
     p.add_argument("--gap", type=float, default=0.3, help=argparse.SUPPRESS)
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
@@ -1330,6 +1342,7 @@ def run(args) -> dict:
     rows = select_workloads(quick, args.filter, backward=not args.no_backward)
     peers = [p.strip() for p in args.peers.split(",") if p.strip()] if args.peers else []
     meta: dict[str, Any] = {"python": platform.python_version(), "numpy": np.__version__,
+                            "warm_sample": not getattr(args, "no_warm_sample", False),
                             "platform": platform.platform(), "cpu": _cpu_name(),
                             "cpus": os.cpu_count(), "rounds": rounds,
                             "min_sample_s": args.min_sample, "quick": quick, "notes": [],
@@ -1396,6 +1409,7 @@ def run(args) -> dict:
             bar.set_description(w.name)
             result["rows"].append(run_row(w, fp, peers, threads, rounds,
                                           min_sample=args.min_sample, gap=args.gap,
+                                          warm=not args.no_warm_sample,
                                           progress=bar, idle_wait=args.wait_idle))
             gc.collect()
     finally:
