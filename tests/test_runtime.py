@@ -48,13 +48,15 @@ _WORKLOAD = textwrap.dedent("""
 """)
 
 
-def _run(script, layer, tmp_path, timeout=300):
+def _run(script, layer, tmp_path, timeout=300, cache_dir=None):
     env = dict(os.environ)
     env.pop("FASTPOOL_THREADING_LAYER", None)
     if layer != "default":
         env["FASTPOOL_THREADING_LAYER"] = layer
-    # The children share the package's kernel cache with this process: they run one at a time
-    # while this process waits, so there are never two writers at once (numba #4807).
+    if cache_dir is not None:
+        env["NUMBA_CACHE_DIR"] = str(cache_dir)
+    # The children share the package's kernel cache with this process (unless given their
+    # own): they run one at a time while this process waits.
     proc = subprocess.run([sys.executable, "-c", _WORKLOAD + textwrap.dedent(script)], env=env,
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -153,24 +155,23 @@ def test_serial_and_parallel_variants_cache_apart():
         assert serial._cache._cache_file._index_path != parallel._cache._cache_file._index_path
 
 
-def _cache_files():
-    import numba
-    roots = [numba.config.CACHE_DIR] if numba.config.CACHE_DIR else \
-        [os.path.dirname(fastpool.__file__)]
-    return {os.path.join(d, f) for r in roots for d, _, fs in os.walk(r) for f in fs
-            if f.endswith(".nbc")}
+def _cache_files(root):
+    return {os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".nbc")}
 
 
 def test_second_process_loads_every_kernel_from_the_cache(tmp_path):
     """A fresh process compiles nothing that an earlier one cached: the cache key of every
     kernel is the same in every process (a kernel that closed over a jitted function would
-    get a new key, and a new cache entry, in each one)."""
+    get a new key, and a new cache entry, in each one).  The two processes share a cache
+    folder of their own, which no other test process (pytest-xdist's workers) writes to."""
     from fastpool import _runtime
     _runtime.configure()
     if _runtime._CACHE is False:
         pytest.skip("Numba's cache is disabled here")
-    _run("workload(2)", "default", tmp_path)   # fills the cache where it is cold
-    before = _cache_files()
-    _run("workload(3)", "default", tmp_path)
-    added = _cache_files() - before
+    cache = tmp_path / "numba-cache"
+    _run("workload(2)", "default", tmp_path, cache_dir=cache)   # fills the empty cache
+    before = _cache_files(cache)
+    assert before, "the first process cached nothing"
+    _run("workload(3)", "default", tmp_path, cache_dir=cache)
+    added = _cache_files(cache) - before
     assert not added, f"a second process compiled again: {sorted(added)[:5]}"
