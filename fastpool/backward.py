@@ -305,17 +305,18 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
                                                                              lay.c))
         gflat = (lay.n * lay.c,) if lay.mem == CF else (lay.n, lay.c)
         rflat = (lay.n * lay.c, cells) if lay.mem == CF else (lay.n, cells, lay.c)
-    elif gsize:
-        inv, ilist = _inverse(tab, dil, s3)
-        hwa = np.array(hw, np.int64)
-        kern = _dispatch.kernel("lp_backward" if power else "avg_backward", "cpu", lay.mem,
-                                _parallel(cells * lay.n * lay.c +
-                                          gsize * taps * (2 if power else 1)))
     # adaptive average, channels-first 1-d/2-d: rows of shares gathered per column and whole
     # rows written at once (_cpu/backward.py, make_adaptive_backward)
     adaptive = bool(gsize) and not fill and not power and divmode == 3 and lay.mem == CF and \
         s3[0] == 1 and o3[0] == 1 and \
         (o3[1] + 1) * (-(-s3[2] // 32) * 32 + 32) <= _f.ADAPTIVE_MAX_SCRATCH
+    if gsize and not fill:
+        inv, ilist = _inverse(tab, dil, s3)
+    if gsize and not fill and not adaptive:
+        hwa = np.array(hw, np.int64)
+        kern = _dispatch.kernel("lp_backward" if power else "avg_backward", "cpu", lay.mem,
+                                _parallel(cells * lay.n * lay.c +
+                                          gsize * taps * (2 if power else 1)))
     if adaptive:
         iw = _covering(inv, ilist, 2, s3[2], o3[2])
         ih = _covering(inv, ilist, 1, s3[1], o3[1])

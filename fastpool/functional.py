@@ -414,7 +414,8 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
         OH, OW = lay.canon(osp)[1:]
         kern = _dispatch.kernel("adaptive", "cpu", kind, parallel, KH, KW)
         xshape, oshape = (lay.n * lay.c, H * W), (lay.n * lay.c, OH * OW)
-        args = (tab, H, W, OH, OW, init, marker)
+        from ._cpu.separable import adaptive_cells
+        args = (tab, *adaptive_cells(tab, W, OH, OW, KW), H, W, OH, init, marker)
     elif not return_indices:
         if lay.mem == CF and kind != "lp" and \
                 _is_global(tab, lay.spatial, osp, divmode if kind == "avg" else 2):

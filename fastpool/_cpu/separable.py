@@ -451,7 +451,9 @@ def make_adaptive(kind, parallel, KH, KW):
     """Adaptive max/average pooling of contiguous channels-first 1-d/2-d planes whose windows
     are KH or KH + 1 rows and KW or KW + 1 columns (every adaptive window is one of two sizes).
 
-    ``x``/``out`` are (planes, H * W) and (planes, OH * OW).  Per plane: the vertical pass
+    ``x``/``out`` are (planes, H * W) and (planes, OH * OW); ``off``/``dv`` (built once per
+    plan, ``adaptive_cells``): each output cell's run in ``S`` (``S2 = S + TL`` for windows
+    KW + 1 wide; ``two``: some are) and its divisor.  Per plane: the vertical pass
     reduces each output row's KH (or KH + 1) input rows into ``T[oh * WP:]`` (WP = W rounded up
     to 32, so that the compiler's 32-wide vector loop runs over the whole row: short rows,
     such as 30-wide ones, would otherwise run in its scalar remainder; the extra columns read on
@@ -463,7 +465,7 @@ def make_adaptive(kind, parallel, KH, KW):
     MAX = kind == "max"
     PAR = parallel
 
-    def kernel(x, out, tab, H, W, OH, OW, init, marker):
+    def kernel(x, out, tab, off, dv, two, H, W, OH, init, marker):
         P = x.shape[0]
         N = x.size
         xf = x.reshape(N)
@@ -471,17 +473,7 @@ def make_adaptive(kind, parallel, KH, KW):
         Wc = max(W, 1)
         WP = (Wc + 31) // 32 * 32
         TL = max(OH, 1) * WP
-        # the output cells' runs (offsets into S, or S2 = S + TL) and divisors, for every plane
-        ncell = max(OH * OW, 1)
-        off = np.zeros(ncell, np.int64)
-        dv = np.ones(ncell, np.int64)
-        two = False
-        for oh in range(OH):
-            for ow in range(OW):
-                nw = tab[2, 1, ow]
-                off[oh * OW + ow] = oh * WP + tab[2, 0, ow] + (TL if nw > KW else 0)
-                dv[oh * OW + ow] = tab[1, 1, oh] * nw
-                two = two or nw > KW
+        NC = off.size
         blk = max(1, P // TASKS) if PAR else max(P, 1)
         ntask = (P + blk - 1) // blk
         for t in prange(ntask):
@@ -538,10 +530,21 @@ def make_adaptive(kind, parallel, KH, KW):
                             S[TL + j] = v if ((v > m) | (v != v)) else m
                         else:
                             S[TL + j] = m + v
-                ob = max(q * OH * OW, 0)
-                for i in range(OH * OW):
+                ob = max(q * NC, 0)
+                for i in range(NC):
                     m = S[off[i]]
                     of[ob + i] = to_storage(m, marker) if MAX else \
                         to_storage(divide(m, dv[i]), marker)
     from .._runtime import jit
     return jit(kernel, parallel=parallel, fastmath=False if MAX else {"reassoc", "contract"})
+
+
+def adaptive_cells(tab, W, OH, OW, KW):
+    """``(off, dv, two)`` of ``make_adaptive``'s kernels for windows ``tab``, input width W."""
+    WP = (max(W, 1) + 31) // 32 * 32
+    TL = max(OH, 1) * WP
+    nw = tab[2, 1, :OW]
+    wide = nw > KW
+    off = (np.arange(OH)[:, None] * WP + tab[2, 0, :OW] + np.where(wide, TL, 0)).reshape(-1)
+    dv = (tab[1, 1, :OH][:, None] * nw).reshape(-1)
+    return off.astype(np.int64), dv.astype(np.int64), bool(wide.any())
