@@ -375,7 +375,8 @@ def make_flat(kind, parallel, KH, KW):
     """
     assert kind == "max"
     PAR = parallel
-    PW = (KW - 1) // 2  # the pads: symmetric
+    PW = (KW - 1) // 2  # the pads: symmetric (ph == PH, pw == PW)
+    PH = (KH - 1) // 2
 
     def kernel(x, out, H, W, ph, pw, init, marker):
         P = x.shape[0]
@@ -404,21 +405,51 @@ def make_flat(kind, parallel, KH, KW):
                         m = v if v > m else m
                         n |= v != v
                     R[r0 + j] = nanv if n else m
-                for seg in range(2):  # the top and bottom rows, their taps clamped
-                    for y in range(0 if seg == 0 else pb, pt if seg == 0 else Hc):
-                        # into the plane: a repeated edge row changes no maximum, and every
-                        # row has a true tap.  The taps are reduced in registers: an update
-                        # of R in place per tap became a masked store, slow on this CPU
-                        rb = y * Wc
-                        for w in range(Wc):
-                            m = load(xq[max(max(min(y - ph, Hc - 1), 0) * Wc, 0) + w], marker)
-                            n = m != m
-                            for b in range(1, KH):
-                                xb = max(max(min(y - ph + b, Hc - 1), 0) * Wc, 0)
-                                v = load(xq[xb + w], marker)
-                                m = v if v > m else m
-                                n |= v != v
-                            R[rb + w] = nanv if n else m
+                if PH > 0 and Hc >= KH:  # the top rows: prefix maxima down the first rows;
+                    # the bottom rows: suffix maxima up its last ones (one pass for each)
+                    for w in range(Wc):
+                        m = load(xq[w], marker)
+                        n = m != m
+                        for b in range(1, PH + 1):
+                            v = load(xq[b * Wc + w], marker)
+                            m = v if v > m else m
+                            n |= v != v
+                        R[w] = nanv if n else m
+                        for y in range(1, PH):
+                            v = load(xq[(y + PH) * Wc + w], marker)
+                            m = v if v > m else m
+                            n |= v != v
+                            R[y * Wc + w] = nanv if n else m
+                    xe = max((Hc - 1) * Wc, 0)
+                    for w in range(Wc):
+                        m = load(xq[xe + w], marker)
+                        n = m != m
+                        for b in range(1, PH + 1):
+                            v = load(xq[max(xe - b * Wc, 0) + w], marker)
+                            m = v if v > m else m
+                            n |= v != v
+                        R[xe + w] = nanv if n else m
+                        for y in range(1, PH):
+                            v = load(xq[max(xe - (y + PH) * Wc, 0) + w], marker)
+                            m = v if v > m else m
+                            n |= v != v
+                            R[max(xe - y * Wc, 0) + w] = nanv if n else m
+                else:
+                    for seg in range(2):  # planes lower than the window: taps clamped
+                        for y in range(0 if seg == 0 else pb, pt if seg == 0 else Hc):
+                            # into the plane: a repeated edge row changes no maximum, and every
+                            # row has a true tap.  The taps are reduced in registers: an update
+                            # of R in place per tap became a masked store, slow on this CPU
+                            rb = y * Wc
+                            for w in range(Wc):
+                                m = load(xq[max(max(min(y - ph, Hc - 1), 0) * Wc, 0) + w], marker)
+                                n = m != m
+                                for b in range(1, KH):
+                                    xb = max(max(min(y - ph + b, Hc - 1), 0) * Wc, 0)
+                                    v = load(xq[xb + w], marker)
+                                    m = v if v > m else m
+                                    n |= v != v
+                                R[rb + w] = nanv if n else m
                 for j in range(S - pr - pl):
                     m = R[j]
                     n = m != m
