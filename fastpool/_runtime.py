@@ -106,6 +106,20 @@ def _cache_usable(numba):
     return True if os.access(pkg, os.W_OK) else None  # None: let Numba try its home cache
 
 
+def _spec_folder():
+    """Where the specialised kernel sources are kept (beside Numba's cache), or None."""
+    if _CACHE is False:
+        return None
+    import numba
+    d = numba.config.CACHE_DIR or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                               "__pycache__")
+    try:
+        os.makedirs(d, exist_ok=True)
+    except OSError:
+        return None
+    return d if os.access(d, os.W_OK) else None
+
+
 def jit(fn, parallel=False, fastmath=False):
     """njit with fastpool's options, caching when a cache folder is writable.
 
@@ -114,6 +128,12 @@ def jit(fn, parallel=False, fastmath=False):
     """
     configure()
     import numba
+    if fn.__closure__:  # closures over compile-time constants: their dead code removed
+        from ._cpu._specialise import specialise
+        try:
+            fn = specialise(fn, _spec_folder()) or fn
+        except Exception:  # (a kernel the rewriter cannot handle compiles as it is)
+            pass
     if parallel or fastmath:
         fn.__qualname__ += ("_parallel" if parallel else "") + ("_fastmath" if fastmath else "")
     opts = dict(nogil=True, parallel=parallel, fastmath=fastmath, error_model="numpy",

@@ -1,0 +1,220 @@
+"""Source-level specialisation of kernel closures on their compile-time constants.
+
+A kernel factory's closure reads flags and sizes (``MAX``, ``CLAST``, ``KW`` ...) as free
+variables.  LLVM folds them, but Numba types and lowers every branch first, and its own pruning
+only removes ``if FLAG:`` branches: ``if not FLAG``, ``FLAG and x``, locals set from flags and
+the branches they guard all stay.  On a first call in a fresh process that front-end work is
+most of the compile time.  ``specialise`` rewrites the function's syntax tree with the
+constants substituted and the dead branches removed, then compiles it as a closure over the
+same cells, so that Numba's cache keys it as before (bytecode plus closure contents) and finds
+its source file and line as before.
+"""
+import ast
+import hashlib
+import linecache
+import marshal
+import os
+import sys
+import textwrap
+import threading
+
+_SCALARS = (bool, int, float)
+_VERSION = 1  # of the rewrite: part of the key of the kept code
+
+
+class _Fold(ast.NodeTransformer):
+    """Substitute constant names and fold what becomes constant."""
+
+    def __init__(self, consts):
+        self.consts = consts
+
+    def visit_Name(self, node):
+        if isinstance(node.ctx, ast.Load) and node.id in self.consts:
+            return ast.copy_location(ast.Constant(self.consts[node.id]), node)
+        return node
+
+    def visit_UnaryOp(self, node):
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Not) and isinstance(node.operand, ast.Constant):
+            return ast.copy_location(ast.Constant(not node.operand.value), node)
+        return node
+
+    def visit_BoolOp(self, node):
+        self.generic_visit(node)
+        vals = []
+        for v in node.values:  # keep Python's short-circuit value semantics for constants
+            if isinstance(v, ast.Constant):
+                if isinstance(node.op, ast.And) and not v.value:
+                    return ast.copy_location(ast.Constant(v.value), node) if not vals else \
+                        ast.copy_location(ast.BoolOp(node.op, vals + [v]), node)
+                if isinstance(node.op, ast.Or) and v.value:
+                    return ast.copy_location(ast.Constant(v.value), node) if not vals else \
+                        ast.copy_location(ast.BoolOp(node.op, vals + [v]), node)
+                if not isinstance(v.value, bool):
+                    vals.append(v)
+                continue  # a true operand of "and" / a false one of "or": drop it
+            vals.append(v)
+        if not vals:
+            return ast.copy_location(ast.Constant(isinstance(node.op, ast.And)), node)
+        if len(vals) == 1:
+            return vals[0]
+        node.values = vals
+        return node
+
+    def visit_Compare(self, node):
+        self.generic_visit(node)
+        if isinstance(node.left, ast.Constant) and len(node.ops) == 1 and \
+                isinstance(node.comparators[0], ast.Constant):
+            a, b = node.left.value, node.comparators[0].value
+            ops = {ast.Eq: lambda: a == b, ast.NotEq: lambda: a != b, ast.Lt: lambda: a < b,
+                   ast.LtE: lambda: a <= b, ast.Gt: lambda: a > b, ast.GtE: lambda: a >= b}
+            f = ops.get(type(node.ops[0]))
+            if f is not None:
+                return ast.copy_location(ast.Constant(f()), node)
+        return node
+
+    def visit_IfExp(self, node):
+        self.generic_visit(node)
+        if isinstance(node.test, ast.Constant):
+            return node.body if node.test.value else node.orelse
+        return node
+
+    def visit_If(self, node):
+        self.generic_visit(node)
+        if isinstance(node.test, ast.Constant):
+            keep = node.body if node.test.value else node.orelse
+            return keep or ast.copy_location(ast.Pass(), node)
+        return node
+
+
+def _single_constant_assignments(fdef):
+    """Locals assigned exactly once in the function, to a bool constant (a walk over the
+    statements only: the kernels assign in statements, never in expressions)."""
+    counts, values = {}, {}
+
+    def names(target):
+        if isinstance(target, ast.Name):
+            yield target.id
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            for t in target.elts:
+                yield from names(t)
+
+    def scan(body):
+        for st in body:
+            targets = []
+            if isinstance(st, ast.Assign):
+                targets = st.targets
+            elif isinstance(st, (ast.AugAssign, ast.AnnAssign, ast.For)):
+                targets = [st.target]
+            for t in targets:
+                for n in names(t):
+                    counts[n] = counts.get(n, 0) + 1
+                    if isinstance(st, ast.Assign) and isinstance(st.value, ast.Constant) and \
+                            isinstance(st.value.value, bool):
+                        values[n] = st.value.value
+            for field in ("body", "orelse", "finalbody"):
+                scan(getattr(st, field, ()) or ())
+            for h in getattr(st, "handlers", ()) or ():
+                scan(h.body)
+            if isinstance(st, (ast.FunctionDef, ast.Lambda)):
+                counts.update({n: 2 for n in values})  # (nested scopes: give up)
+
+    scan(fdef.body)
+    return {k: v for k, v in values.items() if counts.get(k) == 1}
+
+
+def _source(fn):
+    """The dedented source of ``fn``: its ``def`` line and every line after it that is blank
+    or indented deeper (``inspect.getsource`` tokenizes the block: 30-45 ms for a kernel)."""
+    code = fn.__code__
+    lines = linecache.getlines(code.co_filename)
+    first = code.co_firstlineno - 1
+    if not lines or first >= len(lines) or not lines[first].lstrip().startswith("def "):
+        return None  # (decorated, or not a plain def: leave it alone)
+    indent = len(lines[first]) - len(lines[first].lstrip())
+    end = first + 1
+    while end < len(lines):
+        text = lines[end]
+        if text.strip() and len(text) - len(text.lstrip()) <= indent:
+            break
+        end += 1
+    return textwrap.dedent("".join(lines[first:end]))
+
+
+def specialise(fn, folder=None):
+    """``fn`` (a closure) rewritten with its scalar free variables as constants and the code
+    they make dead removed; None when its source cannot be read (the caller then keeps ``fn``).
+
+    ``folder``: where to keep the rewritten code (marshalled, keyed by the function's source
+    and constants) so that later processes skip the rewrite (~10 ms a kernel, which a first call
+    that finds the kernel in Numba's cache would otherwise pay); None: rewrite every time.
+    """
+    src = _source(fn)
+    if src is None:
+        return None
+    cells = dict(zip(fn.__code__.co_freevars, [c.cell_contents for c in fn.__closure__ or ()]))
+    consts = {k: v for k, v in cells.items() if type(v) in _SCALARS}
+    names = list(cells)
+    path = None
+    if folder:
+        key = repr((_VERSION, sys.version_info[:2], fn.__code__.co_filename,
+                    fn.__code__.co_firstlineno, src, sorted(consts.items()), names))
+        tag = "".join(ch if ch.isalnum() else "_" for ch in fn.__qualname__)[-60:]
+        path = os.path.join(folder, f"{tag}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.spec")
+    code = None
+    if path:
+        try:
+            with open(path, "rb") as f:
+                code = marshal.load(f)
+        except (OSError, EOFError, ValueError, TypeError):
+            code = None
+    if code is None:
+        code = _rewrite(fn, src, consts, names)
+        if path:
+            tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+            try:
+                with open(tmp, "wb") as f:
+                    marshal.dump(code, f)
+                os.replace(tmp, path)  # (atomic: a reader sees the old file or the whole new one)
+            except OSError:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+    ns = {}
+    exec(code, fn.__globals__, ns)
+    new = ns["_factory"](*[cells[n] for n in names])
+    new.__qualname__ = fn.__qualname__
+    new.__module__ = fn.__module__
+    new.__doc__ = fn.__doc__
+    return new
+
+
+def _rewrite(fn, src, consts, names):
+    """The compiled module that defines ``_factory(*names)``, returning the rewritten ``fn``."""
+    # (blank lines first: the tree then carries the file's line numbers as it is)
+    tree = ast.parse("\n" * (fn.__code__.co_firstlineno - 1) + src)
+    fdef = tree.body[0]
+    fdef.decorator_list = []
+    folder = _Fold(dict(consts))
+    for _ in range(4):  # locals set once to a folded constant fold on in the next round
+        fdef = folder.visit(fdef)
+        more = {k: v for k, v in _single_constant_assignments(fdef).items()
+                if k not in folder.consts}
+        if not more:
+            break
+        folder.consts.update(more)
+    # a closure over every original cell, the constants named in a first statement: the cache
+    # key (bytecode, closure contents) then differs between specialisations even where their
+    # folded bytecode happens to coincide
+    first = ast.Expr(ast.Tuple([ast.Name(n, ast.Load()) for n in consts], ast.Load())) \
+        if consts else ast.Pass()
+    fdef.body.insert(0, first)
+    outer = ast.FunctionDef(name="_factory", args=ast.arguments(
+        posonlyargs=[], args=[ast.arg(n) for n in names], kwonlyargs=[], kw_defaults=[],
+        defaults=[]), body=[fdef, ast.Return(ast.Name(fdef.name, ast.Load()))],
+        decorator_list=[], returns=None, type_params=[])
+    for node in [outer, first, outer.body[1]]:  # the new nodes: at the def line
+        for n in ast.walk(node) if node is not outer else [outer, outer.args] + outer.args.args:
+            ast.copy_location(n, fdef)
+    return compile(ast.Module(body=[outer], type_ignores=[]), fn.__code__.co_filename, "exec")

@@ -1,0 +1,119 @@
+"""The source-level specialisation of kernel closures (fastpool/_cpu/_specialise.py).
+
+The rewritten function must compute what the closure computes, for every combination of its
+constants, with the code those constants make dead gone; and its kept code must be keyed by
+source and constants.
+"""
+import itertools
+import os
+
+import numpy as np
+import pytest
+
+from fastpool._cpu import _specialise
+from fastpool._cpu._specialise import specialise
+
+
+def _helper(v):
+    return v * 10
+
+
+def _factory(A, B, K, SCALE):
+    def kern(x, y):
+        acc = 0
+        flag = A and not B  # a local set once from constants
+        if not A:
+            acc += 1
+        if A and B:
+            acc += 2
+        elif A or B:
+            acc += 4
+        if flag:
+            acc += _helper(x)
+        z = x if (B or K > 2) else y
+        for i in range(K):
+            acc += i * z
+        w = (A and x) or y  # value semantics of and / or with constants
+        if K == 3 and not (A or B):
+            acc -= 100
+        return acc * SCALE + w
+    return kern
+
+
+CASES = list(itertools.product([False, True], [False, True], [1, 3], [1, 2.5]))
+
+
+@pytest.mark.parametrize("A,B,K,SCALE", CASES)
+def test_rewrite_computes_what_the_closure_computes(A, B, K, SCALE):
+    fn = _factory(A, B, K, SCALE)
+    new = specialise(fn)
+    assert new is not None and new is not fn
+    rng = np.random.default_rng(K)
+    for x, y in rng.integers(-5, 6, size=(12, 2)).tolist() + [[0, 0], [0, 3], [2, 0]]:
+        assert new(x, y) == fn(x, y), (A, B, K, SCALE, x, y)
+    assert new.__qualname__ == fn.__qualname__
+    assert new.__code__.co_filename == fn.__code__.co_filename
+    assert new.__code__.co_firstlineno == fn.__code__.co_firstlineno
+
+
+def test_dead_branches_are_gone():
+    live = specialise(_factory(True, False, 3, 1))
+    dead = specialise(_factory(False, True, 3, 1))
+    assert "_helper" in live.__code__.co_names
+    assert "_helper" not in dead.__code__.co_names  # `if flag:` folded away with flag
+    assert len(dead.__code__.co_code) < len(_factory(False, True, 3, 1).__code__.co_code)
+
+
+def test_closure_keeps_every_constant():
+    """Numba's cache keys a closure by bytecode and closure contents: two specialisations must
+    differ in the contents even where their bytecode coincides."""
+    a = specialise(_factory(True, False, 3, 1))
+    b = specialise(_factory(True, False, 3, 2))
+    cells = lambda f: tuple(c.cell_contents for c in f.__closure__)  # noqa: E731
+    assert set(a.__code__.co_freevars) >= {"A", "B", "K", "SCALE"}
+    assert cells(a) != cells(b)
+
+
+def test_kept_code_is_reused_and_keyed(tmp_path, monkeypatch):
+    fn = _factory(True, True, 3, 1)
+    first = specialise(fn, str(tmp_path))
+    files = sorted(os.listdir(tmp_path))
+    assert len(files) == 1 and files[0].endswith(".spec")
+
+    def no_rewrite(*a, **k):
+        raise AssertionError("rewritten again instead of loaded")
+
+    monkeypatch.setattr(_specialise, "_rewrite", no_rewrite)
+    again = specialise(fn, str(tmp_path))
+    assert again(2, 5) == first(2, 5) == fn(2, 5)
+    monkeypatch.undo()
+    # other constants: another file; a damaged file is rewritten
+    specialise(_factory(True, True, 1, 1), str(tmp_path))
+    assert len(os.listdir(tmp_path)) == 2
+    path = os.path.join(tmp_path, files[0])
+    with open(path, "wb") as f:
+        f.write(b"\x00garbage")
+    assert specialise(fn, str(tmp_path))(2, 5) == fn(2, 5)
+
+
+def test_functions_without_source_are_left_alone():
+    ns = {}
+    exec("def outer(K):\n    def f(x):\n        return x + K\n    return f\n", ns)
+    assert specialise(ns["outer"](3)) is None
+
+
+def test_max_kernel_compiles_without_the_average_code():
+    from fastpool import _runtime
+    from fastpool._cpu import separable
+    captured = []
+    real = _runtime.jit
+    try:
+        _runtime.jit = lambda fn, **kw: captured.append(fn) or fn
+        separable.make_sep("max", False, 1, 3, 3, 2)
+        separable.make_sep("avg", False, 1, 3, 3, 2)
+    finally:
+        _runtime.jit = real
+    smax, savg = (specialise(f) for f in captured)
+    assert "_mean_or_root" in captured[0].__code__.co_names
+    assert "_mean_or_root" not in smax.__code__.co_names
+    assert "_mean_or_root" in savg.__code__.co_names
