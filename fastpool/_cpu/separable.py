@@ -53,10 +53,12 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
     # non-overlapping windows along W (channels-first, specialised): a task's rows can be
     # finished together, one flat loop over several rows' cells, when no column is an edge
     FLATK = SPEC and not CLAST and KW <= SW
-    # channels-first, specialised: the scratch row has `init` (max: the lowest value, sums: 0)
-    # on both sides, so edge windows reduce their KW taps like interior ones, the missing taps
-    # reading the neutral padding (an average then divides by the column's own tap count)
-    PADT = SPEC and not CLAST
+    # specialised, channels-first or max: the scratch row has `init` (max: the lowest value,
+    # sums: 0) on both sides, so edge windows reduce their KW taps like interior ones, the
+    # missing taps reading the neutral padding (an average then divides by the column's own tap
+    # count); max rows then have no edge columns at all (channels-last: no table-driven edge
+    # loops over C-vectors, less code to compile)
+    PADT = SPEC and (MAX or not CLAST)
     # non-overlapping 1-d/2-d windows along W (channels-first, specialised), rows too long for
     # the flat groups: rows whose columns are all interior reduce straight from the input, in
     # PyTorch's row-major tap order (k2s2: 9-24% faster; 3-d windows gained nothing)
@@ -98,14 +100,14 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
             TW = TS if flat else W  # columns the vertical pass computes
             # padded scratch row: tmp[PADL + w] holds column w
             PADL = max(pw, 0) if (PADT and not flat) else 0
-            PADR = max((OW - 1) * SW - pw + KW - W, 0) if PADT else 0
+            PADR = max((OW - 1) * SW - pw + KW - W // Cn, 0) if PADT else 0
             # every column's window inside the row (none partial, none in the padding)
             fused = FUSEK and not flat and lo == 0 and hi == OW
             if PADT and MAX and not flat:  # max: no divisor, every column is interior
                 lo = 0
                 hi = OW
             tb = max(PADL + lo * SW - pw, 0) * Cn  # tmp offset of the first interior window
-            tmp = np.full(PADL + max(G * TS, W) + PADR, init)
+            tmp = np.full((PADL + PADR) * Cn + max(G * TS, W), init)
             tv = tmp[tb:]  # interior windows' columns (one view per task, not per row)
             hv = np.full(Cn, init)  # one output cell of an edge column
             outf = out.reshape(out.size)  # (flat rows only; a view per task)
@@ -143,7 +145,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                     rl = 0
                 if r == rend:
                     break
-                gb = PADL
+                gb = PADL * Cn
                 if flat:
                     if rl == 0:
                         g0 = r
@@ -236,58 +238,60 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                     m += v
                             out[q, od, oh, lo + j] = to_storage(m, marker) if MAX else \
                                 _mean_or_root(m, div, POWER, knz, invz, p1, p2, marker)
-                for seg in range(2):
-                    for ow in range(0 if seg == 0 else hi, lo if seg == 0 else OW):
-                        if PADT:  # the KW taps of the padded row; the column's own divisor
-                            cb = max(PADL + ow * SW - pw, 0)
-                            m = tmp[cb]
-                            for c in range(1, KW):
-                                v = tmp[cb + c]
-                                if MAX:
-                                    m = v if ((v > m) | (v != v)) else m
-                                else:
-                                    m += v
-                            if not MAX:
-                                if divmode == 0:
-                                    div = dov
-                                else:
-                                    div = fdh * (tab[2, 2, ow] if divmode == 1 else tab[2, 1, ow])
-                            out[q, od, oh, ow] = to_storage(m, marker) if MAX else \
-                                _mean_or_root(m, div, POWER, knz, invz, p1, p2, marker)
-                            continue
-                        w0 = tab[2, 0, ow]
-                        if POWER or divmode == 1:
-                            div = fdh * tab[2, 2, ow]
-                        elif divmode == 0:
-                            div = dov
-                        else:
-                            div = fdh * tab[2, 1, ow]
-                        if not CLAST:  # one cell: a scalar accumulator
-                            m = init
-                            for c in range(tab[2, 1, ow]):
-                                v = tmp[max(w0 + c * dw, 0)]
-                                if MAX:
-                                    m = v if ((v > m) | (v != v)) else m
-                                else:
-                                    m += v
-                            out[q, od, oh, max(ow, 0)] = to_storage(m, marker) if MAX else \
-                                _mean_or_root(m, div, POWER, knz, invz, p1, p2, marker)
-                            continue
-                        for ch in range(Cn):
-                            hv[ch] = init
-                        for c in range(tab[2, 1, ow]):
-                            cb = max((w0 + c * dw) * Cn, 0)
+                if not (PADT and MAX):  # (padded max rows: every column is interior)
+                    for seg in range(2):
+                        for ow in range(0 if seg == 0 else hi, lo if seg == 0 else OW):
+                            if PADT:  # the KW taps of the padded row; the column's own divisor
+                                cb = max(PADL + ow * SW - pw, 0)
+                                m = tmp[cb]
+                                for c in range(1, KW):
+                                    v = tmp[cb + c]
+                                    if MAX:
+                                        m = v if ((v > m) | (v != v)) else m
+                                    else:
+                                        m += v
+                                if not MAX:
+                                    if divmode == 0:
+                                        div = dov
+                                    else:
+                                        div = fdh * (tab[2, 2, ow] if divmode == 1
+                                                     else tab[2, 1, ow])
+                                out[q, od, oh, ow] = to_storage(m, marker) if MAX else \
+                                    _mean_or_root(m, div, POWER, knz, invz, p1, p2, marker)
+                                continue
+                            w0 = tab[2, 0, ow]
+                            if POWER or divmode == 1:
+                                div = fdh * tab[2, 2, ow]
+                            elif divmode == 0:
+                                div = dov
+                            else:
+                                div = fdh * tab[2, 1, ow]
+                            if not CLAST:  # one cell: a scalar accumulator
+                                m = init
+                                for c in range(tab[2, 1, ow]):
+                                    v = tmp[max(w0 + c * dw, 0)]
+                                    if MAX:
+                                        m = v if ((v > m) | (v != v)) else m
+                                    else:
+                                        m += v
+                                out[q, od, oh, max(ow, 0)] = to_storage(m, marker) if MAX else \
+                                    _mean_or_root(m, div, POWER, knz, invz, p1, p2, marker)
+                                continue
                             for ch in range(Cn):
-                                v = tmp[cb + ch]
-                                if MAX:
-                                    m = hv[ch]
-                                    hv[ch] = v if ((v > m) | (v != v)) else m
-                                else:
-                                    hv[ch] += v
-                        ob = max(ow * Cn, 0)
-                        for ch in range(Cn):
-                            out[q, od, oh, ob + ch] = to_storage(hv[ch], marker) if MAX else \
-                                _mean_or_root(hv[ch], div, POWER, knz, invz, p1, p2, marker)
+                                hv[ch] = init
+                            for c in range(tab[2, 1, ow]):
+                                cb = max((w0 + c * dw) * Cn, 0)
+                                for ch in range(Cn):
+                                    v = tmp[cb + ch]
+                                    if MAX:
+                                        m = hv[ch]
+                                        hv[ch] = v if ((v > m) | (v != v)) else m
+                                    else:
+                                        hv[ch] += v
+                            ob = max(ow * Cn, 0)
+                            for ch in range(Cn):
+                                out[q, od, oh, ob + ch] = to_storage(hv[ch], marker) if MAX else \
+                                    _mean_or_root(hv[ch], div, POWER, knz, invz, p1, p2, marker)
     from .._runtime import jit
     return jit(kernel, parallel=parallel, fastmath=False if MAX else {"reassoc", "contract"})
 
