@@ -102,18 +102,21 @@ def test_functions_without_source_are_left_alone():
     assert specialise(ns["outer"](3)) is None
 
 
-def test_max_kernel_compiles_without_the_average_code():
+def test_each_kind_compiles_only_its_own_finish():
+    """A max kernel holds no division, an average kernel no Lp root."""
     from fastpool import _runtime
     from fastpool._cpu import separable
     captured = []
     real = _runtime.jit
     try:
         _runtime.jit = lambda fn, **kw: captured.append(fn) or fn
-        separable.make_sep("max", False, 1, 3, 3, 2)
-        separable.make_sep("avg", False, 1, 3, 3, 2)
+        for kind in ("max", "avg", "lp"):
+            separable.make_sep(kind, False, 1, 3, 3, 2) if kind != "lp" else \
+                separable.make_sep(kind, False, 0, 0, 0, 0)
     finally:
         _runtime.jit = real
-    smax, savg = (specialise(f) for f in captured)
-    assert "_mean_or_root" in captured[0].__code__.co_names
-    assert "_mean_or_root" not in smax.__code__.co_names
-    assert "_mean_or_root" in savg.__code__.co_names
+    smax, savg, slp = (specialise(f).__code__.co_names for f in captured)
+    assert {"divide", "_lp_norm"} <= set(captured[0].__code__.co_names)
+    assert "divide" not in smax and "_lp_norm" not in smax
+    assert "divide" in savg and "_lp_norm" not in savg
+    assert "_lp_norm" in slp

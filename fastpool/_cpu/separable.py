@@ -141,7 +141,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                             else:
                                 m += v
                         outf[ob + i] = to_storage(m, marker) if MAX else \
-                            _mean_or_root(m, div, POWER, knz, invz, p1, p2, marker)
+                            _lp_norm(m, div, knz, invz, p1, p2, marker) if POWER else \
+                            to_storage(divide(m, div), marker)
                     rl = 0
                 if r == rend:
                     break
@@ -172,7 +173,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                 else:
                                     m += v
                             out[q, od, oh, j] = to_storage(m, marker) if MAX else \
-                                _mean_or_root(m, div, POWER, knz, invz, p1, p2, marker)
+                                _lp_norm(m, div, knz, invz, p1, p2, marker) if POWER else \
+                                to_storage(divide(m, div), marker)
                         continue
                 # vertical pass: tmp[w] = reduce over the window's (z, y) rows
                 if nd == 0 or nh == 0:  # no input row (PyTorch-style padding and dilation)
@@ -226,7 +228,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                     else:
                                         m += v
                                 out[q, od, oh, ob + ch] = to_storage(m, marker) if MAX else \
-                                    _mean_or_root(m, div, POWER, knz, invz, p1, p2, marker)
+                                    _lp_norm(m, div, knz, invz, p1, p2, marker) if POWER else \
+                                    to_storage(divide(m, div), marker)
                     else:  # channels-first: one loop over the cells, vectorised across them
                         for j in range(hi - lo):
                             m = tv[j * SW]
@@ -237,7 +240,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                 else:
                                     m += v
                             out[q, od, oh, lo + j] = to_storage(m, marker) if MAX else \
-                                _mean_or_root(m, div, POWER, knz, invz, p1, p2, marker)
+                                _lp_norm(m, div, knz, invz, p1, p2, marker) if POWER else \
+                                to_storage(divide(m, div), marker)
                 if not (PADT and MAX):  # (padded max rows: every column is interior)
                     for seg in range(2):
                         for ow in range(0 if seg == 0 else hi, lo if seg == 0 else OW):
@@ -257,7 +261,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                         div = fdh * (tab[2, 2, ow] if divmode == 1
                                                      else tab[2, 1, ow])
                                 out[q, od, oh, ow] = to_storage(m, marker) if MAX else \
-                                    _mean_or_root(m, div, POWER, knz, invz, p1, p2, marker)
+                                    _lp_norm(m, div, knz, invz, p1, p2, marker) if POWER else \
+                                    to_storage(divide(m, div), marker)
                                 continue
                             w0 = tab[2, 0, ow]
                             if POWER or divmode == 1:
@@ -275,7 +280,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                     else:
                                         m += v
                                 out[q, od, oh, max(ow, 0)] = to_storage(m, marker) if MAX else \
-                                    _mean_or_root(m, div, POWER, knz, invz, p1, p2, marker)
+                                    _lp_norm(m, div, knz, invz, p1, p2, marker) if POWER else \
+                                    to_storage(divide(m, div), marker)
                                 continue
                             for ch in range(Cn):
                                 hv[ch] = init
@@ -290,27 +296,21 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                         hv[ch] += v
                             ob = max(ow * Cn, 0)
                             for ch in range(Cn):
-                                out[q, od, oh, ob + ch] = to_storage(hv[ch], marker) if MAX else \
-                                    _mean_or_root(hv[ch], div, POWER, knz, invz, p1, p2, marker)
+                                m = hv[ch]
+                                out[q, od, oh, ob + ch] = to_storage(m, marker) if MAX else \
+                                    _lp_norm(m, div, knz, invz, p1, p2, marker) if POWER else \
+                                    to_storage(divide(m, div), marker)
     from .._runtime import jit
     return jit(kernel, parallel=parallel, fastmath=False if MAX else {"reassoc", "contract"})
 
 
 @_jit_inline
-def _root(m, div, knz, invz, p1, p2):
-    """PyTorch's Lp norm of a window from its sum of |x|^p: (sum / div * knumel) ** (1/p)."""
+def _lp_norm(m, div, knz, invz, p1, p2, marker):
+    """PyTorch's Lp norm of a window from its sum of |x|^p, (sum / div * knumel) ** (1/p), in
+    storage form.  (Kernels choose between this, the average and max at compile time: an
+    average kernel does not compile the root, integer max meets no division.)"""
     s = divide(m, div) * knz
-    return np.sqrt(s) if p2 else (s if p1 else s ** invz)
-
-
-@_jit_inline
-def _mean_or_root(m, div, power, knz, invz, p1, p2, marker):
-    """A window's finished average (sum / divisor) or, with ``power``, its Lp norm, in storage
-    form.  (Max results are stored as they are; kernels pick between the two at compile time,
-    so that integer max never meets floating-point division.)"""
-    if power:
-        return to_storage(_root(m, div, knz, invz, p1, p2), marker)
-    return to_storage(divide(m, div), marker)
+    return to_storage(np.sqrt(s) if p2 else (s if p1 else s ** invz), marker)
 
 
 @_jit_inline
