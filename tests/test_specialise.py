@@ -120,3 +120,24 @@ def test_each_kind_compiles_only_its_own_finish():
     assert "divide" not in smax and "_lp_norm" not in smax
     assert "divide" in savg and "_lp_norm" not in savg
     assert "_lp_norm" in slp
+
+
+def test_parameters_and_nested_scopes_are_not_folded():
+    def outer(K):
+        def f(x, flag):
+            if x > 0:
+                flag = False  # a parameter assigned once stays a variable
+            return (1 if flag else 2) + K
+        return f
+
+    fn = outer(3)
+    new = specialise(fn)
+    assert [new(x, fl) for x in (-1, 1) for fl in (True, False)] == \
+        [fn(x, fl) for x in (-1, 1) for fl in (True, False)]
+
+    def outer2(K):
+        def g(x):
+            return sum([K for K in range(x)]) + K  # a comprehension rebinding the name
+        return g
+
+    assert specialise(outer2(7)) is None

@@ -19,7 +19,9 @@ import textwrap
 import threading
 
 _SCALARS = (bool, int, float)
-_VERSION = 1  # of the rewrite: part of the key of the kept code
+_VERSION = 2  # of the rewrite: part of the key of the kept code
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp,
+           ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.Global, ast.Nonlocal)
 
 
 class _Fold(ast.NodeTransformer):
@@ -116,10 +118,12 @@ def _single_constant_assignments(fdef):
                 scan(getattr(st, field, ()) or ())
             for h in getattr(st, "handlers", ()) or ():
                 scan(h.body)
-            if isinstance(st, (ast.FunctionDef, ast.Lambda)):
-                counts.update({n: 2 for n in values})  # (nested scopes: give up)
 
     scan(fdef.body)
+    a = fdef.args  # a parameter assigned once is not a constant
+    for arg in a.posonlyargs + a.args + a.kwonlyargs + [a.vararg, a.kwarg]:
+        if arg is not None:
+            counts[arg.arg] = 2
     return {k: v for k, v in values.items() if counts.get(k) == 1}
 
 
@@ -170,6 +174,8 @@ def specialise(fn, folder=None):
             code = None
     if code is None:
         code = _rewrite(fn, src, consts, names)
+        if code is None:
+            return None
         if path:
             tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
             try:
@@ -191,10 +197,13 @@ def specialise(fn, folder=None):
 
 
 def _rewrite(fn, src, consts, names):
-    """The compiled module that defines ``_factory(*names)``, returning the rewritten ``fn``."""
+    """The compiled module that defines ``_factory(*names)``, returning the rewritten ``fn``;
+    None for a function with nested scopes."""
     # (blank lines first: the tree then carries the file's line numbers as it is)
     tree = ast.parse("\n" * (fn.__code__.co_firstlineno - 1) + src)
     fdef = tree.body[0]
+    if any(isinstance(n, _SCOPES) for n in ast.walk(fdef) if n is not fdef):
+        return None  # (a nested scope could rebind a constant's name: left as it is)
     fdef.decorator_list = []
     folder = _Fold(dict(consts))
     for _ in range(4):  # locals set once to a folded constant fold on in the next round
