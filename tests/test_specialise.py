@@ -141,3 +141,22 @@ def test_parameters_and_nested_scopes_are_not_folded():
         return g
 
     assert specialise(outer2(7)) is None
+
+
+def test_a_source_file_edited_after_import_is_not_specialised(tmp_path):
+    """The rewrite reads the file: if it no longer holds the code that runs, keep the code."""
+    import importlib.util
+    import linecache
+    path = tmp_path / "edited_kernels.py"
+    path.write_text("def make(K):\n    def f(x):\n        return x + K\n    return f\n")
+    spec = importlib.util.spec_from_file_location("edited_kernels", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    fn = mod.make(3)
+    assert specialise(fn)(4) == 7  # the file as imported: rewritten
+    path.write_text("def make(K):\n    def f(x):\n        y = x * 2\n        return y - K\n"
+                    "    return f\n")
+    linecache.checkcache(str(path))
+    assert specialise(fn) is None
+    assert specialise(fn, str(tmp_path)) is None
+    assert fn(4) == 7

@@ -19,7 +19,7 @@ import textwrap
 import threading
 
 _SCALARS = (bool, int, float)
-_VERSION = 2  # of the rewrite: part of the key of the kept code
+_VERSION = 3  # of the rewrite: part of the key of the kept code
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp,
            ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.Global, ast.Nonlocal)
 
@@ -162,7 +162,8 @@ def specialise(fn, folder=None):
     path = None
     if folder:
         key = repr((_VERSION, sys.version_info[:2], fn.__code__.co_filename,
-                    fn.__code__.co_firstlineno, src, sorted(consts.items()), names))
+                    fn.__code__.co_firstlineno, src, sorted(consts.items()), names,
+                    hashlib.sha256(fn.__code__.co_code).hexdigest()))
         tag = "".join(ch if ch.isalnum() else "_" for ch in fn.__qualname__)[-60:]
         path = os.path.join(folder, f"{tag}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.spec")
     code = None
@@ -196,6 +197,36 @@ def specialise(fn, folder=None):
     return new
 
 
+def _closure_module(fdef, names):
+    """A module defining ``_factory(*names)`` that returns the function ``fdef``."""
+    outer = ast.FunctionDef(name="_factory", args=ast.arguments(
+        posonlyargs=[], args=[ast.arg(n) for n in names], kwonlyargs=[], kw_defaults=[],
+        defaults=[]), body=[fdef, ast.Return(ast.Name(fdef.name, ast.Load()))],
+        decorator_list=[], returns=None, type_params=[])
+    for n in [outer, outer.args] + outer.args.args + list(ast.walk(outer.body[1])):
+        ast.copy_location(n, fdef)  # the new nodes: at the def line
+    return ast.Module(body=[outer], type_ignores=[])
+
+
+def _same_function(fn, fdef, names):
+    """Does the source read now still compile to ``fn``'s code (same names, same number of
+    instructions)?  A file edited after import would otherwise be specialised in place of the
+    code that runs."""
+    import copy
+    import dis
+    ns = {}
+    exec(compile(_closure_module(copy.deepcopy(fdef), names), fn.__code__.co_filename, "exec"),
+         {}, ns)
+    new = ns["_factory"].__code__.co_consts
+    code = next((c for c in new if getattr(c, "co_name", None) == fdef.name), None)
+    if code is None:
+        return False
+    old = fn.__code__
+    return (code.co_names, code.co_varnames, code.co_freevars, code.co_argcount) == \
+        (old.co_names, old.co_varnames, old.co_freevars, old.co_argcount) and \
+        sum(1 for _ in dis.get_instructions(code)) == sum(1 for _ in dis.get_instructions(old))
+
+
 def _rewrite(fn, src, consts, names):
     """The compiled module that defines ``_factory(*names)``, returning the rewritten ``fn``;
     None for a function with nested scopes."""
@@ -205,6 +236,8 @@ def _rewrite(fn, src, consts, names):
     if any(isinstance(n, _SCOPES) for n in ast.walk(fdef) if n is not fdef):
         return None  # (a nested scope could rebind a constant's name: left as it is)
     fdef.decorator_list = []
+    if not _same_function(fn, fdef, names):
+        return None  # the file changed since the function was defined: left as it is
     folder = _Fold(dict(consts))
     for _ in range(4):  # locals set once to a folded constant fold on in the next round
         fdef = folder.visit(fdef)
@@ -218,12 +251,7 @@ def _rewrite(fn, src, consts, names):
     # folded bytecode happens to coincide
     first = ast.Expr(ast.Tuple([ast.Name(n, ast.Load()) for n in consts], ast.Load())) \
         if consts else ast.Pass()
+    for n in ast.walk(first):
+        ast.copy_location(n, fdef)
     fdef.body.insert(0, first)
-    outer = ast.FunctionDef(name="_factory", args=ast.arguments(
-        posonlyargs=[], args=[ast.arg(n) for n in names], kwonlyargs=[], kw_defaults=[],
-        defaults=[]), body=[fdef, ast.Return(ast.Name(fdef.name, ast.Load()))],
-        decorator_list=[], returns=None, type_params=[])
-    for node in [outer, first, outer.body[1]]:  # the new nodes: at the def line
-        for n in ast.walk(node) if node is not outer else [outer, outer.args] + outer.args.args:
-            ast.copy_location(n, fdef)
-    return compile(ast.Module(body=[outer], type_ignores=[]), fn.__code__.co_filename, "exec")
+    return compile(_closure_module(fdef, names), fn.__code__.co_filename, "exec")
