@@ -352,6 +352,42 @@ def _flat_spec(k, s, d, pads, spatial, osp):
     return kh, k[-1], ph, pads[-1][0]
 
 
+# (KH, KW, SW) of the flat-rows kernels: overlapping windows, stride > 1, on short output rows
+# that tile the input rows; rows of at most _FLAT_ROWS_OW outputs (on 28-wide ones the
+# row-wise kernels were faster) and planes of at most _FLAT_ROWS_CELLS scratch cells
+_FLAT_ROWS_WINDOWS = frozenset({(3, 3, 2), (1, 3, 2)})
+_FLAT_ROWS_OW = 16
+_FLAT_ROWS_CELLS = 1 << 16
+
+
+def _flat_rows_spec(wspec, spatial, osp, kind):
+    """(KH, KW, SW, lo, hi, pw) when the flat-rows kernels apply, else None: 1 or 2 spatial
+    dims, a hot window with W dilation 1 and W == OW * SW, short output rows.  (The plan also
+    needs a C-contiguous channels-first input.)"""
+    if wspec is None or kind == "lp" or len(spatial) > 2:
+        return None
+    k3, sw, dw, pw = wspec
+    W, OW = spatial[-1], osp[-1]
+    OH = osp[0] if len(spatial) == 2 else 1
+    if dw != 1 or k3[0] != 1 or (k3[1], k3[2], sw) not in _FLAT_ROWS_WINDOWS or \
+            OW * sw != W or OW > _FLAT_ROWS_OW or OH * W > _FLAT_ROWS_CELLS:
+        return None
+    KW = k3[2]
+    lo = -(-pw // sw)
+    hi = min(OW, (W - KW + pw) // sw + 1)
+    return k3[1], KW, sw, lo, max(lo, hi), pw
+
+
+def _cell_divisors(tab, divmode, dov, OH, OW):
+    """The average's divisor of each output cell of a 1-d/2-d plane (the sum kernels' rules:
+    0 divisor_override, 1 count_include_pad, 2 cells in range), int64, OH * OW."""
+    if divmode == 0:
+        return np.full(OH * OW, dov, np.int64)
+    f = 2 if divmode == 1 else 1
+    d = tab[0, f, 0] * tab[1, f, :OH].astype(np.int64)[:, None] * tab[2, f, :OW][None, :]
+    return np.ascontiguousarray(d.reshape(-1), dtype=np.int64)
+
+
 def _is_global(tab, spatial, osp, divmode):
     """Does each output plane hold one window covering its whole input plane (same divisor)?"""
     if any(o != 1 for o in osp):
@@ -416,6 +452,17 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
         xshape, oshape = (lay.n * lay.c, H * W), (lay.n * lay.c, OH * OW)
         from ._cpu.separable import adaptive_cells
         args = (tab, *adaptive_cells(tab, W, OH, OW, KW), H, W, OH, init, marker)
+    elif not return_indices and lay.mem == CF and x.flags.c_contiguous and \
+            (frows := _flat_rows_spec(wspec, lay.spatial, osp, kind)) is not None:
+        # overlapping windows on short rows: one flat horizontal pass per plane (separable.py)
+        KH, KW, SW, lo, hi, pw = frows
+        H, W = lay.canon(lay.spatial)[1:]
+        OH, OW = lay.canon(osp)[1:]
+        kern = _dispatch.kernel("flat_rows", "cpu", kind, parallel, KH, KW, SW)
+        xshape, oshape = (lay.n * lay.c, H * W), (lay.n * lay.c, OH * OW)
+        dv = _cell_divisors(tab, divmode, dov, OH, OW) if kind == "avg" else \
+            np.ones(1, np.int64)
+        args = (tab, dv, H, W, OH, OW, int(dil[1]), lo, hi, pw, init, marker)
     elif not return_indices:
         if lay.mem == CF and kind != "lp" and \
                 _is_global(tab, lay.spatial, osp, divmode if kind == "avg" else 2):

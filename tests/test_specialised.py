@@ -221,6 +221,94 @@ def test_flat_stride1_max_against_reference(case, monkeypatch):
     np.testing.assert_array_equal(xs, keep)
 
 
+# Overlapping k3s2 windows on short contiguous rows (separable.make_flat_rows): one flat
+# horizontal pass per plane, whose edge columns are redone.  (rank, spatial, dtype, padding,
+# ceil_mode, H dilation): windows cut at the top, bottom and right, dilated rows, every dtype.
+FLAT_ROWS = [(2, (28, 28), np.float32, 1, False, 1), (2, (13, 32), np.float16, 1, False, 1),
+             (2, (9, 32), np.float64, (1, 0), True, 1), (2, (17, 10), np.int64, 0, True, 1),
+             (2, (14, 14), np.uint8, 1, False, 1), (2, (15, 12), np.float32, 1, False, 2),
+             (1, (20,), np.float32, 1, False, 1), (1, (8,), np.int64, 0, True, 1),
+             (2, (3, 4), np.float32, 1, False, 1), (2, (1, 6), np.float32, 1, False, 1)]
+
+
+@pytest.mark.parametrize("case", FLAT_ROWS, ids=[f"{c[0]}d-{'x'.join(map(str, c[1]))}-"
+                                              f"{np.dtype(c[2]).name}" for c in FLAT_ROWS])
+def test_flat_rows_kernels_against_reference(case, monkeypatch):
+    from reference import ref_avg_pool, ref_max_pool, resolve_pads
+    rank, sp, dtype, pad, ceil, dh = case
+    calls = []
+    real = fpf._dispatch.kernel
+    monkeypatch.setattr(fpf._dispatch, "kernel", lambda op, *a: calls.append(op) or real(op, *a))
+    monkeypatch.setattr(fpf, "_PLANS", {})
+    rng = np.random.default_rng(sum(sp) + rank)
+    shape = (2, 3) + sp
+    if np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        lo = max(info.min, -1000)
+        x = rng.integers(lo, min(info.max, 1000), size=shape, endpoint=True).astype(dtype)
+        xm = x.copy()
+        xm.reshape(-1)[::7] = info.min  # the lowest value inside windows and at edges
+    else:
+        x = (rng.standard_normal(shape) * 10).astype(dtype)
+        xm = x.copy()
+        xm[rng.random(shape) < 0.05] = np.nan
+        xm[rng.random(shape) < 0.05] = -np.inf
+    k, s = (3,) * rank, (2,) * rank
+    d = (dh, 1) if rank == 2 else (1,)
+    pads = resolve_pads(pad, sp, k, s)
+    pool = fastpool.max_pool1d if rank == 1 else fastpool.max_pool2d
+    got = pool(xm, k, s, pad, d, ceil_mode=ceil)
+    assert calls == ["flat_rows"]
+    want = ref_max_pool(xm, k, s, pads, d, ceil_mode=ceil)[0]
+    np.testing.assert_array_equal(got, want)
+    t = torch.from_numpy(xm if dtype in (np.float32, np.float64) else xm.astype(np.float64))
+    tf = F.max_pool1d if rank == 1 else F.max_pool2d
+    np.testing.assert_array_equal(got, tf(t, k, s, pad, d, ceil_mode=ceil).numpy().astype(dtype))
+    # out=, and a strided view (not a flat plane: the row-wise kernels), input untouched
+    out = np.full_like(want, 7)
+    assert pool(xm, k, s, pad, d, ceil_mode=ceil, out=out) is out
+    np.testing.assert_array_equal(out, want)
+    xs = np.repeat(xm, 2, axis=-1)[..., ::2]
+    keep = xs.copy()
+    calls.clear()
+    np.testing.assert_array_equal(pool(xs, k, s, pad, d, ceil_mode=ceil), want)
+    assert "flat_rows" not in calls
+    np.testing.assert_array_equal(xs, keep)
+    if dh != 1:
+        return
+    apool = fastpool.avg_pool1d if rank == 1 else fastpool.avg_pool2d
+    tol = 2e-2 if dtype == np.float16 else 1e-5  # (values of magnitude ~10)
+    overrides = (None, 5) if rank == 2 else (None,)
+    for incl in (True, False):
+        for dov in overrides:
+            kw = {"divisor_override": dov} if dov else {}
+            calls.clear()
+            got = apool(x, k, s, pad, ceil_mode=ceil, count_include_pad=incl, **kw)
+            assert calls == ["flat_rows"]
+            want = ref_avg_pool(x, k, s, pads, ceil_mode=ceil, count_include_pad=incl,
+                                divisor_override=dov)
+            if np.dtype(dtype).kind in "iu":
+                np.testing.assert_array_equal(got, want)
+            else:
+                np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64),
+                                           rtol=tol, atol=tol)
+
+
+def test_flat_rows_kernels_only_for_their_geometry():
+    spec = fpf._flat_rows_spec
+    k2 = ((1, 3, 3), 2, 1, 1)
+    assert spec(k2, (28, 28), (14, 14), "avg") == (3, 3, 2, 1, 14, 1)
+    assert spec(((1, 1, 3), 2, 1, 1), (20,), (10,), "max") == (1, 3, 2, 1, 10, 1)
+    assert spec(((1, 3, 3), 2, 1, 0), (9, 32), (4, 16), "max") == (3, 3, 2, 0, 15, 0)
+    assert spec(k2, (56, 56), (28, 28), "avg") is None  # rows long enough as they are
+    assert spec(k2, (27, 27), (14, 14), "avg") is None  # W != OW * SW
+    assert spec(k2, (28, 28), (14, 14), "lp") is None
+    assert spec(((1, 2, 2), 2, 1, 0), (28, 28), (14, 14), "max") is None  # no overlap
+    assert spec(((1, 3, 3), 2, 2, 1), (28, 28), (13, 13), "max") is None  # W dilation
+    assert spec(((3, 3, 3), 2, 1, 1), (8, 28, 28), (4, 14, 14), "max") is None  # 3-d
+    assert spec(None, (28, 28), (14, 14), "avg") is None  # adaptive windows
+
+
 def test_flat_kernels_only_for_their_geometry():
     spec = fpf._flat_spec
     assert spec((3, 3), (1, 1), (1, 1), [(1, 1), (1, 1)], (20, 30), (20, 30)) == (3, 3, 1, 1)

@@ -496,6 +496,91 @@ def make_flat(kind, parallel, KH, KW):
     return jit(kernel, parallel=parallel)
 
 
+def make_flat_rows(kind, parallel, KH, KW, SW):
+    """Max/average over windows KW wide at stride SW (KW > SW) of contiguous channels-first
+    1-d/2-d planes whose output rows are short and tile the input rows (W == OW * SW).
+
+    ``x``/``out`` are (planes, H * W) and (planes, OH * OW).  Per plane: the vertical pass
+    reduces each output row's input rows into ``T[G + oh * W:]`` (G guard cells first), packed
+    at the input's row length; because W == OW * SW, output cell ``i`` of the plane then
+    reduces ``T[i * SW:][:KW]`` in one flat loop over all OH * OW cells, vectorised across rows
+    (row by row, a 14-wide output row runs entirely in the compiler's scalar remainder).  The
+    windows of the edge columns, [0, lo) and [hi, OW), run across row ends there and are redone
+    from their own row's taps.  ``dv``: the average's divisor of each cell (plan-built).
+    """
+    MAX = kind == "max"
+    PAR = parallel
+
+    def kernel(x, out, tab, dv, H, W, OH, OW, dh, lo, hi, pw, init, marker):
+        P = x.shape[0]
+        blk = max(1, P // TASKS) if PAR else max(P, 1)
+        ntask = (P + blk - 1) // blk
+        for t in prange(ntask):
+            Wc = max(W, 0)
+            OHc = max(OH, 0)
+            OWc = max(OW, 0)
+            G = max(pw, 0)  # T[G - pw + i * SW] is cell i's first tap: G - pw == 0
+            T = np.full(G + OHc * Wc + KW, init)
+            lo_ = min(max(lo, 0), OWc)
+            hi_ = min(max(hi, lo_), OWc)
+            for q in range(t * blk, min(P, (t + 1) * blk)):
+                xq = x[max(q, 0)]
+                oq = out[max(q, 0)]
+                for r in range(OHc):
+                    h0 = tab[1, 0, r]
+                    nh = tab[1, 1, r]
+                    tb = G + r * Wc
+                    if nh == KH:
+                        for w in range(Wc):
+                            m = load(xq[max(h0 * Wc, 0) + w], marker)
+                            if not MAX:
+                                m = init + m
+                            for b in range(1, KH):
+                                v = load(xq[max((h0 + b * dh) * Wc, 0) + w], marker)
+                                if MAX:
+                                    m = v if ((v > m) | (v != v)) else m
+                                else:
+                                    m += v
+                            T[tb + w] = m
+                    else:  # a window cut by the padding (or in it: no row, T stays init)
+                        for w in range(Wc):
+                            T[tb + w] = init
+                        for b in range(nh):
+                            xb = max((h0 + b * dh) * Wc, 0)
+                            for w in range(Wc):
+                                v = load(xq[xb + w], marker)
+                                m = T[tb + w]
+                                if MAX:
+                                    T[tb + w] = v if ((b == 0) | (v > m) | (v != v)) else m
+                                else:
+                                    T[tb + w] = m + v
+                for i in range(OHc * OWc):
+                    m = T[i * SW]
+                    for c in range(1, KW):
+                        v = T[i * SW + c]
+                        if MAX:
+                            m = v if ((v > m) | (v != v)) else m
+                        else:
+                            m += v
+                    oq[i] = to_storage(m, marker) if MAX else to_storage(divide(m, dv[i]), marker)
+                for r in range(OHc):
+                    for seg in range(2):
+                        for ow in range(0 if seg == 0 else hi_, lo_ if seg == 0 else OWc):
+                            cb = max(G + r * Wc + tab[2, 0, ow], 0)
+                            m = init
+                            for c in range(tab[2, 1, ow]):
+                                v = T[cb + c]
+                                if MAX:
+                                    m = v if ((v > m) | (v != v)) else m
+                                else:
+                                    m += v
+                            i = max(r * OWc + ow, 0)
+                            oq[i] = to_storage(m, marker) if MAX else \
+                                to_storage(divide(m, dv[i]), marker)
+    from .._runtime import jit
+    return jit(kernel, parallel=parallel, fastmath=False if MAX else {"reassoc", "contract"})
+
+
 def make_adaptive(kind, parallel, KH, KW):
     """Adaptive max/average pooling of contiguous channels-first 1-d/2-d planes whose windows
     are KH or KH + 1 rows and KW or KW + 1 columns (every adaptive window is one of two sizes).
