@@ -11,6 +11,7 @@ Nothing here imports Numba until the first kernel is built (``configure``), so t
 ``import fastpool`` stays fast.
 """
 import ctypes
+import functools
 import glob
 import os
 import sys
@@ -106,13 +107,20 @@ def _cache_usable(numba):
     return True if os.access(pkg, os.W_OK) else None  # None: let Numba try its home cache
 
 
+def _cache_dir(numba):
+    """Numba's cache folder for this package's kernels (its own, or the one the user set)."""
+    return numba.config.CACHE_DIR or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                  "__pycache__")
+
+
+@functools.lru_cache(maxsize=None)
 def _spec_folder():
-    """Where the specialised kernel sources are kept (beside Numba's cache), or None."""
+    """Where the specialised kernel sources are kept (beside Numba's cache), or None; decided
+    once per process."""
     if _CACHE is False:
         return None
     import numba
-    d = numba.config.CACHE_DIR or os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                               "__pycache__")
+    d = _cache_dir(numba)
     try:
         os.makedirs(d, exist_ok=True)
     except OSError:
@@ -158,7 +166,7 @@ def runtime_info():
         layer = numba.threading_layer()  # only known after the first parallel launch
     except ValueError:
         pass
-    cache_dir = numba.config.CACHE_DIR or os.path.join(os.path.dirname(__file__), "__pycache__")
+    cache_dir = _cache_dir(numba)
     cuda = "not available"
     try:
         from numba import cuda as _cuda  # imported only on request

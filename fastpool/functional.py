@@ -327,10 +327,15 @@ def _sep_args(wspec, width, out_width, parallel, kind="max"):
     key = k3 + (s,)
     if d != 1 or key not in (_HOT_WINDOWS if parallel else _HOT_SERIAL):
         return (0, 0, 0, 0), 0, 0, 0
-    k = k3[2]
+    lo, hi = _interior(width, out_width, k3[2], s, pw)
+    return key, lo, hi, pw
+
+
+def _interior(width, out_width, k, s, pw):
+    """The columns [lo, hi) whose windows (k taps, stride s, left pad pw, dilation 1) lie
+    wholly inside a row of ``width``."""
     lo = -(-pw // s)
-    hi = min(out_width, (width - k + pw) // s + 1)
-    return key, lo, max(lo, hi), pw
+    return lo, max(lo, min(out_width, (width - k + pw) // s + 1))
 
 
 # (KH, KW) of the flat max kernels: stride-1 windows that keep the size, on planes of at most
@@ -372,10 +377,7 @@ def _flat_rows_spec(wspec, spatial, osp, kind):
     if dw != 1 or k3[0] != 1 or (k3[1], k3[2], sw) not in _FLAT_ROWS_WINDOWS or \
             OW * sw != W or OW > _FLAT_ROWS_OW or OH * W > _FLAT_ROWS_CELLS:
         return None
-    KW = k3[2]
-    lo = -(-pw // sw)
-    hi = min(OW, (W - KW + pw) // sw + 1)
-    return k3[1], KW, sw, lo, max(lo, hi), pw
+    return (k3[1], k3[2], sw) + _interior(W, OW, k3[2], sw, pw) + (pw,)
 
 
 def _cell_divisors(tab, divmode, dov, OH, OW):

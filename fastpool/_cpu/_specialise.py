@@ -10,6 +10,8 @@ same cells, so that Numba's cache keys it as before (bytecode plus closure conte
 its source file and line as before.
 """
 import ast
+import copy
+import dis
 import hashlib
 import linecache
 import marshal
@@ -212,8 +214,6 @@ def _same_function(fn, fdef, names):
     """Does the source read now still compile to ``fn``'s code (same names, same number of
     instructions)?  A file edited after import would otherwise be specialised in place of the
     code that runs."""
-    import copy
-    import dis
     ns = {}
     exec(compile(_closure_module(copy.deepcopy(fdef), names), fn.__code__.co_filename, "exec"),
          {}, ns)
