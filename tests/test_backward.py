@@ -476,6 +476,57 @@ def test_average_backward_geometries():
         close(got, ref, np.float64, what=f"adaptive {sp} -> {osz}")
 
 
+# 3-wide windows at stride 2 along W: (spatial, left/right pad along W (rows: 1 each side),
+# ceil_mode).  The channels-first kernel writes their window sums in pairs, over whole planes
+# when the windows tile the rows (W == 2 * OW: even W with pad 1, or pad 0 and ceil_mode),
+# else row by row (odd W, a last window past the row, uneven rows)
+PAIRS = [((12, 56), (1, 1), False), ((7, 10), (1, 1), False), ((9, 12), (0, 0), True),
+         ((8, 11), (1, 1), False), ((6, 9), (0, 0), False), ((10, 13), (1, 1), True),
+         ((5, 14), (0, 1), False), ((4, 2), (1, 1), False), ((3, 5, 6), (1, 1), False),
+         ((40,), (1, 1), False), ((17,), (0, 0), True)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_average_backward_paired_windows(dtype):
+    """Every divisor rule and both zero signs on the paired rows, against the oracle and
+    PyTorch, with the same bits in both layouts (both sum each cell's shares in window order)."""
+    rng = np.random.default_rng(77)
+    for i, (sp, pw, ceil_mode) in enumerate(PAIRS):
+        nd = len(sp)
+        k = (3,) * nd
+        s = (2,) * nd
+        pads = [(1, 1)] * (nd - 1) + [pw]
+        padding = (1,) * (nd - 1) + (pw[0],) if pw[0] == pw[1] else tuple(pads)
+        incl = bool(i % 2)
+        dov = 5 if i % 3 == 2 else None
+        x = rng.standard_normal((2, 3) + sp).astype(dtype)
+        y = R.ref_avg_pool(x.astype(np.float64), k, s, pads, ceil_mode, incl, dov)
+        g = rng.standard_normal(y.shape).astype(dtype)
+        g.reshape(-1)[::7] = -0.0  # a cell whose shares are all -0 sums to +0
+        what = f"{sp} {pw} ceil={ceil_mode} incl={incl} dov={dov}"
+        got = getattr(fastpool, f"avg_pool{nd}d_backward")(g, x, k, s, padding, ceil_mode,
+                                                           incl, dov)
+        ref = R.ref_avg_pool_backward(g.astype(np.float64), x.astype(np.float64), k, s, pads,
+                                      ceil_mode, incl, dov)
+        close(got, ref, dtype, what=what)
+        if pw[0] == pw[1] and dov is None:
+            fwd = getattr(F, f"avg_pool{nd}d")
+            close(got, torch_grad(lambda t: fwd(t, k, s, padding, ceil_mode, incl), x, g),
+                  dtype, what=what)
+        gc, _ = to_layout(g, "cl")
+        xc, _ = to_layout(x, "cl")
+        cl = getattr(fastpool, f"avg_pool{nd}d_backward")(gc, xc, k, s, padding, ceil_mode,
+                                                          incl, dov, channels_last=True)
+        assert np.moveaxis(cl, -1, 1).tobytes() == got.tobytes(), what
+        if dtype == np.float32 and nd == 2:  # Lp: the shares come row by row
+            xp = np.abs(x) + 0.25
+            lp = fastpool.lp_pool2d_backward(g, xp, 2, k, s, padding=padding,
+                                             ceil_mode=ceil_mode)
+            close(lp, R.ref_lp_pool_backward(g.astype(np.float64), xp.astype(np.float64), 2, k,
+                                             s, pads, ceil_mode=ceil_mode), dtype,
+                  what="lp " + what)
+
+
 # (spatial, output size, dtype, parallel): overlapping windows of two sizes (the stuffed rows),
 # non-overlapping ones and upsampling (the gathered rows; input rows under up to 4 windows)
 ADAPTIVE_BWD = [((30, 30), (7, 7), np.float32, True), ((13, 11), (4, 3), np.float64, False),
