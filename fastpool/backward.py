@@ -318,7 +318,8 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
                                 _parallel(cells * lay.n * lay.c +
                                           gsize * taps * (2 if power else 1)))
     if adaptive:
-        iw = _covering(inv, ilist, 2, s3[2], o3[2])
+        from ._cpu.backward import adaptive_gather
+        gt = adaptive_gather(_covering(inv, ilist, 2, s3[2], o3[2]), o3[1], o3[2])
         ih = _covering(inv, ilist, 1, s3[1], o3[1])
         ch = np.ascontiguousarray(inv[1, 1, :s3[1]])
         # per output cell, its divisors along H and W (padded: the kernel's share loop runs
@@ -328,12 +329,6 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
         dw = np.ones(ncell + 32, acc.dtype)
         dh[:ncell] = np.repeat(tab[1, 1, :o3[1]], o3[2])
         dw[:ncell] = np.tile(tab[2, 1, :o3[2]], o3[1])
-        starts, sizes = tab[2, 0, :o3[2]], tab[2, 1, :o3[2]]
-        kmin = int(sizes.min())
-        # stuffed rows pay K + 1 passes: only for overlapping windows (a column covered by
-        # two or more), else one gather pass is cheaper
-        stuff = iw.shape[0] > 1 and kmin <= 8 and bool(np.all(np.diff(starts) > 0)) and \
-            int(sizes.max()) <= kmin + 1
         kern = _dispatch.kernel("adaptive_backward", "cpu", CF,
                                 _parallel(cells * lay.n * lay.c + gsize * taps))
 
@@ -350,7 +345,7 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
         elif adaptive:
             with launch_lock():
                 kern(_bits(gm).reshape(lay.n * lay.c, -1), _bits(res).reshape(lay.n * lay.c, -1),
-                     tab, iw, ih, ch, dh, dw, s3[1], s3[2], o3[1], o3[2], kmin, stuff,
+                     gt, ih, ch, dh, dw, s3[1], s3[2], o3[1], o3[2],
                      _plane_block(lay.n * lay.c, cells), acc, marker)
         else:
             blk = _plane_block(lay.n * lay.c, cells) if lay.mem == CF else \

@@ -438,10 +438,10 @@ def test_deterministic_across_thread_counts():
 # ---------------------------------------------------------------------------------------------
 
 def test_average_backward_geometries():
-    """The channels-first average/adaptive backward builds each row of window sums from shares
-    stuffed into zero rows, and both layouts write input rows with one or two covering windows
-    at once: gaps (stride > kernel), asymmetric and "same" pads, dilation, ceil mode and every
-    divisor rule, in 1, 2 and 3 dims, against the oracle."""
+    """The channels-first average backward builds each row of window sums from shares stuffed
+    into zero rows (or in pairs), and both layouts write input rows with one or two covering
+    windows at once: gaps (stride > kernel), asymmetric and "same" pads, dilation, ceil mode
+    and every divisor rule, in 1, 2 and 3 dims, against the oracle."""
     rng = np.random.default_rng(4242)
     for case in range(40):
         nd = 1 + case % 3
@@ -527,8 +527,8 @@ def test_average_backward_paired_windows(dtype):
                   what="lp " + what)
 
 
-# (spatial, output size, dtype, parallel): overlapping windows of two sizes (the stuffed rows),
-# non-overlapping ones and upsampling (the gathered rows; input rows under up to 4 windows)
+# (spatial, output size, dtype, parallel): overlapping windows of two sizes (columns under two
+# windows), non-overlapping ones and upsampling (input rows and columns under up to 4 windows)
 ADAPTIVE_BWD = [((30, 30), (7, 7), np.float32, True), ((13, 11), (4, 3), np.float64, False),
                 ((9, 40), (5, 9), np.float16, False), ((16, 24), (4, 6), np.float32, False),
                 ((5, 6), (17, 13), np.float64, False), ((61,), (9,), np.float32, False),
