@@ -399,7 +399,7 @@ def _determinism_cases(rng):
     xp = np.abs(x2) + 0.5
     return {
         "max scatter cf": lambda: fastpool.max_pool2d_backward(g2, x2, 3, 2, 1, indices=idx),
-        "max gather cl": lambda: fastpool.max_pool2d_backward(gc, xc, 3, 2, 1, indices=idxc,
+        "max indices cl": lambda: fastpool.max_pool2d_backward(gc, xc, 3, 2, 1, indices=idxc,
                                                               channels_last=True),
         "max recompute cf": lambda: fastpool.max_pool2d_backward(g2, x2, 3, 2, 1),
         "max recompute cl": lambda: fastpool.max_pool2d_backward(gc, xc, 3, 2, 1,
@@ -677,6 +677,39 @@ def test_indices_outside_their_window_still_scatter():
         il, _ = to_layout(idx, layout)
         got = fastpool.max_pool2d_backward(gl, xl, 2, indices=il, channels_last=cl)
         close(from_layout(got, layout, x), ref, np.float64, what=layout)
+
+
+@pytest.mark.parametrize("case", [((0, 32, 9, 10), 3, 2, 1, "max_backward"),
+                                  ((1, 64, 9, 10), 3, 2, 1, "max_backward_gather"),
+                                  ((0, 32, 8, 10), 2, 2, 0, "max_backward_gather")])
+def test_channels_last_backward_from_indices_kernels(case, monkeypatch):
+    """Channels-last gradients from indices: overlapping windows scatter whole channel vectors
+    in output order; split channel blocks and disjoint windows gather over the covering
+    windows.  Both give PyTorch's gradient and the channels-first scatter's bits."""
+    from fastpool import backward as B
+    from fastpool import functional
+    import numba
+    shape, k, s, p, kernel = case
+    # (N 0: enough images for whole channel blocks, four tasks per thread)
+    shape = (shape[0] or 4 * numba.get_num_threads(),) + shape[1:]
+    calls = []
+    real = B._dispatch.kernel
+    monkeypatch.setattr(B._dispatch, "kernel", lambda op, *a: calls.append(op) or real(op, *a))
+    monkeypatch.setattr(functional, "_PLANS", {})
+    rng = np.random.default_rng(sum(shape))
+    x = rng.integers(-2, 3, shape).astype(np.float32)  # ties
+    yt, it = F.max_pool2d(T(x), k, s, p, return_indices=True)
+    g = rng.standard_normal(yt.shape).astype(np.float32)
+    ref = torch.ops.aten.max_pool2d_with_indices_backward(T(g), T(x), [k, k], [s, s], [p, p],
+                                                          [1, 1], False, it).numpy()
+    xc, _ = to_layout(x, "cl")
+    gc, _ = to_layout(g, "cl")
+    ic, _ = to_layout(it.numpy(), "cl")
+    got = fastpool.max_pool2d_backward(gc, xc, k, s, p, indices=ic, channels_last=True)
+    assert calls[-1] == kernel, calls
+    cf = fastpool.max_pool2d_backward(g, x, k, s, p, indices=it.numpy())
+    close(from_layout(got, "cl", x), ref, np.float32)
+    assert np.ascontiguousarray(from_layout(got, "cl", x)).tobytes() == cf.tobytes()
 
 
 def test_unbatched_and_public_names():
