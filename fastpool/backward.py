@@ -189,7 +189,7 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
             ntask = lay.n * -(-lay.c // blk)
         bad = np.zeros((ntask, 2), np.int64)
         kern = _dispatch.kernel("max_backward", "cpu", lay.mem, par_idx,
-                                lay.mem == CF and dtype != np.float16)
+                                dtype != np.float16)
         with launch_lock():
             kern(_flat(lay, _bits(gm), osp), _flat(lay, im, osp),
                  _flat(lay, _bits(res), lay.spatial), bad, blk, acc, marker)

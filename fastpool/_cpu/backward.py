@@ -59,9 +59,10 @@ def _as_acc_impl(zero, n):
 def make_max_scatter(layout, parallel, direct=False):
     """grad_input[idx[o]] += grad_output[o] per plane, outputs in order (any indices).
 
-    ``direct`` (channels-first, the storage type is the accumulation type: float32, float64):
-    the sums go straight into the zeroed gradient plane, which stays in cache, instead of
-    through a scratch plane copied out afterwards."""
+    ``direct`` (the storage type is the accumulation type: float32, float64): the sums go
+    straight into the zeroed gradient plane (channels-first), which stays in cache, or the
+    zeroed gradient image (channels-last tasks holding whole channel vectors), instead of
+    through a scratch copied out afterwards."""
     DIRECT = direct
 
     if layout == CF:
@@ -105,7 +106,13 @@ def make_max_scatter(layout, parallel, direct=False):
                 n = t // nb
                 c0 = (t - n * nb) * blk
                 wb = min(C, c0 + blk) - c0
-                buf = np.full(S * wb, zero)
+                # direct: whole channel vectors, the image's gradient itself is the scratch
+                own = DIRECT and wb == C
+                buf = np.full(1 if own else S * wb, zero)
+                gn = gin[max(n, 0)].reshape(S * C)
+                if own:
+                    for j in range(S * C):
+                        gn[j] = zero
                 ok = True
                 for o in range(OS):
                     for c in range(wb):
@@ -115,11 +122,13 @@ def make_max_scatter(layout, parallel, direct=False):
                                 bad[t, 0] = 1 + n * C + c0 + c
                                 bad[t, 1] = i
                             ok = False
+                        elif own:
+                            gn[U(i * C + c)] += load(g[n, o, U(c)], marker)
                         else:
                             buf[U(i * wb + c)] += load(g[n, o, U(c0 + c)], marker)
                     if not ok:
                         break
-                if ok:
+                if ok and not own:
                     for s in range(S):
                         for c in range(wb):
                             gin[n, s, U(c0 + c)] = to_storage(buf[U(s * wb + c)], marker)
