@@ -608,6 +608,37 @@ def test_channels_last_max_backward_without_indices_geometries():
         close(from_layout(got, "cl", x), ref, np.float64, what=f"{k} {s} {d} {pads} {sp}")
 
 
+# (spatial, kernel, stride, pad, dtype): the hot windows (compiled as constants)
+RECOMPUTE_HOT = [((9, 10), 3, 2, 1, np.float32), ((9, 10), 3, 2, 1, np.float64),
+                 ((9, 10), 3, 2, 1, np.float16), ((8, 10), 2, 2, 0, np.float32),
+                 ((7, 9), 3, 1, 1, np.float32), ((9, 8), 5, 1, 2, np.float16),
+                 ((21,), 3, 2, 0, np.float64), ((6, 5, 8), 2, 2, 0, np.float32)]
+
+
+@pytest.mark.parametrize("case", RECOMPUTE_HOT, ids=[f"h{i}" for i in range(len(RECOMPUTE_HOT))])
+def test_channels_last_recompute_hot_windows(case):
+    """Channels-last max backward without indices on the hot windows (compiled as constants
+    for large calls; the 3x3 and 2x2 stride-2 ones for small calls too, the others then run
+    the tables): each tap takes the gradients of the channels whose argmax it is (one pass per
+    tap); ties, NaN and -0.0 gradients, against PyTorch and the channels-first kernel's bits."""
+    sp, k, s, p, dtype = case
+    rng = np.random.default_rng(sum(sp) + k)
+    nd = len(sp)
+    x = rng.integers(-2, 3, (2, 24) + sp).astype(dtype)  # ties
+    x.reshape(-1)[::29] = np.nan
+    y = getattr(fastpool, f"max_pool{nd}d")(x, k, s, p)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    g.reshape(-1)[::5] = -0.0
+    xc, _ = to_layout(x, "cl")
+    gc, _ = to_layout(g, "cl")
+    got = getattr(fastpool, f"max_pool{nd}d_backward")(gc, xc, k, s, p, channels_last=True)
+    cf = getattr(fastpool, f"max_pool{nd}d_backward")(g, x, k, s, p)
+    got = np.ascontiguousarray(from_layout(got, "cl", x))
+    assert got.tobytes() == cf.tobytes()
+    fwd = getattr(F, f"max_pool{nd}d")
+    close(got, torch_grad(lambda t: fwd(t, k, s, p), x, g), dtype)
+
+
 def test_float16_accumulates_in_float32():
     """Many overlapping windows add into one cell: the sum is kept in float32 and rounded to
     float16 once (a float16 running sum would drift)."""

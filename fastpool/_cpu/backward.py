@@ -285,11 +285,14 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
                                 m = v if take else m
                                 ti = np.int32(i) if take else ti
                             tap[c] = ti
-                        for c in range(wb):
-                            i = tap[c]
-                            k = i % KW
-                            sl = rs[i // KW] * RW + (w0 + k * dw) * wb
-                            buf[U(sl + c)] += load(g[n, od, oh, ow, U(c0 + c)], marker)
+                        # each tap's cells take the gradients of the channels whose argmax
+                        # it is, + 0 elsewhere (no bit changes: the sums start at +0, never
+                        # -0): one vectorised pass per tap, not a scattered add per channel
+                        for i in range(KT):
+                            sl = rs[i // KW] * RW + (w0 + (i % KW) * dw) * wb
+                            for c in range(wb):
+                                v = load(g[n, od, oh, ow, U(c0 + c)], marker)
+                                buf[U(sl + c)] += v if tap[c] == i else zero
                         continue
                     first = (d0 * H + h0) * W + w0
                     for c in range(wb):
