@@ -462,14 +462,7 @@ def make_sum_backward(layout, parallel, power):
                             nh = tab[1, 1, oh]
                             base = (od * OH + oh) * RS
                             if PLANE:
-                                sb = (od * OH + oh) * OW
-                                if PAIR:
-                                    for ow in range(OWs):
-                                        SP[ow + 1] = SHP[U(sb + ow + 1)]
-                                else:
-                                    eb = base + LM
-                                    for ow in range(OWs):
-                                        E[U(eb + ow * SWu)] = SHP[U(sb + ow + 1)]
+                                pass  # (the row's shares are in SHP)
                             elif POWER:
                                 for ow in range(OW):
                                     w0 = tab[2, 0, ow]
@@ -510,14 +503,16 @@ def make_sum_backward(layout, parallel, power):
                                 for ow in range(OW):
                                     sh[ow] = (zero + load(g[q, od, oh, ow], marker)) / \
                                         dv[U(db + ow)]
-                            if KWu > 0 and not PLANE:
+                            if KWu > 0:  # the row's shares: SP (pairs) or stuffed into E
+                                src = SHP if PLANE else sh
+                                so = (od * OH + oh) * OW + 1 if PLANE else 0
                                 if PAIR:
                                     for ow in range(OWs):
-                                        SP[ow + 1] = sh[ow]
+                                        SP[ow + 1] = src[U(so + ow)]
                                 else:
                                     eb = base + LM
                                     for ow in range(OWs):
-                                        E[U(eb + ow * SWu)] = sh[ow]
+                                        E[U(eb + ow * SWu)] = src[U(so + ow)]
                             if PAIR:
                                 for j in range(NP):
                                     a = SP[j]
