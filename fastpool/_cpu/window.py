@@ -16,6 +16,7 @@ from numba.extending import overload
 from ._intrinsics import load, to_storage
 from .._runtime import jit
 
+U = np.uint64  # (an unsigned index: no negative-index handling, which blocks vectorisation)
 CF = "cf"
 CL = "cl"
 
@@ -267,3 +268,117 @@ def make_max_backward(layout, parallel, KD, KH, KW, SW):
     with ``out`` the grad_output and ``idx`` the grad_input, and ``zero`` the accumulation
     type's zero."""
     return make_max(layout, parallel, KD, KH, KW, SW, backward=True)
+
+
+def make_max_backward_k3s2(layout, parallel):
+    """Channels-first max backward without indices for 3 x 3 windows at stride 2 with padding 1
+    on planes of even height and width (``H == 2 * OH``, ``W == 2 * OW``: the windows tile the
+    plane, as in ResNet's stem), bit for bit the result of ``make_max_backward``.
+
+    Each output's argmax becomes a code ``a * 3 + c`` (the winning tap's row and column in the
+    padded window; ties and NaN as the forward's scan): a vertical pass per output row keeps
+    each column's first max / last NaN and its row, then one loop over the whole plane merges
+    the windows' three columns (``_merge``: the codes order the taps as their flat positions
+    do).  Each pair of input rows is then written once: every cell is the sum, started at +0 and
+    in output order, of the gradients of the windows whose code names it (+0 from the others,
+    which changes no bit).  No scratch plane, no scattered adds, no copy out.
+
+    The codes are held in the accumulation type (``cz``: codes 0..8, the padding's code, and
+    -1): compares and selects then run in lanes of one width (int32 codes were widened to
+    int64 lanes, and the merge took 5x as long).  Arrays are flat and indexed
+    ``U(offset + j)``: indexing 3-d arrays with computed rows kept these loops scalar.
+    Arguments: flat input, grad_output and grad_input, then (planes, H, W, OH, OW)."""
+    PAR = parallel
+
+    def kernel(xf, gf, ginf, P, H, W, OH, OW, cz, init, zero, marker):
+        CS = OW + 1  # row stride of the codes and shares (a zero-share slot after each row)
+        c0 = cz[0]
+        c1 = cz[1]
+        c2 = cz[2]
+        c3 = cz[3]
+        c4 = cz[4]
+        c5 = cz[5]
+        c6 = cz[6]
+        c7 = cz[7]
+        c8 = cz[8]
+        cbig = cz[9]  # padding columns: never the first maximum, never a NaN
+        cm1 = cz[10]  # no window (the row past the last)
+        NC = (OH + 1) * CS + 1
+        bp = max(1, P // TASKS) if PAR else max(P, 1)
+        ntask = (P + bp - 1) // bp
+        for t in prange(ntask):
+            RS = W + 2  # row stride of V / A: column w at 1 + w, padding at 0 and W + 1
+            V = np.full(OH * RS + 3, init)
+            A = np.full(OH * RS + 3, cbig)
+            CD = np.full(NC, cm1)
+            G = np.full(NC, zero)
+            for q in range(t * bp, min(P, (t + 1) * bp)):
+                for oh in range(OH):
+                    vb = oh * RS + 1
+                    rb = (q * H + max(2 * oh - 1, 0)) * W  # first window row
+                    # each column's first max / last NaN over the window's rows
+                    if oh == 0:  # (the top window's first row is padding)
+                        for w in range(W):
+                            m = load(xf[U(rb + w)], marker)
+                            v = load(xf[U(rb + W + w)], marker)
+                            take = (v > m) | (v != v)
+                            V[U(vb + w)] = v if take else m
+                            A[U(vb + w)] = c6 if take else c3
+                    else:
+                        for w in range(W):
+                            m = load(xf[U(rb + w)], marker)
+                            v = load(xf[U(rb + W + w)], marker)
+                            take = (v > m) | (v != v)
+                            m = v if take else m
+                            a = c3 if take else c0
+                            v = load(xf[U(rb + 2 * W + w)], marker)
+                            take = (v > m) | (v != v)
+                            V[U(vb + w)] = v if take else m
+                            A[U(vb + w)] = c6 if take else a
+                    b = oh * CS
+                    gb = (q * OH + oh) * OW
+                    for j in range(OW):
+                        G[U(b + j)] = zero + load(gf[U(gb + j)], marker)
+                # the windows of all rows in one loop (2 columns apart throughout); each row's
+                # extra slot gets a code too, harmless: its share is 0
+                for k in range(OH * CS):
+                    m = V[2 * k]
+                    ci = A[2 * k]
+                    m, ci = _merge(m, ci, V[2 * k + 1], A[2 * k + 1] + c1)
+                    m, ci = _merge(m, ci, V[2 * k + 2], A[2 * k + 2] + c2)
+                    CD[k] = ci
+                # input rows 2i (window row i, a = 1) and 2i + 1 (rows i, a = 2, and i + 1,
+                # a = 0); column 2m is tap c = 1 of window m, column 2m + 1 tap 2 of window m
+                # and tap 0 of window m + 1.  Gradients are added in output order.
+                for i in range(OH):
+                    b = i * CS
+                    bn = b + CS
+                    o0 = (q * H + 2 * i) * W
+                    o1 = o0 + W
+                    for m_ in range(OW):
+                        k00 = CD[U(b + m_)]
+                        k01 = CD[U(b + m_ + 1)]
+                        g00 = G[U(b + m_)]
+                        g01 = G[U(b + m_ + 1)]
+                        ginf[U(o0 + 2 * m_)] = to_storage(zero + (g00 if k00 == c4 else zero),
+                                                          marker)
+                        ginf[U(o0 + 2 * m_ + 1)] = to_storage(
+                            (zero + (g00 if k00 == c5 else zero)) + (g01 if k01 == c3 else zero),
+                            marker)
+                    for m_ in range(OW):
+                        k00 = CD[U(b + m_)]
+                        k01 = CD[U(b + m_ + 1)]
+                        k10 = CD[U(bn + m_)]
+                        k11 = CD[U(bn + m_ + 1)]
+                        g00 = G[U(b + m_)]
+                        g01 = G[U(b + m_ + 1)]
+                        g10 = G[U(bn + m_)]
+                        g11 = G[U(bn + m_ + 1)]
+                        ginf[U(o1 + 2 * m_)] = to_storage(
+                            (zero + (g00 if k00 == c7 else zero)) + (g10 if k10 == c1 else zero),
+                            marker)
+                        ginf[U(o1 + 2 * m_ + 1)] = to_storage(
+                            (((zero + (g00 if k00 == c8 else zero)) +
+                              (g01 if k01 == c6 else zero)) +
+                             (g10 if k10 == c2 else zero)) + (g11 if k11 == c0 else zero), marker)
+    return jit(kernel, parallel=parallel)
