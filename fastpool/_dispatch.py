@@ -31,8 +31,8 @@ _FACTORIES = {
     ("max_backward_recompute", "cpu"): ("._cpu.backward", "make_max_recompute", ()),
     # channels-first max backward without indices: the forward's argmax scan (spec as "max")
     ("max_backward_scan", "cpu"): ("._cpu.window", "make_max_backward", ()),
-    # ... for 3x3 windows at stride 2, padding 1, tiling planes of even height and width
-    ("max_backward_k3s2", "cpu"): ("._cpu.window", "make_max_backward_k3s2", ()),
+    # ... for K x K windows at stride 2 tiling even planes (spec: K = 3, padding 1, or K = 2)
+    ("max_backward_tiled", "cpu"): ("._cpu.window", "make_max_backward_tiled", ()),
     ("adaptive_backward", "cpu"): ("._cpu.backward", "make_adaptive_backward", ()),
     ("global_backward", "cpu"): ("._cpu.backward", "make_global_backward", ()),
     ("avg_backward", "cpu"): ("._cpu.backward", "make_sum_backward", (False,)),

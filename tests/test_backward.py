@@ -639,45 +639,50 @@ def test_channels_last_recompute_hot_windows(case):
     close(got, torch_grad(lambda t: fwd(t, k, s, p), x, g), dtype)
 
 
-# (N, C, H, W, dtype): 3x3 / stride 2 / padding 1 channels-first without indices; even planes
-# run make_max_backward_k3s2 (the windows tile them), odd ones the argmax scan kernel
-K3S2 = [(2, 3, 8, 10, np.float32), (1, 2, 2, 2, np.float32), (3, 5, 14, 6, np.float64),
-        (2, 4, 6, 4, np.float16), (1, 3, 2, 12, np.float32), (3, 2, 10, 2, np.float64),
-        (2, 80, 32, 26, np.float32), (2, 40, 22, 30, np.float16), (2, 3, 9, 10, np.float32),
-        (2, 3, 8, 11, np.float64), (1, 2, 7, 7, np.float16)]
+# (N, C, H, W, dtype, K): K x K windows at stride 2 (K = 3 with padding 1) channels-first
+# without indices; even planes run make_max_backward_tiled (the windows tile them), odd ones
+# the argmax scan kernel
+TILED = [(2, 3, 8, 10, np.float32, 3), (1, 2, 2, 2, np.float32, 3), (3, 5, 14, 6, np.float64, 3),
+         (2, 4, 6, 4, np.float16, 3), (1, 3, 2, 12, np.float32, 3), (3, 2, 10, 2, np.float64, 3),
+         (2, 80, 32, 26, np.float32, 3), (2, 40, 22, 30, np.float16, 3),
+         (2, 3, 9, 10, np.float32, 3), (2, 3, 8, 11, np.float64, 3), (1, 2, 7, 7, np.float16, 3),
+         (2, 3, 8, 10, np.float32, 2), (1, 2, 2, 2, np.float64, 2), (3, 5, 6, 14, np.float16, 2),
+         (2, 80, 26, 32, np.float32, 2), (2, 3, 9, 10, np.float32, 2), (1, 2, 8, 7, np.float64, 2)]
 
 
-@pytest.mark.parametrize("case", K3S2, ids=[f"t{i}" for i in range(len(K3S2))])
-def test_max_backward_k3s2_tiling(case, monkeypatch):
-    """The tiling 3x3 / stride 2 / padding 1 backward without indices: which kernel runs, and
-    with ties, NaN (the last NaN of a window wins), -0.0 inputs and -0.0 / NaN gradients the
-    oracle's and the channels-last kernel's bits (both add in output order, float16 in float32)
-    and PyTorch's gradient."""
+@pytest.mark.parametrize("case", TILED, ids=[f"t{i}" for i in range(len(TILED))])
+def test_max_backward_tiled(case, monkeypatch):
+    """Tiling 3x3 (padding 1) and 2x2 windows at stride 2, backward without indices: which
+    kernel runs, and with ties, NaN (the last NaN of a window wins), -0.0 inputs and -0.0 / NaN
+    gradients the oracle's and the channels-last kernel's bits (both add in output order,
+    float16 in float32) and PyTorch's gradient."""
     from fastpool import backward as B
     from fastpool import functional
-    N, C, H, W, dtype = case
+    N, C, H, W, dtype, k = case
+    p = (k - 1) // 2
     calls = []
     real = B._dispatch.kernel
     monkeypatch.setattr(B._dispatch, "kernel", lambda op, *a: calls.append(op) or real(op, *a))
     monkeypatch.setattr(functional, "_PLANS", {})
-    rng = np.random.default_rng(N * 1000 + C * 100 + H * 10 + W)
+    rng = np.random.default_rng(N * 1000 + C * 100 + H * 10 + W + k)
     x = rng.integers(-2, 3, (N, C, H, W)).astype(dtype)  # ties
     x[rng.random(x.shape) < 0.05] = np.nan
     x[rng.random(x.shape) < 0.1] = -0.0
-    g = rng.standard_normal((N, C, (H - 1) // 2 + 1, (W - 1) // 2 + 1)).astype(dtype)
+    g = rng.standard_normal((N, C, (H + 2 * p - k) // 2 + 1, (W + 2 * p - k) // 2 + 1))
+    g = g.astype(dtype)
     g[rng.random(g.shape) < 0.1] = -0.0
-    got = fastpool.max_pool2d_backward(g, x, 3, 2, 1)
-    assert ("max_backward_k3s2" in calls) == (H % 2 == 0 and W % 2 == 0), calls
-    ref = R.ref_max_pool_backward(g, x, (3, 3), (2, 2), [(1, 1), (1, 1)], (1, 1), False)
+    got = fastpool.max_pool2d_backward(g, x, k, 2, p)
+    assert ("max_backward_tiled" in calls) == (H % 2 == 0 and W % 2 == 0), calls
+    ref = R.ref_max_pool_backward(g, x, (k, k), (2, 2), [(p, p), (p, p)], (1, 1), False)
     assert got.dtype == x.dtype and got.tobytes() == ref.tobytes()
     xc, _ = to_layout(x, "cl")
     gc, _ = to_layout(g, "cl")
-    cl = fastpool.max_pool2d_backward(gc, xc, 3, 2, 1, channels_last=True)
+    cl = fastpool.max_pool2d_backward(gc, xc, k, 2, p, channels_last=True)
     assert np.ascontiguousarray(from_layout(cl, "cl", x)).tobytes() == got.tobytes()
-    close(got, torch_grad(lambda t: F.max_pool2d(t, 3, 2, 1), x, g), dtype)
+    close(got, torch_grad(lambda t: F.max_pool2d(t, k, 2, p), x, g), dtype)
     g[0, 0, 0, 0] = np.nan  # a NaN gradient lands on its window's argmax only
-    got = fastpool.max_pool2d_backward(g, x, 3, 2, 1)
-    ref = R.ref_max_pool_backward(g, x, (3, 3), (2, 2), [(1, 1), (1, 1)], (1, 1), False)
+    got = fastpool.max_pool2d_backward(g, x, k, 2, p)
+    ref = R.ref_max_pool_backward(g, x, (k, k), (2, 2), [(p, p), (p, p)], (1, 1), False)
     assert got.tobytes() == ref.tobytes() and np.isnan(got[0, 0, :2, :2]).sum() == 1
 
 

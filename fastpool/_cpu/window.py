@@ -270,17 +270,17 @@ def make_max_backward(layout, parallel, KD, KH, KW, SW):
     return make_max(layout, parallel, KD, KH, KW, SW, backward=True)
 
 
-def make_max_backward_k3s2(layout, parallel):
-    """Channels-first max backward without indices for 3 x 3 windows at stride 2 with padding 1
-    on planes of even height and width (``H == 2 * OH``, ``W == 2 * OW``: the windows tile the
-    plane, as in ResNet's stem), bit for bit the result of ``make_max_backward``.
+def make_max_backward_tiled(layout, parallel, K):
+    """Channels-first max backward without indices for K x K windows (K = 2 or 3) at stride 2
+    that tile planes of even height and width (``H == 2 * OH``, ``W == 2 * OW``; padding 1 for
+    K = 3, none for K = 2: ResNet's stem, VGG's pools), bit for bit ``make_max_backward``.
 
     Each output's argmax becomes a code ``a * 3 + c`` (the winning tap's row and column in the
     padded window; ties and NaN as the forward's scan): a vertical pass per output row keeps
     each column's first max / last NaN and its row, then one loop over the whole plane merges
-    the windows' three columns (``_merge``: the codes order the taps as their flat positions
-    do).  Each pair of input rows is then written once: every cell is the sum, started at +0 and
-    in output order, of the gradients of the windows whose code names it (+0 from the others,
+    the windows' columns (``_merge``: the codes order the taps as their flat positions do).
+    Each pair of input rows is then written once: every cell is the sum, started at +0 and in
+    output order, of the gradients of the windows whose code names it (+0 from the others,
     which changes no bit).  No scratch plane, no scattered adds, no copy out.
 
     The codes are held in the accumulation type (``cz``: codes 0..8, the padding's code, and
@@ -288,10 +288,14 @@ def make_max_backward_k3s2(layout, parallel):
     int64 lanes, and the merge took 5x as long).  Arrays are flat and indexed
     ``U(offset + j)``: indexing 3-d arrays with computed rows kept these loops scalar.
     Arguments: flat input, grad_output and grad_input, then (planes, H, W, OH, OW)."""
+    assert K in (2, 3)
     PAR = parallel
+    PAD = K == 3  # (K = 3: padding 1 on every side)
 
     def kernel(xf, gf, ginf, P, H, W, OH, OW, cz, init, zero, marker):
-        CS = OW + 1  # row stride of the codes and shares (a zero-share slot after each row)
+        # row stride of the codes and shares; K = 3 reads window m + 1, a zero-share slot
+        # after each row
+        CS = OW + 1 if PAD else OW
         c0 = cz[0]
         c1 = cz[1]
         c2 = cz[2]
@@ -307,23 +311,29 @@ def make_max_backward_k3s2(layout, parallel):
         bp = max(1, P // TASKS) if PAR else max(P, 1)
         ntask = (P + bp - 1) // bp
         for t in prange(ntask):
-            RS = W + 2  # row stride of V / A: column w at 1 + w, padding at 0 and W + 1
+            # row stride of V / A: column w at PL + w (K = 3: padding at 0 and W + 1)
+            RS = W + 2 if PAD else W
+            PL = 1 if PAD else 0
             V = np.full(OH * RS + 3, init)
             A = np.full(OH * RS + 3, cbig)
             CD = np.full(NC, cm1)
             G = np.full(NC, zero)
             for q in range(t * bp, min(P, (t + 1) * bp)):
                 for oh in range(OH):
-                    vb = oh * RS + 1
-                    rb = (q * H + max(2 * oh - 1, 0)) * W  # first window row
+                    vb = oh * RS + PL
+                    # first window row
+                    rb = (q * H + (max(2 * oh - 1, 0) if PAD else 2 * oh)) * W
                     # each column's first max / last NaN over the window's rows
-                    if oh == 0:  # (the top window's first row is padding)
+                    if not PAD or oh == 0:  # (K = 3: the top window's first row is padding)
                         for w in range(W):
                             m = load(xf[U(rb + w)], marker)
                             v = load(xf[U(rb + W + w)], marker)
                             take = (v > m) | (v != v)
                             V[U(vb + w)] = v if take else m
-                            A[U(vb + w)] = c6 if take else c3
+                            if PAD:
+                                A[U(vb + w)] = c6 if take else c3
+                            else:
+                                A[U(vb + w)] = c3 if take else c0
                     else:
                         for w in range(W):
                             m = load(xf[U(rb + w)], marker)
@@ -339,22 +349,41 @@ def make_max_backward_k3s2(layout, parallel):
                     gb = (q * OH + oh) * OW
                     for j in range(OW):
                         G[U(b + j)] = zero + load(gf[U(gb + j)], marker)
-                # the windows of all rows in one loop (2 columns apart throughout); each row's
-                # extra slot gets a code too, harmless: its share is 0
+                # the windows of all rows in one loop (2 columns apart throughout); K = 3:
+                # each row's extra slot gets a code too, harmless: its share is 0
                 for k in range(OH * CS):
                     m = V[2 * k]
                     ci = A[2 * k]
                     m, ci = _merge(m, ci, V[2 * k + 1], A[2 * k + 1] + c1)
-                    m, ci = _merge(m, ci, V[2 * k + 2], A[2 * k + 2] + c2)
+                    if PAD:
+                        m, ci = _merge(m, ci, V[2 * k + 2], A[2 * k + 2] + c2)
                     CD[k] = ci
-                # input rows 2i (window row i, a = 1) and 2i + 1 (rows i, a = 2, and i + 1,
-                # a = 0); column 2m is tap c = 1 of window m, column 2m + 1 tap 2 of window m
-                # and tap 0 of window m + 1.  Gradients are added in output order.
                 for i in range(OH):
                     b = i * CS
                     bn = b + CS
                     o0 = (q * H + 2 * i) * W
                     o1 = o0 + W
+                    if not PAD:
+                        # K = 2: cell (2i + a, 2m + c) is tap (a, c) of window (i, m) alone
+                        for m_ in range(OW):
+                            k00 = CD[U(b + m_)]
+                            g00 = G[U(b + m_)]
+                            ginf[U(o0 + 2 * m_)] = to_storage(
+                                zero + (g00 if k00 == c0 else zero), marker)
+                            ginf[U(o0 + 2 * m_ + 1)] = to_storage(
+                                zero + (g00 if k00 == c1 else zero), marker)
+                        for m_ in range(OW):
+                            k00 = CD[U(b + m_)]
+                            g00 = G[U(b + m_)]
+                            ginf[U(o1 + 2 * m_)] = to_storage(
+                                zero + (g00 if k00 == c3 else zero), marker)
+                            ginf[U(o1 + 2 * m_ + 1)] = to_storage(
+                                zero + (g00 if k00 == c4 else zero), marker)
+                        continue
+                    # K = 3: input rows 2i (window row i, a = 1) and 2i + 1 (rows i, a = 2,
+                    # and i + 1, a = 0); column 2m is tap c = 1 of window m, column 2m + 1
+                    # tap 2 of window m and tap 0 of window m + 1.  Gradients are added in
+                    # output order.
                     for m_ in range(OW):
                         k00 = CD[U(b + m_)]
                         k01 = CD[U(b + m_ + 1)]
