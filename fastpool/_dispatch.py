@@ -12,6 +12,8 @@ import importlib
 _FACTORIES = {
     # channels-first max with indices (spec: window constants KD, KH, KW, SW)
     ("max", "cpu"): ("._cpu.window", "make_max", ()),
+    # ... for 3x3 windows at stride 2, padding 1, tiling even planes (spec: K = 3)
+    ("max_tiled", "cpu"): ("._cpu.window", "make_max_tiled", ()),
     # channels-first without indices: the separable kernels (layout argument is the kind)
     ("separable", "cpu"): ("._cpu.separable", "make_sep", ()),
     ("global", "cpu"): ("._cpu.separable", "make_global", ()),

@@ -148,27 +148,6 @@ _POS32 = np.zeros(1, np.int32)
 _POS64 = np.zeros(1, np.int64)
 
 
-def _tiling_window(tab, dil, s3, o3):
-    """K when the windows are K x K at stride 2 over a single depth row and tile an even plane
-    (``H == 2 * OH``, ``W == 2 * OW``) with padding 1 (K = 3) or none (K = 2): the case of
-    ``make_max_backward_tiled``; else 0."""
-    if s3[0] != 1 or o3[0] != 1 or tab[0, 0, 0] != 0 or tab[0, 1, 0] != 1 or \
-            any(int(d) != 1 for d in dil) or o3[1] < 1 or o3[2] < 1 or \
-            s3[1] != 2 * o3[1] or s3[2] != 2 * o3[2]:
-        return 0
-    for K in (3, 2):
-        ok = True
-        for d in (1, 2):
-            n, o = s3[d], np.arange(o3[d])
-            first = np.maximum(2 * o - 1, 0) if K == 3 else 2 * o
-            count = np.minimum(2 * o + 2, n) - first if K == 3 else np.full(o.size, 2)
-            ok = ok and np.array_equal(tab[d, 0, :o.size], first) and \
-                np.array_equal(tab[d, 1, :o.size], count)
-        if ok:
-            return K
-    return 0
-
-
 def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None):
     """``run(x, (grad_output, indices, samples))`` for a max-type op.
 
@@ -203,7 +182,7 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
     # channels-first 3x3 (padding 1) and 2x2 windows at stride 2 tiling even planes: a kernel
     # that writes each input row once from the windows' argmax codes (32x64x112x112 k3s2p1:
     # 0.65x the time; 16x128x112x112 k2s2: 0.82x)
-    tiled = _tiling_window(tab, dil, lay.canon(lay.spatial), lay.canon(osp)) \
+    tiled = _f._tiling_window(tab, dil, lay.canon(lay.spatial), lay.canon(osp)) \
         if lay.mem == CF and tab is not None and dtype.kind == "f" else 0
     if tiled:
         s3, o3 = lay.canon(lay.spatial), lay.canon(osp)

@@ -416,6 +416,27 @@ def _zero(dtype):
     return np.float32(0)
 
 
+def _tiling_window(tab, dil, s3, o3):
+    """K when the windows are K x K at stride 2 over a single depth row and tile an even plane
+    (``H == 2 * OH``, ``W == 2 * OW``) with padding 1 (K = 3) or none (K = 2): the case of
+    ``make_max_backward_tiled``; else 0."""
+    if s3[0] != 1 or o3[0] != 1 or tab[0, 0, 0] != 0 or tab[0, 1, 0] != 1 or \
+            any(int(d) != 1 for d in dil) or o3[1] < 1 or o3[2] < 1 or \
+            s3[1] != 2 * o3[1] or s3[2] != 2 * o3[2]:
+        return 0
+    for K in (3, 2):
+        ok = True
+        for d in (1, 2):
+            n, o = s3[d], np.arange(o3[d])
+            first = np.maximum(2 * o - 1, 0) if K == 3 else 2 * o
+            count = np.minimum(2 * o + 2, n) - first if K == 3 else np.full(o.size, 2)
+            ok = ok and np.array_equal(tab[d, 0, :o.size], first) and \
+                np.array_equal(tab[d, 1, :o.size], count)
+        if ok:
+            return K
+    return 0
+
+
 def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, dov=1, p=1.0,
                  knumel=1, return_indices=False, index_dtype=np.int64, flat=None,
                  adaptive=None):
@@ -480,6 +501,18 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
     elif lay.mem == CL:
         kern = _dispatch.kernel("cl", "cpu", kind, parallel)
         args = (tab, dil, init, marker)
+    elif x.flags.c_contiguous and dtype.kind == "f" and \
+            _tiling_window(tab, dil, lay.canon(lay.spatial), lay.canon(osp)) == 3:
+        # 3x3 windows at stride 2, padding 1, tiling even planes (_cpu/window.py; 32x64x112x112:
+        # 0.87x the time, 8x64x56x56 0.65x)
+        H, W = lay.canon(lay.spatial)[1:]
+        OH, OW = lay.canon(osp)[1:]
+        kern = _dispatch.kernel("max_tiled", "cpu", CF, parallel, 3)
+        xshape = oshape = (-1,)
+        b2 = ((2 * np.arange(OH) - 1) * W)[:, None] + (2 * np.arange(OW) - 1)[None, :]
+        codes = np.array(list(range(9)) + [1e6, -1], init.dtype)
+        args = (lay.n * lay.c, H, W, OH, OW, np.ascontiguousarray(b2.reshape(-1), np.int64),
+                codes, init, marker)
     else:
         consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1], parallel)
         kern = _dispatch.kernel("max", "cpu", CF, parallel, *consts)

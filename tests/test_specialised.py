@@ -433,3 +433,43 @@ def test_adaptive_two_size_kernels_only_for_their_windows():
     assert spec((4, 5, 6), (2, 2, 2)) is None  # 3-d
     assert spec((1200, 1100), (1199, 1000)) is None  # scratch past ADAPTIVE_MAX_SCRATCH
     assert spec((600, 1100), (599, 1000)) == (2, 2)
+
+
+# (N, C, H, W, dtype, index dtype): 3x3 / stride 2 / padding 1 max with indices; even planes
+# run make_max_tiled (the windows tile them), odd planes and 2x2 windows make_max
+TILED_FWD = [(2, 3, 8, 10, np.float32, np.int64), (1, 2, 2, 2, np.float64, np.int64),
+             (3, 5, 14, 6, np.float16, np.int32), (2, 80, 32, 26, np.float32, np.int64),
+             (2, 40, 22, 30, np.float16, np.int64), (2, 3, 9, 10, np.float32, np.int64),
+             (2, 3, 8, 11, np.float64, np.int32)]
+
+
+@pytest.mark.parametrize("case", TILED_FWD, ids=[f"t{i}" for i in range(len(TILED_FWD))])
+def test_tiled_max_with_indices(case, monkeypatch):
+    """Which kernel runs, and with ties, NaN (the last NaN of a window wins) and -0.0 the
+    values' bits and the indices of PyTorch, and of the channels-last kernel."""
+    from fastpool import _dispatch
+    N, C, H, W, dtype, idt = case
+    calls = []
+    real = _dispatch.kernel
+    monkeypatch.setattr(fpf._dispatch, "kernel", lambda op, *a: calls.append(op) or real(op, *a))
+    monkeypatch.setattr(fpf, "_PLANS", {})
+    rng = np.random.default_rng(N + C + H + W)
+    x = rng.integers(-2, 3, (N, C, H, W)).astype(dtype)  # ties
+    x[rng.random(x.shape) < 0.05] = np.nan
+    x[rng.random(x.shape) < 0.1] = -0.0
+    v, i = fastpool.max_pool2d(x, 3, 2, 1, return_indices=True, index_dtype=idt)
+    assert ("max_tiled" in calls) == (H % 2 == 0 and W % 2 == 0), calls
+    xt = torch.from_numpy(x.astype(np.float32) if dtype == np.float16 else x)
+    vt, it = F.max_pool2d(xt, 3, 2, 1, return_indices=True)
+    assert i.dtype == idt and np.array_equal(i, it.numpy())
+    np.testing.assert_array_equal(v.astype(np.float32), vt.numpy().astype(np.float32))
+    assert np.signbit(v[v == 0]).tolist() == np.signbit(vt.numpy()[v == 0]).tolist()
+    xc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    vc, ic = fastpool.max_pool2d(xc, 3, 2, 1, return_indices=True, channels_last=True,
+                                 index_dtype=idt)
+    assert np.ascontiguousarray(vc.transpose(0, 3, 1, 2)).tobytes() == v.tobytes()
+    assert np.ascontiguousarray(ic.transpose(0, 3, 1, 2)).tobytes() == i.tobytes()
+    if min(H, W) > 2:  # (on a 2 x 2 plane the two windows are the same one)
+        calls.clear()
+        fastpool.max_pool2d(x, 2, 2, return_indices=True)
+        assert "max_tiled" not in calls
