@@ -270,6 +270,41 @@ def make_max_backward(layout, parallel, KD, KH, KW, SW):
     return make_max(layout, parallel, KD, KH, KW, SW, backward=True)
 
 
+@jit
+def _tiled_columns(xf, V, A, q, H, W, OH, RS, off, pad, cz, marker):
+    """The vertical pass of the tiled kernels for plane ``q``: per output row ``oh``, each
+    column's first max / last NaN over the window's rows (rows 2 oh - 1 .. 2 oh + 1 clipped,
+    ``pad``, or 2 oh, 2 oh + 1) into ``V[oh * RS + off + w]``, and its row in the padded
+    window as a code (3 a) into ``A``."""
+    c0 = cz[0]
+    c3 = cz[3]
+    c6 = cz[6]
+    # the codes of a two-row window's rows: the top window of K = 3 starts in the padding
+    r0 = c3 if pad else c0
+    r1 = c6 if pad else c3
+    for oh in range(OH):
+        vb = oh * RS + off
+        rb = (q * H + (max(2 * oh - 1, 0) if pad else 2 * oh)) * W
+        if not pad or oh == 0:
+            for w in range(W):
+                m = load(xf[U(rb + w)], marker)
+                v = load(xf[U(rb + W + w)], marker)
+                take = (v > m) | (v != v)
+                V[U(vb + w)] = v if take else m
+                A[U(vb + w)] = r1 if take else r0
+        else:
+            for w in range(W):
+                m = load(xf[U(rb + w)], marker)
+                v = load(xf[U(rb + W + w)], marker)
+                take = (v > m) | (v != v)
+                m = v if take else m
+                a = c3 if take else c0
+                v = load(xf[U(rb + 2 * W + w)], marker)
+                take = (v > m) | (v != v)
+                V[U(vb + w)] = v if take else m
+                A[U(vb + w)] = c6 if take else a
+
+
 def make_max_backward_tiled(layout, parallel, K):
     """Channels-first max backward without indices for K x K windows (K = 2 or 3) at stride 2
     that tile planes of even height and width (``H == 2 * OH``, ``W == 2 * OW``; padding 1 for
@@ -319,32 +354,8 @@ def make_max_backward_tiled(layout, parallel, K):
             CD = np.full(NC, cm1)
             G = np.full(NC, zero)
             for q in range(t * bp, min(P, (t + 1) * bp)):
+                _tiled_columns(xf, V, A, q, H, W, OH, RS, PL, PAD, cz, marker)
                 for oh in range(OH):
-                    vb = oh * RS + PL
-                    # first window row
-                    rb = (q * H + (max(2 * oh - 1, 0) if PAD else 2 * oh)) * W
-                    # each column's first max / last NaN over the window's rows
-                    if not PAD or oh == 0:  # (K = 3: the top window's first row is padding)
-                        for w in range(W):
-                            m = load(xf[U(rb + w)], marker)
-                            v = load(xf[U(rb + W + w)], marker)
-                            take = (v > m) | (v != v)
-                            V[U(vb + w)] = v if take else m
-                            if PAD:
-                                A[U(vb + w)] = c6 if take else c3
-                            else:
-                                A[U(vb + w)] = c3 if take else c0
-                    else:
-                        for w in range(W):
-                            m = load(xf[U(rb + w)], marker)
-                            v = load(xf[U(rb + W + w)], marker)
-                            take = (v > m) | (v != v)
-                            m = v if take else m
-                            a = c3 if take else c0
-                            v = load(xf[U(rb + 2 * W + w)], marker)
-                            take = (v > m) | (v != v)
-                            V[U(vb + w)] = v if take else m
-                            A[U(vb + w)] = c6 if take else a
                     b = oh * CS
                     gb = (q * OH + oh) * OW
                     for j in range(OW):
@@ -365,20 +376,17 @@ def make_max_backward_tiled(layout, parallel, K):
                     o1 = o0 + W
                     if not PAD:
                         # K = 2: cell (2i + a, 2m + c) is tap (a, c) of window (i, m) alone
-                        for m_ in range(OW):
-                            k00 = CD[U(b + m_)]
-                            g00 = G[U(b + m_)]
-                            ginf[U(o0 + 2 * m_)] = to_storage(
-                                zero + (g00 if k00 == c0 else zero), marker)
-                            ginf[U(o0 + 2 * m_ + 1)] = to_storage(
-                                zero + (g00 if k00 == c1 else zero), marker)
-                        for m_ in range(OW):
-                            k00 = CD[U(b + m_)]
-                            g00 = G[U(b + m_)]
-                            ginf[U(o1 + 2 * m_)] = to_storage(
-                                zero + (g00 if k00 == c3 else zero), marker)
-                            ginf[U(o1 + 2 * m_ + 1)] = to_storage(
-                                zero + (g00 if k00 == c4 else zero), marker)
+                        for a in range(2):
+                            oa = o0 + a * W
+                            ka = c3 if a == 1 else c0
+                            kb = c4 if a == 1 else c1
+                            for m_ in range(OW):
+                                k00 = CD[U(b + m_)]
+                                g00 = G[U(b + m_)]
+                                ginf[U(oa + 2 * m_)] = to_storage(
+                                    zero + (g00 if k00 == ka else zero), marker)
+                                ginf[U(oa + 2 * m_ + 1)] = to_storage(
+                                    zero + (g00 if k00 == kb else zero), marker)
                         continue
                     # K = 3: input rows 2i (window row i, a = 1) and 2i + 1 (rows i, a = 2,
                     # and i + 1, a = 0); column 2m is tap c = 1 of window m, column 2m + 1
@@ -428,11 +436,8 @@ def make_max_tiled(layout, parallel, K):
     PAR = parallel
 
     def kernel(xf, of, idf, P, H, W, OH, OW, B2, cz, init, marker):
-        c0 = cz[0]
         c1 = cz[1]
         c2 = cz[2]
-        c3 = cz[3]
-        c6 = cz[6]
         cbig = cz[9]
         S = OH * OW
         bp = max(1, P // TASKS) if PAR else max(P, 1)
@@ -445,27 +450,7 @@ def make_max_tiled(layout, parallel, K):
             VM = np.full(S, init)
             CD = np.full(S, cbig)
             for q in range(t * bp, min(P, (t + 1) * bp)):
-                for oh in range(OH):
-                    vb = oh * W + 1
-                    rb = (q * H + max(2 * oh - 1, 0)) * W
-                    if oh == 0:  # (the top window's first row is padding)
-                        for w in range(W):
-                            m = load(xf[U(rb + w)], marker)
-                            v = load(xf[U(rb + W + w)], marker)
-                            take = (v > m) | (v != v)
-                            V[U(vb + w)] = v if take else m
-                            A[U(vb + w)] = c6 if take else c3
-                    else:
-                        for w in range(W):
-                            m = load(xf[U(rb + w)], marker)
-                            v = load(xf[U(rb + W + w)], marker)
-                            take = (v > m) | (v != v)
-                            m = v if take else m
-                            a = c3 if take else c0
-                            v = load(xf[U(rb + 2 * W + w)], marker)
-                            take = (v > m) | (v != v)
-                            V[U(vb + w)] = v if take else m
-                            A[U(vb + w)] = c6 if take else a
+                _tiled_columns(xf, V, A, q, H, W, OH, W, 1, True, cz, marker)
                 for k in range(S):
                     m = V[2 * k]
                     ci = A[2 * k]
