@@ -182,12 +182,12 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
     # channels-first 3x3 (padding 1) and 2x2 windows at stride 2 tiling even planes: a kernel
     # that writes each input row once from the windows' argmax codes (32x64x112x112 k3s2p1:
     # 0.65x the time; 16x128x112x112 k2s2: 0.82x)
-    tiled = _f._tiling_window(tab, dil, lay.canon(lay.spatial), lay.canon(osp)) \
+    sp3, op3 = lay.canon(lay.spatial), lay.canon(osp)
+    tiled = _f._tiling_window(tab, dil, sp3, op3) \
         if lay.mem == CF and tab is not None and dtype.kind == "f" else 0
     if tiled:
-        s3, o3 = lay.canon(lay.spatial), lay.canon(osp)
-        kdims = (lay.n * lay.c, s3[1], s3[2], o3[1], o3[2])
-        codes = np.array(list(range(9)) + [1e6, -1], acc.dtype)
+        kdims = (lay.n * lay.c, sp3[1], sp3[2], op3[1], op3[2])
+        codes = _f._tile_codes(acc.dtype)
 
     def scatter(gm, im, res):
         if lay.mem == CF:

@@ -437,6 +437,12 @@ def _tiling_window(tab, dil, s3, o3):
     return 0
 
 
+def _tile_codes(dtype):
+    """The tiled kernels' codes in ``dtype``: taps 0..8 (row * 3 + column), the padding's code
+    (never the first maximum) and -1 (no window)."""
+    return np.array(list(range(9)) + [1e6, -1], dtype)
+
+
 def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, dov=1, p=1.0,
                  knumel=1, return_indices=False, index_dtype=np.int64, flat=None,
                  adaptive=None):
@@ -510,9 +516,8 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
         kern = _dispatch.kernel("max_tiled", "cpu", CF, parallel, 3)
         xshape = oshape = (-1,)
         b2 = ((2 * np.arange(OH) - 1) * W)[:, None] + (2 * np.arange(OW) - 1)[None, :]
-        codes = np.array(list(range(9)) + [1e6, -1], init.dtype)
         args = (lay.n * lay.c, H, W, OH, OW, np.ascontiguousarray(b2.reshape(-1), np.int64),
-                codes, init, marker)
+                _tile_codes(init.dtype), init, marker)
     else:
         consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1], parallel)
         kern = _dispatch.kernel("max", "cpu", CF, parallel, *consts)

@@ -30,10 +30,7 @@ from numba.extending import overload
 
 from ._intrinsics import load, to_storage
 from .._runtime import jit
-
-CF = "cf"
-CL = "cl"
-U = np.uint64
+from .window import CF, CL, U
 
 
 def as_acc(zero, n):  # pragma: no cover - replaced by the overload inside kernels
