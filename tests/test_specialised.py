@@ -473,3 +473,81 @@ def test_tiled_max_with_indices(case, monkeypatch):
         calls.clear()
         fastpool.max_pool2d(x, 2, 2, return_indices=True)
         assert "max_tiled" not in calls
+
+
+# Rows of stride-2 windows reduced with explicit vectors (_cpu/_simd.py: 8 float32 / float16
+# outputs, 4 float64 ones): the fused 2x2 windows (max and average, row-major taps), and the
+# horizontal max pass of 3x3 and padded 2x2 windows (after the vertical pass).  Row lengths
+# around the vector width exercise the scalar tail.  Values must be the oracle's, and the bits
+# (sign of zero and NaN included) those of the same taps in the same order: for fused rows a
+# NumPy row-major scan, else the table-driven kernel (scalar, the same passes).
+VROWS = [(k, s, p, ow) for (k, s, p) in ((2, 2, 0), (3, 2, 1), (2, 2, 1), (3, 2, 0))
+         for ow in (3, 8, 9, 21, 29, 37)]  # (fused rows: over 24 outputs, else flat groups)
+
+
+def _bits(a):
+    return a.view(f"u{a.itemsize}")
+
+
+def _row_major_2x2(x, kind):
+    """2x2 / stride 2 windows scanned row-major as the fused loops do: the NaN-propagating
+    first max, or the sum from +0.0 divided by 4, in the compute type (float32 for float16)."""
+    ct = np.float32 if x.dtype == np.float16 else x.dtype.type
+    H, W = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    taps = [x[..., a:H:2, b:W:2].astype(ct) for a in (0, 1) for b in (0, 1)]
+    if kind == "max":
+        m = taps[0]
+        for v in taps[1:]:
+            m = np.where((v > m) | np.isnan(v), v, m)
+        return m.astype(x.dtype)
+    m = ct(0) + taps[0]
+    for v in taps[1:]:
+        m = m + v
+    return (m / ct(4)).astype(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("case", VROWS, ids=[f"k{c[0]}s{c[1]}p{c[2]}-ow{c[3]}" for c in VROWS])
+def test_vector_rows_against_reference(case, dtype, all_hot_serial, monkeypatch):
+    from reference import ref_avg_pool, ref_max_pool
+    k, s, p, ow = case
+    rng = np.random.default_rng(ow * 10 + k + p)
+    W = (ow - 1) * s + k - 2 * p + int(rng.integers(0, 2))  # odd and even widths
+    x = _input(rng, (2, 3, 9, W), dtype)
+    flat = x.reshape(-1)
+    flat[rng.choice(flat.size, flat.size // 4, replace=False)] = -0.0  # ties of -0.0 and +0.0
+    flat[rng.choice(flat.size, flat.size // 4, replace=False)] = 0.0
+    x[0, 0, :3] = -0.0  # whole windows of -0.0: a sum starts at +0.0 (+0.0, as PyTorch's)
+    tol = 2e-3 if dtype == np.float16 else 1e-6
+    got = fastpool.max_pool2d(x, k, s, p)
+    assert got.shape[-1] == ow
+    np.testing.assert_array_equal(got, ref_max_pool(x, (k, k), (s, s), [(p, p)] * 2)[0])
+    avgs = [fastpool.avg_pool2d(x, k, s, p, count_include_pad=incl) for incl in (True, False)]
+    for incl, a in zip((True, False), avgs):
+        ref = ref_avg_pool(x, (k, k), (s, s), [(p, p)] * 2, count_include_pad=incl)
+        np.testing.assert_allclose(a.astype(np.float64), ref.astype(np.float64), rtol=tol,
+                                   atol=tol)
+    if k == 2 and p == 0:  # (fused rows when over 24 outputs, else the flat groups' order)
+        if ow > 24:
+            np.testing.assert_array_equal(_bits(got), _bits(_row_major_2x2(x, "max")))
+            for a in avgs:
+                np.testing.assert_array_equal(_bits(a), _bits(_row_major_2x2(x, "avg")))
+    else:  # the table-driven kernel: the same passes, scalar
+        monkeypatch.setattr(fpf, "_HOT_SERIAL", frozenset())
+        monkeypatch.setattr(fpf, "_PLANS", {})
+        np.testing.assert_array_equal(_bits(got), _bits(fastpool.max_pool2d(x, k, s, p)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_vector_rows_parallel(dtype):
+    """The parallel kernels' vector rows (k2s2 fused, k3s2p1 horizontal) on a large input."""
+    rng = np.random.default_rng(7)
+    x = _input(rng, (4, 16, 66, 70), dtype)
+    for k, s, p in ((2, 2, 0), (3, 2, 1)):
+        got = fastpool.max_pool2d(x, k, s, p)
+        ref = F.max_pool2d(torch.from_numpy(x.astype(np.float32)), k, s, p).numpy().astype(dtype)
+        np.testing.assert_array_equal(got, ref)
+    got = fastpool.avg_pool2d(x, 2, 2)
+    ref = F.avg_pool2d(torch.from_numpy(x.astype(np.float64)), 2, 2).numpy()
+    tol = 2e-3 if dtype == np.float16 else 1e-6
+    np.testing.assert_allclose(got.astype(np.float64), ref, rtol=tol, atol=tol)

@@ -1,0 +1,208 @@
+"""Explicit vector code for rows of stride-2 windows (llvmlite), for the channels-first kernels.
+
+The compiler leaves a row of stride-2 windows scalar: its loads are strided, and a short row
+(28 outputs) is shorter than its 32-wide vector loop anyway.  Each intrinsic here computes one
+vector of outputs (8 float32 / float16, 4 float64) of such a row: it loads the taps' unit-stride
+vectors, splits them into even and odd lanes, and reduces them in the scalar kernels' order, so
+that the results are the same bits:
+
+- ``max``: the NaN-propagating first max, ``v if (v > m or v != v) else m``, taps in row-major
+  order (the tie rule keeps the first of equal values, hence the sign of a zero);
+- ``avg``: +0.0 plus the taps in row-major order (as the scalar loops, which start their sums
+  at +0.0), divided by ``div`` in the compute type.
+
+``hwin{K}2_max(src, i, dst, j, div, marker)`` (K = 3, 2): output ``o`` of the vector (at
+``dst[j] + o``) reduces ``src[i + 2 * o + c]``, ``c < K`` (one row: the horizontal pass over a
+scratch row of the vertical pass's results; ``div`` unused).  ``fwin22_{max,avg}(src, i0, i1,
+dst, j, div, marker)``: the 2 x 2 windows over the rows at ``src[i0]`` and ``src[i1]``, reduced
+straight from the input.  Indices are ints or tuples of ints (one per dimension); the last
+dimension must be unit-stride in both arrays (the caller checks).  A vector reads
+``src[i + 2 * L + K - 3]`` last, its last output's last tap (``L`` lanes): nothing past the
+row.  float16 travels as ``uint16`` bits (with the ``HALF`` marker) and is computed in float32.
+Vectors of another width compile too (LLVM splits or widens them), only slower or faster.
+"""
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+BYTES = 32  # one AVX2 register: 8 float32 lanes, 4 float64
+
+
+def lanes(compute_bytes):
+    """Outputs per vector for a compute type of ``compute_bytes`` bytes."""
+    return BYTES // compute_bytes
+
+
+def _half(arrty, marker):
+    return isinstance(marker, types.BaseTuple) and arrty.dtype == types.uint16
+
+
+def _compute(arrty, marker):
+    """(numba compute type, llvm type) of an array's elements."""
+    if _half(arrty, marker):
+        return types.float32, ir.FloatType()
+    if arrty.dtype == types.float32:
+        return types.float32, ir.FloatType()
+    return types.float64, ir.DoubleType()
+
+
+def _pointer(context, builder, arrty, arr, idxty, idx):
+    ary = context.make_array(arrty)(context, builder, arr)
+    if isinstance(idxty, types.BaseTuple):
+        vals, tys = cgutils.unpack_tuple(builder, idx, len(idxty)), list(idxty)
+    else:
+        vals, tys = [idx], [idxty]
+    inds = [context.cast(builder, v, t, types.intp) for v, t in zip(vals, tys)]
+    return cgutils.get_item_pointer(context, builder, arrty, ary, inds, wraparound=False)
+
+
+def _load(context, builder, arrty, marker, ptr, n, offset):
+    """``n`` consecutive elements from ``ptr + offset`` as a vector of the compute type."""
+    half = _half(arrty, marker)
+    elt = ir.IntType(16) if half else context.get_data_type(arrty.dtype)
+    p = builder.gep(builder.bitcast(ptr, elt.as_pointer()), [ir.Constant(ir.IntType(64), offset)])
+    v = builder.load(builder.bitcast(p, ir.VectorType(elt, n).as_pointer()), align=1)
+    if half:
+        v = builder.fpext(builder.bitcast(v, ir.VectorType(ir.HalfType(), n)),
+                          ir.VectorType(ir.FloatType(), n))
+    return v
+
+
+def _store(context, builder, arrty, marker, ptr, v, n):
+    if _half(arrty, marker):
+        v = builder.bitcast(builder.fptrunc(v, ir.VectorType(ir.HalfType(), n)),
+                            ir.VectorType(ir.IntType(16), n))
+        elt = ir.IntType(16)
+    else:
+        elt = context.get_data_type(arrty.dtype)
+        if v.type.element != elt:
+            v = builder.fptrunc(v, ir.VectorType(elt, n))
+    builder.store(v, builder.bitcast(ptr, ir.VectorType(elt, n).as_pointer()), align=1)
+
+
+def _masks(L, E):
+    """Stride-2 lane masks over two L-lane vectors (A, B) of 16-byte lanes of E elements.
+
+    ``pick[r]`` takes the elements ``r, r + 2, ...`` of each 16-byte lane of A, then of B, lane
+    by lane: one in-lane shuffle (``vshufps`` / ``vunpcklpd``) instead of a cross-lane one per
+    tap.  Output ``o`` (element ``2 * o + r`` of A:B) lands in lane ``order[o]``; ``fix``
+    restores output order once, after the reduction (elementwise, so lane order is free)."""
+    pick = []
+    for r in range(2):
+        m = []
+        for lane in range(L // E):
+            m += [lane * E + r + 2 * i for i in range(E // 2)]
+            m += [L + lane * E + r + 2 * i for i in range(E // 2)]
+        pick.append(m)
+    fix = [next(k for k, e in enumerate(pick[0]) if e // 2 == o) for o in range(L)]
+    return pick, fix
+
+
+def _taps(context, builder, arrty, marker, ptr, K, S, L, E):
+    """The K tap vectors of one row, tap c holding src[S * o + c] of output o (S == 2) in the
+    lane order of ``_masks``."""
+    assert S == 2
+    pick, _ = _masks(L, E)
+    loads = {}
+    out = []
+    for c in range(K):
+        off = max(0, c - (S - 1))  # the last tap's loads end exactly at the last needed cell
+        if off not in loads:
+            loads[off] = (_load(context, builder, arrty, marker, ptr, L, off),
+                          _load(context, builder, arrty, marker, ptr, L, off + L))
+        a, b = loads[off]
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), L), pick[c - off])
+        out.append(builder.shuffle_vector(a, b, mask))
+    return out
+
+
+def _reduce(builder, taps, op):
+    m = taps[0]
+    if op != "max":  # sums start at +0, as the scalar kernels' (a -0.0 tap sums to +0.0)
+        m = builder.fadd(ir.Constant(m.type, None), m)
+    for v in taps[1:]:
+        if op == "max":
+            take = builder.or_(builder.fcmp_ordered(">", v, m), builder.fcmp_unordered("uno", v, v))
+            m = builder.select(take, v, m)
+        else:
+            m = builder.fadd(m, v)
+    return m
+
+
+def _codegen(K, S, R, op):
+    def codegen(context, builder, sig, args):
+        marker = sig.args[-1]
+        if not (_float(sig.args[0], marker) and _float(sig.args[R + 1], marker)):
+            return context.get_dummy_value()  # (integer arrays: never called)
+        cty, lty = _compute(sig.args[0], marker)
+        size = 4 if cty == types.float32 else 8
+        L, E = lanes(size), 16 // size
+        taps = []
+        for r in range(R):
+            p = _pointer(context, builder, sig.args[0], args[0], sig.args[1 + r], args[1 + r])
+            taps += _taps(context, builder, sig.args[0], marker, p, K, S, L, E)
+        m = _reduce(builder, taps, op)
+        fix = ir.Constant(ir.VectorType(ir.IntType(32), L), _masks(L, E)[1])
+        m = builder.shuffle_vector(m, ir.Constant(m.type, ir.Undefined), fix)
+        if op == "avg":
+            d = context.cast(builder, args[R + 3], sig.args[R + 3], cty)
+            dv = ir.Constant(ir.VectorType(lty, L), ir.Undefined)
+            for o in range(L):
+                dv = builder.insert_element(dv, d, ir.Constant(ir.IntType(32), o))
+            m = builder.fdiv(m, dv)
+        q = _pointer(context, builder, sig.args[R + 1], args[R + 1], sig.args[R + 2], args[R + 2])
+        _store(context, builder, sig.args[R + 1], marker, q, m, L)
+        return context.get_dummy_value()
+    return codegen
+
+
+def _float(arrty, marker):
+    return _half(arrty, marker) or arrty.dtype in (types.float32, types.float64)
+
+
+@intrinsic
+def vector_lanes(typingctx, arr, marker):
+    """Outputs per vector for an array's compute type (a constant), 0 where no intrinsic here
+    applies (integer arrays): ``if vector_lanes(a, marker):`` folds away for integers."""
+    n = (lanes(4) if _compute(arr, marker)[0] == types.float32 else lanes(8)) \
+        if _float(arr, marker) else 0
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, n)
+    return types.intp(arr, marker), codegen
+
+
+def _typed(src, dst, marker):
+    """Any arrays type (the kernels compile one body for every dtype); the code is emitted only
+    for float ones whose compute types agree (callers test ``vector_lanes`` first)."""
+    return not (_float(src, marker) and _float(dst, marker)) or \
+        _compute(src, marker)[0] == _compute(dst, marker)[0]
+
+
+def _one_row(K, S, op):
+    gen = _codegen(K, S, 1, op)
+
+    def typer(typingctx, src, i, dst, j, div, marker):
+        if not _typed(src, dst, marker):
+            return None
+        return types.void(src, i, dst, j, div, marker), gen
+    typer.__name__ = f"hwin{K}{S}_{op}"
+    return intrinsic(typer)
+
+
+def _two_rows(K, S, op):
+    gen = _codegen(K, S, 2, op)
+
+    def typer(typingctx, src, i0, i1, dst, j, div, marker):
+        if not _typed(src, dst, marker):
+            return None
+        return types.void(src, i0, i1, dst, j, div, marker), gen
+    typer.__name__ = f"fwin{K}{S}_{op}"
+    return intrinsic(typer)
+
+
+hwin32_max = _one_row(3, 2, "max")
+hwin22_max = _one_row(2, 2, "max")
+fwin22_max = _two_rows(2, 2, "max")
+fwin22_avg = _two_rows(2, 2, "avg")
