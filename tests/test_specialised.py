@@ -478,11 +478,12 @@ def test_tiled_max_with_indices(case, monkeypatch):
 # Rows of stride-2 windows reduced with explicit vectors (_cpu/_simd.py: 8 float32 / float16
 # outputs, 4 float64 ones): the fused 2x2 windows (max and average, row-major taps), and the
 # horizontal max pass of 3x3 and padded 2x2 windows (after the vertical pass).  Row lengths
-# around the vector width exercise the scalar tail.  Values must be the oracle's, and the bits
+# around the vector width exercise the last vector, which ends at the row's end (overlapping
+# the one before).  Values must be the oracle's, and the bits
 # (sign of zero and NaN included) those of the same taps in the same order: for fused rows a
 # NumPy row-major scan, else the table-driven kernel (scalar, the same passes).
 VROWS = [(k, s, p, ow) for (k, s, p) in ((2, 2, 0), (3, 2, 1), (2, 2, 1), (3, 2, 0))
-         for ow in (3, 8, 9, 21, 29, 37)]  # (fused rows: over 24 outputs, else flat groups)
+         for ow in (3, 4, 8, 9, 21, 29, 37)]
 
 
 def _bits(a):
@@ -527,8 +528,8 @@ def test_vector_rows_against_reference(case, dtype, all_hot_serial, monkeypatch)
         ref = ref_avg_pool(x, (k, k), (s, s), [(p, p)] * 2, count_include_pad=incl)
         np.testing.assert_allclose(a.astype(np.float64), ref.astype(np.float64), rtol=tol,
                                    atol=tol)
-    if k == 2 and p == 0:  # (fused rows when over 24 outputs, else the flat groups' order)
-        if ow > 24:
+    if k == 2 and p == 0:  # fused rows when a vector fits, else the flat groups' order
+        if ow >= (4 if dtype == np.float64 else 8):
             np.testing.assert_array_equal(_bits(got), _bits(_row_major_2x2(x, "max")))
             for a in avgs:
                 np.testing.assert_array_equal(_bits(a), _bits(_row_major_2x2(x, "avg")))

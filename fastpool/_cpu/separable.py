@@ -102,7 +102,12 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
             # TS = OW * SW of the output's cells, and one loop then finishes all of them
             TS = max(OW * SW, 1)
             # (only short rows gain: on long ones the larger scratch costs more than it saves)
-            flat = FLATK and lo == 0 and hi == OW and TS <= FLAT_MAX_ROW
+            # outputs per vector (0: an integer dtype, no vectors); unit-stride rows
+            L = vector_lanes(x, marker) if (VFUSE or VROW) else 0
+            xunit = x.strides[3] == x.itemsize
+            ounit = out.strides[3] == out.itemsize
+            flat = FLATK and lo == 0 and hi == OW and TS <= FLAT_MAX_ROW and \
+                not (VFUSE and L > 0 and xunit and ounit and OW >= L)
             G = max(1, min(FLAT_ROWS, FLAT_CELLS // TS)) if flat else 1
             TW = TS if flat else W  # columns the vertical pass computes
             # padded scratch row: tmp[PADL + w] holds column w
@@ -118,10 +123,6 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
             tv = tmp[tb:]  # interior windows' columns (one view per task, not per row)
             hv = np.full(Cn, init)  # one output cell of an edge column
             outf = out.reshape(out.size)  # (flat rows only; a view per task)
-            # outputs per vector (0: an integer dtype, no vectors); unit-stride rows
-            L = vector_lanes(x, marker) if (VFUSE or VROW) else 0
-            xunit = x.strides[3] == x.itemsize
-            ounit = out.strides[3] == out.itemsize
             rl = 0  # rows in the current flat group
             g0 = 0  # its first row
             gdiv = 0  # its divisor
@@ -170,14 +171,18 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                         # its KD * KH * KW input taps at once (row-major), no scratch row
                         div = dov if divmode == 0 else fdh * KW
                         j0 = 0
-                        if VFUSE and L > 0 and xunit and ounit:
-                            while j0 + L <= OW:
-                                r0 = (q, d0, h0, U(2 * j0))
-                                r1 = (q, d0, h0 + dh, U(2 * j0))
+                        if VFUSE and L > 0 and xunit and ounit and OW >= L:
+                            # vectors at L-steps, the last one ending at the row's end (it may
+                            # overlap the one before: the same values written twice, no
+                            # scalar tail)
+                            while j0 < OW:
+                                jv = min(j0, OW - L)
+                                r0 = (q, d0, h0, U(2 * jv))
+                                r1 = (q, d0, h0 + dh, U(2 * jv))
                                 if MAX:
-                                    fwin22_max(x, r0, r1, out, (q, od, oh, U(j0)), div, marker)
+                                    fwin22_max(x, r0, r1, out, (q, od, oh, U(jv)), div, marker)
                                 else:
-                                    fwin22_avg(x, r0, r1, out, (q, od, oh, U(j0)), div, marker)
+                                    fwin22_avg(x, r0, r1, out, (q, od, oh, U(jv)), div, marker)
                                 j0 += L
                         for j in range(j0, OW):
                             w = j * SW
@@ -253,13 +258,14 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                     to_storage(divide(m, div), marker)
                     else:  # channels-first: one loop over the cells, vectorised across them
                         j0 = 0
-                        if VROW and L > 0 and ounit:
-                            while j0 + L <= hi - lo:
+                        if VROW and L > 0 and ounit and hi - lo >= L:
+                            while j0 < hi - lo:  # (the last vector ends at hi, as above)
+                                jv = min(j0, hi - lo - L)
                                 if KW == 3:
-                                    hwin32_max(tv, U(2 * j0), out, (q, od, oh, U(lo + j0)),
+                                    hwin32_max(tv, U(2 * jv), out, (q, od, oh, U(lo + jv)),
                                                div, marker)
                                 else:
-                                    hwin22_max(tv, U(2 * j0), out, (q, od, oh, U(lo + j0)),
+                                    hwin22_max(tv, U(2 * jv), out, (q, od, oh, U(lo + jv)),
                                                div, marker)
                                 j0 += L
                         for j in range(j0, hi - lo):
