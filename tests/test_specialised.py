@@ -475,9 +475,10 @@ def test_tiled_max_with_indices(case, monkeypatch):
         assert "max_tiled" not in calls
 
 
-# Rows of stride-2 windows reduced with explicit vectors (_cpu/_simd.py: 8 float32 / float16
-# outputs, 4 float64 ones): the fused 2x2 windows (max and average, row-major taps), and the
-# horizontal max pass of 3x3 and padded 2x2 windows (after the vertical pass).  Row lengths
+# Rows of windows reduced with explicit vectors (_cpu/_simd.py: 8 float32 / float16 outputs, 4
+# float64 ones): the fused 2x2 windows (max and average, row-major taps), the vertical pass of
+# 2- and 3-row windows, and the horizontal pass of 3x3 (max, average) and padded 2x2 windows
+# (max).  Row lengths
 # around the vector width exercise the last vector, which ends at the row's end (overlapping
 # the one before).  Values must be the oracle's, and the bits
 # (sign of zero and NaN included) those of the same taps in the same order: for fused rows a
@@ -537,6 +538,9 @@ def test_vector_rows_against_reference(case, dtype, all_hot_serial, monkeypatch)
         monkeypatch.setattr(fpf, "_HOT_SERIAL", frozenset())
         monkeypatch.setattr(fpf, "_PLANS", {})
         np.testing.assert_array_equal(_bits(got), _bits(fastpool.max_pool2d(x, k, s, p)))
+        for incl, a in zip((True, False), avgs):
+            scalar = fastpool.avg_pool2d(x, k, s, p, count_include_pad=incl)
+            np.testing.assert_array_equal(_bits(a), _bits(scalar))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])

@@ -202,7 +202,50 @@ def _two_rows(K, S, op):
     return intrinsic(typer)
 
 
+def _columns(R, op):
+    """``vcol{R}_{op}(src, i0, ..., i{R-1}, dst, j, marker)``: ``dst[j + o]`` (a vector of L
+    columns) reduces ``src[i_r + o]`` over the R rows in order (the vertical pass of a window
+    of R rows; unit stride along the row)."""
+    def codegen(context, builder, sig, args):
+        marker = sig.args[-1]
+        if not (_float(sig.args[0], marker) and _float(sig.args[R + 1], marker)):
+            return context.get_dummy_value()  # (integer arrays: never called)
+        cty, lty = _compute(sig.args[0], marker)
+        L = lanes(4 if cty == types.float32 else 8)
+        taps = []
+        for r in range(R):
+            p = _pointer(context, builder, sig.args[0], args[0], sig.args[1 + r], args[1 + r])
+            taps.append(_load(context, builder, sig.args[0], marker, p, L, 0))
+        m = _reduce(builder, taps, op)
+        q = _pointer(context, builder, sig.args[R + 1], args[R + 1], sig.args[R + 2], args[R + 2])
+        _store(context, builder, sig.args[R + 1], marker, q, m, L)
+        return context.get_dummy_value()
+
+    def check(src, dst, marker):
+        return _typed(src, dst, marker)
+
+    if R == 2:
+        def typer(typingctx, src, i0, i1, dst, j, marker):
+            if not check(src, dst, marker):
+                return None
+            return types.void(src, i0, i1, dst, j, marker), codegen
+    elif R == 3:
+        def typer(typingctx, src, i0, i1, i2, dst, j, marker):
+            if not check(src, dst, marker):
+                return None
+            return types.void(src, i0, i1, i2, dst, j, marker), codegen
+    else:
+        raise ValueError(R)
+    typer.__name__ = f"vcol{R}_{op}"
+    return intrinsic(typer)
+
+
+vcol2_max = _columns(2, "max")
+vcol2_avg = _columns(2, "avg")
+vcol3_max = _columns(3, "max")
+vcol3_avg = _columns(3, "avg")
 hwin32_max = _one_row(3, 2, "max")
+hwin32_avg = _one_row(3, 2, "avg")
 hwin22_max = _one_row(2, 2, "max")
 fwin22_max = _two_rows(2, 2, "max")
 fwin22_avg = _two_rows(2, 2, "avg")

@@ -19,7 +19,8 @@ import numpy as np
 from numba import prange
 
 from ._intrinsics import load, to_storage
-from ._simd import vector_lanes, hwin32_max, hwin22_max, fwin22_max, fwin22_avg
+from ._simd import (vector_lanes, hwin32_max, hwin32_avg, hwin22_max, fwin22_max, fwin22_avg,
+                    vcol2_max, vcol2_avg, vcol3_max, vcol3_avg)
 from .window import divide, _next_row, _rows, U
 
 BLOCK = 8  # fewest output rows per parallel task
@@ -64,12 +65,16 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
     # the flat groups: rows whose columns are all interior reduce straight from the input, in
     # PyTorch's row-major tap order (k2s2: 9-24% faster; 3-d windows gained nothing)
     FUSEK = SPEC and not CLAST and KW == SW and KD == 1
-    # explicit vectors (_simd.py) for float rows of stride-2 windows: the fused 2x2 windows
-    # (paired A/B against the scalar loop: float16 0.64-0.85x the time, float64 0.89-0.94x,
-    # float32 1.0x), and the channels-first horizontal max pass of 3- and 2-wide ones (k3s2p1
-    # float16 0.94x, float32 and float64 1.0x; the average's took 1.06-1.17x, so it stays scalar)
+    # explicit vectors (_simd.py) for float rows, channels-first: the fused 2x2 windows (paired
+    # A/B against the scalar loop: float16 0.54-0.85x the time, float64 0.89-0.94x, float32
+    # 1.0x on long rows, 0.69-0.87x on 28- to 48-wide planes), the vertical pass of 2- and
+    # 3-row windows and the horizontal pass of 3-wide (max, average) and 2-wide (max) windows
+    # at stride 2 (average k3s2p1 56x56: float32 0.95x, float16 0.86x; max 1.0x, float16
+    # 0.94-0.98x).  The last vector of a row ends at the row's end, overlapping the one before
+    # (the same values written twice) rather than leaving a scalar tail.
     VFUSE = FUSEK and KH == 2 and KW == 2 and SW == 2 and not POWER
-    VROW = SPEC and not CLAST and SW == 2 and (KW == 2 or KW == 3) and MAX
+    VCOL = SPEC and not CLAST and KD == 1 and (KH == 2 or KH == 3) and not POWER
+    VROW = SPEC and not CLAST and SW == 2 and (KW == 3 or (KW == 2 and MAX)) and not POWER
     # (the kernel may only close over constants: a jitted function in a closure cell changes
     # Numba's cache key in every process, so nothing would ever load from the cache)
 
@@ -103,7 +108,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
             TS = max(OW * SW, 1)
             # (only short rows gain: on long ones the larger scratch costs more than it saves)
             # outputs per vector (0: an integer dtype, no vectors); unit-stride rows
-            L = vector_lanes(x, marker) if (VFUSE or VROW) else 0
+            L = vector_lanes(x, marker) if (VFUSE or VROW or VCOL) else 0
             xunit = x.strides[3] == x.itemsize
             ounit = out.strides[3] == out.itemsize
             flat = FLATK and lo == 0 and hi == OW and TS <= FLAT_MAX_ROW and \
@@ -207,7 +212,24 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                     for w in range(TW):
                         tmp[gb + w] = init
                 elif SPEC and nd == KD and nh == KH:
-                    for w in range(TW):
+                    w0 = 0
+                    if VCOL and L > 0 and xunit and TW >= L:
+                        while w0 < TW:  # (the last vector ends at TW, as in the rows below)
+                            wv = min(w0, TW - L)
+                            if KH == 2 and MAX:
+                                vcol2_max(x, (q, d0, h0, U(wv)), (q, d0, h0 + dh, U(wv)),
+                                          tmp, U(gb + wv), marker)
+                            elif KH == 2:
+                                vcol2_avg(x, (q, d0, h0, U(wv)), (q, d0, h0 + dh, U(wv)),
+                                          tmp, U(gb + wv), marker)
+                            elif MAX:
+                                vcol3_max(x, (q, d0, h0, U(wv)), (q, d0, h0 + dh, U(wv)),
+                                          (q, d0, h0 + 2 * dh, U(wv)), tmp, U(gb + wv), marker)
+                            else:
+                                vcol3_avg(x, (q, d0, h0, U(wv)), (q, d0, h0 + dh, U(wv)),
+                                          (q, d0, h0 + 2 * dh, U(wv)), tmp, U(gb + wv), marker)
+                            w0 += L
+                    for w in range(w0, TW):
                         m = load(x[q, d0, h0, w], marker)
                         if not MAX:
                             m = init + m
@@ -261,7 +283,10 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                         if VROW and L > 0 and ounit and hi - lo >= L:
                             while j0 < hi - lo:  # (the last vector ends at hi, as above)
                                 jv = min(j0, hi - lo - L)
-                                if KW == 3:
+                                if KW == 3 and not MAX:
+                                    hwin32_avg(tv, U(2 * jv), out, (q, od, oh, U(lo + jv)),
+                                               div, marker)
+                                elif KW == 3:
                                     hwin32_max(tv, U(2 * jv), out, (q, od, oh, U(lo + jv)),
                                                div, marker)
                                 else:
