@@ -20,6 +20,8 @@ dimension must be unit-stride in both arrays (the caller checks).  A vector read
 ``src[i + 2 * L + K - 3]`` last, its last output's last tap (``L`` lanes): nothing past the
 row.  float16 travels as ``uint16`` bits (with the ``HALF`` marker) and is computed in float32.
 Vectors of another width compile too (LLVM splits or widens them), only slower or faster.
+``vcol{R}_{op}`` reduce R rows column by column (the vertical pass), and ``prefetch`` hints a
+cache line ahead of use.
 """
 from llvmlite import ir
 from numba import types
@@ -249,3 +251,23 @@ hwin32_avg = _one_row(3, 2, "avg")
 hwin22_max = _one_row(2, 2, "max")
 fwin22_max = _two_rows(2, 2, "max")
 fwin22_avg = _two_rows(2, 2, "avg")
+
+
+@intrinsic
+def prefetch(typingctx, arr, idx):
+    """A read prefetch of the cache line of ``arr[idx]`` (no fault past the array's end)."""
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        vals = cgutils.unpack_tuple(builder, args[1], len(sig.args[1]))
+        inds = [context.cast(builder, v, t, types.intp) for v, t in zip(vals, sig.args[1])]
+        strides = cgutils.unpack_tuple(builder, ary.strides, len(inds))
+        off = ir.Constant(ir.IntType(64), 0)
+        for i, st in zip(inds, strides):
+            off = builder.add(off, builder.mul(i, st))
+        p = builder.gep(builder.bitcast(ary.data, ir.IntType(8).as_pointer()), [off])
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [p.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [p, i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+    return types.void(arr, idx), codegen
