@@ -255,16 +255,11 @@ fwin22_avg = _two_rows(2, 2, "avg")
 
 @intrinsic
 def prefetch(typingctx, arr, idx):
-    """A read prefetch of the cache line of ``arr[idx]`` (no fault past the array's end)."""
+    """A read prefetch of the cache line of ``arr[idx]`` (an int or a tuple of ints; no fault
+    past the array's end)."""
     def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        vals = cgutils.unpack_tuple(builder, args[1], len(sig.args[1]))
-        inds = [context.cast(builder, v, t, types.intp) for v, t in zip(vals, sig.args[1])]
-        strides = cgutils.unpack_tuple(builder, ary.strides, len(inds))
-        off = ir.Constant(ir.IntType(64), 0)
-        for i, st in zip(inds, strides):
-            off = builder.add(off, builder.mul(i, st))
-        p = builder.gep(builder.bitcast(ary.data, ir.IntType(8).as_pointer()), [off])
+        p = _pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        p = builder.bitcast(p, ir.IntType(8).as_pointer())
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [p.type, i32, i32, i32])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")

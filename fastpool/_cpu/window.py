@@ -14,9 +14,13 @@ from numba import prange
 from numba.extending import overload
 
 from ._intrinsics import load, to_storage
+from ._simd import prefetch
 from .._runtime import jit
 
 U = np.uint64  # (an unsigned index: no negative-index handling, which blocks vectorisation)
+# the tiled kernels' vertical pass prefetches the two rows 4 rows below (paired A/B: forward
+# with indices k3s2p1 0.93x the time, backward k3s2p1 0.93x, k2s2 0.95x)
+PREFETCH = True
 CF = "cf"
 CL = "cl"
 
@@ -117,6 +121,7 @@ def make_max(layout, parallel, KD, KH, KW, SW, backward=False):
     SPEC = KW > 0
     # one input row per window (1-d pooling): the horizontal pass reads the input row itself
     DIRECT = SPEC and KD * KH == 1
+    PFR = SPEC and SW == 2 and KD * KH > 1  # prefetch the rows ahead (stride-2 windows)
     BWD = backward
 
     def kernel(x, out, idx, tab, dil, owlo, owhi, pw, init, zero, marker):
@@ -157,6 +162,7 @@ def make_max(layout, parallel, KD, KH, KW, SW, backward=False):
             tr = np.zeros(W, np.int32)  # position of tv[w] relative to base0 (specialised rows)
             sv = tv[xb:]  # interior windows' columns (views made once per task, not per row)
             si = tr[xb:]
+            LINE = 64 // x.itemsize  # elements per cache line
             q, od, oh = _rows(t * blk, OD, OH)
             for r in range(t * blk, min(nrows, (t + 1) * blk)):
                 if r > t * blk:  # next output row: counted on, no divisions
@@ -167,6 +173,10 @@ def make_max(layout, parallel, KD, KH, KW, SW, backward=False):
                 nh = tab[1, 1, oh]
                 base0 = (d0 * H + h0) * W
                 full = SPEC and small and nd == KD and nh == KH
+                if PFR:  # the two rows 4 rows below (stride-2 windows; see separable.make_sep)
+                    for k in range(0, W, LINE):
+                        prefetch(x, (q, d0, h0 + 4 * dh, U(k)))
+                        prefetch(x, (q, d0, h0 + 5 * dh, U(k)))
                 # vertical pass: (tv, ti)[w] = first max / last NaN over the window's rows
                 if DIRECT and full:
                     pass  # the horizontal pass reads x[q, d0, h0] directly
@@ -282,9 +292,13 @@ def _tiled_columns(xf, V, A, q, H, W, OH, RS, off, pad, cz, marker):
     # the codes of a two-row window's rows: the top window of K = 3 starts in the padding
     r0 = c3 if pad else c0
     r1 = c6 if pad else c3
+    LINE = 64 // xf.itemsize  # elements per cache line
     for oh in range(OH):
         vb = oh * RS + off
         rb = (q * H + (max(2 * oh - 1, 0) if pad else 2 * oh)) * W
+        if PREFETCH:  # the two rows 4 rows below (see separable.make_sep)
+            for k in range(0, 2 * W, LINE):
+                prefetch(xf, U(rb + 4 * W + k))
         if not pad or oh == 0:
             for w in range(W):
                 m = load(xf[U(rb + w)], marker)
