@@ -9,7 +9,7 @@ that the results are the same bits:
 - ``max``: the NaN-propagating first max, ``v if (v > m or v != v) else m``, taps in row-major
   order (the tie rule keeps the first of equal values, hence the sign of a zero);
 - ``avg``: +0.0 plus the taps in row-major order (as the scalar loops, which start their sums
-  at +0.0), divided by ``div`` in the compute type.
+  at +0.0), divided by ``div`` in the compute type; ``sum``: the same, not divided.
 
 ``hwin{K}2_max(src, i, dst, j, div, marker)`` (K = 3, 2): output ``o`` of the vector (at
 ``dst[j] + o``) reduces ``src[i + 2 * o + c]``, ``c < K`` (one row: the horizontal pass over a
@@ -28,6 +28,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._intrinsics import _is_half
+
 BYTES = 32  # one AVX2 register: 8 float32 lanes, 4 float64
 
 
@@ -37,7 +39,7 @@ def lanes(compute_bytes):
 
 
 def _half(arrty, marker):
-    return isinstance(marker, types.BaseTuple) and arrty.dtype == types.uint16
+    return _is_half(marker) and arrty.dtype == types.uint16
 
 
 def _compute(arrty, marker):
@@ -102,8 +104,10 @@ def _masks(L, E):
 
 
 def _taps(context, builder, arrty, marker, ptr, K, S, L, E):
-    """The K tap vectors of one row, tap c holding src[S * o + c] of output o (S == 2) in the
-    lane order of ``_masks``."""
+    """The K tap vectors of one row, tap c holding src[S * o + c] of output o: at unit stride
+    one load per tap, at stride 2 in the lane order of ``_masks``."""
+    if S == 1:
+        return [_load(context, builder, arrty, marker, ptr, L, c) for c in range(K)]
     assert S == 2
     pick, _ = _masks(L, E)
     loads = {}
@@ -145,8 +149,9 @@ def _codegen(K, S, R, op):
             p = _pointer(context, builder, sig.args[0], args[0], sig.args[1 + r], args[1 + r])
             taps += _taps(context, builder, sig.args[0], marker, p, K, S, L, E)
         m = _reduce(builder, taps, op)
-        fix = ir.Constant(ir.VectorType(ir.IntType(32), L), _masks(L, E)[1])
-        m = builder.shuffle_vector(m, ir.Constant(m.type, ir.Undefined), fix)
+        if S == 2:
+            fix = ir.Constant(ir.VectorType(ir.IntType(32), L), _masks(L, E)[1])
+            m = builder.shuffle_vector(m, ir.Constant(m.type, ir.Undefined), fix)
         if op == "avg":
             d = context.cast(builder, args[R + 3], sig.args[R + 3], cty)
             dv = ir.Constant(ir.VectorType(lty, L), ir.Undefined)
@@ -207,35 +212,18 @@ def _two_rows(K, S, op):
 def _columns(R, op):
     """``vcol{R}_{op}(src, i0, ..., i{R-1}, dst, j, marker)``: ``dst[j + o]`` (a vector of L
     columns) reduces ``src[i_r + o]`` over the R rows in order (the vertical pass of a window
-    of R rows; unit stride along the row)."""
-    def codegen(context, builder, sig, args):
-        marker = sig.args[-1]
-        if not (_float(sig.args[0], marker) and _float(sig.args[R + 1], marker)):
-            return context.get_dummy_value()  # (integer arrays: never called)
-        cty, lty = _compute(sig.args[0], marker)
-        L = lanes(4 if cty == types.float32 else 8)
-        taps = []
-        for r in range(R):
-            p = _pointer(context, builder, sig.args[0], args[0], sig.args[1 + r], args[1 + r])
-            taps.append(_load(context, builder, sig.args[0], marker, p, L, 0))
-        m = _reduce(builder, taps, op)
-        q = _pointer(context, builder, sig.args[R + 1], args[R + 1], sig.args[R + 2], args[R + 2])
-        _store(context, builder, sig.args[R + 1], marker, q, m, L)
-        return context.get_dummy_value()
-
-    def check(src, dst, marker):
-        return _typed(src, dst, marker)
-
+    of R rows; unit stride along the row).  ``op``: "max" or "sum" (no divisor)."""
+    gen = _codegen(1, 1, R, op)
     if R == 2:
         def typer(typingctx, src, i0, i1, dst, j, marker):
-            if not check(src, dst, marker):
+            if not _typed(src, dst, marker):
                 return None
-            return types.void(src, i0, i1, dst, j, marker), codegen
+            return types.void(src, i0, i1, dst, j, marker), gen
     elif R == 3:
         def typer(typingctx, src, i0, i1, i2, dst, j, marker):
-            if not check(src, dst, marker):
+            if not _typed(src, dst, marker):
                 return None
-            return types.void(src, i0, i1, i2, dst, j, marker), codegen
+            return types.void(src, i0, i1, i2, dst, j, marker), gen
     else:
         raise ValueError(R)
     typer.__name__ = f"vcol{R}_{op}"
@@ -243,9 +231,9 @@ def _columns(R, op):
 
 
 vcol2_max = _columns(2, "max")
-vcol2_avg = _columns(2, "avg")
+vcol2_sum = _columns(2, "sum")
 vcol3_max = _columns(3, "max")
-vcol3_avg = _columns(3, "avg")
+vcol3_sum = _columns(3, "sum")
 hwin32_max = _one_row(3, 2, "max")
 hwin32_avg = _one_row(3, 2, "avg")
 hwin22_max = _one_row(2, 2, "max")

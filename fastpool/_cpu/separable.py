@@ -20,7 +20,7 @@ from numba import prange
 
 from ._intrinsics import load, to_storage
 from ._simd import (vector_lanes, hwin32_max, hwin32_avg, hwin22_max, fwin22_max, fwin22_avg,
-                    vcol2_max, vcol2_avg, vcol3_max, vcol3_avg, prefetch)
+                    vcol2_max, vcol2_sum, vcol3_max, vcol3_sum, prefetch)
 from .window import divide, _next_row, _rows, U
 
 BLOCK = 8  # fewest output rows per parallel task
@@ -232,13 +232,13 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                 vcol2_max(x, (q, d0, h0, U(wv)), (q, d0, h0 + dh, U(wv)),
                                           tmp, U(gb + wv), marker)
                             elif KH == 2:
-                                vcol2_avg(x, (q, d0, h0, U(wv)), (q, d0, h0 + dh, U(wv)),
+                                vcol2_sum(x, (q, d0, h0, U(wv)), (q, d0, h0 + dh, U(wv)),
                                           tmp, U(gb + wv), marker)
                             elif MAX:
                                 vcol3_max(x, (q, d0, h0, U(wv)), (q, d0, h0 + dh, U(wv)),
                                           (q, d0, h0 + 2 * dh, U(wv)), tmp, U(gb + wv), marker)
                             else:
-                                vcol3_avg(x, (q, d0, h0, U(wv)), (q, d0, h0 + dh, U(wv)),
+                                vcol3_sum(x, (q, d0, h0, U(wv)), (q, d0, h0 + dh, U(wv)),
                                           (q, d0, h0 + 2 * dh, U(wv)), tmp, U(gb + wv), marker)
                             w0 += L
                     for w in range(w0, TW):
