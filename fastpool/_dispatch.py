@@ -19,6 +19,8 @@ _FACTORIES = {
     ("global", "cpu"): ("._cpu.separable", "make_global", ()),
     # stride-1 size-keeping max on small contiguous planes (spec: KH, KW; layout: the kind)
     ("flat", "cpu"): ("._cpu.separable", "make_flat", ()),
+    # ... on float planes at least a vector wide, any size (spec: KH, KW; layout: the kind)
+    ("same", "cpu"): ("._cpu.separable", "make_same", ()),
     # overlapping windows on short contiguous 1-d/2-d rows (spec: KH, KW, SW; layout: kind)
     ("flat_rows", "cpu"): ("._cpu.separable", "make_flat_rows", ()),
     # adaptive max/average on contiguous 1-d/2-d planes (spec: KH, KW; layout: the kind)

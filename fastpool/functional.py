@@ -342,6 +342,8 @@ def _interior(width, out_width, k, s, pw):
 # _FLAT_PLANE cells (beyond ~64 x 64 the row-wise separable kernels are as fast or faster)
 _FLAT_WINDOWS = frozenset({(3, 3), (5, 5), (1, 3), (1, 5)})
 _FLAT_PLANE = 1 << 12
+# outputs per vector of make_same (float16 and float32: 8, computed in float32; float64: 4)
+_LANES = {2: 8, 4: 8, 8: 4}
 
 
 def _flat_spec(k, s, d, pads, spatial, osp):
@@ -355,6 +357,21 @@ def _flat_spec(k, s, d, pads, spatial, osp):
     if (kh, k[-1]) not in _FLAT_WINDOWS or 2 * ph != kh - 1 or 2 * pads[-1][0] != k[-1] - 1:
         return None
     return kh, k[-1], ph, pads[-1][0]
+
+
+def _same_spec(k, s, d, pads, spatial, osp):
+    """(KH, KW) when the vector kernels for stride-1 size-keeping max windows apply, else None:
+    1 or 2 spatial dims, stride and dilation 1, symmetric pads ``(K - 1) / 2``, KH odd up to 7
+    and KW 3, 5 or 7 (any plane size; the plan also needs a C-contiguous channels-first float
+    input at least one vector wide)."""
+    if len(spatial) > 2 or tuple(osp) != tuple(spatial) or any(v != 1 for v in s) or \
+            any(v != 1 for v in d):
+        return None
+    kh, ph = (k[0], pads[0][0]) if len(k) == 2 else (1, 0)
+    kw, pw = k[-1], pads[-1][0]
+    if kh not in (1, 3, 5, 7) or kw not in (3, 5, 7) or 2 * ph != kh - 1 or 2 * pw != kw - 1:
+        return None
+    return kh, kw
 
 
 # (KH, KW, SW) of the flat-rows kernels: overlapping windows, stride > 1, on short output rows
@@ -445,7 +462,7 @@ def _tile_codes(dtype):
 
 def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, dov=1, p=1.0,
                  knumel=1, return_indices=False, index_dtype=np.int64, flat=None,
-                 adaptive=None):
+                 adaptive=None, same=None):
     """Choose the kernel for a windowed op and return ``run(x, out)``.
 
     kind: "max", "avg" or "lp".  Channels-first without indices runs the separable kernels
@@ -464,7 +481,20 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
     xshape = lay.kernel_shape(lay.spatial)
     oshape = lay.kernel_shape(osp)
     with_idx = return_indices  # the kernel takes an index array
-    if flat is not None and not return_indices and lay.mem == CF and x.flags.c_contiguous:
+    if same is not None and not return_indices and lay.mem == CF and x.flags.c_contiguous and \
+            dtype.kind == "f" and lay.canon(lay.spatial)[-1] >= _LANES[dtype.itemsize]:
+        # stride-1 "same" max, float planes at least a vector wide: explicit vectors, rows in
+        # pairs (separable.make_same)
+        KH, KW = same
+        H, W = lay.canon(lay.spatial)[1:]
+        kern = _dispatch.kernel("same", "cpu", kind, parallel, KH, KW)
+        xshape = oshape = (lay.n * lay.c, H * W)
+        if KH == 1:  # windows one row high: every row of every plane is a plane's row alike
+            # (1-row planes would otherwise leave half of each row pair unused)
+            H, xshape, oshape = lay.n * lay.c * H, (1, lay.n * lay.c * H * W), \
+                (1, lay.n * lay.c * H * W)
+        args = (H, W, init, marker)
+    elif flat is not None and not return_indices and lay.mem == CF and x.flags.c_contiguous:
         # stride-1 "same" max on small planes: flat passes over whole planes (separable.py)
         KH, KW, ph, pw = flat
         H, W = lay.canon(lay.spatial)[1:]
@@ -588,7 +618,8 @@ def _build_max(x, op, rank, params):
     return _window_plan(op, "max", x, lay, osp, tab, dil, math.prod(k),
                         (_k3(k), s[-1], d[-1], pads[-1][0]),
                         return_indices=bool(return_indices), index_dtype=index_dtype,
-                        flat=_flat_spec(k, s, d, pads, lay.spatial, osp))
+                        flat=_flat_spec(k, s, d, pads, lay.spatial, osp),
+                        same=_same_spec(k, s, d, pads, lay.spatial, osp))
 
 
 _MAX_OPS = _ops("max_pool")

@@ -178,6 +178,8 @@ def test_padded_edge_columns_against_reference(case, dtype, all_hot_serial):
 # (separable.make_flat): the vertical pass over the interior rows and the horizontal one over
 # the whole plane are single loops, the clipped top/bottom rows and the edge columns (whose flat
 # windows would wrap into the neighbouring rows) are redone.  Planes from 1 x 1 to 64 x 64.
+# Float planes at least one vector wide (8 float32 / float16, 4 float64) take the vector
+# kernels instead (separable.make_same, tested below), the others the flat passes.
 FLAT_S1 = [(2, 3, (7, 9), np.float32), (2, 5, (40, 40), np.float32),
            (2, 3, (1, 1), np.float16), (2, 5, (3, 2), np.float64), (2, 5, (6, 5), np.uint8),
            (2, 3, (64, 64), np.float32),
@@ -207,7 +209,8 @@ def test_flat_stride1_max_against_reference(case, monkeypatch):
         x[rng.random(shape) < 0.05] = -np.inf
     pool = fastpool.max_pool1d if rank == 1 else fastpool.max_pool2d
     got = pool(x, k, 1, k // 2)
-    assert "flat" in calls
+    lanes = 4 if np.dtype(dtype) == np.float64 else 8
+    assert calls == ["same" if np.dtype(dtype).kind == "f" and sp[-1] >= lanes else "flat"]
     want = ref_max_pool(x, (k,) * rank, (1,) * rank, [(k // 2, k // 2)] * rank)[0]
     np.testing.assert_array_equal(got, want)
     # the same windows given as "same" padding, and written into out=
@@ -219,6 +222,95 @@ def test_flat_stride1_max_against_reference(case, monkeypatch):
     keep = xs.copy()
     np.testing.assert_array_equal(pool(xs, k, 1, k // 2), want)
     np.testing.assert_array_equal(xs, keep)
+
+
+# Stride-1 size-keeping max on contiguous float planes at least one vector wide
+# (separable.make_same): plain-max vector passes over rows in pairs, a pair whose window rows
+# hold a NaN redone with the NaN-propagating vectors.  Windows KH in 1, 3, 5, 7 by KW in 3, 5,
+# 7; widths around the vector width (the last vector overlaps the one before); heights from 1
+# (a window taller than the plane) up; few planes with many rows, so that the parallel kernel
+# splits planes into row blocks (16 rows and more), whose first pair checks the rows above it.
+SAME = [((1, 3), (1, 8), np.float32), ((3, 3), (2, 9), np.float32), ((5, 5), (3, 15), np.float64),
+        ((7, 7), (9, 4), np.float64), ((1, 5), (5, 37), np.float16), ((3, 5), (11, 8), np.float16),
+        ((5, 3), (40, 40), np.float32), ((7, 3), (6, 23), np.float32),
+        ((3, 7), (17, 31), np.float64), ((5, 7), (13, 64), np.float16),
+        ((7, 5), (70, 12), np.float32), ((3, 3), (150, 20), np.float32),
+        ((5, 5), (37, 129), np.float32)]
+
+
+def _nan_per_plane(rng, shape, dtype):
+    """Random values with ties, and one NaN at a random cell of every other plane (alone in its
+    plane: a NaN missed anywhere in a window shows as a number), +/-inf here and there."""
+    x = rng.integers(-4, 5, size=shape).astype(dtype)
+    planes = x.reshape(-1, int(np.prod(shape[-2:])))
+    planes[rng.random(planes.shape) < 0.03] = np.inf
+    planes[rng.random(planes.shape) < 0.03] = -np.inf
+    for q in range(0, planes.shape[0], 2):
+        planes[q, rng.integers(planes.shape[1])] = np.nan
+    return x
+
+
+@pytest.mark.parametrize("case", SAME, ids=[f"k{c[0][0]}x{c[0][1]}-{c[1][0]}x{c[1][1]}-"
+                                            f"{np.dtype(c[2]).name}" for c in SAME])
+def test_same_vector_kernels_against_reference(case, monkeypatch):
+    from reference import ref_max_pool
+    (kh, kw), (H, W), dtype = case
+    calls = []
+    real = fpf._dispatch.kernel
+    monkeypatch.setattr(fpf._dispatch, "kernel", lambda op, *a: calls.append(op) or real(op, *a))
+    monkeypatch.setattr(fpf, "_PLANS", {})
+    rng = np.random.default_rng(kh * 1000 + kw * 100 + H + W)
+    pads = [(kh // 2, kh // 2), (kw // 2, kw // 2)]
+    for par in (False, True):  # the serial kernel, and the parallel one on any size
+        monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0 if par else 1 << 62)
+        monkeypatch.setattr(fpf, "_PLANS", {})
+        for shape in ((2, 3, H, W), (1, 40, H, W)):  # few planes (row blocks), more planes
+            x = _nan_per_plane(rng, shape, dtype)
+            keep = x.copy()
+            want = ref_max_pool(x, (kh, kw), (1, 1), pads)[0]
+            if kh == 1:
+                got = fastpool.max_pool1d(np.ascontiguousarray(x[:, :, 0]), kw, 1, kw // 2)
+                np.testing.assert_array_equal(got, want[:, :, 0])
+            got = fastpool.max_pool2d(x, (kh, kw), 1, (kh // 2, kw // 2))
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(x, keep)
+            ref = F.max_pool2d(torch.from_numpy(x.astype(np.float32)), (kh, kw), 1,
+                               (kh // 2, kw // 2)).numpy()
+            np.testing.assert_array_equal(got.astype(np.float32), ref)
+        # a NaN in the rows at the row blocks' seams (2 planes: blocks of 16 rows)
+        for r in sorted({14, 15, 16, 17, 18, 31, 32, 33, H - 1} & set(range(H))):
+            x = rng.standard_normal((2, 1, H, W)).astype(dtype)
+            x[1, 0, r, rng.integers(W)] = np.nan
+            got = fastpool.max_pool2d(x, (kh, kw), 1, (kh // 2, kw // 2))
+            np.testing.assert_array_equal(got, ref_max_pool(x, (kh, kw), (1, 1), pads)[0])
+    assert set(calls) == {"same"}
+
+
+def test_same_vector_kernels_parallel():
+    """The parallel kernel, whole planes and row blocks, against PyTorch (NaN included)."""
+    rng = np.random.default_rng(11)
+    for shape, k in (((3, 50, 33, 41), 3), ((1, 2, 300, 24), 5), ((2, 64, 20, 17), 7)):
+        x = _nan_per_plane(rng, shape, np.float32)
+        assert fpf._parallel(x.size * k * k)
+        got = fastpool.max_pool2d(x, k, 1, k // 2)
+        np.testing.assert_array_equal(got, F.max_pool2d(torch.from_numpy(x), k, 1, k // 2).numpy())
+
+
+def test_same_vector_kernels_only_for_their_geometry():
+    spec = fpf._same_spec
+    assert spec((3, 3), (1, 1), (1, 1), [(1, 1), (1, 1)], (200, 300), (200, 300)) == (3, 3)
+    assert spec((7, 5), (1, 1), (1, 1), [(3, 3), (2, 2)], (20, 30), (20, 30)) == (7, 5)
+    assert spec((5,), (1,), (1,), [(2, 2)], (50,), (50,)) == (1, 5)
+    # stride, dilation, asymmetric pads, a size change, rank 3, even or too large windows,
+    # a window one column wide
+    assert spec((3, 3), (2, 1), (1, 1), [(1, 1), (1, 1)], (20, 30), (10, 30)) is None
+    assert spec((3, 3), (1, 1), (2, 1), [(2, 2), (1, 1)], (20, 30), (20, 30)) is None
+    assert spec((3, 3), (1, 1), (1, 1), [(0, 2), (1, 1)], (20, 30), (20, 30)) is None
+    assert spec((3, 3), (1, 1), (1, 1), [(0, 0), (1, 1)], (20, 30), (18, 30)) is None
+    assert spec((3, 3, 3), (1,) * 3, (1,) * 3, [(1, 1)] * 3, (4, 5, 6), (4, 5, 6)) is None
+    assert spec((4, 3), (1, 1), (1, 1), [(2, 1), (1, 1)], (20, 30), (21, 30)) is None
+    assert spec((9, 9), (1, 1), (1, 1), [(4, 4), (4, 4)], (20, 30), (20, 30)) is None
+    assert spec((3, 1), (1, 1), (1, 1), [(1, 1), (0, 0)], (20, 30), (20, 30)) is None
 
 
 # Overlapping k3s2 windows on short contiguous rows (separable.make_flat_rows): one flat

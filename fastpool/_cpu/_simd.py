@@ -125,12 +125,14 @@ def _taps(context, builder, arrty, marker, ptr, K, S, L, E):
 
 def _reduce(builder, taps, op):
     m = taps[0]
-    if op != "max":  # sums start at +0, as the scalar kernels' (a -0.0 tap sums to +0.0)
+    if op not in ("max", "pmax"):  # sums start at +0, as the scalar kernels' (a -0.0 tap sums to +0.0)
         m = builder.fadd(ir.Constant(m.type, None), m)
     for v in taps[1:]:
         if op == "max":
             take = builder.or_(builder.fcmp_ordered(">", v, m), builder.fcmp_unordered("uno", v, v))
             m = builder.select(take, v, m)
+        elif op == "pmax":  # (no NaN rule: for rows known to hold no NaN)
+            m = builder.select(builder.fcmp_ordered(">", v, m), v, m)
         else:
             m = builder.fadd(m, v)
     return m
@@ -237,6 +239,12 @@ vcol3_sum = _columns(3, "sum")
 hwin32_max = _one_row(3, 2, "max")
 hwin32_avg = _one_row(3, 2, "avg")
 hwin22_max = _one_row(2, 2, "max")
+hwin31_max = _one_row(3, 1, "max")
+hwin31_pmax = _one_row(3, 1, "pmax")
+hwin51_max = _one_row(5, 1, "max")
+hwin51_pmax = _one_row(5, 1, "pmax")
+hwin71_max = _one_row(7, 1, "max")
+hwin71_pmax = _one_row(7, 1, "pmax")
 fwin22_max = _two_rows(2, 2, "max")
 fwin22_avg = _two_rows(2, 2, "avg")
 
@@ -254,3 +262,83 @@ def prefetch(typingctx, arr, idx):
         builder.call(fn, [p, i32(0), i32(3), i32(1)])
         return context.get_dummy_value()
     return types.void(arr, idx), codegen
+
+
+def _nan_mask(context, builder, u, L):
+    """An <L x i1> mask as an int (bit o: lane o)."""
+    return builder.zext(builder.bitcast(u, ir.IntType(L)), context.get_value_type(types.intp))
+
+
+def _row_pair(op):
+    def codegen(context, builder, sig, args):
+        src, q, rows, col, dst, j0, j1, marker = sig.args
+        if not (_float(src, marker) and _float(dst, marker)):
+            return context.get_constant(types.intp, 0)
+        cty, _ = _compute(src, marker)
+        size = 4 if cty == types.float32 else 8
+        L = lanes(size)
+        R = len(rows)
+        offs = cgutils.unpack_tuple(builder, args[2], R)
+        colv = context.cast(builder, args[3], col, types.intp)
+        taps = []
+        for r in range(R):
+            i = builder.add(context.cast(builder, offs[r], rows[r], types.intp), colv)
+            idx = context.make_tuple(builder, types.UniTuple(types.intp, 2),
+                                     [context.cast(builder, args[1], q, types.intp), i])
+            p = _pointer(context, builder, src, args[0], types.UniTuple(types.intp, 2), idx)
+            taps.append(_load(context, builder, src, marker, p, L, 0))
+        if R > 2:  # the rows both windows share, reduced once
+            c = _reduce(builder, taps[1:R - 1], op)
+            a = _reduce(builder, [taps[0], c], op)
+            b = _reduce(builder, [c, taps[R - 1]], op)
+        else:
+            a, b = taps
+        for v, k in ((a, 5), (b, 6)):
+            p = _pointer(context, builder, dst, args[4], sig.args[k], args[k])
+            _store(context, builder, dst, marker, p, v, L)
+        if op != "pmax":
+            return context.get_constant(types.intp, 0)
+        return _nan_mask(context, builder,
+                         builder.fcmp_unordered("uno", taps[R - 2], taps[R - 1]), L)
+    return codegen
+
+
+def _pair_typer(op):
+    gen = _row_pair(op)
+
+    def typer(typingctx, src, q, rows, col, dst, j0, j1, marker):
+        if not isinstance(rows, types.UniTuple) or len(rows) < 2 or not _typed(src, dst, marker):
+            return None
+        return types.intp(src, q, rows, col, dst, j0, j1, marker), gen
+    typer.__name__ = f"vpair_{op}"
+    return intrinsic(typer)
+
+
+# ``vpair_{op}(src, q, rows, col, dst, j0, j1, marker)``: the vertical pass of two consecutive
+# output rows of a stride-1 window of R - 1 rows (``rows``: the R row offsets, in order, of
+# plane ``q`` of a 2-d ``src``): ``dst[j0 + o]`` reduces ``src[q, rows[r] + col + o]`` over
+# r < R - 1 and ``dst[j1 + o]`` over 0 < r, the R - 2 rows they share reduced once.  ``max``:
+# the NaN-propagating first max, returns 0; ``pmax``: the plain first max (no NaN rule), and
+# returns the lanes' mask of a NaN in the last two rows (the rows that the pair adds to the
+# previous pair's).
+vpair_max = _pair_typer("max")
+vpair_pmax = _pair_typer("pmax")
+
+
+@intrinsic
+def rows_nan(typingctx, src, i, j, marker):
+    """Mask of the lanes (a vector from ``src[i]`` and one from ``src[j]``) holding a NaN."""
+    if not _float(src, marker):
+        def none(context, builder, sig, args):
+            return context.get_constant(types.intp, 0)
+        return types.intp(src, i, j, marker), none
+
+    def codegen(context, builder, sig, args):
+        cty, _ = _compute(src, marker)
+        L = lanes(4 if cty == types.float32 else 8)
+        a = _load(context, builder, src, marker,
+                  _pointer(context, builder, src, args[0], sig.args[1], args[1]), L, 0)
+        b = _load(context, builder, src, marker,
+                  _pointer(context, builder, src, args[0], sig.args[2], args[2]), L, 0)
+        return _nan_mask(context, builder, builder.fcmp_unordered("uno", a, b), L)
+    return types.intp(src, i, j, marker), codegen
