@@ -191,7 +191,7 @@ _PLAN_LIMIT = 512
 _NESTED = {}  # parameter types -> whether one of them is a tuple or list (frozen deeply)
 
 
-def _planned(op, params, input, out, build, rank):
+def _planned(op, params, input, out, build, rank, types=None):
     """Run the plan ``build(x, op, rank, params)`` makes for ``input``, reusing the plan of an
     identical earlier call.
 
@@ -199,11 +199,16 @@ def _planned(op, params, input, out, build, rank):
     and dtype (validation, geometry, kernel choice), so repeated calls skip straight to the
     allocation and the kernel launch.  Builders are module-level functions rather than
     closures: a closure over a call's arguments costs ~0.6 us to create, on every call.
+
+    ``types``: the types of the parameters whose type the build checks (a caller that knows
+    which ones does: ``tuple(map(type, params))`` cost 0.3-0.5 us of a 5-7 us call), in
+    place of every parameter's.
     """
     x = input if type(input) is np.ndarray else _as_array(op, input)
     try:
         # parameters and their types (2 is not 2.0, True is not 1); nested ones frozen deeply
-        types = tuple(map(type, params))
+        if types is None:
+            types = tuple(map(type, params))
         nested = _NESTED.get(types)
         if nested is None:
             nested = tuple in types or list in types
@@ -454,6 +459,24 @@ def _tiling_window(tab, dil, s3, o3):
     return 0
 
 
+def _pair_windows(tab, dil, s3, o3, padded_divisor):
+    """Whether the windows are 2 x 2 at stride 2 from the plane's corner over a single depth
+    row, every one whole (no padding, no partial ceil-mode window; an odd last row or column
+    of the plane belongs to none).  ``padded_divisor``: an average that divides by the window's
+    extent with its padding, which must then be 2 x 2 too (a 3 x 3 window over 2 x 2 cells
+    and a padding row and column has the cells of a pair window, not its divisor)."""
+    if s3[0] != 1 or o3[0] != 1 or tab[0, 0, 0] != 0 or tab[0, 1, 0] != 1 or \
+            any(int(d) != 1 for d in dil) or o3[1] < 1 or o3[2] < 1:
+        return False
+    for d in (1, 2):
+        o = np.arange(o3[d])
+        if not (np.array_equal(tab[d, 0, :o.size], 2 * o) and np.all(tab[d, 1, :o.size] == 2)):
+            return False
+        if padded_divisor and not np.all(tab[d, 2, :o.size] == 2):
+            return False
+    return True
+
+
 def _tile_codes(dtype):
     """The tiled kernels' codes in ``dtype``: taps 0..8 (row * 3 + column), the padding's code
     (never the first maximum) and -1 (no window)."""
@@ -522,6 +545,16 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
         dv = _cell_divisors(tab, divmode, dov, OH, OW) if kind == "avg" else \
             np.ones(1, np.int64)
         args = (tab, dv, H, W, OH, OW, int(dil[1]), lo, hi, pw, init, marker)
+    elif not return_indices and not parallel and kind != "lp" and lay.mem == CF and \
+            x.flags.c_contiguous and _pair_windows(tab, dil, lay.canon(lay.spatial),
+                                                   lay.canon(osp), kind == "avg" and divmode == 1):
+        # small calls of 2x2 windows at stride 2 without padding: a kernel with few arguments
+        # and little per-row work (separable.make_pairs)
+        H, W = lay.canon(lay.spatial)[1:]
+        kern = _dispatch.kernel("pairs", "cpu", kind, False)
+        xshape = (lay.n, lay.c, H, W)  # (a batched 2-d input as it is: no reshape per call)
+        oshape = (lay.n, lay.c) + tuple(lay.canon(osp)[1:])
+        args = (dov if divmode == 0 else 4, init, marker)
     elif not return_indices:
         if lay.mem == CF and kind != "lp" and \
                 _is_global(tab, lay.spatial, osp, divmode if kind == "avg" else 2):
@@ -557,6 +590,9 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
     # the result needs no transposition (no per-call layout work)
     direct_in = lay.batched and lay.to_mem is None and not lay.copy and not half
     direct_out = lay.batched and lay.to_user is None and not half
+    # the kernel takes the arrays in their own shapes (a reshape costs ~0.2 us)
+    same_in = direct_in and tuple(xshape) == x.shape
+    same_out = not half and tuple(oshape) == tuple(mshape)
     lock = launch_lock() if parallel else None  # serial kernels never need the launch lock
     new_res = _alloc.allocator(mshape, dtype)
     new_idx = _alloc.allocator(mshape, idt) if return_indices else None
@@ -579,12 +615,14 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
             if return_indices:
                 ires, uidx = lay.allocate(op, osp, idt, iout, name="out[1] (indices)")
         if size:
-            if direct_in:
+            if same_in:
+                xin = x
+            elif direct_in:
                 xin = x.reshape(xshape)
             else:
                 a = lay.input_mem(x)
                 xin = (a.view(np.uint16) if half else a).reshape(xshape)
-            rk = (res.view(np.uint16) if half else res).reshape(oshape)
+            rk = res if same_out else (res.view(np.uint16) if half else res).reshape(oshape)
             arrays = (xin, rk, ires.reshape(oshape)) if with_idx else (xin, rk)
             call = kern if (entry is None or user is not None or not xin.flags.aligned) \
                 else entry
@@ -629,7 +667,10 @@ def _max_pool(rank, input, kernel_size, stride, padding, dilation, ceil_mode, re
               channels_last, out, index_dtype):
     params = (kernel_size, stride, padding, dilation, ceil_mode, return_indices, channels_last,
               index_dtype)
-    return _planned(_MAX_OPS[rank], params, input, out, _build_max, rank)
+    # (the flags are taken as bool(), and index_dtype through np.dtype(): only the window's
+    # parameters have types to tell apart)
+    return _planned(_MAX_OPS[rank], params, input, out, _build_max, rank,
+                    (type(kernel_size), type(stride), type(padding), type(dilation)))
 
 
 def _avg_divisor(op, count_include_pad, divisor_override):
@@ -661,7 +702,9 @@ def _avg_pool(rank, input, kernel_size, stride, padding, ceil_mode, count_includ
               divisor_override, dilation, channels_last, out):
     params = (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
               dilation, channels_last)
-    return _planned(_AVG_OPS[rank], params, input, out, _build_avg, rank)
+    return _planned(_AVG_OPS[rank], params, input, out, _build_avg, rank,
+                    (type(kernel_size), type(stride), type(padding), type(divisor_override),
+                     type(dilation)))
 
 
 def _norm_type(op, norm_type):

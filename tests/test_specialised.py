@@ -648,3 +648,58 @@ def test_vector_rows_parallel(dtype):
     ref = F.avg_pool2d(torch.from_numpy(x.astype(np.float64)), 2, 2).numpy()
     tol = 2e-3 if dtype == np.float16 else 1e-6
     np.testing.assert_allclose(got.astype(np.float64), ref, rtol=tol, atol=tol)
+
+
+# Small calls of 2x2 windows at stride 2 without padding (separable.make_pairs, serial): every
+# window whole, an odd last row or column left out; float rows in vectors (the last one
+# overlapping the one before), narrower rows and integers scalar.  Bits must equal a NumPy
+# row-major scan (max: NaN-propagating first max; average: +0.0 plus the taps over 4).
+PAIRS = [((1, 16, 32, 32), np.float32), ((2, 3, 9, 17), np.float64), ((1, 2, 7, 38), np.float16),
+         ((3, 1, 2, 2), np.float32), ((2, 2, 13, 15), np.int32), ((1, 4, 6, 40), np.uint8),
+         ((1, 3, 5, 9), np.float64)]
+
+
+@pytest.mark.parametrize("case", PAIRS, ids=[f"{'x'.join(map(str, c[0]))}-{np.dtype(c[1]).name}"
+                                             for c in PAIRS])
+def test_pairs_kernel_against_reference(case, monkeypatch):
+    from reference import ref_avg_pool, ref_max_pool
+    shape, dtype = case
+    calls = []
+    real = fpf._dispatch.kernel
+    monkeypatch.setattr(fpf._dispatch, "kernel", lambda op, *a: calls.append(op) or real(op, *a))
+    monkeypatch.setattr(fpf, "_PLANS", {})
+    rng = np.random.default_rng(sum(shape))
+    if np.dtype(dtype).kind in "iu":
+        x = rng.integers(0, 100, size=shape).astype(dtype)
+    else:
+        x = _input(rng, shape, dtype)
+        flat = x.reshape(-1)
+        flat[rng.choice(flat.size, flat.size // 4, replace=False)] = -0.0
+        flat[rng.choice(flat.size, flat.size // 8, replace=False)] = 0.0
+    keep = x.copy()
+    got = fastpool.max_pool2d(x, 2, 2)
+    np.testing.assert_array_equal(got, ref_max_pool(x, (2, 2), (2, 2), [(0, 0)] * 2)[0])
+    avg = fastpool.avg_pool2d(x, 2, 2)
+    ref = ref_avg_pool(x, (2, 2), (2, 2), [(0, 0)] * 2)
+    if np.dtype(dtype).kind == "f":
+        np.testing.assert_array_equal(_bits(got), _bits(_row_major_2x2(x, "max")))
+        np.testing.assert_array_equal(_bits(avg), _bits(_row_major_2x2(x, "avg")))
+        t = torch.from_numpy(x.astype(np.float32))
+        np.testing.assert_array_equal(got.astype(np.float32), F.max_pool2d(t, 2, 2).numpy())
+        over = fastpool.avg_pool2d(x, 2, 2, divisor_override=3)
+        want = F.avg_pool2d(torch.from_numpy(x.astype(np.float64)), 2, 2, divisor_override=3)
+        tol = 2e-3 if dtype == np.float16 else 1e-6
+        np.testing.assert_allclose(over.astype(np.float64), want.numpy(), rtol=tol, atol=tol)
+    else:
+        np.testing.assert_array_equal(avg, ref)
+    np.testing.assert_array_equal(x, keep)
+    assert set(calls) == {"pairs"}
+    # out=, and a padded or ceil-mode call (not every window whole) takes the row kernels
+    out = np.full_like(got, 7)
+    assert fastpool.max_pool2d(x, 2, 2, out=out) is out
+    np.testing.assert_array_equal(out, got)
+    calls.clear()
+    fastpool.max_pool2d(x, 2, 2, 1)
+    if shape[-1] % 2 or shape[-2] % 2:
+        fastpool.max_pool2d(x, 2, 2, ceil_mode=True)
+    assert "pairs" not in calls
