@@ -81,11 +81,15 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
     # left the loads waiting (paired A/B: k2s2 float64 0.82-0.95x the time, float32
     # 0.95-0.99x; k3s2p1 float32 0.85x, float64 0.87x; average k3s2p1 0.95x).  At stride 1 the
     # same prefetches cost 1.13x (k3s1p1), and a next-plane prefetch in make_flat 1.03-1.13x
+    # The vectors and prefetches are in the parallel kernels only: serial ones run small calls,
+    # whose time is mostly the call's fixed cost, and without them a serial kernel's first
+    # call in a fresh process compiles in 1.6-1.8 s instead of 2.0-2.6 s (max k3s2p1)
     PFD = 4
-    PFV = SW == 2
-    VFUSE = FUSEK and KH == 2 and KW == 2 and SW == 2 and not POWER
-    VCOL = SPEC and not CLAST and KD == 1 and (KH == 2 or KH == 3) and not POWER
-    VROW = SPEC and not CLAST and SW == 2 and (KW == 3 or (KW == 2 and MAX)) and not POWER
+    PFV = SW == 2 and PAR
+    VFUSE = FUSEK and KH == 2 and KW == 2 and SW == 2 and not POWER and PAR
+    VCOL = SPEC and not CLAST and KD == 1 and (KH == 2 or KH == 3) and not POWER and PAR
+    VROW = SPEC and not CLAST and SW == 2 and (KW == 3 or (KW == 2 and MAX)) and not POWER and \
+        PAR
     # (the kernel may only close over constants: a jitted function in a closure cell changes
     # Numba's cache key in every process, so nothing would ever load from the cache)
 
