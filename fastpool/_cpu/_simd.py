@@ -1,4 +1,4 @@
-"""Explicit vector code for rows of stride-2 windows (llvmlite), for the channels-first kernels.
+"""Explicit vector code for rows of windows (llvmlite), for the channels-first kernels.
 
 The compiler leaves a row of stride-2 windows scalar: its loads are strided, and a short row
 (28 outputs) is shorter than its 32-wide vector loop anyway.  Each intrinsic here computes one
@@ -22,6 +22,12 @@ row.  float16 travels as ``uint16`` bits (with the ``HALF`` marker) and is compu
 Vectors of another width compile too (LLVM splits or widens them), only slower or faster.
 ``vcol{R}_{op}`` reduce R rows column by column (the vertical pass), and ``prefetch`` hints a
 cache line ahead of use.
+
+Stride-1 windows (``make_same``): ``hwin{K}1_{max,pmax}`` reduce K consecutive cells per
+output; ``vpair_{max,pmax}`` the vertical pass of two output rows at once; ``rows_nan`` tells
+which lanes of two rows hold a NaN.  ``pmax`` is the plain first max (``v if v > m else m``,
+no NaN rule), the same bits as ``max`` on taps without a NaN: the kernel checks for NaN itself
+and uses ``max`` where one is.
 """
 from llvmlite import ir
 from numba import types
