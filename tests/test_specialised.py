@@ -638,6 +638,45 @@ def test_vector_rows_against_reference(case, dtype, all_hot_serial, monkeypatch)
             np.testing.assert_array_equal(_bits(a), _bits(scalar))
 
 
+# 1-d k3s2 / k2s2 rows in the parallel kernels: without padding every window lies inside the
+# row and the horizontal vectors read the input row itself (no scratch copy); with padding or
+# ceil mode the padded scratch row.  The bits must be the table-driven kernel's.
+ROWS1 = [(k, p, ceil, ow) for (k, p, ceil) in ((3, 0, False), (3, 1, False), (3, 0, True),
+                                               (2, 0, False))
+         for ow in (3, 4, 8, 9, 21, 37)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("case", ROWS1, ids=[f"k{c[0]}p{c[1]}{'c' if c[2] else ''}-ow{c[3]}"
+                                             for c in ROWS1])
+def test_vector_rows_1d_against_reference(case, dtype, monkeypatch):
+    from reference import ref_avg_pool, ref_max_pool
+    k, p, ceil, ow = case
+    rng = np.random.default_rng(ow * 10 + k + p + ceil)
+    W = (ow - 1) * 2 + k - 2 * p + int(rng.integers(0, 2))
+    x = _input(rng, (2, 5, W), dtype)
+    x.reshape(-1)[rng.choice(x.size, x.size // 4, replace=False)] = -0.0
+    monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(fpf, "_PLANS", {})
+    got = fastpool.max_pool1d(x, k, 2, p, ceil_mode=ceil)
+    avgs = [fastpool.avg_pool1d(x, k, 2, p, ceil_mode=ceil, count_include_pad=incl)
+            for incl in (True, False)]
+    np.testing.assert_array_equal(got, ref_max_pool(x, (k,), (2,), [(p, p)], ceil_mode=ceil)[0])
+    tol = 2e-3 if dtype == np.float16 else 1e-6
+    for incl, a in zip((True, False), avgs):
+        ref = ref_avg_pool(x, (k,), (2,), [(p, p)], ceil_mode=ceil, count_include_pad=incl)
+        np.testing.assert_allclose(a.astype(np.float64), ref.astype(np.float64), rtol=tol,
+                                   atol=tol)
+    monkeypatch.setattr(fpf, "_HOT_SERIAL", frozenset())  # the table-driven kernel, serial
+    monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 1 << 62)
+    monkeypatch.setattr(fpf, "_PLANS", {})
+    np.testing.assert_array_equal(_bits(got), _bits(fastpool.max_pool1d(x, k, 2, p,
+                                                                        ceil_mode=ceil)))
+    for incl, a in zip((True, False), avgs):
+        scalar = fastpool.avg_pool1d(x, k, 2, p, ceil_mode=ceil, count_include_pad=incl)
+        np.testing.assert_array_equal(_bits(a), _bits(scalar))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 def test_vector_rows_parallel(dtype):
     """The parallel kernels' vector rows (k2s2 fused, k3s2p1 horizontal) on a large input."""

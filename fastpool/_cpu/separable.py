@@ -90,6 +90,9 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
     VCOL = SPEC and not CLAST and KD == 1 and (KH == 2 or KH == 3) and not POWER and PAR
     VROW = SPEC and not CLAST and SW == 2 and (KW == 3 or (KW == 2 and MAX)) and not POWER and \
         PAR
+    # 1-row windows (1-d pooling) whose every window lies inside the row: the horizontal
+    # vectors read the input row itself, no scratch row copied first
+    VROW1 = VROW and KD == 1 and KH == 1
     # (the kernel may only close over constants: a jitted function in a closure cell changes
     # Numba's cache key in every process, so nothing would ever load from the cache)
 
@@ -223,6 +226,25 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                             out[q, od, oh, j] = to_storage(m, marker) if MAX else \
                                 _lp_norm(m, div, knz, invz, p1, p2, marker) if POWER else \
                                 to_storage(divide(m, div), marker)
+                        continue
+                if VROW1:  # (pruned at compile time elsewhere)
+                    if L > 0 and xunit and ounit and not flat and nd == 1 and nh == 1 and \
+                            owlo <= 0 and owhi >= OW and pw == 0 and OW >= L and \
+                            (OW - 1) * SW + KW <= W:
+                        div = dov if divmode == 0 else fdh * KW
+                        j0 = 0
+                        while j0 < OW:  # (the last vector ends at OW: no scalar tail)
+                            jv = min(j0, OW - L)
+                            if KW == 3 and not MAX:
+                                hwin32_avg(x, (q, d0, h0, U(2 * jv)), out, (q, od, oh, U(jv)),
+                                           div, marker)
+                            elif KW == 3:
+                                hwin32_max(x, (q, d0, h0, U(2 * jv)), out, (q, od, oh, U(jv)),
+                                           div, marker)
+                            else:
+                                hwin22_max(x, (q, d0, h0, U(2 * jv)), out, (q, od, oh, U(jv)),
+                                           div, marker)
+                            j0 += L
                         continue
                 # vertical pass: tmp[w] = reduce over the window's (z, y) rows
                 if nd == 0 or nh == 0:  # no input row (PyTorch-style padding and dilation)
