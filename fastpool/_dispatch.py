@@ -19,6 +19,8 @@ _FACTORIES = {
     ("global", "cpu"): ("._cpu.separable", "make_global", ()),
     # ... serial, for 2x2 windows at stride 2 without padding (layout argument is the kind)
     ("pairs", "cpu"): ("._cpu.separable", "make_pairs", ()),
+    # ... with indices, float inputs, serial and parallel (layout argument is the kind)
+    ("pairs_index", "cpu"): ("._cpu.separable", "make_pairs_index", ()),
     # stride-1 size-keeping max on small contiguous planes (spec: KH, KW; layout: the kind)
     ("flat", "cpu"): ("._cpu.separable", "make_flat", ()),
     # ... on float planes at least a vector wide, any size (spec: KH, KW; layout: the kind)

@@ -567,6 +567,15 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
             c = lay.c if lay.mem == CL else 1
             xshape, oshape = xshape[:3] + (xshape[3] * c,), oshape[:3] + (oshape[3] * c,)
             args = (tab, dil, lo, hi, pw, divmode, dov, init, float(p), knumel, c, marker)
+    elif lay.mem == CF and x.flags.c_contiguous and dtype.kind == "f" and \
+            _pair_windows(tab, dil, lay.canon(lay.spatial), lay.canon(osp), False):
+        # 2x2 windows at stride 2 without padding, with indices: vectors of values and
+        # positions (separable.make_pairs_index)
+        H, W = lay.canon(lay.spatial)[1:]
+        kern = _dispatch.kernel("pairs_index", "cpu", kind, parallel)
+        xshape = (lay.n * lay.c, H, W)
+        oshape = (lay.n * lay.c,) + tuple(lay.canon(osp)[1:])
+        args = (marker,)
     elif lay.mem == CL:
         kern = _dispatch.kernel("cl", "cpu", kind, parallel)
         args = (tab, dil, init, marker)

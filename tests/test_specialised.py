@@ -745,3 +745,43 @@ def test_pairs_kernel_against_reference(case, monkeypatch):
     if shape[-1] % 2 or shape[-2] % 2:
         fastpool.max_pool2d(x, 2, 2, ceil_mode=True)
     assert "pairs" not in calls
+
+
+# The same windows with indices (separable.make_pairs_index, float inputs, serial and parallel):
+# values and int64 / int32 plane positions as PyTorch's (first max, last NaN, row-major).
+PAIRS_INDEX = [((1, 16, 32, 32), np.float32), ((2, 3, 9, 17), np.float64),
+               ((1, 2, 7, 38), np.float16), ((3, 1, 2, 2), np.float32),
+               ((1, 3, 5, 9), np.float64), ((2, 5, 23, 41), np.float32)]
+
+
+@pytest.mark.parametrize("par", [False, True], ids=["serial", "parallel"])
+@pytest.mark.parametrize("case", PAIRS_INDEX, ids=[
+    f"{'x'.join(map(str, c[0]))}-{np.dtype(c[1]).name}" for c in PAIRS_INDEX])
+def test_pairs_index_kernel_against_reference(case, par, monkeypatch):
+    from reference import ref_max_pool
+    shape, dtype = case
+    calls = []
+    real = fpf._dispatch.kernel
+    monkeypatch.setattr(fpf._dispatch, "kernel", lambda op, *a: calls.append(op) or real(op, *a))
+    monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0 if par else 1 << 62)
+    monkeypatch.setattr(fpf, "_PLANS", {})
+    rng = np.random.default_rng(sum(shape) + par)
+    x = _input(rng, shape, dtype)
+    flat = x.reshape(-1)
+    flat[rng.choice(flat.size, flat.size // 4, replace=False)] = -0.0
+    flat[rng.choice(flat.size, 2, replace=False)] = np.nan  # (NaN, and a later NaN)
+    keep = x.copy()
+    want, wi = ref_max_pool(x, (2, 2), (2, 2), [(0, 0)] * 2)
+    t = torch.from_numpy(x.astype(np.float32))
+    tv, ti = F.max_pool2d(t, 2, 2, return_indices=True)
+    for idt in (np.int64, np.int32):
+        got, gi = fastpool.max_pool2d(x, 2, 2, return_indices=True, index_dtype=idt)
+        assert gi.dtype == idt
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(gi, wi)
+        np.testing.assert_array_equal(gi, ti.numpy())
+        np.testing.assert_array_equal(got.astype(np.float32), tv.numpy())
+        # the bits of the values: the first max (sign of zero) or the last NaN, row-major
+        np.testing.assert_array_equal(_bits(got), _bits(_row_major_2x2(x, "max")))
+    np.testing.assert_array_equal(x, keep)
+    assert set(calls) == {"pairs_index"}

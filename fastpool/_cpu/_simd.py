@@ -348,3 +348,57 @@ def rows_nan(typingctx, src, i, j, marker):
                   _pointer(context, builder, src, args[0], sig.args[2], args[2]), L, 0)
         return _nan_mask(context, builder, builder.fcmp_unordered("uno", a, b), L)
     return types.intp(src, i, j, marker), codegen
+
+
+@intrinsic
+def fwin22_maxi(typingctx, src, i0, i1, dst, j, idst, k, base, width, marker):
+    """The 2 x 2 windows of ``fwin22_max`` with their argmax: ``idst[k + o]`` gets the plane
+    position of output ``o``'s maximum, ``base + 2 * o + r * width + c`` for its tap (r, c) (the
+    first max, or the last NaN, in row-major order, as the scalar kernels pick it)."""
+    if not (_float(src, marker) and _float(dst, marker) and _typed(src, dst, marker)
+            and isinstance(idst.dtype, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        cty, _ = _compute(src, marker)
+        size = 4 if cty == types.float32 else 8
+        L, E = lanes(size), 16 // size
+        taps = []
+        for r in range(2):
+            p = _pointer(context, builder, src, args[0], sig.args[1 + r], args[1 + r])
+            taps += _taps(context, builder, src, marker, p, 2, 2, L, E)
+        i32 = ir.IntType(32)
+        m = taps[0]
+        code = ir.Constant(ir.VectorType(i32, L), [0] * L)
+        for c in range(1, 4):  # tap c: row c // 2, column c % 2
+            v = taps[c]
+            take = builder.or_(builder.fcmp_ordered(">", v, m), builder.fcmp_unordered("uno", v, v))
+            m = builder.select(take, v, m)
+            code = builder.select(take, ir.Constant(ir.VectorType(i32, L), [c] * L), code)
+        fix = ir.Constant(ir.VectorType(i32, L), _masks(L, E)[1])
+        m = builder.shuffle_vector(m, ir.Constant(m.type, ir.Undefined), fix)
+        code = builder.shuffle_vector(code, ir.Constant(code.type, ir.Undefined), fix)
+        q = _pointer(context, builder, dst, args[3], sig.args[4], args[4])
+        _store(context, builder, dst, marker, q, m, L)
+        i64 = ir.IntType(64)
+        v64 = ir.VectorType(i64, L)
+
+        def splat(val):
+            vec = ir.Constant(v64, ir.Undefined)
+            for o in range(L):
+                vec = builder.insert_element(vec, val, i32(o))
+            return vec
+        c64 = builder.sext(code, v64)
+        row = builder.lshr(c64, ir.Constant(v64, [1] * L))
+        col = builder.and_(c64, ir.Constant(v64, [1] * L))
+        b = splat(context.cast(builder, args[7], sig.args[7], types.int64))
+        w = splat(context.cast(builder, args[8], sig.args[8], types.int64))
+        pos = builder.add(builder.add(b, ir.Constant(v64, [2 * o for o in range(L)])),
+                          builder.add(builder.mul(row, w), col))
+        ity = context.get_data_type(idst.dtype)
+        if ity.width != 64:
+            pos = builder.trunc(pos, ir.VectorType(ity, L))
+        ip = _pointer(context, builder, idst, args[5], sig.args[6], args[6])
+        builder.store(pos, builder.bitcast(ip, ir.VectorType(ity, L).as_pointer()), align=1)
+        return context.get_dummy_value()
+    return types.void(src, i0, i1, dst, j, idst, k, base, width, marker), codegen

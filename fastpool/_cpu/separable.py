@@ -20,6 +20,7 @@ from numba import prange
 
 from ._intrinsics import load, to_storage
 from ._simd import (vector_lanes, hwin32_max, hwin32_avg, hwin22_max, fwin22_max, fwin22_avg,
+                    fwin22_maxi,
                     vcol2_max, vcol2_sum, vcol3_max, vcol3_sum, prefetch, vpair_max, vpair_pmax,
                     rows_nan, hwin31_max, hwin31_pmax, hwin51_max, hwin51_pmax, hwin71_max,
                     hwin71_pmax)
@@ -654,6 +655,56 @@ def make_pairs(kind, parallel):
                             m += e
                             m += d
                             out[n, c, oh, j] = to_storage(divide(m, div), marker)
+    from .._runtime import jit
+    return jit(kernel, parallel=parallel)
+
+
+def make_pairs_index(kind, parallel):
+    """Max with indices over 2 x 2 windows at stride 2 without padding (every window whole, as
+    ``make_pairs``) of contiguous channels-first float inputs: each row of windows in vectors
+    of values and plane positions (``_simd.fwin22_maxi``), the last one overlapping the one
+    before, rows narrower than a vector scalar; the parallel kernel prefetches the rows 4 rows
+    below (as ``make_sep``'s fused rows).  ``x`` is (planes, H, W), ``out`` and ``idx``
+    (planes, H // 2, W // 2).  Positions: the first max, or the last NaN, in row-major order."""
+    assert kind == "max"
+    PAR = parallel
+
+    def kernel(x, out, idx, marker):
+        P = out.shape[0]
+        OH = out.shape[1]
+        OW = out.shape[2]
+        W = x.shape[2]
+        nrows = P * OH
+        blk = max(BLOCK, nrows // TASKS) if PAR else max(nrows, 1)
+        ntask = (nrows + blk - 1) // blk
+        for t in prange(ntask):
+            L = vector_lanes(x, marker)
+            for r in range(t * blk, min(nrows, (t + 1) * blk)):
+                q = r // OH
+                oh = r - q * OH
+                h = 2 * oh
+                j0 = 0
+                if L > 0 and OW >= L:
+                    while j0 < OW:
+                        jv = min(j0, OW - L)
+                        if PAR:
+                            prefetch(x, (q, h + 4, U(2 * jv)))
+                            prefetch(x, (q, h + 5, U(2 * jv)))
+                        fwin22_maxi(x, (q, h, U(2 * jv)), (q, h + 1, U(2 * jv)), out,
+                                    (q, oh, U(jv)), idx, (q, oh, U(jv)), h * W + 2 * jv, W,
+                                    marker)
+                        j0 += L
+                for j in range(j0, OW):
+                    w = 2 * j
+                    m = load(x[q, h, w], marker)
+                    k = h * W + w
+                    for c in range(1, 4):
+                        v = load(x[q, h + c // 2, w + c % 2], marker)
+                        if (v > m) | (v != v):
+                            m = v
+                            k = (h + c // 2) * W + w + c % 2
+                    out[q, oh, j] = to_storage(m, marker)
+                    idx[q, oh, j] = k
     from .._runtime import jit
     return jit(kernel, parallel=parallel)
 
