@@ -131,7 +131,8 @@ def _taps(context, builder, arrty, marker, ptr, K, S, L, E):
 
 def _reduce(builder, taps, op):
     m = taps[0]
-    if op not in ("max", "pmax"):  # sums start at +0, as the scalar kernels' (a -0.0 tap sums to +0.0)
+    if op not in ("max", "pmax"):  # sums start at +0, as the scalar kernels' (a -0.0 tap
+        # sums to +0.0)
         m = builder.fadd(ir.Constant(m.type, None), m)
     for v in taps[1:]:
         if op == "max":
