@@ -438,25 +438,28 @@ def _zero(dtype):
     return np.float32(0)
 
 
+def _one_depth_row(tab, dil, o3):
+    """Windows over a single depth row, undilated, with at least one output row and column."""
+    return o3[0] == 1 and tab[0, 0, 0] == 0 and tab[0, 1, 0] == 1 and \
+        all(int(d) == 1 for d in dil) and o3[1] >= 1 and o3[2] >= 1
+
+
 def _tiling_window(tab, dil, s3, o3):
     """K when the windows are K x K at stride 2 over a single depth row and tile an even plane
     (``H == 2 * OH``, ``W == 2 * OW``) with padding 1 (K = 3) or none (K = 2): the case of
     ``make_max_backward_tiled``; else 0."""
-    if s3[0] != 1 or o3[0] != 1 or tab[0, 0, 0] != 0 or tab[0, 1, 0] != 1 or \
-            any(int(d) != 1 for d in dil) or o3[1] < 1 or o3[2] < 1 or \
-            s3[1] != 2 * o3[1] or s3[2] != 2 * o3[2]:
+    if s3[0] != 1 or not _one_depth_row(tab, dil, o3) or s3[1] != 2 * o3[1] or \
+            s3[2] != 2 * o3[2]:
         return 0
-    for K in (3, 2):
-        ok = True
-        for d in (1, 2):
-            n, o = s3[d], np.arange(o3[d])
-            first = np.maximum(2 * o - 1, 0) if K == 3 else 2 * o
-            count = np.minimum(2 * o + 2, n) - first if K == 3 else np.full(o.size, 2)
-            ok = ok and np.array_equal(tab[d, 0, :o.size], first) and \
-                np.array_equal(tab[d, 1, :o.size], count)
-        if ok:
-            return K
-    return 0
+    ok = True
+    for d in (1, 2):
+        n, o = s3[d], np.arange(o3[d])
+        first = np.maximum(2 * o - 1, 0)
+        ok = ok and np.array_equal(tab[d, 0, :o.size], first) and \
+            np.array_equal(tab[d, 1, :o.size], np.minimum(2 * o + 2, n) - first)
+    if ok:
+        return 3
+    return 2 if _pair_windows(tab, dil, s3, o3, False) else 0
 
 
 def _pair_windows(tab, dil, s3, o3, padded_divisor):
@@ -465,8 +468,7 @@ def _pair_windows(tab, dil, s3, o3, padded_divisor):
     of the plane belongs to none).  ``padded_divisor``: an average that divides by the window's
     extent with its padding, which must then be 2 x 2 too (a 3 x 3 window over 2 x 2 cells
     and a padding row and column has the cells of a pair window, not its divisor)."""
-    if s3[0] != 1 or o3[0] != 1 or tab[0, 0, 0] != 0 or tab[0, 1, 0] != 1 or \
-            any(int(d) != 1 for d in dil) or o3[1] < 1 or o3[2] < 1:
+    if s3[0] != 1 or not _one_depth_row(tab, dil, o3):
         return False
     for d in (1, 2):
         o = np.arange(o3[d])

@@ -132,6 +132,9 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
             ounit = out.strides[3] == out.itemsize
             flat = FLATK and lo == 0 and hi == OW and TS <= FLAT_MAX_ROW and \
                 not (VFUSE and L > 0 and xunit and ounit and OW >= L)
+            # 1-row windows all inside the row: the horizontal vectors read the input row
+            row1 = VROW1 and L > 0 and xunit and ounit and not flat and owlo <= 0 and \
+                owhi >= OW and pw == 0 and OW >= L and (OW - 1) * SW + KW <= W
             G = max(1, min(FLAT_ROWS, FLAT_CELLS // TS)) if flat else 1
             TW = TS if flat else W  # columns the vertical pass computes
             # padded scratch row: tmp[PADL + w] holds column w
@@ -229,9 +232,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                 to_storage(divide(m, div), marker)
                         continue
                 if VROW1:  # (pruned at compile time elsewhere)
-                    if L > 0 and xunit and ounit and not flat and nd == 1 and nh == 1 and \
-                            owlo <= 0 and owhi >= OW and pw == 0 and OW >= L and \
-                            (OW - 1) * SW + KW <= W:
+                    if row1 and nd == 1 and nh == 1:
                         div = dov if divmode == 0 else fdh * KW
                         j0 = 0
                         while j0 < OW:  # (the last vector ends at OW: no scalar tail)
