@@ -94,6 +94,17 @@ def _row_block(rows, cells):
     return max(1, min(-(-rows // (4 * _threads())), (1 << 14) // max(1, cells)))
 
 
+# Gradients of at least this many bytes are written with streaming (non-temporal) stores
+# where a kernel builds its task's rows in scratch first: a plain store reads each line it
+# fills (the gradient is mostly written, little read), a streaming one does not.  Smaller
+# results are left in the cache for the next operation.
+STREAM_MIN_BYTES = 8 << 20
+
+
+def _streamed(res):
+    return res.nbytes >= STREAM_MIN_BYTES
+
+
 def _raise_bad(op, bad, name, limit, what):
     if bad[:, 0].any():
         t = int(np.argmax(bad[:, 0] != 0))
@@ -201,7 +212,8 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
                                 dtype != np.float16)
         with launch_lock():
             kern(_flat(lay, _bits(gm), osp), _flat(lay, im, osp),
-                 _flat(lay, _bits(res), lay.spatial), bad, blk, acc, marker)
+                 _flat(lay, _bits(res), lay.spatial), bad, blk,
+                 lay.mem == CF and _streamed(res), acc, marker)
         _raise_bad(op, bad, "indices", cells, f"the input plane of {lay.spatial}")
 
     def run(x, extra):
@@ -217,7 +229,7 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
                 kern = _dispatch.kernel("max_backward_tiled", "cpu", CF, par_rec, tiled)
                 with launch_lock():
                     kern(_bits(a).reshape(-1), _bits(gm).reshape(-1), _bits(res).reshape(-1),
-                         *kdims, codes, init, acc, marker)
+                         *kdims, codes, init, _streamed(res), acc, marker)
                 return lay.user_view(res)
             if lay.mem == CF:
                 kern = _dispatch.kernel("max_backward_scan", "cpu", CF, par_rec, *consts)
@@ -375,7 +387,7 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
             with launch_lock():
                 kern(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
                      _bits(res).reshape(xshape), tab, dil, inv, ilist, divmode, dov, acc,
-                     float(p), knumel, blk, hwa, marker)
+                     float(p), knumel, blk, hwa, lay.mem == CF and _streamed(res), marker)
         return lay.user_view(res)
     return run
 

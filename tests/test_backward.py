@@ -803,3 +803,109 @@ def test_unbatched_and_public_names():
         assert callable(getattr(fastpool, f"fractional_max_pool{nd}d_backward"))
     assert math.isclose(float(fastpool.adaptive_avg_pool1d_backward(
         np.ones((1, 1, 1)), np.zeros((1, 1, 4)), 1)[0, 0, 0]), 0.25)
+
+
+# (op, N, C, H, W, dtype, parallel): channels-first gradients whose kernels build each task's
+# rows in scratch and stream them out when the gradient is large (STREAM_MIN_BYTES); planes
+# whose sizes are not a multiple of a vector or a cache line, so that the planes' ends and the
+# tasks' runs fall anywhere in a line
+STREAMED = [("avg", 2, 5, 13, 14, np.float32, True), ("avg", 1, 7, 56, 56, np.float64, True),
+            ("avg", 2, 3, 9, 11, np.float16, False), ("avg", 3, 40, 10, 6, np.float32, True),
+            ("lp", 2, 6, 12, 10, np.float32, True), ("avg1d", 3, 9, 1, 37, np.float32, True),
+            ("idx", 2, 5, 13, 14, np.float32, True), ("idx", 2, 9, 30, 30, np.float64, True),
+            ("idx", 1, 4, 7, 9, np.float32, False),
+            ("tiled3", 2, 6, 14, 12, np.float32, True), ("tiled3", 2, 5, 10, 30, np.float16, True),
+            ("tiled2", 2, 7, 12, 18, np.float64, True), ("tiled2", 1, 3, 6, 10, np.float32, False)]
+
+
+@pytest.mark.parametrize("case", STREAMED, ids=[f"s{i}" for i in range(len(STREAMED))])
+def test_streamed_gradients(case, monkeypatch):
+    """With streaming stores forced on (any size), the same bits as with plain stores, and the
+    oracle's values: average (k3s2p1, exclusive padding; 1-d too), Lp, max from indices (the
+    scatter) and the tiled max without indices, serial and parallel."""
+    from fastpool import backward as B
+    from fastpool import functional
+    op, N, C, H, W, dtype, parallel = case
+    monkeypatch.setattr(B, "_parallel", lambda work: parallel)
+    rng = np.random.default_rng(N * 1000 + C * 100 + H * 10 + W)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    if op.startswith("tiled"):
+        x[rng.random(x.shape) < 0.05] = np.nan
+    if op == "lp":
+        x = np.abs(x) + np.asarray(0.25, dtype)
+    k = 2 if op == "tiled2" else 3
+    p = 0 if op in ("tiled2", "lp") else 1
+    if op == "avg1d":
+        x = x[:, :, 0]
+    y = (F.avg_pool1d(torch.from_numpy(x.astype(np.float64)), 3, 2, 1) if op == "avg1d" else
+         F.avg_pool2d(torch.from_numpy(x.astype(np.float64)), k, 2, p)).numpy()
+    g = rng.standard_normal(y.shape).astype(dtype)
+    g.reshape(-1)[::5] = -0.0
+    if op == "idx":
+        _, ind = fastpool.max_pool2d(x, 3, 2, 1, return_indices=True)
+
+    def run():
+        functional._PLANS.clear()
+        if op == "avg":
+            return fastpool.avg_pool2d_backward(g, x, 3, 2, 1, count_include_pad=False)
+        if op == "avg1d":
+            return fastpool.avg_pool1d_backward(g, x, 3, 2, 1, count_include_pad=False)
+        if op == "lp":
+            return fastpool.lp_pool2d_backward(g, x, 2, 3, 2)
+        if op == "idx":
+            return fastpool.max_pool2d_backward(g, x, 3, 2, 1, indices=ind)
+        return fastpool.max_pool2d_backward(g, x, k, 2, p)
+
+    monkeypatch.setattr(B, "STREAM_MIN_BYTES", 1 << 62)
+    plain = run()
+    streamed = []
+    real = B._streamed
+    monkeypatch.setattr(B, "STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(B, "_streamed", lambda res: streamed.append(real(res)) or real(res))
+    got = run()
+    assert streamed and all(streamed)
+    assert got.tobytes() == plain.tobytes(), op
+    if op in ("avg", "avg1d"):
+        nd = 1 if op == "avg1d" else 2
+        ref = R.ref_avg_pool_backward(g.astype(np.float64), x.astype(np.float64), (3,) * nd,
+                                      (2,) * nd, [(1, 1)] * nd, False, False, None)
+    elif op == "lp":
+        ref = R.ref_lp_pool_backward(g.astype(np.float64), x.astype(np.float64), 2, (3, 3),
+                                     (2, 2), [(0, 0), (0, 0)])
+    else:
+        ref = R.ref_max_pool_backward(g, x, (k, k), (2, 2), [(p, p), (p, p)], (1, 1), False)
+    close(got, ref, dtype, what=str(case))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_stream_copies(dtype):
+    """``_simd.stream_upto`` (streaming stores over a destination's vector-aligned middle,
+    plain ones around it) copies every cell once, in pieces of any length, to destinations at
+    any byte offset, those not aligned to their element size included."""
+    from numba import njit
+    from fastpool._cpu._simd import sfence, stream_upto
+    from fastpool._dtypes import HALF, PLAIN
+    marker = HALF if dtype == np.float16 else PLAIN
+    store = np.dtype(np.uint16 if dtype == np.float16 else dtype)
+
+    @njit
+    def copy(src, dst, d0, cuts, marker):
+        done = 0
+        for c in cuts:
+            done = stream_upto(src, done, c, dst, d0, marker)
+        stream_upto(src, done, -src.size, dst, d0, marker)
+        sfence()
+
+    rng = np.random.default_rng(7)
+    isz = store.itemsize
+    for n in (1, 7, 8, 33, 300, 1031):
+        src = rng.standard_normal(n).astype(dtype).view(store)
+        cuts = np.sort(rng.integers(0, n + 1, 6))
+        for off in range(0, 64, 3):
+            for d0 in (0, 5):
+                raw = np.zeros((n + d0) * isz + 128, np.uint8)
+                dst = raw[off:off + (n + d0) * isz].view(store)
+                copy(src, dst, d0, cuts, marker)
+                assert dst[d0:].tobytes() == src.tobytes(), (n, off, d0)
+                assert not raw[:off + d0 * isz].any(), (n, off, d0)
+                assert not raw[off + (n + d0) * isz:].any(), (n, off, d0)

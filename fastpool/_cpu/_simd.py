@@ -221,9 +221,15 @@ def _two_rows(K, S, op):
 def _columns(R, op):
     """``vcol{R}_{op}(src, i0, ..., i{R-1}, dst, j, marker)``: ``dst[j + o]`` (a vector of L
     columns) reduces ``src[i_r + o]`` over the R rows in order (the vertical pass of a window
-    of R rows; unit stride along the row).  ``op``: "max" or "sum" (no divisor)."""
+    of R rows; unit stride along the row).  ``op``: "max" or "sum" (no divisor; one row:
+    ``+0 + src``, converted to ``dst``'s type)."""
     gen = _codegen(1, 1, R, op)
-    if R == 2:
+    if R == 1:
+        def typer(typingctx, src, i0, dst, j, marker):
+            if not _typed(src, dst, marker):
+                return None
+            return types.void(src, i0, dst, j, marker), gen
+    elif R == 2:
         def typer(typingctx, src, i0, i1, dst, j, marker):
             if not _typed(src, dst, marker):
                 return None
@@ -239,6 +245,7 @@ def _columns(R, op):
     return intrinsic(typer)
 
 
+vcol1_sum = _columns(1, "sum")
 vcol2_max = _columns(2, "max")
 vcol2_sum = _columns(2, "sum")
 vcol3_max = _columns(3, "max")
@@ -403,3 +410,195 @@ def fwin22_maxi(typingctx, src, i0, i1, dst, j, idst, k, base, width, marker):
         builder.store(pos, builder.bitcast(ip, ir.VectorType(ity, L).as_pointer()), align=1)
         return context.get_dummy_value()
     return types.void(src, i0, i1, dst, j, idst, k, base, width, marker), codegen
+
+
+@intrinsic
+def vdiv(typingctx, src, i, dens, j, dst, k, marker):
+    """One vector of quotients: ``dst[k + o] = (+0 + src[i + o]) / d0 / d1 ...`` for the
+    entries of the tuple ``dens``, each an array (``d[j + o]``, of the compute type) or a number
+    (every lane), in that order.  The compiler leaves a loop of divisions scalar (its cost model
+    prices a vector division too high), at 4-5 cycles a quotient; the same divisions in one
+    vector instruction give the same bits (IEEE division is correctly rounded per lane)."""
+    if not (_float(src, marker) and _float(dst, marker) and _typed(src, dst, marker)
+            and isinstance(dens, types.BaseTuple)):
+        return None
+    cty, _ = _compute(src, marker)
+    for d in dens:
+        if isinstance(d, types.Array):
+            if d.dtype != cty:
+                return None
+        elif not isinstance(d, (types.Float, types.Integer)):
+            return None
+
+    def codegen(context, builder, sig, args):
+        cty, lty = _compute(src, marker)
+        L = lanes(4 if cty == types.float32 else 8)
+        p = _pointer(context, builder, src, args[0], sig.args[1], args[1])
+        m = _load(context, builder, src, marker, p, L, 0)
+        m = builder.fadd(ir.Constant(m.type, None), m)  # (as the scalar loops' +0 start)
+        vals = cgutils.unpack_tuple(builder, args[2], len(dens))
+        for d, v in zip(dens, vals):
+            if isinstance(d, types.Array):
+                q = _pointer(context, builder, d, v, sig.args[3], args[3])
+                dv = _load(context, builder, d, marker, q, L, 0)
+            else:
+                s = context.cast(builder, v, d, cty)
+                dv = ir.Constant(ir.VectorType(lty, L), ir.Undefined)
+                for o in range(L):
+                    dv = builder.insert_element(dv, s, ir.Constant(ir.IntType(32), o))
+            m = builder.fdiv(m, dv)
+        q = _pointer(context, builder, dst, args[4], sig.args[5], args[5])
+        _store(context, builder, dst, marker, q, m, L)
+        return context.get_dummy_value()
+    return types.void(src, i, dens, j, dst, k, marker), codegen
+
+
+# ----------------------------------------------------------------------------- streaming stores
+
+@intrinsic
+def address(typingctx, arr, idx):
+    """The address of ``arr[idx]`` (an int or a tuple of ints), as an unsigned int."""
+    def codegen(context, builder, sig, args):
+        p = _pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        return builder.ptrtoint(p, ir.IntType(64))
+    return types.uint64(arr, idx), codegen
+
+
+@intrinsic
+def nt_vector(typingctx, src, i, dst, j, marker):
+    """One vector (the lanes of the compute type) stored non-temporally at ``dst[j]``, which
+    must be aligned to the vector's bytes: the bits of ``src[i + o]`` (``src`` an array of
+    ``dst``'s type), or the number ``src`` in every lane, converted.  A streaming store writes
+    the line without reading it first (a plain store reads every line it fills)."""
+    if not _float(dst, marker):
+        return None
+    if isinstance(src, types.Array):
+        if src.dtype != dst.dtype:
+            return None
+    elif not isinstance(src, types.Float):
+        return None
+
+    def codegen(context, builder, sig, args):
+        cty, lty = _compute(dst, marker)
+        L = lanes(4 if cty == types.float32 else 8)
+        elt = context.get_data_type(dst.dtype)
+        vt = ir.VectorType(elt, L)
+        if isinstance(src, types.Array):
+            p = _pointer(context, builder, src, args[0], sig.args[1], args[1])
+            v = builder.load(builder.bitcast(p, vt.as_pointer()), align=1)
+        else:
+            s = context.cast(builder, args[0], src, cty)
+            v = ir.Constant(ir.VectorType(lty, L), ir.Undefined)
+            for o in range(L):
+                v = builder.insert_element(v, s, ir.Constant(ir.IntType(32), o))
+            if _half(dst, marker):
+                v = builder.bitcast(builder.fptrunc(v, ir.VectorType(ir.HalfType(), L)), vt)
+        q = _pointer(context, builder, dst, args[2], sig.args[3], args[3])
+        st = builder.store(v, builder.bitcast(q, vt.as_pointer()),
+                           align=L * context.get_abi_sizeof(elt))
+        st.set_metadata("nontemporal",
+                        builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        return context.get_dummy_value()
+    return types.void(src, i, dst, j, marker), codegen
+
+
+@intrinsic
+def sfence(typingctx):
+    """Orders the streaming stores before every later store (end of a task)."""
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module,
+                                            ir.FunctionType(ir.VoidType(), []),
+                                            "llvm.x86.sse.sfence")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+def _emit_stream(context, builder, src, sarr, s0, dst, darr, d0, n, marker):
+    """IR of ``dst[d0:d0 + n] = src[s0:s0 + n]`` (1-d arrays of the same type, i64 indices):
+    streaming vectors over the aligned middle, plain stores over the cells before and after it
+    (all of them where ``dst`` is not aligned to its element size)."""
+    i64 = ir.IntType(64)
+    elt = context.get_data_type(dst.dtype)
+    isz = context.get_abi_sizeof(elt)
+    cty, _ = _compute(dst, marker)
+    L = lanes(4 if cty == types.float32 else 8)
+    vt = ir.VectorType(elt, L)
+    ps = builder.bitcast(_pointer(context, builder, src, sarr, types.int64, s0), elt.as_pointer())
+    pd = builder.bitcast(_pointer(context, builder, dst, darr, types.int64, d0), elt.as_pointer())
+    a = builder.ptrtoint(pd, i64)
+    A = i64(L * isz)
+    ok = builder.icmp_unsigned("==", builder.urem(a, i64(isz)), i64(0))
+    mis = builder.udiv(builder.urem(builder.sub(A, builder.urem(a, A)), A), i64(isz))
+    h = builder.select(ok, builder.select(builder.icmp_signed("<", mis, n), mis, n), n)
+    nv = builder.sdiv(builder.sub(n, h), i64(L))
+    m = builder.add(h, builder.mul(nv, i64(L)))
+    nontemporal = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
+
+    def copy(k):
+        builder.store(builder.load(builder.gep(ps, [k])), builder.gep(pd, [k]))
+    with cgutils.for_range(builder, h, intp=i64) as loop:
+        copy(loop.index)
+    with cgutils.for_range(builder, nv, intp=i64) as loop:
+        k = builder.add(h, builder.mul(loop.index, i64(L)))
+        v = builder.load(builder.bitcast(builder.gep(ps, [k]), vt.as_pointer()), align=isz)
+        st = builder.store(v, builder.bitcast(builder.gep(pd, [k]), vt.as_pointer()),
+                           align=L * isz)
+        st.set_metadata("nontemporal", nontemporal)
+    with cgutils.for_range(builder, builder.sub(n, m), intp=i64) as loop:
+        copy(builder.add(m, loop.index))
+
+
+def _stream_types(src, dst, marker):
+    return isinstance(src, types.Array) and isinstance(dst, types.Array) and \
+        src.dtype == dst.dtype and _float(dst, marker)
+
+
+@intrinsic
+def stream(typingctx, src, s0, dst, d0, n, marker):
+    """``dst[d0:d0 + n] = src[s0:s0 + n]`` (1-d arrays of the same type): streaming vectors
+    over the aligned middle, plain stores over the cells before and after it."""
+    if not _stream_types(src, dst, marker):
+        return None
+
+    def codegen(context, builder, sig, args):
+        s0_, d0_, n_ = (context.cast(builder, args[k], sig.args[k], types.int64)
+                        for k in (1, 3, 4))
+        _emit_stream(context, builder, src, args[0], s0_, dst, args[2], d0_, n_, marker)
+        return context.get_dummy_value()
+    return types.void(src, s0, dst, d0, n, marker), codegen
+
+
+@intrinsic
+def stream_upto(typingctx, src, done, have, dst, d0, marker):
+    """Streams ``src[done:have]`` to ``dst[d0 + done:]`` up to the last vector boundary of the
+    destination before ``have`` (all of it where ``have`` is negative: up to ``-have``), once
+    at least 256 cells are pending; returns the new ``done``.  A task that builds its results
+    in scratch streams them out as it goes, so that its writes overlap its compute."""
+    if not _stream_types(src, dst, marker):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        done_, have_, d0_ = (context.cast(builder, args[k], sig.args[k], types.int64)
+                             for k in (1, 2, 4))
+        elt = context.get_data_type(dst.dtype)
+        isz = context.get_abi_sizeof(elt)
+        cty, _ = _compute(dst, marker)
+        L = lanes(4 if cty == types.float32 else 8)
+        A = i64(L * isz)
+        final = builder.icmp_signed("<", have_, i64(0))
+        last = builder.select(final, builder.neg(have_), have_)
+        # the last vector boundary of dst before ``last`` (none, or dst not aligned to its
+        # elements: nothing until the end)
+        pe = _pointer(context, builder, dst, args[3], types.int64, builder.add(d0_, last))
+        a = builder.ptrtoint(pe, i64)
+        ok = builder.icmp_unsigned("==", builder.urem(a, i64(isz)), i64(0))
+        back = builder.udiv(builder.urem(a, A), i64(isz))
+        end = builder.select(ok, builder.sub(last, back), done_)
+        few = builder.icmp_signed("<", builder.sub(end, done_), i64(256))
+        end = builder.select(final, last, builder.select(few, done_, end))
+        _emit_stream(context, builder, src, args[0], done_, dst, args[3],
+                     builder.add(d0_, done_), builder.sub(end, done_), marker)
+        return end
+    return types.int64(src, done, have, dst, d0, marker), codegen

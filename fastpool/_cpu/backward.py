@@ -29,6 +29,7 @@ from numba import prange
 from numba.extending import overload
 
 from ._intrinsics import load, to_storage
+from ._simd import sfence, stream, stream_upto, vcol1_sum, vcol2_sum, vdiv, vector_lanes
 from .._runtime import jit
 from .window import CF, CL, U
 
@@ -63,15 +64,18 @@ def make_max_scatter(layout, parallel, direct=False):
     DIRECT = direct
 
     if layout == CF:
-        def kernel(g, idx, gin, bad, blk, zero, marker):
+        def kernel(g, idx, gin, bad, blk, nt, zero, marker):
             P = g.shape[0]
             OS = g.shape[1]
             S = gin.shape[1]
             for t in prange((P + blk - 1) // blk):
-                if not DIRECT:
-                    buf = np.full(S, zero)  # (zeroed again after each plane)
+                # nt (direct only): the sums go to the scratch plane, streamed out once done
+                # (the gradient plane is never read, as the zeroing stores would)
+                inbuf = nt or not DIRECT
+                buf = np.full(S if inbuf else 1, zero)  # (zeroed again after each plane)
+                gf = gin.reshape(P * S)
                 for p in range(t * blk, min(P, (t + 1) * blk)):
-                    if DIRECT:
+                    if not inbuf:
                         for j in range(S):
                             gin[p, j] = zero
                     ok = True
@@ -82,18 +86,24 @@ def make_max_scatter(layout, parallel, direct=False):
                             bad[t, 1] = i
                             ok = False
                             break
-                        if DIRECT:
+                        if not inbuf:
                             gin[p, U(i)] += load(g[p, o], marker)
                         else:
                             buf[U(i)] += load(g[p, o], marker)
                     if not ok:
                         break
-                    if not DIRECT:
+                    if DIRECT and nt:
+                        stream(buf, 0, gf, p * S, S, marker)
+                        for j in range(S):
+                            buf[j] = zero
+                    elif not DIRECT:
                         for j in range(S):
                             gin[p, j] = to_storage(buf[j], marker)
                             buf[j] = zero
+                if nt:
+                    sfence()
     else:
-        def kernel(g, idx, gin, bad, blk, zero, marker):
+        def kernel(g, idx, gin, bad, blk, nt, zero, marker):
             N = g.shape[0]
             OS = g.shape[1]
             C = g.shape[2]
@@ -358,7 +368,7 @@ def make_sum_backward(layout, parallel, power):
 
     if layout == CF:
         def kernel(g, x, gin, tab, dil, inv, ilist, divmode, dov, zero, p, knumel, blk,
-                   hw, marker):
+                   hw, nt, marker):
             P = g.shape[0]
             OD = g.shape[1]
             OH = g.shape[2]
@@ -418,6 +428,7 @@ def make_sum_backward(layout, parallel, power):
                             dv[U((od * OH + oh) * OW + ow if divmode != 3 else ow)] = \
                                 as_acc(zero, n)
             NP = (W + PWu + 1) // 2  # pairs of T cells per row
+            HW = D * H * W
             for t in prange((P + blk - 1) // blk):
                 T = np.full(NR * RS, zero)
                 # (zero apart from the shares)
@@ -426,14 +437,26 @@ def make_sum_backward(layout, parallel, power):
                 sh = np.full(OW, zero)
                 SP = np.full(max(OWs, NP) + 2 if (PAIR and not FLATT) else 1, zero)
                 SHP = np.full(NR * OW + 2 if PLANE else 1, zero)
+                gf = gin.reshape(P * HW)
+                # (nt) the task's planes, one run of gin, built here and streamed out as they
+                # are done: the planes' ends need not fall on vector boundaries
+                PL = np.empty((min(P, (t + 1) * blk) - t * blk) * HW if nt else 1, gin.dtype)
+                done = 0
                 for q in range(t * blk, min(P, (t + 1) * blk)):
                     if PLANE:
                         gq = g[max(q, 0)].reshape(NR * OW)  # (grad_output is C-contiguous)
+                        # whole vectors of quotients (the compiler's loop divides one cell at
+                        # a time), then the cells past the last one
+                        nv = NR * OW - (NR * OW) % vector_lanes(SHP, marker)
                         if divmode == 0:
-                            for i in range(NR * OW):
+                            for i in range(0, nv, vector_lanes(SHP, marker)):
+                                vdiv(gq, i, (dz,), i, SHP, i + 1, marker)
+                            for i in range(nv, NR * OW):
                                 SHP[i + 1] = (zero + load(gq[i], marker)) / dz
                         else:
-                            for i in range(NR * OW):
+                            for i in range(0, nv, vector_lanes(SHP, marker)):
+                                vdiv(gq, i, (dv,), i, SHP, i + 1, marker)
+                            for i in range(nv, NR * OW):
                                 SHP[i + 1] = (zero + load(gq[i], marker)) / dv[i]
                         if FLATT:
                             # T[2J], T[2J + 1] from the shares of cell J and its neighbour
@@ -539,28 +562,50 @@ def make_sum_backward(layout, parallel, power):
                             else:
                                 for i in range(NR * RS):
                                     T[i] += E[U(i + off)]
+                    # the plane's rows go to the scratch ``PL`` and are streamed out as they
+                    # are done (nt), or straight into gin
+                    pb = (q - t * blk) * HW if nt else q * HW  # the plane in dst
+                    dst = PL if nt else gf
                     for z in range(D):
                         zs = inv[0, 0, z]
                         zn = inv[0, 1, z]
                         for y in range(H):
                             ys = inv[1, 0, y]
                             yn = inv[1, 1, y]
+                            rb = pb + (z * H + y) * W  # the row in dst
+                            if nt:
+                                done = stream_upto(PL, done, rb, gf, t * blk * HW, marker)
                             if not POWER and zn * yn <= 2:
                                 # one or two covering rows (the common case): written at once
                                 if zn * yn == 0:
                                     for w in range(W):
-                                        gin[q, z, y, w] = to_storage(zero, marker)
+                                        dst[U(rb + w)] = to_storage(zero, marker)
                                     continue
                                 b1 = (ilist[0, U(zs)] * OH + ilist[1, U(ys)]) * RS + TO
+                                # rows of whole vectors, the last one overlapping the one
+                                # before (the compiler's 32-wide loop leaves a 56-wide row's
+                                # last 24 cells to its scalar remainder)
+                                VL = vector_lanes(T, marker)
                                 if zn * yn == 1:
+                                    if VL and W >= VL:
+                                        for w in range(0, W - VL, VL):
+                                            vcol1_sum(T, b1 + w, dst, rb + w, marker)
+                                        vcol1_sum(T, b1 + W - VL, dst, rb + W - VL, marker)
+                                        continue
                                     for w in range(W):
-                                        gin[q, z, y, w] = to_storage(zero + T[U(b1 + w)], marker)
+                                        dst[U(rb + w)] = to_storage(zero + T[U(b1 + w)], marker)
                                     continue
                                 b2 = (ilist[0, U(zs + (1 if zn == 2 else 0))] * OH +
                                       ilist[1, U(ys + (1 if yn == 2 else 0))]) * RS + TO
+                                if VL and W >= VL:
+                                    for w in range(0, W - VL, VL):
+                                        vcol2_sum(T, b1 + w, b2 + w, dst, rb + w, marker)
+                                    vcol2_sum(T, b1 + W - VL, b2 + W - VL, dst, rb + W - VL,
+                                              marker)
+                                    continue
                                 for w in range(W):
-                                    gin[q, z, y, w] = to_storage((zero + T[U(b1 + w)]) +
-                                                                 T[U(b2 + w)], marker)
+                                    dst[U(rb + w)] = to_storage((zero + T[U(b1 + w)]) +
+                                                                T[U(b2 + w)], marker)
                                 continue
                             for w in range(W):
                                 acc[w] = zero
@@ -580,13 +625,17 @@ def make_sum_backward(layout, parallel, power):
                                     else:
                                         v = v * (pz * (zero + load(x[q, z, y, w], marker))
                                                  ** (pz - one))
-                                    gin[q, z, y, w] = to_storage(v, marker)
+                                    dst[U(rb + w)] = to_storage(v, marker)
                             else:
                                 for w in range(W):
-                                    gin[q, z, y, w] = to_storage(acc[w], marker)
+                                    dst[U(rb + w)] = to_storage(acc[w], marker)
+                if nt:
+                    stream_upto(PL, done, -(min(P, (t + 1) * blk) - t * blk) * HW, gf,
+                                t * blk * HW, marker)
+                    sfence()
     else:
         def kernel(g, x, gin, tab, dil, inv, ilist, divmode, dov, zero, p, knumel, blk,
-                   hw, marker):
+                   hw, nt, marker):
             N = g.shape[0]
             OD = g.shape[1]
             OH = g.shape[2]
@@ -792,7 +841,10 @@ def make_adaptive_backward(layout, parallel):
             for q in range(t * blk, q1):
                 gb = U(q * OSt)
                 ns = (OSt + 31) // 32 * 32 if q * OSt + (OSt + 31) // 32 * 32 <= NG else OSt
-                for i in range(ns):
+                nv = ns - ns % vector_lanes(sh, marker)
+                for i in range(0, nv, vector_lanes(sh, marker)):
+                    vdiv(gf, gb + U(i), (dh, dw), i, sh, i, marker)
+                for i in range(nv, ns):
                     sh[i] = (zero + load(gf[gb + U(i)], marker)) / dh[i] / dw[i]
                 sh[OSt] = zero
                 for i in range(NT):

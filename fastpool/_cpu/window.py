@@ -14,7 +14,7 @@ from numba import prange
 from numba.extending import overload
 
 from ._intrinsics import load, to_storage
-from ._simd import prefetch
+from ._simd import prefetch, sfence, stream_upto
 from .._runtime import jit
 
 U = np.uint64  # (an unsigned index: no negative-index handling, which blocks vectorisation)
@@ -339,7 +339,7 @@ def make_max_backward_tiled(layout, parallel, K):
     PAR = parallel
     PAD = K == 3  # (K = 3: padding 1 on every side)
 
-    def kernel(xf, gf, ginf, P, H, W, OH, OW, cz, init, zero, marker):
+    def kernel(xf, gf, ginf, P, H, W, OH, OW, cz, init, nt, zero, marker):
         # row stride of the codes and shares; K = 3 reads window m + 1, a zero-share slot
         # after each row
         CS = OW + 1 if PAD else OW
@@ -365,6 +365,12 @@ def make_max_backward_tiled(layout, parallel, K):
             A = np.full(OH * RS + 3, cbig)
             CD = np.full(NC, cm1)
             G = np.full(NC, zero)
+            # nt: the task's planes (one run of gin) are built in ``PS`` and streamed out as
+            # their rows are done
+            q0 = t * bp
+            PS = np.empty((min(P, (t + 1) * bp) - q0) * H * W if nt else 1, ginf.dtype)
+            dst = PS if nt else ginf
+            done = 0
             for q in range(t * bp, min(P, (t + 1) * bp)):
                 _tiled_columns(xf, V, A, q, H, W, OH, RS, PL, PAD, cz, marker)
                 for oh in range(OH):
@@ -384,8 +390,10 @@ def make_max_backward_tiled(layout, parallel, K):
                 for i in range(OH):
                     b = i * CS
                     bn = b + CS
-                    o0 = (q * H + 2 * i) * W
+                    o0 = ((q - q0 if nt else q) * H + 2 * i) * W
                     o1 = o0 + W
+                    if nt:
+                        done = stream_upto(PS, done, o0, ginf, q0 * H * W, marker)
                     if not PAD:
                         # K = 2: cell (2i + a, 2m + c) is tap (a, c) of window (i, m) alone
                         for a in range(2):
@@ -395,9 +403,9 @@ def make_max_backward_tiled(layout, parallel, K):
                             for m_ in range(OW):
                                 k00 = CD[U(b + m_)]
                                 g00 = G[U(b + m_)]
-                                ginf[U(oa + 2 * m_)] = to_storage(
+                                dst[U(oa + 2 * m_)] = to_storage(
                                     zero + (g00 if k00 == ka else zero), marker)
-                                ginf[U(oa + 2 * m_ + 1)] = to_storage(
+                                dst[U(oa + 2 * m_ + 1)] = to_storage(
                                     zero + (g00 if k00 == kb else zero), marker)
                         continue
                     # K = 3: input rows 2i (window row i, a = 1) and 2i + 1 (rows i, a = 2,
@@ -409,9 +417,9 @@ def make_max_backward_tiled(layout, parallel, K):
                         k01 = CD[U(b + m_ + 1)]
                         g00 = G[U(b + m_)]
                         g01 = G[U(b + m_ + 1)]
-                        ginf[U(o0 + 2 * m_)] = to_storage(zero + (g00 if k00 == c4 else zero),
+                        dst[U(o0 + 2 * m_)] = to_storage(zero + (g00 if k00 == c4 else zero),
                                                           marker)
-                        ginf[U(o0 + 2 * m_ + 1)] = to_storage(
+                        dst[U(o0 + 2 * m_ + 1)] = to_storage(
                             (zero + (g00 if k00 == c5 else zero)) + (g01 if k01 == c3 else zero),
                             marker)
                     for m_ in range(OW):
@@ -423,13 +431,17 @@ def make_max_backward_tiled(layout, parallel, K):
                         g01 = G[U(b + m_ + 1)]
                         g10 = G[U(bn + m_)]
                         g11 = G[U(bn + m_ + 1)]
-                        ginf[U(o1 + 2 * m_)] = to_storage(
+                        dst[U(o1 + 2 * m_)] = to_storage(
                             (zero + (g00 if k00 == c7 else zero)) + (g10 if k10 == c1 else zero),
                             marker)
-                        ginf[U(o1 + 2 * m_ + 1)] = to_storage(
+                        dst[U(o1 + 2 * m_ + 1)] = to_storage(
                             (((zero + (g00 if k00 == c8 else zero)) +
                               (g01 if k01 == c6 else zero)) +
                              (g10 if k10 == c2 else zero)) + (g11 if k11 == c0 else zero), marker)
+            if nt:
+                stream_upto(PS, done, -(min(P, (t + 1) * bp) - q0) * H * W, ginf, q0 * H * W,
+                            marker)
+                sfence()
     return jit(kernel, parallel=parallel)
 
 
