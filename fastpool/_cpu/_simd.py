@@ -28,6 +28,12 @@ output; ``vpair_{max,pmax}`` the vertical pass of two output rows at once; ``row
 which lanes of two rows hold a NaN.  ``pmax`` is the plain first max (``v if v > m else m``,
 no NaN rule), the same bits as ``max`` on taps without a NaN: the kernel checks for NaN itself
 and uses ``max`` where one is.
+
+``vdiv`` divides a vector of cells by arrays or numbers (the compiler leaves division loops
+scalar).  ``stream`` / ``stream_upto`` copy a task's results from scratch to the output with
+non-temporal vector stores (``nt_vector``) over the vector-aligned middle, ``sfence`` ending
+the task: intrinsics that emit the loops, since a jitted helper taking arrays costs ~150 ns a
+call.
 """
 from llvmlite import ir
 from numba import types

@@ -21,6 +21,10 @@ channels-last ``(N, OD, OH, OW, C)``, ``(N, D, H, W, C)`` (flat ``(N, OS, C)``/`
 The window tables ``tab``/``dil`` are those of the forward kernels (see ``window.py``).
 ``bad`` (tasks, 2) receives (1 + plane, value) for the first out-of-range index of a task.
 
+``nt`` (channels-first average/Lp rows and the max scatter): each task builds its run of gin in
+scratch (a plane for the scatter) and streams it out with non-temporal stores
+(``_simd.stream_upto``), for gradients too large to stay in the cache.
+
 Indices that are not plain ``range`` variables are cast to unsigned (``U``) before indexing:
 Numba's negative-index wraparound on a signed index otherwise blocks vectorisation.
 """
