@@ -270,6 +270,32 @@ fwin22_avg = _two_rows(2, 2, "avg")
 
 
 @intrinsic
+def vcol_pair(typingctx, src, i0, i1, dst, j0, j1, marker):
+    """Two rows at once from two source rows: ``dst[j0 + o] = +0 + src[i0 + o]`` and ``dst[j1 +
+    o] = (+0 + src[i0 + o]) + src[i1 + o]`` (``vcol1_sum`` and ``vcol2_sum`` with the shared
+    row loaded and added once: an input row under one window and the next one under that
+    window and the one after)."""
+    if not _typed(src, dst, marker) or not (_float(src, marker) and _float(dst, marker)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        cty, _ = _compute(src, marker)
+        L = lanes(4 if cty == types.float32 else 8)
+        a = _load(context, builder, src, marker,
+                  _pointer(context, builder, src, args[0], sig.args[1], args[1]), L, 0)
+        b = _load(context, builder, src, marker,
+                  _pointer(context, builder, src, args[0], sig.args[2], args[2]), L, 0)
+        a = builder.fadd(ir.Constant(a.type, None), a)
+        _store(context, builder, dst, marker,
+               _pointer(context, builder, dst, args[3], sig.args[4], args[4]), a, L)
+        _store(context, builder, dst, marker,
+               _pointer(context, builder, dst, args[3], sig.args[5], args[5]),
+               builder.fadd(a, b), L)
+        return context.get_dummy_value()
+    return types.void(src, i0, i1, dst, j0, j1, marker), codegen
+
+
+@intrinsic
 def prefetch(typingctx, arr, idx):
     """A read prefetch of the cache line of ``arr[idx]`` (an int or a tuple of ints; no fault
     past the array's end)."""

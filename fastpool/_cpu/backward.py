@@ -33,7 +33,8 @@ from numba import prange
 from numba.extending import overload
 
 from ._intrinsics import load, to_storage
-from ._simd import sfence, stream, stream_upto, vcol1_sum, vcol2_sum, vdiv, vector_lanes
+from ._simd import (sfence, stream, stream_upto, vcol1_sum, vcol2_sum, vcol_pair, vdiv,
+                    vector_lanes)
 from .._runtime import jit
 from .window import CF, CL, U
 
@@ -573,7 +574,10 @@ def make_sum_backward(layout, parallel, power):
                     for z in range(D):
                         zs = inv[0, 0, z]
                         zn = inv[0, 1, z]
+                        skip = -1
                         for y in range(H):
+                            if y == skip:  # (written with the row before)
+                                continue
                             ys = inv[1, 0, y]
                             yn = inv[1, 1, y]
                             rb = pb + (z * H + y) * W  # the row in dst
@@ -591,6 +595,20 @@ def make_sum_backward(layout, parallel, power):
                                 # last 24 cells to its scalar remainder)
                                 VL = vector_lanes(T, marker)
                                 if zn * yn == 1:
+                                    # the next row under this window and the one after (3-row
+                                    # windows at stride 2): both rows in one pass
+                                    if VL and W >= VL and zn == 1 and y + 1 < H and \
+                                            inv[1, 1, y + 1] == 2 and \
+                                            ilist[1, U(inv[1, 0, y + 1])] == ilist[1, U(ys)]:
+                                        b2 = (ilist[0, U(zs)] * OH +
+                                              ilist[1, U(inv[1, 0, y + 1] + 1)]) * RS + TO
+                                        for w in range(0, W - VL, VL):
+                                            vcol_pair(T, b1 + w, b2 + w, dst, rb + w,
+                                                      rb + W + w, marker)
+                                        vcol_pair(T, b1 + W - VL, b2 + W - VL, dst,
+                                                  rb + W - VL, rb + 2 * W - VL, marker)
+                                        skip = y + 1
+                                        continue
                                     if VL and W >= VL:
                                         for w in range(0, W - VL, VL):
                                             vcol1_sum(T, b1 + w, dst, rb + w, marker)
