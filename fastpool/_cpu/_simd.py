@@ -179,6 +179,22 @@ def _codegen(K, S, R, op):
     return codegen
 
 
+def _nlanes(arrty, marker):
+    """Lanes of a vector of an array's compute type."""
+    return lanes(4 if _compute(arrty, marker)[0] == types.float32 else 8)
+
+
+def _vectors2(context, builder, sig, args, marker):
+    """The vectors at ``args[0][args[1]]`` and ``args[0][args[2]]`` (compute type), and their
+    lane count."""
+    src = sig.args[0]
+    L = _nlanes(src, marker)
+    a, b = (_load(context, builder, src, marker,
+                  _pointer(context, builder, src, args[0], sig.args[k], args[k]), L, 0)
+            for k in (1, 2))
+    return a, b, L
+
+
 def _float(arrty, marker):
     return _half(arrty, marker) or arrty.dtype in (types.float32, types.float64)
 
@@ -279,12 +295,7 @@ def vcol_pair(typingctx, src, i0, i1, dst, j0, j1, marker):
         return None
 
     def codegen(context, builder, sig, args):
-        cty, _ = _compute(src, marker)
-        L = lanes(4 if cty == types.float32 else 8)
-        a = _load(context, builder, src, marker,
-                  _pointer(context, builder, src, args[0], sig.args[1], args[1]), L, 0)
-        b = _load(context, builder, src, marker,
-                  _pointer(context, builder, src, args[0], sig.args[2], args[2]), L, 0)
+        a, b, L = _vectors2(context, builder, sig, args, marker)
         a = builder.fadd(ir.Constant(a.type, None), a)
         _store(context, builder, dst, marker,
                _pointer(context, builder, dst, args[3], sig.args[4], args[4]), a, L)
@@ -380,12 +391,7 @@ def rows_nan(typingctx, src, i, j, marker):
         return types.intp(src, i, j, marker), none
 
     def codegen(context, builder, sig, args):
-        cty, _ = _compute(src, marker)
-        L = lanes(4 if cty == types.float32 else 8)
-        a = _load(context, builder, src, marker,
-                  _pointer(context, builder, src, args[0], sig.args[1], args[1]), L, 0)
-        b = _load(context, builder, src, marker,
-                  _pointer(context, builder, src, args[0], sig.args[2], args[2]), L, 0)
+        a, b, L = _vectors2(context, builder, sig, args, marker)
         return _nan_mask(context, builder, builder.fcmp_unordered("uno", a, b), L)
     return types.intp(src, i, j, marker), codegen
 
@@ -464,7 +470,7 @@ def vdiv(typingctx, src, i, dens, j, dst, k, marker):
 
     def codegen(context, builder, sig, args):
         cty, lty = _compute(src, marker)
-        L = lanes(4 if cty == types.float32 else 8)
+        L = _nlanes(src, marker)
         p = _pointer(context, builder, src, args[0], sig.args[1], args[1])
         m = _load(context, builder, src, marker, p, L, 0)
         m = builder.fadd(ir.Constant(m.type, None), m)  # (as the scalar loops' +0 start)
@@ -512,7 +518,7 @@ def nt_vector(typingctx, src, i, dst, j, marker):
 
     def codegen(context, builder, sig, args):
         cty, lty = _compute(dst, marker)
-        L = lanes(4 if cty == types.float32 else 8)
+        L = _nlanes(dst, marker)
         elt = context.get_data_type(dst.dtype)
         vt = ir.VectorType(elt, L)
         if isinstance(src, types.Array):
@@ -553,8 +559,7 @@ def _emit_stream(context, builder, src, sarr, s0, dst, darr, d0, n, marker):
     i64 = ir.IntType(64)
     elt = context.get_data_type(dst.dtype)
     isz = context.get_abi_sizeof(elt)
-    cty, _ = _compute(dst, marker)
-    L = lanes(4 if cty == types.float32 else 8)
+    L = _nlanes(dst, marker)
     vt = ir.VectorType(elt, L)
     ps = builder.bitcast(_pointer(context, builder, src, sarr, types.int64, s0), elt.as_pointer())
     pd = builder.bitcast(_pointer(context, builder, dst, darr, types.int64, d0), elt.as_pointer())
@@ -616,8 +621,7 @@ def stream_upto(typingctx, src, done, have, dst, d0, marker):
                              for k in (1, 2, 4))
         elt = context.get_data_type(dst.dtype)
         isz = context.get_abi_sizeof(elt)
-        cty, _ = _compute(dst, marker)
-        L = lanes(4 if cty == types.float32 else 8)
+        L = _nlanes(dst, marker)
         A = i64(L * isz)
         final = builder.icmp_signed("<", have_, i64(0))
         last = builder.select(final, builder.neg(have_), have_)

@@ -21,9 +21,9 @@ channels-last ``(N, OD, OH, OW, C)``, ``(N, D, H, W, C)`` (flat ``(N, OS, C)``/`
 The window tables ``tab``/``dil`` are those of the forward kernels (see ``window.py``).
 ``bad`` (tasks, 2) receives (1 + plane, value) for the first out-of-range index of a task.
 
-``nt`` (channels-first average/Lp rows and the max scatter): each task builds its run of gin in
-scratch (a plane for the scatter) and streams it out with non-temporal stores
-(``_simd.stream_upto``), for gradients too large to stay in the cache.
+``nt`` (channels-first average/Lp rows and the max scatter of float32/float64): each task
+builds its run of gin in scratch and streams it out with non-temporal stores as its rows or
+planes are done (``_simd.stream_upto``), for gradients too large to stay in the cache.
 
 Indices that are not plain ``range`` variables are cast to unsigned (``U``) before indexing:
 Numba's negative-index wraparound on a signed index otherwise blocks vectorisation.
@@ -33,7 +33,7 @@ from numba import prange
 from numba.extending import overload
 
 from ._intrinsics import load, to_storage
-from ._simd import (sfence, stream, stream_upto, vcol1_sum, vcol2_sum, vcol_pair, vdiv,
+from ._simd import (sfence, stream_upto, vcol1_sum, vcol2_sum, vcol_pair, vdiv,
                     vector_lanes)
 from .._runtime import jit
 from .window import CF, CL, U
@@ -74,12 +74,18 @@ def make_max_scatter(layout, parallel, direct=False):
             OS = g.shape[1]
             S = gin.shape[1]
             for t in prange((P + blk - 1) // blk):
-                # nt (direct only): the sums go to the scratch plane, streamed out once done
-                # (the gradient plane is never read, as the zeroing stores would)
-                inbuf = nt or not DIRECT
-                buf = np.full(S if inbuf else 1, zero)  # (zeroed again after each plane)
+                # nt (direct only): the sums go to scratch holding the task's planes (one run
+                # of gin), streamed out as each plane is done (the gradient is never read, as
+                # the zeroing stores would)
+                p0 = t * blk
+                ntd = DIRECT and nt
+                inbuf = ntd or not DIRECT
+                buf = np.full((min(P, p0 + blk) - p0) * S if ntd else (S if inbuf else 1), zero)
                 gf = gin.reshape(P * S)
+                done = 0
                 for p in range(t * blk, min(P, (t + 1) * blk)):
+                    pb = (p - p0) * S if ntd else 0  # the plane in buf (zeroed again after
+                    # each plane unless ntd)
                     if not inbuf:
                         for j in range(S):
                             gin[p, j] = zero
@@ -94,18 +100,17 @@ def make_max_scatter(layout, parallel, direct=False):
                         if not inbuf:
                             gin[p, U(i)] += load(g[p, o], marker)
                         else:
-                            buf[U(i)] += load(g[p, o], marker)
+                            buf[U(pb + i)] += load(g[p, o], marker)
                     if not ok:
                         break
                     if DIRECT and nt:
-                        stream(buf, 0, gf, p * S, S, marker)
-                        for j in range(S):
-                            buf[j] = zero
+                        done = stream_upto(buf, done, pb + S, gf, p0 * S, marker)
                     elif not DIRECT:
                         for j in range(S):
                             gin[p, j] = to_storage(buf[j], marker)
                             buf[j] = zero
-                if nt:
+                if DIRECT and nt:
+                    stream_upto(buf, done, -(min(P, p0 + blk) - p0) * S, gf, p0 * S, marker)
                     sfence()
     else:
         def kernel(g, idx, gin, bad, blk, nt, zero, marker):
