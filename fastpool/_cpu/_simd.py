@@ -30,8 +30,8 @@ no NaN rule), the same bits as ``max`` on taps without a NaN: the kernel checks 
 and uses ``max`` where one is.
 
 ``vdiv`` divides a vector of cells by arrays or numbers (the compiler leaves division loops
-scalar).  ``stream`` / ``stream_upto`` copy a task's results from scratch to the output with
-non-temporal vector stores (``nt_vector``) over the vector-aligned middle, ``sfence`` ending
+scalar).  ``stream_upto`` copies a task's results from scratch to the output with
+non-temporal vector stores over the vector-aligned middle, ``sfence`` ending
 the task: intrinsics that emit the loops, since a jitted helper taking arrays costs ~150 ns a
 call.
 """
@@ -494,53 +494,6 @@ def vdiv(typingctx, src, i, dens, j, dst, k, marker):
 # ----------------------------------------------------------------------------- streaming stores
 
 @intrinsic
-def address(typingctx, arr, idx):
-    """The address of ``arr[idx]`` (an int or a tuple of ints), as an unsigned int."""
-    def codegen(context, builder, sig, args):
-        p = _pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        return builder.ptrtoint(p, ir.IntType(64))
-    return types.uint64(arr, idx), codegen
-
-
-@intrinsic
-def nt_vector(typingctx, src, i, dst, j, marker):
-    """One vector (the lanes of the compute type) stored non-temporally at ``dst[j]``, which
-    must be aligned to the vector's bytes: the bits of ``src[i + o]`` (``src`` an array of
-    ``dst``'s type), or the number ``src`` in every lane, converted.  A streaming store writes
-    the line without reading it first (a plain store reads every line it fills)."""
-    if not _float(dst, marker):
-        return None
-    if isinstance(src, types.Array):
-        if src.dtype != dst.dtype:
-            return None
-    elif not isinstance(src, types.Float):
-        return None
-
-    def codegen(context, builder, sig, args):
-        cty, lty = _compute(dst, marker)
-        L = _nlanes(dst, marker)
-        elt = context.get_data_type(dst.dtype)
-        vt = ir.VectorType(elt, L)
-        if isinstance(src, types.Array):
-            p = _pointer(context, builder, src, args[0], sig.args[1], args[1])
-            v = builder.load(builder.bitcast(p, vt.as_pointer()), align=1)
-        else:
-            s = context.cast(builder, args[0], src, cty)
-            v = ir.Constant(ir.VectorType(lty, L), ir.Undefined)
-            for o in range(L):
-                v = builder.insert_element(v, s, ir.Constant(ir.IntType(32), o))
-            if _half(dst, marker):
-                v = builder.bitcast(builder.fptrunc(v, ir.VectorType(ir.HalfType(), L)), vt)
-        q = _pointer(context, builder, dst, args[2], sig.args[3], args[3])
-        st = builder.store(v, builder.bitcast(q, vt.as_pointer()),
-                           align=L * context.get_abi_sizeof(elt))
-        st.set_metadata("nontemporal",
-                        builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
-        return context.get_dummy_value()
-    return types.void(src, i, dst, j, marker), codegen
-
-
-@intrinsic
 def sfence(typingctx):
     """Orders the streaming stores before every later store (end of a task)."""
     def codegen(context, builder, sig, args):
@@ -589,21 +542,6 @@ def _emit_stream(context, builder, src, sarr, s0, dst, darr, d0, n, marker):
 def _stream_types(src, dst, marker):
     return isinstance(src, types.Array) and isinstance(dst, types.Array) and \
         src.dtype == dst.dtype and _float(dst, marker)
-
-
-@intrinsic
-def stream(typingctx, src, s0, dst, d0, n, marker):
-    """``dst[d0:d0 + n] = src[s0:s0 + n]`` (1-d arrays of the same type): streaming vectors
-    over the aligned middle, plain stores over the cells before and after it."""
-    if not _stream_types(src, dst, marker):
-        return None
-
-    def codegen(context, builder, sig, args):
-        s0_, d0_, n_ = (context.cast(builder, args[k], sig.args[k], types.int64)
-                        for k in (1, 3, 4))
-        _emit_stream(context, builder, src, args[0], s0_, dst, args[2], d0_, n_, marker)
-        return context.get_dummy_value()
-    return types.void(src, s0, dst, d0, n, marker), codegen
 
 
 @intrinsic
