@@ -787,3 +787,48 @@ def test_pairs_index_kernel_against_reference(case, par, monkeypatch):
         np.testing.assert_array_equal(_bits(got), _bits(_row_major_2x2(x, "max")))
     np.testing.assert_array_equal(x, keep)
     assert set(calls) == {"pairs_index"}
+
+
+def test_scratch_and_view_intrinsics():
+    """``new_full`` / ``new_empty`` / ``new_zeros`` / ``flat_view`` (the kernels' scratch
+    arrays and flat views, without NumPy's overloads) against NumPy."""
+    from numba import njit
+    from fastpool._cpu._intrinsics import flat_view, new_empty, new_full, new_zeros
+
+    @njit
+    def scratch(n, v, like):
+        e = new_empty(n, like.dtype)
+        e[:] = v
+        return new_full(n, v), e, new_zeros(n, np.int32), new_zeros(n, like)
+
+    @njit
+    def view(a):
+        return flat_view(a)
+
+    @njit
+    def view_a(a):
+        return flat_view(a[::1])  # layout "A": checked at run time
+
+    rng = np.random.default_rng(3)
+    like = rng.standard_normal((2, 3)).astype(np.float32)
+    for n, v in ((7, np.float32(-1.5)), (0, 2.25), (13, np.int64(-4)), (5, True)):
+        f, e, z32, zl = scratch(n, v, like)
+        want = np.full(n, v)
+        assert f.dtype == want.dtype and np.array_equal(f, want), (n, v)
+        assert e.dtype == np.float32 and np.array_equal(e, np.full(n, v, np.float32))
+        assert z32.dtype == np.int32 and zl.dtype == np.float32
+        assert not z32.any() and not zl.any() and z32.size == zl.size == n
+    with pytest.raises(ValueError, match="negative"):
+        scratch(-1, 1.0, like)
+    a = rng.standard_normal((3, 4, 5))
+    for arr in (a, a[1], a[1:2]):
+        flat = view(arr)
+        assert flat.shape == (arr.size,) and np.array_equal(flat, arr.reshape(-1))
+        flat[0] = 99.0  # the same memory
+        assert arr.reshape(-1)[0] == 99.0
+        assert np.array_equal(view_a(arr), arr.reshape(-1))
+    kept = view(rng.standard_normal((4, 4)).copy())  # the view keeps its base alive
+    assert kept.base is not None and kept.size == 16
+    for bad in (a[:, 1], a[:, :, ::2], a[::2]):
+        with pytest.raises(ValueError, match="not C-contiguous"):
+            view_a(bad)

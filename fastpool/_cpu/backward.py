@@ -32,7 +32,7 @@ import numpy as np
 from numba import prange
 from numba.extending import overload
 
-from ._intrinsics import load, to_storage
+from ._intrinsics import load, to_storage, new_empty, flat_view, new_full, new_zeros
 from ._simd import (sfence, stream_upto, vcol1_sum, vcol2_sum, vcol_pair, vdiv,
                     vector_lanes)
 from .._runtime import jit
@@ -80,8 +80,8 @@ def make_max_scatter(layout, parallel, direct=False):
                 p0 = t * blk
                 ntd = DIRECT and nt
                 inbuf = ntd or not DIRECT
-                buf = np.full((min(P, p0 + blk) - p0) * S if ntd else (S if inbuf else 1), zero)
-                gf = gin.reshape(P * S)
+                buf = new_full((min(P, p0 + blk) - p0) * S if ntd else (S if inbuf else 1), zero)
+                gf = flat_view(gin)
                 done = 0
                 for p in range(t * blk, min(P, (t + 1) * blk)):
                     pb = (p - p0) * S if ntd else 0  # the plane in buf (zeroed again after
@@ -125,8 +125,8 @@ def make_max_scatter(layout, parallel, direct=False):
                 wb = min(C, c0 + blk) - c0
                 # direct: whole channel vectors, the image's gradient itself is the scratch
                 own = DIRECT and wb == C
-                buf = np.full(1 if own else S * wb, zero)
-                gn = gin[max(n, 0)].reshape(S * C)
+                buf = new_full(1 if own else S * wb, zero)
+                gn = flat_view(gin[max(n, 0)])
                 if own:
                     for j in range(S * C):
                         gn[j] = zero
@@ -168,7 +168,7 @@ def make_max_gather(layout, parallel):
         W = gin.shape[3]
         rows = N * D * H
         for t in prange((rows + blk - 1) // blk):
-            acc = np.full(C, zero)
+            acc = new_full(C, zero)
             for r in range(t * blk, min(rows, (t + 1) * blk)):
                 n = r // (D * H)
                 zy = r - n * (D * H)
@@ -237,7 +237,7 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
         # ring: before output row oh, the rows below mh[oh] (the lowest first row of any window
         # from oh on: with dilation and padding first rows need not increase) are finished;
         # the rows held at once, [mh[oh], the last row touched so far], fit RB slots
-        mh = np.full(OH + 1, H)
+        mh = new_full(OH + 1, H)
         for oh in range(OH - 1, -1, -1):
             mh[oh] = min(mh[oh + 1], tab[1, 0, oh] if tab[1, 1, oh] > 0 else H)
         RB = 1
@@ -253,11 +253,11 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
             c0 = (t - n * nb) * blk
             wb = min(C, c0 + blk) - c0
             RW = W * wb
-            buf = np.full(RB * RW, zero)
-            mv = np.full(wb, init)
-            mi = np.zeros(wb, ptype.dtype)
-            tap = np.zeros(wb if SPEC else 1, np.int32)  # full windows: each channel's argmax tap
-            rs = np.zeros(max(KT, 1), np.int64)  # full windows: scratch row of each (a, b)
+            buf = new_full(RB * RW, zero)
+            mv = new_full(wb, init)
+            mi = new_zeros(wb, ptype.dtype)
+            tap = new_zeros(wb if SPEC else 1, np.int32)  # full windows: each channel's argmax tap
+            rs = new_zeros(max(KT, 1), np.int64)  # full windows: scratch row of each (a, b)
             nf = 0  # ring: rows below nf are written out
             for r in range(OD * OH + 1):
                 od = r // OH
@@ -424,7 +424,7 @@ def make_sum_backward(layout, parallel, power):
             # the divisors as floats, converted once per call (int-to-float conversions
             # and divisions by them do not vectorise): per output cell (rules 1 and 2),
             # or the W extents (rule 3)
-            dv = np.full(NR * OW if divmode in (1, 2) else OW, one)
+            dv = new_full(NR * OW if divmode in (1, 2) else OW, one)
             if not POWER and divmode != 0:
                 for od in range(OD):
                     for oh in range(OH):
@@ -440,21 +440,21 @@ def make_sum_backward(layout, parallel, power):
             NP = (W + PWu + 1) // 2  # pairs of T cells per row
             HW = D * H * W
             for t in prange((P + blk - 1) // blk):
-                T = np.full(NR * RS, zero)
+                T = new_full(NR * RS, zero)
                 # (zero apart from the shares)
-                E = np.full(NR * RS + RS if (KWu > 0 and not PAIR) else 1, zero)
-                acc = np.full(W, zero)
-                sh = np.full(OW, zero)
-                SP = np.full(max(OWs, NP) + 2 if (PAIR and not FLATT) else 1, zero)
-                SHP = np.full(NR * OW + 2 if PLANE else 1, zero)
-                gf = gin.reshape(P * HW)
+                E = new_full(NR * RS + RS if (KWu > 0 and not PAIR) else 1, zero)
+                acc = new_full(W, zero)
+                sh = new_full(OW, zero)
+                SP = new_full(max(OWs, NP) + 2 if (PAIR and not FLATT) else 1, zero)
+                SHP = new_full(NR * OW + 2 if PLANE else 1, zero)
+                gf = flat_view(gin)
                 # (nt) the task's planes, one run of gin, built here and streamed out as they
                 # are done: the planes' ends need not fall on vector boundaries
-                PL = np.empty((min(P, (t + 1) * blk) - t * blk) * HW if nt else 1, gin.dtype)
+                PL = new_empty((min(P, (t + 1) * blk) - t * blk) * HW if nt else 1, gin.dtype)
                 done = 0
                 for q in range(t * blk, min(P, (t + 1) * blk)):
                     if PLANE:
-                        gq = g[max(q, 0)].reshape(NR * OW)  # (grad_output is C-contiguous)
+                        gq = flat_view(g[max(q, 0)])  # (grad_output is C-contiguous)
                         # whole vectors of quotients (the compiler's loop divides one cell at
                         # a time), then the cells past the last one
                         nv = NR * OW - (NR * OW) % vector_lanes(SHP, marker)
@@ -685,9 +685,9 @@ def make_sum_backward(layout, parallel, power):
                 c0 = (t - n * nb) * blk
                 wb = min(C, c0 + blk) - c0
                 RW = W * wb
-                T = np.full(OD * OH * RW, zero)
-                acc = np.full(RW, zero)
-                sh = np.full(wb, zero)
+                T = new_full(OD * OH * RW, zero)
+                acc = new_full(RW, zero)
+                sh = new_full(wb, zero)
                 for od in range(OD):
                     d0 = tab[0, 0, od]
                     nd = tab[0, 1, od]
@@ -816,7 +816,7 @@ def make_global_backward(layout, parallel):
             for t in prange(N * nb):
                 n = t // nb
                 s0 = (t - n * nb) * blk
-                row = np.empty(C, gin.dtype)
+                row = new_empty(C, gin.dtype)
                 for c in range(C):
                     row[c] = to_storage((zero + load(g[n, c], marker)) / dz, marker)
                 for s in range(s0, min(S, s0 + blk)):
@@ -853,8 +853,8 @@ def make_adaptive_backward(layout, parallel):
         Wc = max(W, 1)
         WP = (Wc + 31) // 32 * 32
         NG = g.size
-        gf = g.reshape(NG)
-        of = gin.reshape(gin.size)
+        gf = flat_view(g)
+        of = flat_view(gin)
         for t in prange((P + blk - 1) // blk):
             Wt = max(W, 1)
             HW = max(H, 1) * Wt
@@ -862,9 +862,9 @@ def make_adaptive_backward(layout, parallel):
             NT = max(OH, 0) * Wt
             q1 = min(P, (t + 1) * blk)
             end = q1 * HW  # the task's part of gin ends here
-            sh = np.full(OSt + 32, zero)  # sh[OS] stays +0
-            T = np.full((OH + 1) * Wt + WP, zero)  # so does row OH, and every cell past it
-            acc = np.full(WP, zero)
+            sh = new_full(OSt + 32, zero)  # sh[OS] stays +0
+            T = new_full((OH + 1) * Wt + WP, zero)  # so does row OH, and every cell past it
+            acc = new_full(WP, zero)
             for q in range(t * blk, q1):
                 gb = U(q * OSt)
                 ns = (OSt + 31) // 32 * 32 if q * OSt + (OSt + 31) // 32 * 32 <= NG else OSt

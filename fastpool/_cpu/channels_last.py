@@ -8,7 +8,7 @@ index to the last NaN.  Channels-last pooling without indices runs the separable
 import numpy as np
 from numba import prange
 
-from ._intrinsics import load, to_storage
+from ._intrinsics import load, to_storage, new_full, new_zeros
 from .window import _rows
 
 BLOCK = 4  # fewest output rows per parallel task
@@ -36,9 +36,9 @@ def make_cl(kind, parallel):
         ntask = (nrows + blk - 1) // blk
         small = H * W * x.shape[1] < 2 ** 31  # positions within a plane fit int32
         for t in prange(ntask):
-            acc = np.full(C, init)
-            acci = np.zeros(C, np.int64)
-            rel = np.zeros(C, np.int32)  # position relative to the window's first tap
+            acc = new_full(C, init)
+            acci = new_zeros(C, np.int64)
+            rel = new_zeros(C, np.int32)  # position relative to the window's first tap
             for r in range(t * blk, min(nrows, (t + 1) * blk)):
                 n, od, oh = _rows(r, OD, OH)
                 d0 = tab[0, 0, od]

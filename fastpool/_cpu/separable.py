@@ -18,7 +18,7 @@ rows are allocated once per block.
 import numpy as np
 from numba import prange
 
-from ._intrinsics import load, to_storage
+from ._intrinsics import load, to_storage, flat_view, new_full
 from ._simd import (vector_lanes, hwin32_max, hwin32_avg, hwin22_max, fwin22_max, fwin22_avg,
                     fwin22_maxi,
                     vcol2_max, vcol2_sum, vcol3_max, vcol3_sum, prefetch, vpair_max, vpair_pmax,
@@ -146,10 +146,10 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                 lo = 0
                 hi = OW
             tb = max(PADL + lo * SW - pw, 0) * Cn  # tmp offset of the first interior window
-            tmp = np.full((PADL + PADR) * Cn + max(G * TS, W), init)
+            tmp = new_full((PADL + PADR) * Cn + max(G * TS, W), init)
             tv = tmp[tb:]  # interior windows' columns (one view per task, not per row)
-            hv = np.full(Cn, init)  # one output cell of an edge column
-            outf = out.reshape(out.size)  # (flat rows only; a view per task)
+            hv = new_full(Cn, init)  # one output cell of an edge column
+            outf = flat_view(out)  # (flat rows only; a view per task)
             rl = 0  # rows in the current flat group
             g0 = 0  # its first row
             gdiv = 0  # its divisor
@@ -501,7 +501,7 @@ def make_flat(kind, parallel, KH, KW):
             pb = max(min(Hc - (KH - 1 - ph), Hc), pt)
             pl = max(pw, 0)
             pr = max(KW - 1 - pw, 0)
-            R = np.full(max(S, 1), init)
+            R = new_full(max(S, 1), init)
             for q in range(t * blk, min(P, (t + 1) * blk)):
                 xq = x[max(q, 0)]
                 oq = out[max(q, 0)]
@@ -749,7 +749,7 @@ def make_same(kind, parallel, KH, KW):
             L = max(vector_lanes(x, marker), 1)  # (the caller checks that W >= L, float)
             Wc = max(W, L)
             WP = Wc + 2 * PW
-            tmp = np.full(2 * WP, init)  # two scratch rows, PW cells of padding on both sides
+            tmp = new_full(2 * WP, init)  # two scratch rows, PW cells of padding on both sides
             for u in range(t * chunk, min(units, (t + 1) * chunk)):
                 q = u // nb
                 y0 = (u - q * nb) * RB
@@ -860,7 +860,7 @@ def make_flat_rows(kind, parallel, KH, KW, SW):
             OHc = max(OH, 0)
             OWc = max(OW, 0)
             G = max(pw, 0)  # T[G - pw + i * SW] is cell i's first tap: G - pw == 0
-            T = np.full(G + OHc * Wc + KW, init)
+            T = new_full(G + OHc * Wc + KW, init)
             lo_ = min(max(lo, 0), OWc)
             hi_ = min(max(hi, lo_), OWc)
             for q in range(t * blk, min(P, (t + 1) * blk)):
@@ -942,8 +942,8 @@ def make_adaptive(kind, parallel, KH, KW):
     def kernel(x, out, tab, off, dv, two, H, W, OH, init, marker):
         P = x.shape[0]
         N = x.size
-        xf = x.reshape(N)
-        of = out.reshape(out.size)
+        xf = flat_view(x)
+        of = flat_view(out)
         Wc = max(W, 1)
         WP = (Wc + 31) // 32 * 32
         TL = max(OH, 1) * WP
@@ -953,8 +953,8 @@ def make_adaptive(kind, parallel, KH, KW):
         for t in prange(ntask):
             Wt = max(W, 1)
             HW = max(H, 1) * Wt
-            T = np.full(TL + 32, init)
-            S = np.full(2 * TL + 32, init)
+            T = new_full(TL + 32, init)
+            S = new_full(2 * TL + 32, init)
             for q in range(t * blk, min(P, (t + 1) * blk)):
                 for oh in range(OH):
                     nh = tab[1, 1, oh]

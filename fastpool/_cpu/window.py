@@ -13,7 +13,7 @@ import numpy as np
 from numba import prange
 from numba.extending import overload
 
-from ._intrinsics import load, to_storage
+from ._intrinsics import load, to_storage, new_empty, flat_view, new_full, new_zeros
 from ._simd import prefetch, sfence, stream_upto
 from .._runtime import jit
 
@@ -147,16 +147,16 @@ def make_max(layout, parallel, KD, KH, KW, SW, backward=False):
             lo = max(owlo, 0) if SPEC else OW
             hi = max(owhi, lo) if SPEC else OW
             xb = max(lo * SW - pw, 0)  # first column of the first interior window
-            tv = np.full(W, init)
+            tv = new_full(W, init)
             if BWD:
-                ti = np.zeros(W, np.int64)  # flat input position of tv[w] (table-driven rows)
+                ti = new_zeros(W, np.int64)  # flat input position of tv[w] (table-driven rows)
             else:
-                ti = np.zeros(W, idx.dtype)
+                ti = new_zeros(W, idx.dtype)
             # backward: a row's argmax positions, and the owned gradient plane being summed
             if BWD:
-                cp = np.zeros(OW, np.int64)
-                buf = np.full(S, zero)  # (zero again after each plane)
-            tr = np.zeros(W, np.int32)  # position of tv[w] relative to base0 (specialised rows)
+                cp = new_zeros(OW, np.int64)
+                buf = new_full(S, zero)  # (zero again after each plane)
+            tr = new_zeros(W, np.int32)  # position of tv[w] relative to base0 (specialised rows)
             sv = tv[xb:]  # interior windows' columns (views made once per task, not per row)
             si = tr[xb:]
             LINE = 64 // x.itemsize  # elements per cache line
@@ -261,7 +261,7 @@ def make_max(layout, parallel, KD, KH, KW, SW, backward=False):
                     for ow in range(OW):
                         buf[max(cp[ow], 0)] += zero + load(out[q, od, oh, ow], marker)
                     if od == OD - 1 and oh == OH - 1:  # zeroed again for the next plane
-                        gq = idx[max(q, 0)].reshape(S)
+                        gq = flat_view(idx[max(q, 0)])
                         for j in range(S):
                             gq[j] = to_storage(buf[j], marker)
                             buf[j] = zero
@@ -361,14 +361,14 @@ def make_max_backward_tiled(layout, parallel, K):
             # row stride of V / A: column w at PL + w (K = 3: padding at 0 and W + 1)
             RS = W + 2 if PAD else W
             PL = 1 if PAD else 0
-            V = np.full(OH * RS + 3, init)
-            A = np.full(OH * RS + 3, cbig)
-            CD = np.full(NC, cm1)
-            G = np.full(NC, zero)
+            V = new_full(OH * RS + 3, init)
+            A = new_full(OH * RS + 3, cbig)
+            CD = new_full(NC, cm1)
+            G = new_full(NC, zero)
             # nt: the task's planes (one run of gin) are built in ``PS`` and streamed out as
             # their rows are done
             q0 = t * bp
-            PS = np.empty((min(P, (t + 1) * bp) - q0) * H * W if nt else 1, ginf.dtype)
+            PS = new_empty((min(P, (t + 1) * bp) - q0) * H * W if nt else 1, ginf.dtype)
             dst = PS if nt else ginf
             done = 0
             for q in range(t * bp, min(P, (t + 1) * bp)):
@@ -469,10 +469,10 @@ def make_max_tiled(layout, parallel, K):
         for t in prange(ntask):
             # column w of output row i's window rows at 1 + i * W + w (W == 2 * OW: window
             # k = i * OW + j starts at 2 * k)
-            V = np.full(OH * W + 3, init)
-            A = np.full(OH * W + 3, cbig)
-            VM = np.full(S, init)
-            CD = np.full(S, cbig)
+            V = new_full(OH * W + 3, init)
+            A = new_full(OH * W + 3, cbig)
+            VM = new_full(S, init)
+            CD = new_full(S, cbig)
             for q in range(t * bp, min(P, (t + 1) * bp)):
                 _tiled_columns(xf, V, A, q, H, W, OH, W, 1, True, cz, marker)
                 for k in range(S):
