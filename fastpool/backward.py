@@ -213,7 +213,7 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
         with launch_lock():
             kern(_flat(lay, _bits(gm), osp), _flat(lay, im, osp),
                  _flat(lay, _bits(res), lay.spatial), bad, blk,
-                 lay.mem == CF and dtype != np.float16 and _streamed(res), acc, marker)
+                 dtype != np.float16 and _streamed(res), acc, marker)
         _raise_bad(op, bad, "indices", cells, f"the input plane of {lay.spatial}")
 
     def run(x, extra):

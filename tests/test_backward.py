@@ -453,18 +453,24 @@ def test_average_backward_geometries():
             ceil_mode = False
         incl = bool(case % 2)
         dov = int(rng.integers(1, 7)) if case % 5 == 0 else None
-        x = rng.standard_normal((2, 3) + sp)
+        # channel counts past one vector with a remainder (channels-last quotients are
+        # computed a vector of channels at a time), float32 and float64
+        C = (3, 13, 21, 9)[case % 4]
+        dtype = np.float32 if case % 3 == 1 else np.float64
+        x = rng.standard_normal((2, C) + sp)
         y = R.ref_avg_pool(x, k, s, pads, ceil_mode, incl, dov, d)
         g = rng.standard_normal(y.shape)
-        ref = R.ref_avg_pool_backward(g, x, k, s, pads, ceil_mode, incl, dov, d)
+        x, g = x.astype(dtype), g.astype(dtype)
+        ref = R.ref_avg_pool_backward(g.astype(np.float64), x.astype(np.float64), k, s, pads,
+                                      ceil_mode, incl, dov, d)
         for layout in ("cf", "cl"):  # (channels-last: rows with one or two covering windows
             xl, cl = to_layout(x, layout)  # are written at once too)
             gl, _ = to_layout(g, layout)
             got = getattr(fastpool, f"avg_pool{nd}d_backward")(gl, xl, k, s, padding, ceil_mode,
                                                                incl, dov, dilation=d,
                                                                channels_last=cl)
-            close(from_layout(got, layout, x), ref, np.float64,
-                  what=f"{layout} {k} {s} {d} {padding} {ceil_mode} {incl} {dov}")
+            close(from_layout(got, layout, x), ref, dtype,
+                  what=f"{layout} {C} {dtype} {k} {s} {d} {padding} {ceil_mode} {incl} {dov}")
     for case in range(12):
         nd = 1 + case % 3
         sp = tuple(int(v) for v in rng.integers(1, 12, nd))
@@ -805,7 +811,7 @@ def test_unbatched_and_public_names():
         np.ones((1, 1, 1)), np.zeros((1, 1, 4)), 1)[0, 0, 0]), 0.25)
 
 
-# (op, N, C, H, W, dtype, parallel): channels-first gradients whose kernels build each task's
+# (op, N, C, H, W, dtype, parallel): gradients whose kernels build each task's
 # rows in scratch and stream them out when the gradient is large (STREAM_MIN_BYTES); planes
 # whose sizes are not a multiple of a vector or a cache line, so that the planes' ends and the
 # tasks' runs fall anywhere in a line
@@ -813,7 +819,8 @@ STREAMED = [("avg", 2, 5, 13, 14, np.float32, True), ("avg", 1, 7, 56, 56, np.fl
             ("avg", 2, 3, 9, 11, np.float16, False), ("avg", 3, 40, 10, 6, np.float32, True),
             ("lp", 2, 6, 12, 10, np.float32, True), ("avg1d", 3, 9, 1, 37, np.float32, True),
             ("idx", 2, 5, 13, 14, np.float32, True), ("idx", 2, 9, 30, 30, np.float64, True),
-            ("idx", 1, 4, 7, 9, np.float32, False),
+            ("idx", 1, 4, 7, 9, np.float32, False), ("idxcl", 2, 16, 13, 14, np.float32, True),
+            ("idxcl", 3, 5, 9, 11, np.float64, True),
             ("tiled3", 2, 6, 14, 12, np.float32, True), ("tiled3", 2, 5, 10, 30, np.float16, True),
             ("tiled2", 2, 7, 12, 18, np.float64, True), ("tiled2", 1, 3, 6, 10, np.float32, False)]
 
@@ -822,7 +829,7 @@ STREAMED = [("avg", 2, 5, 13, 14, np.float32, True), ("avg", 1, 7, 56, 56, np.fl
 def test_streamed_gradients(case, monkeypatch):
     """With streaming stores forced on (any size), the same bits as with plain stores, and the
     oracle's values: average (k3s2p1, exclusive padding; 1-d too), Lp, max from indices (the
-    scatter) and the tiled max without indices, serial and parallel."""
+    scatter, both layouts) and the tiled max without indices, serial and parallel."""
     from fastpool import backward as B
     from fastpool import functional
     op, N, C, H, W, dtype, parallel = case
@@ -841,8 +848,10 @@ def test_streamed_gradients(case, monkeypatch):
          F.avg_pool2d(torch.from_numpy(x.astype(np.float64)), k, 2, p)).numpy()
     g = rng.standard_normal(y.shape).astype(dtype)
     g.reshape(-1)[::5] = -0.0
-    if op == "idx":
+    if op.startswith("idx"):
         _, ind = fastpool.max_pool2d(x, 3, 2, 1, return_indices=True)
+    if op == "idxcl":  # channels-last: tasks of whole images, each one run of the gradient
+        xc, gc, ic = (np.ascontiguousarray(np.moveaxis(a, 1, -1)) for a in (x, g, ind))
 
     def run():
         functional._PLANS.clear()
@@ -854,6 +863,9 @@ def test_streamed_gradients(case, monkeypatch):
             return fastpool.lp_pool2d_backward(g, x, 2, 3, 2)
         if op == "idx":
             return fastpool.max_pool2d_backward(g, x, 3, 2, 1, indices=ind)
+        if op == "idxcl":
+            return np.moveaxis(fastpool.max_pool2d_backward(gc, xc, 3, 2, 1, indices=ic,
+                                                            channels_last=True), -1, 1)
         return fastpool.max_pool2d_backward(g, x, k, 2, p)
 
     monkeypatch.setattr(B, "STREAM_MIN_BYTES", 1 << 62)

@@ -123,11 +123,14 @@ def make_max_scatter(layout, parallel, direct=False):
                 n = t // nb
                 c0 = (t - n * nb) * blk
                 wb = min(C, c0 + blk) - c0
-                # direct: whole channel vectors, the image's gradient itself is the scratch
+                # direct: whole channel vectors, the image's gradient itself is the scratch;
+                # with nt, the sums go to scratch holding the image, streamed out at the end
+                # (the image's gradient is one run of gin: only its two ends are plain stores)
                 own = DIRECT and wb == C
-                buf = new_full(1 if own else S * wb, zero)
+                ntd = DIRECT and nt and own
+                buf = new_full(S * C if ntd else (1 if own else S * wb), zero)
                 gn = flat_view(gin[max(n, 0)])
-                if own:
+                if own and not ntd:
                     for j in range(S * C):
                         gn[j] = zero
                 ok = True
@@ -139,12 +142,17 @@ def make_max_scatter(layout, parallel, direct=False):
                                 bad[t, 0] = 1 + n * C + c0 + c
                                 bad[t, 1] = i
                             ok = False
-                        elif own:
+                        elif own and not ntd:
                             gn[U(i * C + c)] += load(g[n, o, U(c)], marker)
+                        elif ntd:
+                            buf[U(i * C + c)] += load(g[n, o, U(c)], marker)
                         else:
                             buf[U(i * wb + c)] += load(g[n, o, U(c0 + c)], marker)
                     if not ok:
                         break
+                if DIRECT and nt and own:
+                    stream_upto(buf, 0, -(S * C), gn, 0, marker)
+                    sfence()
                 if ok and not own:
                     for s in range(S):
                         for c in range(wb):
@@ -680,6 +688,8 @@ def make_sum_backward(layout, parallel, power):
             kz = as_acc(zero, knumel)
             dz = as_acc(zero, dov)
             nb = (C + blk - 1) // blk
+            gfl = flat_view(g)  # (grad_output is C-contiguous)
+            L = vector_lanes(g, marker)
             for t in prange(N * nb):
                 n = t // nb
                 c0 = (t - n * nb) * blk
@@ -741,7 +751,14 @@ def make_sum_backward(layout, parallel, power):
                                                  tab[2, 2, ow])
                                 else:
                                     div = as_acc(zero, nd * nh * nw)
-                                for c in range(wb):
+                                # whole vectors of quotients (vdiv), then the scalar rest
+                                gb = (((n * OD + od) * OH + oh) * OW + ow) * C + c0
+                                c1 = 0
+                                if L > 0:
+                                    c1 = wb - wb % L
+                                    for c in range(0, c1, L):
+                                        vdiv(gfl, U(gb + c), (div,), 0, sh, c, marker)
+                                for c in range(c1, wb):
                                     sh[c] = (zero + load(g[n, od, oh, ow, U(c0 + c)],
                                                          marker)) / div
                             for k in range(nw):
