@@ -242,7 +242,8 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
             with launch_lock():
                 kern(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
                      _bits(res).reshape(xshape), tab, dil, lo, hi, pw, pos,
-                     _channel_block(lay.n, lay.c, cells, acc.itemsize), init, acc, marker)
+                     _channel_block(lay.n, lay.c, cells, acc.itemsize), _streamed(res), init,
+                     acc, marker)
             return lay.user_view(res)
         if indices is None:
             indices = forward(lay.user_view(lay.input_mem(x)), samples)

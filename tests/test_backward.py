@@ -820,7 +820,9 @@ STREAMED = [("avg", 2, 5, 13, 14, np.float32, True), ("avg", 1, 7, 56, 56, np.fl
             ("lp", 2, 6, 12, 10, np.float32, True), ("avg1d", 3, 9, 1, 37, np.float32, True),
             ("idx", 2, 5, 13, 14, np.float32, True), ("idx", 2, 9, 30, 30, np.float64, True),
             ("idx", 1, 4, 7, 9, np.float32, False), ("idxcl", 2, 16, 13, 14, np.float32, True),
-            ("idxcl", 3, 5, 9, 11, np.float64, True),
+            ("idxcl", 3, 5, 9, 11, np.float64, True), ("reccl", 2, 12, 13, 13, np.float32, True),
+            ("reccl", 3, 5, 11, 9, np.float64, True), ("reccl", 2, 6, 9, 14, np.float16, True),
+            ("reccl2", 2, 9, 12, 10, np.float32, True),
             ("tiled3", 2, 6, 14, 12, np.float32, True), ("tiled3", 2, 5, 10, 30, np.float16, True),
             ("tiled2", 2, 7, 12, 18, np.float64, True), ("tiled2", 1, 3, 6, 10, np.float32, False)]
 
@@ -829,19 +831,20 @@ STREAMED = [("avg", 2, 5, 13, 14, np.float32, True), ("avg", 1, 7, 56, 56, np.fl
 def test_streamed_gradients(case, monkeypatch):
     """With streaming stores forced on (any size), the same bits as with plain stores, and the
     oracle's values: average (k3s2p1, exclusive padding; 1-d too), Lp, max from indices (the
-    scatter, both layouts) and the tiled max without indices, serial and parallel."""
+    scatter, both layouts), the tiled max without indices and the channels-last max without
+    indices (rows streamed over whole lines), serial and parallel."""
     from fastpool import backward as B
     from fastpool import functional
     op, N, C, H, W, dtype, parallel = case
     monkeypatch.setattr(B, "_parallel", lambda work: parallel)
     rng = np.random.default_rng(N * 1000 + C * 100 + H * 10 + W)
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
-    if op.startswith("tiled"):
+    if op.startswith("tiled") or op.startswith("reccl"):
         x[rng.random(x.shape) < 0.05] = np.nan
     if op == "lp":
         x = np.abs(x) + np.asarray(0.25, dtype)
-    k = 2 if op == "tiled2" else 3
-    p = 0 if op in ("tiled2", "lp") else 1
+    k = 2 if op in ("tiled2", "reccl2") else 3
+    p = 0 if op in ("tiled2", "reccl2", "lp") else 1
     if op == "avg1d":
         x = x[:, :, 0]
     y = (F.avg_pool1d(torch.from_numpy(x.astype(np.float64)), 3, 2, 1) if op == "avg1d" else
@@ -852,6 +855,8 @@ def test_streamed_gradients(case, monkeypatch):
         _, ind = fastpool.max_pool2d(x, 3, 2, 1, return_indices=True)
     if op == "idxcl":  # channels-last: tasks of whole images, each one run of the gradient
         xc, gc, ic = (np.ascontiguousarray(np.moveaxis(a, 1, -1)) for a in (x, g, ind))
+    if op.startswith("reccl"):  # channels-last rows (one run each) streamed over whole lines
+        xc, gc = (np.ascontiguousarray(np.moveaxis(a, 1, -1)) for a in (x, g))
 
     def run():
         functional._PLANS.clear()
@@ -865,6 +870,9 @@ def test_streamed_gradients(case, monkeypatch):
             return fastpool.max_pool2d_backward(g, x, 3, 2, 1, indices=ind)
         if op == "idxcl":
             return np.moveaxis(fastpool.max_pool2d_backward(gc, xc, 3, 2, 1, indices=ic,
+                                                            channels_last=True), -1, 1)
+        if op.startswith("reccl"):
+            return np.moveaxis(fastpool.max_pool2d_backward(gc, xc, k, 2, p,
                                                             channels_last=True), -1, 1)
         return fastpool.max_pool2d_backward(g, x, k, 2, p)
 
@@ -892,10 +900,11 @@ def test_streamed_gradients(case, monkeypatch):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 def test_stream_copies(dtype):
     """``_simd.stream_upto`` (streaming stores over a destination's vector-aligned middle,
-    plain ones around it) copies every cell once, in pieces of any length, to destinations at
-    any byte offset, those not aligned to their element size included."""
+    plain ones around it) and ``stream_lines`` (over its whole lines) copy every cell once, in
+    pieces of any length, to destinations at any byte offset, those not aligned to their
+    element size included."""
     from numba import njit
-    from fastpool._cpu._simd import sfence, stream_upto
+    from fastpool._cpu._simd import sfence, stream_lines, stream_upto
     from fastpool._dtypes import HALF, PLAIN
     marker = HALF if dtype == np.float16 else PLAIN
     store = np.dtype(np.uint16 if dtype == np.float16 else dtype)
@@ -908,6 +917,17 @@ def test_stream_copies(dtype):
         stream_upto(src, done, -src.size, dst, d0, marker)
         sfence()
 
+    @njit
+    def copy_lines(src, dst, d0, cuts, marker):  # pieces streamed over their whole lines
+        a = 0
+        ok = True
+        for c in cuts:
+            ok &= stream_lines(src, a, dst, d0 + a, c - a, marker)
+            a = c
+        ok &= stream_lines(src, a, dst, d0 + a, src.size - a, marker)
+        sfence()
+        return ok
+
     rng = np.random.default_rng(7)
     isz = store.itemsize
     for n in (1, 7, 8, 33, 300, 1031):
@@ -917,7 +937,9 @@ def test_stream_copies(dtype):
             for d0 in (0, 5):
                 raw = np.zeros((n + d0) * isz + 128, np.uint8)
                 dst = raw[off:off + (n + d0) * isz].view(store)
-                copy(src, dst, d0, cuts, marker)
-                assert dst[d0:].tobytes() == src.tobytes(), (n, off, d0)
-                assert not raw[:off + d0 * isz].any(), (n, off, d0)
-                assert not raw[off + (n + d0) * isz:].any(), (n, off, d0)
+                for how in (copy, copy_lines):
+                    raw[:] = 0
+                    assert how(src, dst, d0, cuts, marker) is not False
+                    assert dst[d0:].tobytes() == src.tobytes(), (how, n, off, d0)
+                    assert not raw[:off + d0 * isz].any(), (how, n, off, d0)
+                    assert not raw[off + (n + d0) * isz:].any(), (how, n, off, d0)

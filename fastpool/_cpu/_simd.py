@@ -505,10 +505,12 @@ def sfence(typingctx):
     return types.void(), codegen
 
 
-def _emit_stream(context, builder, src, sarr, s0, dst, darr, d0, n, marker):
+def _emit_stream(context, builder, src, sarr, s0, dst, darr, d0, n, marker, lines=False):
     """IR of ``dst[d0:d0 + n] = src[s0:s0 + n]`` (1-d arrays of the same type, i64 indices):
     streaming vectors over the aligned middle, plain stores over the cells before and after it
-    (all of them where ``dst`` is not aligned to its element size)."""
+    (all of them where ``dst`` is not aligned to its element size).  ``lines``: the middle is
+    whole 64-byte lines, so that a line the copy shares with another one gets plain stores
+    only (a line written half by streaming stores and half by plain ones costs ~150 ns)."""
     i64 = ir.IntType(64)
     elt = context.get_data_type(dst.dtype)
     isz = context.get_abi_sizeof(elt)
@@ -517,11 +519,12 @@ def _emit_stream(context, builder, src, sarr, s0, dst, darr, d0, n, marker):
     ps = builder.bitcast(_pointer(context, builder, src, sarr, types.int64, s0), elt.as_pointer())
     pd = builder.bitcast(_pointer(context, builder, dst, darr, types.int64, d0), elt.as_pointer())
     a = builder.ptrtoint(pd, i64)
-    A = i64(L * isz)
+    A = i64(max(L * isz, 64) if lines else L * isz)
     ok = builder.icmp_unsigned("==", builder.urem(a, i64(isz)), i64(0))
     mis = builder.udiv(builder.urem(builder.sub(A, builder.urem(a, A)), A), i64(isz))
     h = builder.select(ok, builder.select(builder.icmp_signed("<", mis, n), mis, n), n)
-    nv = builder.sdiv(builder.sub(n, h), i64(L))
+    per = A.constant // isz  # cells per aligned block (a whole number of vectors)
+    nv = builder.mul(builder.sdiv(builder.sub(n, h), i64(per)), i64(per // L))
     m = builder.add(h, builder.mul(nv, i64(L)))
     nontemporal = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
 
@@ -542,6 +545,28 @@ def _emit_stream(context, builder, src, sarr, s0, dst, darr, d0, n, marker):
 def _stream_types(src, dst, marker):
     return isinstance(src, types.Array) and isinstance(dst, types.Array) and \
         src.dtype == dst.dtype and _float(dst, marker)
+
+
+@intrinsic
+def stream_lines(typingctx, src, s0, dst, d0, n, marker):
+    """``dst[d0:d0 + n] = src[s0:s0 + n]`` with streaming stores over the whole 64-byte lines
+    of the destination, plain ones over the partial lines at its two ends; True.  False, and
+    nothing copied, where the arrays' types differ (float16 results of float32 scratch): the
+    caller's plain loop then runs, decided at compile time."""
+    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)):
+        return None
+    if not _stream_types(src, dst, marker):
+        def nothing(context, builder, sig, args):
+            return context.get_constant(types.boolean, False)
+        return types.boolean(src, s0, dst, d0, n, marker), nothing
+
+    def codegen(context, builder, sig, args):
+        s0_, d0_, n_ = (context.cast(builder, args[k], sig.args[k], types.int64)
+                        for k in (1, 3, 4))
+        _emit_stream(context, builder, src, args[0], s0_, dst, args[2], d0_, n_, marker,
+                     lines=True)
+        return context.get_constant(types.boolean, True)
+    return types.boolean(src, s0, dst, d0, n, marker), codegen
 
 
 @intrinsic

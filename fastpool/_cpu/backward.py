@@ -33,7 +33,7 @@ from numba import prange
 from numba.extending import overload
 
 from ._intrinsics import load, to_storage, new_empty, flat_view, new_full, new_zeros
-from ._simd import (sfence, stream_upto, vcol1_sum, vcol2_sum, vcol_pair, vdiv,
+from ._simd import (sfence, stream_lines, stream_upto, vcol1_sum, vcol2_sum, vcol_pair, vdiv,
                     vector_lanes)
 from .._runtime import jit
 from .window import CF, CL, U
@@ -229,7 +229,7 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
     SPEC = KW > 0
     KT = KD * KH * KW
 
-    def kernel(g, x, gin, tab, dil, lo, hi, pw, ptype, blk, init, zero, marker):
+    def kernel(g, x, gin, tab, dil, lo, hi, pw, ptype, blk, nt, init, zero, marker):
         N = g.shape[0]
         OD = g.shape[1]
         OH = g.shape[2]
@@ -266,6 +266,7 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
             mi = new_zeros(wb, ptype.dtype)
             tap = new_zeros(wb if SPEC else 1, np.int32)  # full windows: each channel's argmax tap
             rs = new_zeros(max(KT, 1), np.int64)  # full windows: scratch row of each (a, b)
+            gnf = flat_view(gin[max(n, 0)])
             nf = 0  # ring: rows below nf are written out
             for r in range(OD * OH + 1):
                 od = r // OH
@@ -275,6 +276,12 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
                 if ring:
                     for y in range(nf, upto):
                         sb = (y % RB) * RW
+                        # (nt, whole channel vectors: the row is one run of gin) streamed out
+                        # over its whole lines; the ends of the row plain
+                        if nt and wb == C and stream_lines(buf, sb, gnf, y * RW, RW, marker):
+                            for i in range(RW):
+                                buf[U(sb + i)] = zero
+                            continue
                         for w in range(W):
                             for c in range(wb):
                                 gin[n, 0, y, w, U(c0 + c)] = to_storage(buf[U(sb + w * wb + c)],
@@ -343,6 +350,8 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
                             pos = (y % RB) * W + pos - y * W
                         buf[U(pos * wb + c)] += load(g[n, od, oh, ow, U(c0 + c)], marker)
             if ring:
+                if nt and wb == C:
+                    sfence()
                 continue
             j = 0
             for z in range(D):
