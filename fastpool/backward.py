@@ -101,8 +101,17 @@ def _row_block(rows, cells):
 STREAM_MIN_BYTES = 8 << 20
 
 
+# Plane sizes (bytes) whose adaptive average gradient is streamed (STREAM_MIN_BYTES and more):
+# the kernel then builds its task's planes in scratch, which smaller planes did not repay
+# (paired A/B, 2 threads: 13x13 float32 1.20x the time, 30x30 float32 0.99-1.08x, 30x30
+# float64 0.83x, 56x56 float32 0.71x; float16, whose conversions already cost more than the
+# memory, 63x61 1.13x); larger ones would make the scratch outgrow the cache
+_ADAPTIVE_STREAM_PLANES = (6 << 10, 256 << 10)
+
+
 def _streamed(res):
-    return res.nbytes >= STREAM_MIN_BYTES
+    """Whether a gradient (an array, or its size in bytes) is written with streaming stores."""
+    return (res if isinstance(res, int) else res.nbytes) >= STREAM_MIN_BYTES
 
 
 def _raise_bad(op, bad, name, limit, what):
@@ -363,8 +372,13 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
         dw = np.ones(ncell + 32, acc.dtype)
         dh[:ncell] = np.repeat(tab[1, 1, :o3[1]], o3[2])
         dw[:ncell] = np.tile(tab[2, 1, :o3[2]], o3[1])
+        # (a large gradient of mid-sized planes: the kernel that streams the planes out)
         kern = _dispatch.kernel("adaptive_backward", "cpu", CF,
-                                _parallel(cells * lay.n * lay.c + gsize * taps))
+                                _parallel(cells * lay.n * lay.c + gsize * taps),
+                                _streamed(math.prod(mshape) * dtype.itemsize) and
+                                dtype != np.float16 and
+                                _ADAPTIVE_STREAM_PLANES[0] <= cells * dtype.itemsize <=
+                                _ADAPTIVE_STREAM_PLANES[1])
 
     def run(x, extra):
         gm = _grad_mem(op, extra[0], lay, osp, dtype)

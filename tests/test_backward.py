@@ -822,7 +822,8 @@ STREAMED = [("avg", 2, 5, 13, 14, np.float32, True), ("avg", 1, 7, 56, 56, np.fl
             ("idx", 1, 4, 7, 9, np.float32, False), ("idxcl", 2, 16, 13, 14, np.float32, True),
             ("idxcl", 3, 5, 9, 11, np.float64, True), ("reccl", 2, 12, 13, 13, np.float32, True),
             ("reccl", 3, 5, 11, 9, np.float64, True), ("reccl", 2, 6, 9, 14, np.float16, True),
-            ("reccl2", 2, 9, 12, 10, np.float32, True),
+            ("reccl2", 2, 9, 12, 10, np.float32, True), ("ada", 2, 5, 40, 41, np.float32, True),
+            ("ada", 3, 4, 29, 28, np.float64, True), ("ada", 1, 3, 45, 50, np.float32, False),
             ("tiled3", 2, 6, 14, 12, np.float32, True), ("tiled3", 2, 5, 10, 30, np.float16, True),
             ("tiled2", 2, 7, 12, 18, np.float64, True), ("tiled2", 1, 3, 6, 10, np.float32, False)]
 
@@ -831,8 +832,8 @@ STREAMED = [("avg", 2, 5, 13, 14, np.float32, True), ("avg", 1, 7, 56, 56, np.fl
 def test_streamed_gradients(case, monkeypatch):
     """With streaming stores forced on (any size), the same bits as with plain stores, and the
     oracle's values: average (k3s2p1, exclusive padding; 1-d too), Lp, max from indices (the
-    scatter, both layouts), the tiled max without indices and the channels-last max without
-    indices (rows streamed over whole lines), serial and parallel."""
+    scatter, both layouts), the tiled max without indices, the channels-last max without
+    indices (rows streamed over whole lines) and the adaptive average, serial and parallel."""
     from fastpool import backward as B
     from fastpool import functional
     op, N, C, H, W, dtype, parallel = case
@@ -855,6 +856,8 @@ def test_streamed_gradients(case, monkeypatch):
         _, ind = fastpool.max_pool2d(x, 3, 2, 1, return_indices=True)
     if op == "idxcl":  # channels-last: tasks of whole images, each one run of the gradient
         xc, gc, ic = (np.ascontiguousarray(np.moveaxis(a, 1, -1)) for a in (x, g, ind))
+    if op == "ada":
+        ga = rng.standard_normal((N, C, 7, 6)).astype(dtype)
     if op.startswith("reccl"):  # channels-last rows (one run each) streamed over whole lines
         xc, gc = (np.ascontiguousarray(np.moveaxis(a, 1, -1)) for a in (x, g))
 
@@ -866,6 +869,8 @@ def test_streamed_gradients(case, monkeypatch):
             return fastpool.avg_pool1d_backward(g, x, 3, 2, 1, count_include_pad=False)
         if op == "lp":
             return fastpool.lp_pool2d_backward(g, x, 2, 3, 2)
+        if op == "ada":  # adaptive windows of two sizes, planes run into one another
+            return fastpool.adaptive_avg_pool2d_backward(ga, x, (7, 6))
         if op == "idx":
             return fastpool.max_pool2d_backward(g, x, 3, 2, 1, indices=ind)
         if op == "idxcl":
@@ -876,6 +881,8 @@ def test_streamed_gradients(case, monkeypatch):
                                                             channels_last=True), -1, 1)
         return fastpool.max_pool2d_backward(g, x, k, 2, p)
 
+    # results in NaN-filled memory: a cell that no store reaches shows
+    monkeypatch.setattr(B._alloc, "empty", lambda shape, dtype: np.full(shape, np.nan, dtype))
     monkeypatch.setattr(B, "STREAM_MIN_BYTES", 1 << 62)
     plain = run()
     streamed = []
@@ -889,6 +896,9 @@ def test_streamed_gradients(case, monkeypatch):
         nd = 1 if op == "avg1d" else 2
         ref = R.ref_avg_pool_backward(g.astype(np.float64), x.astype(np.float64), (3,) * nd,
                                       (2,) * nd, [(1, 1)] * nd, False, False, None)
+    elif op == "ada":
+        ref = R.ref_adaptive_avg_pool_backward(ga.astype(np.float64), x.astype(np.float64),
+                                               (7, 6))
     elif op == "lp":
         ref = R.ref_lp_pool_backward(g.astype(np.float64), x.astype(np.float64), 2, (3, 3),
                                      (2, 2), [(0, 0), (0, 0)])

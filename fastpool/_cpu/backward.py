@@ -851,7 +851,7 @@ def make_global_backward(layout, parallel):
     return jit(kernel, parallel=parallel)
 
 
-def make_adaptive_backward(layout, parallel):
+def make_adaptive_backward(layout, parallel, stream=False):
     """Adaptive average backward on contiguous channels-first 1-d/2-d planes (``g`` (P, OH *
     OW), ``gin`` (P, H * W); PyTorch's shares ``g / nh / nw``), bit-identical to the row-wise
     kernel (``make_sum_backward``): every cell sums the same shares in the same order.
@@ -872,6 +872,7 @@ def make_adaptive_backward(layout, parallel):
     remainder.
     """
     assert layout == CF
+    STREAM = stream
 
     def kernel(g, gin, gt, ih, ch, dh, dw, H, W, OH, OW, blk, zero, marker):
         P = gin.shape[0]
@@ -891,6 +892,11 @@ def make_adaptive_backward(layout, parallel):
             sh = new_full(OSt + 32, zero)  # sh[OS] stays +0
             T = new_full((OH + 1) * Wt + WP, zero)  # so does row OH, and every cell past it
             acc = new_full(WP, zero)
+            # (stream) the task's planes (one run of gin) built here and streamed out as each
+            # plane is done; a row's cells past its end are rewritten by the rows after it
+            q0 = t * blk
+            PL = new_empty((q1 - q0) * HW + WP if STREAM else 1, gin.dtype)
+            done = 0
             for q in range(t * blk, q1):
                 gb = U(q * OSt)
                 ns = (OSt + 31) // 32 * 32 if q * OSt + (OSt + 31) // 32 * 32 <= NG else OSt
@@ -906,18 +912,24 @@ def make_adaptive_backward(layout, parallel):
                     for i in range(NT):
                         T[i] += sh[U(gt[k, i])]
                 for y in range(H):
-                    rb = U(q * HW + y * Wt)
-                    n = WP if q * HW + y * Wt + WP <= end else Wt
+                    if STREAM:
+                        rb = U((q - q0) * HW + y * Wt)
+                        n = WP
+                        dst = PL
+                    else:
+                        rb = U(q * HW + y * Wt)
+                        n = WP if q * HW + y * Wt + WP <= end else Wt
+                        dst = of
                     r0 = U(ih[0, y] * Wt)
                     c = ch[y]
                     if c == 1:
                         for w in range(n):
-                            of[rb + U(w)] = to_storage(zero + T[r0 + U(w)], marker)
+                            dst[rb + U(w)] = to_storage(zero + T[r0 + U(w)], marker)
                     elif c == 2:
                         r1 = U(ih[1, y] * Wt)
                         for w in range(n):
-                            of[rb + U(w)] = to_storage((zero + T[r0 + U(w)]) + T[r1 + U(w)],
-                                                       marker)
+                            dst[rb + U(w)] = to_storage((zero + T[r0 + U(w)]) + T[r1 + U(w)],
+                                                        marker)
                     else:
                         for w in range(n):
                             acc[w] = zero
@@ -926,7 +938,12 @@ def make_adaptive_backward(layout, parallel):
                             for w in range(n):
                                 acc[w] += T[rk + U(w)]
                         for w in range(n):
-                            of[rb + U(w)] = to_storage(acc[w], marker)
+                            dst[rb + U(w)] = to_storage(acc[w], marker)
+                if STREAM:
+                    done = stream_upto(PL, done, (q - q0 + 1) * HW, of, q0 * HW, marker)
+            if STREAM:
+                stream_upto(PL, done, -((q1 - q0) * HW), of, q0 * HW, marker)
+                sfence()
     return jit(kernel, parallel=parallel)
 
 
