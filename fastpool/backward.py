@@ -402,7 +402,7 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
             with launch_lock():
                 kern(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
                      _bits(res).reshape(xshape), tab, dil, inv, ilist, divmode, dov, acc,
-                     float(p), knumel, blk, hwa, lay.mem == CF and _streamed(res), marker)
+                     float(p), knumel, blk, hwa, _streamed(res), marker)
         return lay.user_view(res)
     return run
 

@@ -824,6 +824,9 @@ STREAMED = [("avg", 2, 5, 13, 14, np.float32, True), ("avg", 1, 7, 56, 56, np.fl
             ("reccl", 3, 5, 11, 9, np.float64, True), ("reccl", 2, 6, 9, 14, np.float16, True),
             ("reccl2", 2, 9, 12, 10, np.float32, True), ("ada", 2, 5, 40, 41, np.float32, True),
             ("ada", 3, 4, 29, 28, np.float64, True), ("ada", 1, 3, 45, 50, np.float32, False),
+            ("avgcl", 2, 12, 13, 14, np.float32, True), ("avgcl", 3, 5, 9, 11, np.float64, True),
+            ("avgcl", 2, 6, 10, 7, np.float16, True), ("avgcl", 1, 7, 11, 12, np.float32, False),
+            ("avgclgap", 2, 9, 14, 13, np.float32, True),
             ("tiled3", 2, 6, 14, 12, np.float32, True), ("tiled3", 2, 5, 10, 30, np.float16, True),
             ("tiled2", 2, 7, 12, 18, np.float64, True), ("tiled2", 1, 3, 6, 10, np.float32, False)]
 
@@ -833,7 +836,8 @@ def test_streamed_gradients(case, monkeypatch):
     """With streaming stores forced on (any size), the same bits as with plain stores, and the
     oracle's values: average (k3s2p1, exclusive padding; 1-d too), Lp, max from indices (the
     scatter, both layouts), the tiled max without indices, the channels-last max without
-    indices (rows streamed over whole lines) and the adaptive average, serial and parallel."""
+    indices and the average, channels-last (rows streamed over whole lines), and the adaptive
+    average, serial and parallel."""
     from fastpool import backward as B
     from fastpool import functional
     op, N, C, H, W, dtype, parallel = case
@@ -858,7 +862,10 @@ def test_streamed_gradients(case, monkeypatch):
         xc, gc, ic = (np.ascontiguousarray(np.moveaxis(a, 1, -1)) for a in (x, g, ind))
     if op == "ada":
         ga = rng.standard_normal((N, C, 7, 6)).astype(dtype)
-    if op.startswith("reccl"):  # channels-last rows (one run each) streamed over whole lines
+    if op == "avgclgap":
+        g = rng.standard_normal((N, C, (H - 2) // 3 + 1, (W - 2) // 3 + 1)).astype(dtype)
+    if op.startswith("reccl") or op.startswith("avgcl"):  # channels-last rows (one run of
+        # the gradient each) streamed over whole lines
         xc, gc = (np.ascontiguousarray(np.moveaxis(a, 1, -1)) for a in (x, g))
 
     def run():
@@ -869,6 +876,13 @@ def test_streamed_gradients(case, monkeypatch):
             return fastpool.avg_pool1d_backward(g, x, 3, 2, 1, count_include_pad=False)
         if op == "lp":
             return fastpool.lp_pool2d_backward(g, x, 2, 3, 2)
+        if op == "avgcl":  # channels-last rows under one or two windows, streamed
+            return np.moveaxis(fastpool.avg_pool2d_backward(gc, xc, 3, 2, 1,
+                                                            count_include_pad=False,
+                                                            channels_last=True), -1, 1)
+        if op == "avgclgap":  # (kernel 2, stride 3: rows no window covers, written plain)
+            return np.moveaxis(fastpool.avg_pool2d_backward(gc, xc, 2, 3, 0,
+                                                            channels_last=True), -1, 1)
         if op == "ada":  # adaptive windows of two sizes, planes run into one another
             return fastpool.adaptive_avg_pool2d_backward(ga, x, (7, 6))
         if op == "idx":
@@ -892,7 +906,10 @@ def test_streamed_gradients(case, monkeypatch):
     got = run()
     assert streamed and all(streamed)
     assert got.tobytes() == plain.tobytes(), op
-    if op in ("avg", "avg1d"):
+    if op == "avgclgap":
+        ref = R.ref_avg_pool_backward(g.astype(np.float64), x.astype(np.float64), (2, 2),
+                                      (3, 3), [(0, 0), (0, 0)], False, True, None)
+    elif op in ("avg", "avg1d", "avgcl"):
         nd = 1 if op == "avg1d" else 2
         ref = R.ref_avg_pool_backward(g.astype(np.float64), x.astype(np.float64), (3,) * nd,
                                       (2,) * nd, [(1, 1)] * nd, False, False, None)

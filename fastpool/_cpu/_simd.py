@@ -505,12 +505,15 @@ def sfence(typingctx):
     return types.void(), codegen
 
 
-def _emit_stream(context, builder, src, sarr, s0, dst, darr, d0, n, marker, lines=False):
+def _emit_stream(context, builder, src, sarr, s0, dst, darr, d0, n, marker, lines=False,
+                 add=None):
     """IR of ``dst[d0:d0 + n] = src[s0:s0 + n]`` (1-d arrays of the same type, i64 indices):
     streaming vectors over the aligned middle, plain stores over the cells before and after it
     (all of them where ``dst`` is not aligned to its element size).  ``lines``: the middle is
     whole 64-byte lines, so that a line the copy shares with another one gets plain stores
-    only (a line written half by streaming stores and half by plain ones costs ~150 ns)."""
+    only (a line written half by streaming stores and half by plain ones costs ~150 ns).
+    ``add`` (i64 ``s1``, i1 ``two``): the cells are ``(+0 + src[s0 + k])``, plus
+    ``src[s1 + k]`` where ``two`` (float arrays of one type)."""
     i64 = ir.IntType(64)
     elt = context.get_data_type(dst.dtype)
     isz = context.get_abi_sizeof(elt)
@@ -527,14 +530,25 @@ def _emit_stream(context, builder, src, sarr, s0, dst, darr, d0, n, marker, line
     nv = builder.mul(builder.sdiv(builder.sub(n, h), i64(per)), i64(per // L))
     m = builder.add(h, builder.mul(nv, i64(L)))
     nontemporal = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
+    if add is not None:
+        ps1 = builder.bitcast(_pointer(context, builder, src, sarr, types.int64, add[0]),
+                              elt.as_pointer())
+
+    def value(k, ty, align):
+        v = builder.load(builder.bitcast(builder.gep(ps, [k]), ty.as_pointer()), align=align)
+        if add is None:
+            return v
+        v = builder.fadd(ir.Constant(ty, None), v)
+        w = builder.load(builder.bitcast(builder.gep(ps1, [k]), ty.as_pointer()), align=align)
+        return builder.select(add[1], builder.fadd(v, w), v)
 
     def copy(k):
-        builder.store(builder.load(builder.gep(ps, [k])), builder.gep(pd, [k]))
+        builder.store(value(k, elt, isz), builder.gep(pd, [k]))
     with cgutils.for_range(builder, h, intp=i64) as loop:
         copy(loop.index)
     with cgutils.for_range(builder, nv, intp=i64) as loop:
         k = builder.add(h, builder.mul(loop.index, i64(L)))
-        v = builder.load(builder.bitcast(builder.gep(ps, [k]), vt.as_pointer()), align=isz)
+        v = value(k, vt, isz)
         st = builder.store(v, builder.bitcast(builder.gep(pd, [k]), vt.as_pointer()),
                            align=L * isz)
         st.set_metadata("nontemporal", nontemporal)
@@ -567,6 +581,30 @@ def stream_lines(typingctx, src, s0, dst, d0, n, marker):
                      lines=True)
         return context.get_constant(types.boolean, True)
     return types.boolean(src, s0, dst, d0, n, marker), codegen
+
+
+@intrinsic
+def stream_sum(typingctx, src, s0, s1, two, dst, d0, n, marker):
+    """``dst[d0 + k] = (+0 + src[s0 + k])``, ``+ src[s1 + k]`` where ``two``, for k < n, the
+    order and bits of the scalar loops; streaming stores over the destination's whole lines,
+    plain ones over the partial lines at its ends.  True; False and nothing written where the
+    arrays' types differ (float16 results of float32 rows: the caller's loop runs)."""
+    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)):
+        return None
+    sig = types.boolean(src, s0, s1, two, dst, d0, n, marker)
+    if not _stream_types(src, dst, marker) or _is_half(marker):
+        def nothing(context, builder, sig, args):
+            return context.get_constant(types.boolean, False)
+        return sig, nothing
+
+    def codegen(context, builder, sig, args):
+        s0_, s1_, d0_, n_ = (context.cast(builder, args[k], sig.args[k], types.int64)
+                             for k in (1, 2, 5, 6))
+        two_ = context.cast(builder, args[3], sig.args[3], types.boolean)
+        _emit_stream(context, builder, src, args[0], s0_, dst, args[4], d0_, n_, marker,
+                     lines=True, add=(s1_, two_))
+        return context.get_constant(types.boolean, True)
+    return sig, codegen
 
 
 @intrinsic

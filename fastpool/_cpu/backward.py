@@ -33,8 +33,8 @@ from numba import prange
 from numba.extending import overload
 
 from ._intrinsics import load, to_storage, new_empty, flat_view, new_full, new_zeros
-from ._simd import (sfence, stream_lines, stream_upto, vcol1_sum, vcol2_sum, vcol_pair, vdiv,
-                    vector_lanes)
+from ._simd import (sfence, stream_lines, stream_sum, stream_upto, vcol1_sum, vcol2_sum,
+                    vcol_pair, vdiv, vector_lanes)
 from .._runtime import jit
 from .window import CF, CL, U
 
@@ -707,6 +707,8 @@ def make_sum_backward(layout, parallel, power):
                 T = new_full(OD * OH * RW, zero)
                 acc = new_full(RW, zero)
                 sh = new_full(wb, zero)
+                ntw = nt and wb == C
+                gnf = flat_view(gin[max(n, 0)])
                 for od in range(OD):
                     d0 = tab[0, 0, od]
                     nd = tab[0, 1, od]
@@ -785,6 +787,11 @@ def make_sum_backward(layout, parallel, power):
                             b1 = (ilist[0, U(zs)] * OH + ilist[1, U(ys)]) * RW if zn * yn else 0
                             b2 = (ilist[0, U(zs + (1 if zn == 2 else 0))] * OH +
                                   ilist[1, U(ys + (1 if yn == 2 else 0))]) * RW if zn * yn else 0
+                            # (nt, whole channel vectors: the row is one run of gin) streamed
+                            # over its whole lines, the same sums
+                            if ntw and zn * yn > 0 and stream_sum(T, b1, b2, zn * yn == 2, gnf,
+                                                                  (z * H + y) * RW, RW, marker):
+                                continue
                             for w in range(W):
                                 for c in range(wb):
                                     i = w * wb + c
@@ -816,6 +823,8 @@ def make_sum_backward(layout, parallel, power):
                                     else:
                                         v = v * (pz * xv ** (pz - one))
                                 gin[n, z, y, w, U(c0 + c)] = to_storage(v, marker)
+                if ntw:
+                    sfence()
     return jit(kernel, parallel=parallel)
 
 
