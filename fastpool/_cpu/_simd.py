@@ -561,6 +561,14 @@ def _stream_types(src, dst, marker):
         src.dtype == dst.dtype and _float(dst, marker)
 
 
+def _not_streamed(sig):
+    """The typing of a streaming intrinsic that writes nothing and returns False (arrays of
+    different types: the caller's plain loop runs, decided at compile time)."""
+    def nothing(context, builder, sig, args):
+        return context.get_constant(types.boolean, False)
+    return sig, nothing
+
+
 @intrinsic
 def stream_lines(typingctx, src, s0, dst, d0, n, marker):
     """``dst[d0:d0 + n] = src[s0:s0 + n]`` with streaming stores over the whole 64-byte lines
@@ -570,9 +578,7 @@ def stream_lines(typingctx, src, s0, dst, d0, n, marker):
     if not (isinstance(src, types.Array) and isinstance(dst, types.Array)):
         return None
     if not _stream_types(src, dst, marker):
-        def nothing(context, builder, sig, args):
-            return context.get_constant(types.boolean, False)
-        return types.boolean(src, s0, dst, d0, n, marker), nothing
+        return _not_streamed(types.boolean(src, s0, dst, d0, n, marker))
 
     def codegen(context, builder, sig, args):
         s0_, d0_, n_ = (context.cast(builder, args[k], sig.args[k], types.int64)
@@ -593,9 +599,7 @@ def stream_sum(typingctx, src, s0, s1, two, dst, d0, n, marker):
         return None
     sig = types.boolean(src, s0, s1, two, dst, d0, n, marker)
     if not _stream_types(src, dst, marker) or _is_half(marker):
-        def nothing(context, builder, sig, args):
-            return context.get_constant(types.boolean, False)
-        return sig, nothing
+        return _not_streamed(sig)
 
     def codegen(context, builder, sig, args):
         s0_, s1_, d0_, n_ = (context.cast(builder, args[k], sig.args[k], types.int64)
