@@ -109,6 +109,11 @@ STREAM_MIN_BYTES = 8 << 20
 _ADAPTIVE_STREAM_PLANES = (6 << 10, 256 << 10)
 
 
+def _adaptive_streamed(nbytes, plane_bytes, dtype):
+    return _streamed(nbytes) and dtype != np.float16 and \
+        _ADAPTIVE_STREAM_PLANES[0] <= plane_bytes <= _ADAPTIVE_STREAM_PLANES[1]
+
+
 def _streamed(res):
     """Whether a gradient (an array, or its size in bytes) is written with streaming stores."""
     return (res if isinstance(res, int) else res.nbytes) >= STREAM_MIN_BYTES
@@ -375,10 +380,8 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
         # (a large gradient of mid-sized planes: the kernel that streams the planes out)
         kern = _dispatch.kernel("adaptive_backward", "cpu", CF,
                                 _parallel(cells * lay.n * lay.c + gsize * taps),
-                                _streamed(math.prod(mshape) * dtype.itemsize) and
-                                dtype != np.float16 and
-                                _ADAPTIVE_STREAM_PLANES[0] <= cells * dtype.itemsize <=
-                                _ADAPTIVE_STREAM_PLANES[1])
+                                _adaptive_streamed(math.prod(mshape) * dtype.itemsize,
+                                                   cells * dtype.itemsize, dtype))
 
     def run(x, extra):
         gm = _grad_mem(op, extra[0], lay, osp, dtype)

@@ -31,9 +31,10 @@ and uses ``max`` where one is.
 
 ``vdiv`` divides a vector of cells by arrays or numbers (the compiler leaves division loops
 scalar).  ``stream_upto`` copies a task's results from scratch to the output with
-non-temporal vector stores over the vector-aligned middle, ``sfence`` ending
-the task: intrinsics that emit the loops, since a jitted helper taking arrays costs ~150 ns a
-call.
+non-temporal vector stores over the vector-aligned middle, ``stream_lines`` (a copy) and
+``stream_sum`` (the sum of one or two rows) over the destination's whole 64-byte lines,
+``sfence`` ending the task: intrinsics that emit the loops, since a jitted helper taking
+arrays costs ~150 ns a call.
 """
 from llvmlite import ir
 from numba import types

@@ -21,9 +21,12 @@ channels-last ``(N, OD, OH, OW, C)``, ``(N, D, H, W, C)`` (flat ``(N, OS, C)``/`
 The window tables ``tab``/``dil`` are those of the forward kernels (see ``window.py``).
 ``bad`` (tasks, 2) receives (1 + plane, value) for the first out-of-range index of a task.
 
-``nt`` (channels-first average/Lp rows and the max scatter of float32/float64): each task
-builds its run of gin in scratch and streams it out with non-temporal stores as its rows or
-planes are done (``_simd.stream_upto``), for gradients too large to stay in the cache.
+``nt`` (gradients too large to stay in the cache) selects non-temporal stores, which write a
+line without reading it first: channels-first average/Lp rows, the max scatter (float32/
+float64, both layouts) and the tiled max build each task's run of gin in scratch and stream it
+out as its rows or planes are done (``_simd.stream_upto``); the channels-last max without
+indices and average stream each finished row over its whole lines (``stream_lines``,
+``stream_sum``).  The adaptive average takes the choice at compile time (``stream``).
 
 Indices that are not plain ``range`` variables are cast to unsigned (``U``) before indexing:
 Numba's negative-index wraparound on a signed index otherwise blocks vectorisation.
@@ -142,15 +145,15 @@ def make_max_scatter(layout, parallel, direct=False):
                                 bad[t, 0] = 1 + n * C + c0 + c
                                 bad[t, 1] = i
                             ok = False
-                        elif own and not ntd:
-                            gn[U(i * C + c)] += load(g[n, o, U(c)], marker)
                         elif ntd:
                             buf[U(i * C + c)] += load(g[n, o, U(c)], marker)
+                        elif own:
+                            gn[U(i * C + c)] += load(g[n, o, U(c)], marker)
                         else:
                             buf[U(i * wb + c)] += load(g[n, o, U(c0 + c)], marker)
                     if not ok:
                         break
-                if DIRECT and nt and own:
+                if DIRECT and nt and own:  # (ntd, spelled so that float16 folds it away)
                     stream_upto(buf, 0, -(S * C), gn, 0, marker)
                     sfence()
                 if ok and not own:
@@ -906,7 +909,7 @@ def make_adaptive_backward(layout, parallel, stream=False):
             q0 = t * blk
             PL = new_empty((q1 - q0) * HW + WP if STREAM else 1, gin.dtype)
             done = 0
-            for q in range(t * blk, q1):
+            for q in range(q0, q1):
                 gb = U(q * OSt)
                 ns = (OSt + 31) // 32 * 32 if q * OSt + (OSt + 31) // 32 * 32 <= NG else OSt
                 nv = ns - ns % vector_lanes(sh, marker)
