@@ -457,9 +457,15 @@ def vdiv(typingctx, src, i, dens, j, dst, k, marker):
     entries of the tuple ``dens``, each an array (``d[j + o]``, of the compute type) or a number
     (every lane), in that order.  The compiler leaves a loop of divisions scalar (its cost model
     prices a vector division too high), at 4-5 cycles a quotient; the same divisions in one
-    vector instruction give the same bits (IEEE division is correctly rounded per lane)."""
-    if not (_float(src, marker) and _float(dst, marker) and _typed(src, dst, marker)
-            and isinstance(dens, types.BaseTuple)):
+    vector instruction give the same bits (IEEE division is correctly rounded per lane).
+    Integer arrays type-check and emit nothing (callers test ``vector_lanes`` first)."""
+    if not isinstance(dens, types.BaseTuple):
+        return None
+    if not (_float(src, marker) and _float(dst, marker)):
+        def nothing(context, builder, sig, args):
+            return context.get_dummy_value()
+        return types.void(src, i, dens, j, dst, k, marker), nothing
+    if not _typed(src, dst, marker):
         return None
     cty, _ = _compute(src, marker)
     for d in dens:
