@@ -367,7 +367,15 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
                                           gsize * taps * (2 if power else 1)))
     if adaptive:
         from ._cpu.backward import adaptive_gather
-        gt = adaptive_gather(_covering(inv, ilist, 2, s3[2], o3[2]), o3[1], o3[2])
+        from ._cpu._simd import lanes
+        iw = _covering(inv, ilist, 2, s3[2], o3[2])
+        gt = adaptive_gather(iw, o3[1], o3[2])
+        # output rows of at most a vector of shares: each cell's covering windows along W as
+        # lanes of that vector (o3[2] where none), padded to whole 32-cell rows
+        gi = np.zeros((iw.shape[0], 0), np.int32)
+        if o3[2] <= lanes(np.dtype(np.float64 if dtype == np.float64 else np.float32).itemsize):
+            gi = np.full((iw.shape[0], -(-s3[2] // 32) * 32), o3[2], np.int32)
+            gi[:, :s3[2]] = iw
         ih = _covering(inv, ilist, 1, s3[1], o3[1])
         ch = np.ascontiguousarray(inv[1, 1, :s3[1]])
         # per output cell, its divisors along H and W (padded: the kernel's share loop runs
@@ -396,7 +404,7 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
         elif adaptive:
             with launch_lock():
                 kern(_bits(gm).reshape(lay.n * lay.c, -1), _bits(res).reshape(lay.n * lay.c, -1),
-                     gt, ih, ch, dh, dw, s3[1], s3[2], o3[1], o3[2],
+                     gt, gi, ih, ch, dh, dw, s3[1], s3[2], o3[1], o3[2],
                      _plane_block(lay.n * lay.c, cells), acc, marker)
         else:
             blk = _plane_block(lay.n * lay.c, cells) if lay.mem == CF else \

@@ -534,11 +534,14 @@ def test_average_backward_paired_windows(dtype):
 
 
 # (spatial, output size, dtype, parallel): overlapping windows of two sizes (columns under two
-# windows), non-overlapping ones and upsampling (input rows and columns under up to 4 windows)
+# windows), non-overlapping ones and upsampling (input rows and columns under up to 4 windows);
+# output rows of at most a vector of shares (8 float32 / float16, 4 float64: picked by one
+# permute), of exactly one, and longer ones (gathered cell by cell)
 ADAPTIVE_BWD = [((30, 30), (7, 7), np.float32, True), ((13, 11), (4, 3), np.float64, False),
                 ((9, 40), (5, 9), np.float16, False), ((16, 24), (4, 6), np.float32, False),
                 ((5, 6), (17, 13), np.float64, False), ((61,), (9,), np.float32, False),
-                ((7,), (19,), np.float16, False), ((1, 33), (1, 8), np.float32, True)]
+                ((7,), (19,), np.float16, False), ((1, 33), (1, 8), np.float32, True),
+                ((10, 23), (3, 4), np.float64, False), ((12, 21), (5, 8), np.float16, False)]
 
 
 @pytest.mark.parametrize("case", ADAPTIVE_BWD, ids=[f"a{i}" for i in range(len(ADAPTIVE_BWD))])

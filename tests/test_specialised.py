@@ -832,3 +832,38 @@ def test_scratch_and_view_intrinsics():
     for bad in (a[:, 1], a[:, :, ::2], a[::2]):
         with pytest.raises(ValueError, match="not C-contiguous"):
             view_a(bad)
+
+
+@pytest.mark.parametrize("avx2", [True, False], ids=["permute", "selects"])
+def test_vspread_intrinsic(avx2, monkeypatch):
+    """``vspread`` (a vector of picks from a short row) against NumPy: with AVX2's permute and
+    with the select chain of other CPUs; indices out of range, -0.0 and NaN included."""
+    from numba import njit
+    from fastpool._cpu import _simd
+    real = _simd._avx2
+    monkeypatch.setattr(_simd, "_avx2", lambda: avx2 and real())
+    rng = np.random.default_rng(11)
+    for dtype in (np.float32, np.float64):
+        L = _simd.lanes(np.dtype(dtype).itemsize)
+
+        @njit
+        def spread(src, s0, n, idx, k, dst, first):  # one row of idx, a vector at a time
+            for c in range(0, idx.shape[1], L):
+                _simd.vspread(src, s0, n, idx, (k, c), dst, c, first, None)
+
+        for n in (1, 3, L - 1, L):
+            src = rng.standard_normal(2 * L + 5).astype(dtype)
+            src[[1, 4]] = -0.0
+            src[2] = np.nan
+            idx = rng.integers(-2, L + 3, size=(2, 3 * L)).astype(np.int32)
+            idx[0, :n] = np.arange(n)
+            for first in (True, False):
+                for s0 in (0, 3):
+                    old = rng.standard_normal(3 * L).astype(dtype)
+                    old[:4] = -0.0
+                    dst = old.copy()
+                    spread(src, s0, n, idx, 1, dst, first)
+                    ok = (idx[1] >= 0) & (idx[1] < n)
+                    pick = np.where(ok, src[s0 + np.clip(idx[1], 0, n - 1)], dtype(0))
+                    want = (np.zeros_like(old) if first else old) + pick
+                    assert dst.tobytes() == want.tobytes(), (dtype, n, first, s0, avx2)

@@ -30,7 +30,7 @@ no NaN rule), the same bits as ``max`` on taps without a NaN: the kernel checks 
 and uses ``max`` where one is.
 
 ``vdiv`` divides a vector of cells by arrays or numbers (the compiler leaves division loops
-scalar).  ``stream_upto`` copies a task's results from scratch to the output with
+scalar); ``vspread`` picks a vector of cells from a row that fits one register (a permute).  ``stream_upto`` copies a task's results from scratch to the output with
 non-temporal vector stores over the vector-aligned middle, ``stream_lines`` (a copy) and
 ``stream_sum`` (the sum of one or two rows) over the destination's whole 64-byte lines,
 ``sfence`` ending the task: intrinsics that emit the loops, since a jitted helper taking
@@ -496,6 +496,77 @@ def vdiv(typingctx, src, i, dens, j, dst, k, marker):
         _store(context, builder, dst, marker, q, m, L)
         return context.get_dummy_value()
     return types.void(src, i, dens, j, dst, k, marker), codegen
+
+
+def _avx2():
+    """Whether the code Numba emits may use AVX2 (it compiles for the host unless told a CPU)."""
+    from numba.core import config
+    if config.CPU_NAME not in (None, "host"):
+        return False
+    from llvmlite import binding
+    return "+avx2" in binding.get_host_cpu_features().flatten().split(",")
+
+
+def _permute(builder, v, iv, L):
+    """``v[iv[o]]`` for every lane ``o`` (indices taken modulo L): one ``vpermps`` with AVX2
+    (float64 lanes as pairs of float32 ones), else one select per source lane."""
+    i32 = ir.IntType(32)
+    wide = 2 if isinstance(v.type.element, ir.DoubleType) else 1
+    if _avx2() and L * wide == 8:
+        v8 = builder.bitcast(v, ir.VectorType(ir.FloatType(), 8))
+        iv = builder.and_(iv, ir.Constant(iv.type, [L - 1] * L))
+        if L == 4:  # double lane o -> float lanes 2 * iv[o], 2 * iv[o] + 1
+            iv = builder.shuffle_vector(iv, iv, ir.Constant(ir.VectorType(i32, 8),
+                                                            [o // 2 for o in range(8)]))
+            iv = builder.add(builder.shl(iv, ir.Constant(iv.type, [1] * 8)),
+                             ir.Constant(iv.type, [o % 2 for o in range(8)]))
+        fnty = ir.FunctionType(v8.type, [v8.type, iv.type])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx2.permps")
+        return builder.bitcast(builder.call(fn, [v8, iv]), v.type)
+    iv = builder.and_(iv, ir.Constant(iv.type, [L - 1] * L))
+    r = ir.Constant(v.type, None)
+    for j in range(L):
+        e = builder.extract_element(v, i32(j))
+        sp = builder.insert_element(ir.Constant(v.type, ir.Undefined), e, i32(0))
+        sp = builder.shuffle_vector(sp, sp, ir.Constant(ir.VectorType(i32, L), [0] * L))
+        r = builder.select(builder.icmp_unsigned("==", iv, ir.Constant(iv.type, [j] * L)), sp, r)
+    return r
+
+
+@intrinsic
+def vspread(typingctx, src, s0, nsrc, idx, i0, dst, d0, first, marker):
+    """One vector of picks from a short row: ``dst[d0 + o] = (+0 if first else dst[d0 + o]) +
+    (src[s0 + idx[i0 + o]] if 0 <= idx[i0 + o] < nsrc else +0)``, for compute-type arrays
+    ``src``/``dst`` and an int32 ``idx``; ``nsrc`` at most a vector's lanes (the row lies in one
+    register, and the picks are one permute instead of a load per cell).  ``src[s0:]`` must
+    hold a whole vector.  Integer arrays type-check and emit nothing."""
+    if not (_float(src, marker) and _float(dst, marker)):
+        def nothing(context, builder, sig, args):
+            return context.get_dummy_value()
+        return types.void(src, s0, nsrc, idx, i0, dst, d0, first, marker), nothing
+    if not (_typed(src, dst, marker) and isinstance(idx, types.Array)
+            and idx.dtype == types.int32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        L = _nlanes(src, marker)
+        v = _load(context, builder, src, marker,
+                  _pointer(context, builder, src, args[0], sig.args[1], args[1]), L, 0)
+        ip = _pointer(context, builder, idx, args[3], sig.args[4], args[4])
+        vty = ir.VectorType(ir.IntType(32), L)
+        iv = builder.load(builder.bitcast(ip, vty.as_pointer()), align=1)
+        n = context.cast(builder, args[2], sig.args[2], types.int32)
+        nv = builder.insert_element(ir.Constant(vty, ir.Undefined), n, ir.IntType(32)(0))
+        nv = builder.shuffle_vector(nv, nv, ir.Constant(vty, [0] * L))
+        pick = builder.select(builder.icmp_unsigned("<", iv, nv), _permute(builder, v, iv, L),
+                              ir.Constant(v.type, None))
+        dp = _pointer(context, builder, dst, args[5], sig.args[6], args[6])
+        old = _load(context, builder, dst, marker, dp, L, 0)
+        f = context.cast(builder, args[7], sig.args[7], types.boolean)
+        base = builder.select(f, ir.Constant(v.type, None), old)
+        _store(context, builder, dst, marker, dp, builder.fadd(base, pick), L)
+        return context.get_dummy_value()
+    return types.void(src, s0, nsrc, idx, i0, dst, d0, first, marker), codegen
 
 
 # ----------------------------------------------------------------------------- streaming stores
