@@ -640,6 +640,26 @@ def test_vector_rows_against_reference(case, dtype, all_hot_serial, monkeypatch)
             np.testing.assert_array_equal(_bits(a), _bits(scalar))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_long_rows_2x2_max(dtype, monkeypatch):
+    """Max k2s2 on rows of ``separable.ROW_BYTES`` or more (each row's pair maxima, then the
+    two rows combined) and just below (the fused vectors): the bits of a row-major scan, NaN,
+    infinities and ties of -0.0 / +0.0 included, odd and even widths."""
+    from fastpool._cpu.separable import ROW_BYTES
+    monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0)  # (the vectors: parallel kernels only)
+    isz = np.dtype(dtype).itemsize
+    rng = np.random.default_rng(isz)
+    for W in (ROW_BYTES // isz - 1, ROW_BYTES // isz, ROW_BYTES // isz + 17):
+        x = _input(rng, (2, 3, 7, W), dtype)
+        flat = x.reshape(-1)
+        flat[rng.choice(flat.size, flat.size // 4, replace=False)] = -0.0
+        flat[rng.choice(flat.size, flat.size // 4, replace=False)] = 0.0
+        flat[rng.choice(flat.size, 9, replace=False)] = np.nan
+        flat[rng.choice(flat.size, 5, replace=False)] = np.inf
+        got = fastpool.max_pool2d(x, 2, 2)
+        assert _bits(got).tobytes() == _bits(_row_major_2x2(x, "max")).tobytes(), (W, dtype)
+
+
 # 1-d k3s2 / k2s2 rows in the parallel kernels: without padding every window lies inside the
 # row and the horizontal vectors read the input row itself (no scratch copy); with padding or
 # ceil mode the padded scratch row.  The bits must be the table-driven kernel's.
