@@ -660,6 +660,32 @@ def test_long_rows_2x2_max(dtype, monkeypatch):
         assert _bits(got).tobytes() == _bits(_row_major_2x2(x, "max")).tobytes(), (W, dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int32, np.int64])
+def test_integer_rows_2x2_max(dtype, monkeypatch):
+    """Integer max k2s2 in the parallel kernel (one row at a time, vectors of pair maxima):
+    against a NumPy maximum over the four taps, the extreme values of the type included (an
+    unsigned compare for unsigned types), rows shorter than a vector, of at least one, and
+    longer ones whose last vector overlaps the one before; odd widths and heights."""
+    from fastpool._cpu.separable import FLAT_MAX_ROW
+    monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0)
+    info = np.iinfo(dtype)
+    lanes = 32 // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(np.dtype(dtype).itemsize + 3 * (info.min < 0))
+    # (rows of at most FLAT_MAX_ROW cells take the flat groups: the vectors need longer ones)
+    wide = max(lanes, FLAT_MAX_ROW // 2 + 1)
+    for ow in (lanes - 1, wide, wide + 3, wide + lanes + 5):
+        W = 2 * ow + int(rng.integers(0, 2))
+        x = rng.integers(info.min, info.max, size=(2, 3, 7, W), endpoint=True, dtype=dtype)
+        flat = x.reshape(-1)
+        flat[rng.choice(flat.size, 7, replace=False)] = info.max
+        flat[rng.choice(flat.size, 7, replace=False)] = info.min
+        got = fastpool.max_pool2d(x, 2, 2)
+        t = x[..., :6, :2 * ow]
+        want = np.maximum(np.maximum(t[..., 0::2, 0::2], t[..., 0::2, 1::2]),
+                          np.maximum(t[..., 1::2, 0::2], t[..., 1::2, 1::2]))
+        assert got.dtype == dtype and np.array_equal(got, want), (dtype, ow)
+
+
 # 1-d k3s2 / k2s2 rows in the parallel kernels: without padding every window lies inside the
 # row and the horizontal vectors read the input row itself (no scratch copy); with padding or
 # ceil mode the padded scratch row.  The bits must be the table-driven kernel's.

@@ -212,6 +212,57 @@ def vector_lanes(typingctx, arr, marker):
     return types.intp(arr, marker), codegen
 
 
+@intrinsic
+def int_lanes(typingctx, arr):
+    """Outputs per vector of ``ipair_row`` for an integer array (a constant), 0 for others."""
+    n = BYTES * 8 // arr.dtype.bitwidth if isinstance(arr.dtype, types.Integer) else 0
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, n)
+    return types.intp(arr), codegen
+
+
+@intrinsic
+def ipair_row(typingctx, src, i, dst, j, acc):
+    """One vector of maxima over pairs of an integer row (``int_lanes`` outputs): ``dst[j +
+    o]`` = the larger of ``src[i + 2 * o]`` and ``src[i + 2 * o + 1]``, or of those and ``dst[j
+    + o]`` itself where ``acc`` (the 2 x 2 windows' second row; for integers the order of the
+    maxima does not change the result).  It reads ``src[i + 2 * L - 1]`` last, the last
+    output's last tap.  Float arrays type-check and emit nothing (callers test ``int_lanes``
+    first)."""
+    sig = types.void(src, i, dst, j, acc)
+    if not (isinstance(src.dtype, types.Integer) and src.dtype == dst.dtype):
+        def nothing(context, builder, sig, args):
+            return context.get_dummy_value()
+        return sig, nothing
+
+    def codegen(context, builder, sig, args):
+        elt = context.get_data_type(src.dtype)
+        L = BYTES * 8 // src.dtype.bitwidth
+        vt = ir.VectorType(elt, L)
+        cmp = builder.icmp_signed if src.dtype.signed else builder.icmp_unsigned
+
+        def vmax(a, b):
+            return builder.select(cmp(">", b, a), b, a)
+        p = builder.bitcast(_pointer(context, builder, src, args[0], sig.args[1], args[1]),
+                            elt.as_pointer())
+        lo, hi = [builder.load(builder.bitcast(builder.gep(p, [ir.IntType(64)(h * L)]),
+                                               vt.as_pointer()), align=1) for h in range(2)]
+        i32 = ir.IntType(32)
+        even = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(i32, L),
+                                                          [2 * o for o in range(L)]))
+        odd = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(i32, L),
+                                                         [2 * o + 1 for o in range(L)]))
+        m = vmax(even, odd)
+        q = builder.bitcast(_pointer(context, builder, dst, args[2], sig.args[3], args[3]),
+                            vt.as_pointer())
+        a = context.cast(builder, args[4], sig.args[4], types.boolean)
+        old = builder.load(q, align=1)
+        builder.store(builder.select(a, vmax(old, m), m), q, align=1)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
 def _typed(src, dst, marker):
     """Any arrays type (the kernels compile one body for every dtype); the code is emitted only
     for float ones whose compute types agree (callers test ``vector_lanes`` first)."""
