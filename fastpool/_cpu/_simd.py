@@ -30,7 +30,9 @@ no NaN rule), the same bits as ``max`` on taps without a NaN: the kernel checks 
 and uses ``max`` where one is.
 
 ``vdiv`` divides a vector of cells by arrays or numbers (the compiler leaves division loops
-scalar); ``vspread`` picks a vector of cells from a row that fits one register (a permute).  ``stream_upto`` copies a task's results from scratch to the output with
+scalar); ``vspread`` picks a vector of cells from a row that fits one register (a permute);
+``ipair_row`` reduces an integer row's pairs (``int_lanes`` outputs a vector).
+``stream_upto`` copies a task's results from scratch to the output with
 non-temporal vector stores over the vector-aligned middle, ``stream_lines`` (a copy) and
 ``stream_sum`` (the sum of one or two rows) over the destination's whole 64-byte lines,
 ``sfence`` ending the task: intrinsics that emit the loops, since a jitted helper taking

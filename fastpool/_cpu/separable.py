@@ -19,8 +19,8 @@ import numpy as np
 from numba import prange
 
 from ._intrinsics import load, to_storage, flat_view, new_full
-from ._simd import (vector_lanes, vdiv, int_lanes, ipair_row, hwin32_max, hwin32_avg, hwin22_max, fwin22_max, fwin22_avg,
-                    fwin22_maxi,
+from ._simd import (vector_lanes, vdiv, int_lanes, ipair_row, hwin32_max, hwin32_avg,
+                    hwin22_max, fwin22_max, fwin22_avg, fwin22_maxi,
                     vcol2_max, vcol2_sum, vcol3_max, vcol3_sum, prefetch, vpair_max, vpair_pmax,
                     rows_nan, hwin31_max, hwin31_pmax, hwin51_max, hwin51_pmax, hwin71_max,
                     hwin71_pmax)
@@ -1006,8 +1006,8 @@ def make_adaptive(kind, parallel, KH, KW):
                 for oh in range(OH):
                     nh = tab[1, 1, oh]
                     # prefetch the input AHEAD bytes past the rows this output row starts on,
-                    # up to where the next one starts: the lines arrive while the passes
-                    # below compute, which they otherwise wait for after each plane's
+                    # up to where the next one starts: the lines then arrive while the passes
+                    # below compute (without it each plane's passes waited for its lines)
                     lo = q * HW + tab[1, 0, oh] * Wt + AHEAD // xf.itemsize
                     hi = (q * HW + tab[1, 0, oh + 1] * Wt if oh + 1 < OH else (q + 1) * HW) + \
                         AHEAD // xf.itemsize
