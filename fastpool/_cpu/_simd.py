@@ -215,25 +215,28 @@ def vector_lanes(typingctx, arr, marker):
 
 
 @intrinsic
-def int_lanes(typingctx, arr):
-    """Outputs per vector of ``ipair_row`` for an integer array (a constant), 0 for others."""
-    n = BYTES * 8 // arr.dtype.bitwidth if isinstance(arr.dtype, types.Integer) else 0
+def int_lanes(typingctx, arr, marker):
+    """Outputs per vector of ``ipair_row`` for an integer array (a constant), 0 for others,
+    float16 bits (``uint16`` with the ``HALF`` marker) included."""
+    n = BYTES * 8 // arr.dtype.bitwidth \
+        if isinstance(arr.dtype, types.Integer) and not _half(arr, marker) else 0
 
     def codegen(context, builder, sig, args):
         return context.get_constant(types.intp, n)
-    return types.intp(arr), codegen
+    return types.intp(arr, marker), codegen
 
 
 @intrinsic
-def ipair_row(typingctx, src, i, dst, j, acc):
+def ipair_row(typingctx, src, i, dst, j, acc, marker):
     """One vector of maxima over pairs of an integer row (``int_lanes`` outputs): ``dst[j +
     o]`` = the larger of ``src[i + 2 * o]`` and ``src[i + 2 * o + 1]``, or of those and ``dst[j
     + o]`` itself where ``acc`` (the 2 x 2 windows' second row; for integers the order of the
     maxima does not change the result).  It reads ``src[i + 2 * L - 1]`` last, the last
-    output's last tap.  Float arrays type-check and emit nothing (callers test ``int_lanes``
-    first)."""
-    sig = types.void(src, i, dst, j, acc)
-    if not (isinstance(src.dtype, types.Integer) and src.dtype == dst.dtype):
+    output's last tap.  Float arrays (float16 bits included) type-check and emit nothing
+    (callers test ``int_lanes`` first)."""
+    sig = types.void(src, i, dst, j, acc, marker)
+    if not (isinstance(src.dtype, types.Integer) and src.dtype == dst.dtype) or \
+            _half(src, marker):
         def nothing(context, builder, sig, args):
             return context.get_dummy_value()
         return sig, nothing

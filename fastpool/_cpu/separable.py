@@ -225,18 +225,18 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                 v = tmp[OW + j]
                                 out[q, od, oh, j] = to_storage(v if ((v > m) | (v != v)) else m,
                                                                marker)
-                        if MAX and VFUSE and int_lanes(x) > 0 and xunit and ounit and \
-                                OW >= int_lanes(x):
+                        if MAX and VFUSE and int_lanes(x, marker) > 0 and xunit and ounit and \
+                                OW >= int_lanes(x, marker):
                             # integers: one row at a time, vectors of pair maxima (ipair_row),
                             # the second row's folded into the first's in the output row; the
                             # last vector ends at the row's end
                             for b in range(2):
                                 j0 = 0
                                 while j0 < OW:
-                                    jv = min(j0, OW - int_lanes(x))
+                                    jv = min(j0, OW - int_lanes(x, marker))
                                     ipair_row(x, (q, d0, h0 + b * dh, U(2 * jv)), out,
-                                              (q, od, oh, U(jv)), b == 1)
-                                    j0 += int_lanes(x)
+                                              (q, od, oh, U(jv)), b == 1, marker)
+                                    j0 += int_lanes(x, marker)
                         if VFUSE and L > 0 and xunit and ounit and OW >= L:
                             # vectors at L-steps, the last one ending at the row's end (it may
                             # overlap the one before: the same values written twice, no
@@ -976,8 +976,10 @@ def make_adaptive(kind, parallel, KH, KW):
     divided a vector of cells at a time, ``vdiv``: the compiler leaves that loop scalar).  The
     input AHEAD bytes on is prefetched as the rows advance: without it each plane's passes
     wait for its lines, and the time is compute plus memory (16x256x30x30 -> 7, caches flushed
-    between calls, 2 threads: 0.93x with the prefetch, 0.98x with the vector division).  Every
-    offset is clamped at 0 in the parallel body, so that no index needs negative-index handling.
+    between calls, 2 threads: 0.93x with the prefetch, 0.98x with the vector division).  Both
+    are in the parallel kernel only: the serial one runs small calls, and compiles faster
+    without them.  Every offset is clamped at 0 in the parallel body, so that no index needs
+    negative-index handling.
     """
     MAX = kind == "max"
     PAR = parallel
@@ -998,21 +1000,24 @@ def make_adaptive(kind, parallel, KH, KW):
             HW = max(H, 1) * Wt
             T = new_full(TL + 32, init)
             S = new_full(2 * TL + 32, init)
-            G = new_full(NC + 32, init)
-            D = new_full(NC + 32, init)  # the divisors in the compute type
-            for i in range(NC):
-                D[i] = dv[i]
+            G = new_full(NC + 32 if PAR else 1, init)
+            D = new_full(NC + 32 if PAR else 1, init)  # the divisors in the compute type
+            if PAR:
+                for i in range(NC):
+                    D[i] = dv[i]
             for q in range(t * blk, min(P, (t + 1) * blk)):
                 for oh in range(OH):
                     nh = tab[1, 1, oh]
-                    # prefetch the input AHEAD bytes past the rows this output row starts on,
-                    # up to where the next one starts: the lines then arrive while the passes
-                    # below compute (without it each plane's passes waited for its lines)
-                    lo = q * HW + tab[1, 0, oh] * Wt + AHEAD // xf.itemsize
-                    hi = (q * HW + tab[1, 0, oh + 1] * Wt if oh + 1 < OH else (q + 1) * HW) + \
-                        AHEAD // xf.itemsize
-                    for a in range(lo - lo % (64 // xf.itemsize), hi, 64 // xf.itemsize):
-                        prefetch(xf, U(a))
+                    if PAR:
+                        # prefetch the input AHEAD bytes past the rows this output row starts
+                        # on, up to where the next one starts: the lines then arrive while the
+                        # passes below compute (without it each plane's passes waited for
+                        # its lines)
+                        lo = q * HW + tab[1, 0, oh] * Wt + AHEAD // xf.itemsize
+                        hi = AHEAD // xf.itemsize + (q * HW + tab[1, 0, oh + 1] * Wt
+                                                     if oh + 1 < OH else (q + 1) * HW)
+                        for a in range(lo - lo % (64 // xf.itemsize), hi, 64 // xf.itemsize):
+                            prefetch(xf, U(a))
                     xb = max(q * HW + tab[1, 0, oh] * Wt, 0)
                     tb = max(oh * WP, 0)
                     # the whole padded row when the array holds it, else the row itself
@@ -1060,7 +1065,7 @@ def make_adaptive(kind, parallel, KH, KW):
                         else:
                             S[TL + j] = m + v
                 ob = max(q * NC, 0)
-                if not MAX and vector_lanes(G, marker):
+                if PAR and not MAX and vector_lanes(G, marker):
                     # the window sums gathered, then divided a vector at a time (vdiv)
                     for i in range(NC):
                         G[i] = S[off[i]]
