@@ -373,7 +373,7 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
         # output rows of at most a vector of shares: each cell's covering windows along W as
         # lanes of that vector (o3[2] where none), padded to whole 32-cell rows
         gi = np.zeros((iw.shape[0], 0), np.int32)
-        if o3[2] <= lanes(np.dtype(np.float64 if dtype == np.float64 else np.float32).itemsize):
+        if o3[2] <= lanes(8 if dtype == np.float64 else 4):  # (compute type's bytes)
             gi = np.full((iw.shape[0], -(-s3[2] // 32) * 32), o3[2], np.int32)
             gi[:, :s3[2]] = iw
         ih = _covering(inv, ilist, 1, s3[1], o3[1])

@@ -237,9 +237,7 @@ def ipair_row(typingctx, src, i, dst, j, acc, marker):
     sig = types.void(src, i, dst, j, acc, marker)
     if not (isinstance(src.dtype, types.Integer) and src.dtype == dst.dtype) or \
             _half(src, marker):
-        def nothing(context, builder, sig, args):
-            return context.get_dummy_value()
-        return sig, nothing
+        return _emits_nothing(sig)
 
     def codegen(context, builder, sig, args):
         elt = context.get_data_type(src.dtype)
@@ -518,9 +516,7 @@ def vdiv(typingctx, src, i, dens, j, dst, k, marker):
     if not isinstance(dens, types.BaseTuple):
         return None
     if not (_float(src, marker) and _float(dst, marker)):
-        def nothing(context, builder, sig, args):
-            return context.get_dummy_value()
-        return types.void(src, i, dens, j, dst, k, marker), nothing
+        return _emits_nothing(types.void(src, i, dens, j, dst, k, marker))
     if not _typed(src, dst, marker):
         return None
     cty, _ = _compute(src, marker)
@@ -568,9 +564,9 @@ def _permute(builder, v, iv, L):
     (float64 lanes as pairs of float32 ones), else one select per source lane."""
     i32 = ir.IntType(32)
     wide = 2 if isinstance(v.type.element, ir.DoubleType) else 1
+    iv = builder.and_(iv, ir.Constant(iv.type, [L - 1] * L))
     if _avx2() and L * wide == 8:
         v8 = builder.bitcast(v, ir.VectorType(ir.FloatType(), 8))
-        iv = builder.and_(iv, ir.Constant(iv.type, [L - 1] * L))
         if L == 4:  # double lane o -> float lanes 2 * iv[o], 2 * iv[o] + 1
             iv = builder.shuffle_vector(iv, iv, ir.Constant(ir.VectorType(i32, 8),
                                                             [o // 2 for o in range(8)]))
@@ -579,7 +575,6 @@ def _permute(builder, v, iv, L):
         fnty = ir.FunctionType(v8.type, [v8.type, iv.type])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx2.permps")
         return builder.bitcast(builder.call(fn, [v8, iv]), v.type)
-    iv = builder.and_(iv, ir.Constant(iv.type, [L - 1] * L))
     r = ir.Constant(v.type, None)
     for j in range(L):
         e = builder.extract_element(v, i32(j))
@@ -597,9 +592,7 @@ def vspread(typingctx, src, s0, nsrc, idx, i0, dst, d0, first, marker):
     register, and the picks are one permute instead of a load per cell).  ``src[s0:]`` must
     hold a whole vector.  Integer arrays type-check and emit nothing."""
     if not (_float(src, marker) and _float(dst, marker)):
-        def nothing(context, builder, sig, args):
-            return context.get_dummy_value()
-        return types.void(src, s0, nsrc, idx, i0, dst, d0, first, marker), nothing
+        return _emits_nothing(types.void(src, s0, nsrc, idx, i0, dst, d0, first, marker))
     if not (_typed(src, dst, marker) and isinstance(idx, types.Array)
             and idx.dtype == types.int32):
         return None
@@ -693,6 +686,14 @@ def _emit_stream(context, builder, src, sarr, s0, dst, darr, d0, n, marker, line
 def _stream_types(src, dst, marker):
     return isinstance(src, types.Array) and isinstance(dst, types.Array) and \
         src.dtype == dst.dtype and _float(dst, marker)
+
+
+def _emits_nothing(sig):
+    """The typing of a void intrinsic that emits no code for these arrays (integer arrays for a
+    float intrinsic or the reverse: the caller tests ``vector_lanes`` / ``int_lanes`` first)."""
+    def nothing(context, builder, sig, args):
+        return context.get_dummy_value()
+    return sig, nothing
 
 
 def _not_streamed(sig):

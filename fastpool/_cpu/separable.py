@@ -1013,10 +1013,12 @@ def make_adaptive(kind, parallel, KH, KW):
                         # on, up to where the next one starts: the lines then arrive while the
                         # passes below compute (without it each plane's passes waited for
                         # its lines)
-                        lo = q * HW + tab[1, 0, oh] * Wt + AHEAD // xf.itemsize
-                        hi = AHEAD // xf.itemsize + (q * HW + tab[1, 0, oh + 1] * Wt
-                                                     if oh + 1 < OH else (q + 1) * HW)
-                        for a in range(lo - lo % (64 // xf.itemsize), hi, 64 // xf.itemsize):
+                        ahead = AHEAD // xf.itemsize
+                        line = 64 // xf.itemsize
+                        lo = q * HW + tab[1, 0, oh] * Wt + ahead
+                        hi = ahead + (q * HW + tab[1, 0, oh + 1] * Wt if oh + 1 < OH
+                                      else (q + 1) * HW)
+                        for a in range(lo - lo % line, hi, line):
                             prefetch(xf, U(a))
                     xb = max(q * HW + tab[1, 0, oh] * Wt, 0)
                     tb = max(oh * WP, 0)
