@@ -29,6 +29,8 @@ which lanes of two rows hold a NaN.  ``pmax`` is the plain first max (``v if v >
 no NaN rule), the same bits as ``max`` on taps without a NaN: the kernel checks for NaN itself
 and uses ``max`` where one is.
 
+``vtile_col``, ``vtile_merge3`` and ``vtile_rows3`` are the passes of the tiled max backward
+(``window.make_max_backward_tiled``) over a vector of columns or windows.
 ``vdiv`` divides a vector of cells by arrays or numbers (the compiler leaves division loops
 scalar); ``vspread`` picks a vector of cells from a row that fits one register (a permute);
 ``ipair_row`` reduces an integer row's pairs (``int_lanes`` outputs a vector).
@@ -435,6 +437,155 @@ def _pair_typer(op):
 # previous pair's).
 vpair_max = _pair_typer("max")
 vpair_pmax = _pair_typer("pmax")
+
+
+def _splat(builder, val, L):
+    """A vector of L copies of the scalar ``val``."""
+    i32 = ir.IntType(32)
+    v = builder.insert_element(ir.Constant(ir.VectorType(val.type, L), ir.Undefined), val,
+                               i32(0))
+    return builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
+                                  ir.Constant(ir.VectorType(i32, L), [0] * L))
+
+
+def _tile_typed(arrs, marker):
+    """Arrays of one float accumulation type (the tiled kernels' scratch)."""
+    return all(isinstance(a, types.Array) and a.dtype == arrs[0].dtype and
+               a.dtype in (types.float32, types.float64) for a in arrs)
+
+
+@intrinsic
+def vtile_col(typingctx, src, i0, i1, i2, V, A, j, codes, marker):
+    """The tiled kernels' vertical pass for ``L`` columns: over the rows at ``src[i0]``,
+    ``src[i1]`` and (three codes) ``src[i2]``, in order, each column's first max / last NaN
+    (``v > m or v != v``) to ``V[j]`` and the code of its row (``codes[r]``) to ``A[j]``."""
+    if not (_float(src, marker) and _tile_typed((V, A), marker) and
+            _compute(src, marker)[0] == V.dtype and isinstance(codes, types.UniTuple) and
+            len(codes) in (2, 3)):
+        return None
+    R = len(codes)
+
+    def codegen(context, builder, sig, args):
+        L = _nlanes(src, marker)
+        rows = [_load(context, builder, src, marker,
+                      _pointer(context, builder, src, args[0], sig.args[1 + r], args[1 + r]),
+                      L, 0) for r in range(R)]
+        code = [_splat(builder, context.cast(builder, c, codes.dtype, V.dtype), L)
+                for c in cgutils.unpack_tuple(builder, args[7], R)]
+        m, a = rows[0], code[0]
+        for v, c in zip(rows[1:], code[1:]):
+            take = builder.or_(builder.fcmp_ordered(">", v, m), builder.fcmp_unordered("uno", v, v))
+            m = builder.select(take, v, m)
+            a = builder.select(take, c, a)
+        for arr, k, v in ((4, 4, m), (5, 5, a)):
+            _store(context, builder, sig.args[arr],
+                   marker, _pointer(context, builder, sig.args[arr], args[arr], sig.args[6],
+                                    args[6]), v, L)
+        return context.get_dummy_value()
+    return types.void(src, i0, i1, i2, V, A, j, codes, marker), codegen
+
+
+@intrinsic
+def vtile_merge3(typingctx, V, A, k, CD, c1, c2, marker):
+    """The codes of ``L`` consecutive 3-wide windows at stride 2 (``make_max_backward_tiled``'s
+    merge loop, windows ``k .. k + L - 1``): window ``j`` merges the columns ``2 j``, ``2 j +
+    1``, ``2 j + 2`` of the row maxima ``V`` and their row codes ``A`` (``+ c1``, ``+ c2`` for
+    the second and third column) with ``window._merge``'s rule, in that order, and its code
+    goes to ``CD[j]``.  Reads ``V[2 k .. 2 k + 2 L + 1]``."""
+    if not _tile_typed((V, A, CD), marker):
+        return None
+
+    def codegen(context, builder, sig, args):
+        Vt = sig.args[0]
+        L = _nlanes(Vt, marker)
+        i32 = ir.IntType(32)
+        kk = context.cast(builder, args[2], sig.args[2], types.intp)
+        k2 = builder.mul(kk, ir.Constant(kk.type, 2))
+        ev = ir.Constant(ir.VectorType(i32, L), list(range(0, 2 * L, 2)))
+        od = ir.Constant(ir.VectorType(i32, L), list(range(1, 2 * L, 2)))
+
+        def columns(arr):
+            p = _pointer(context, builder, Vt, arr, types.intp, k2)
+            a, b = (_load(context, builder, Vt, marker, p, L, o) for o in (0, L))
+            a2, b2 = (_load(context, builder, Vt, marker, p, L, o) for o in (2, L + 2))
+            return (builder.shuffle_vector(a, b, ev), builder.shuffle_vector(a, b, od),
+                    builder.shuffle_vector(a2, b2, ev))
+        v0, v1, v2 = columns(args[0])
+        a0, a1, a2 = columns(args[1])
+        a1 = builder.fadd(a1, _splat(builder, context.cast(builder, args[4], sig.args[4],
+                                                           Vt.dtype), L))
+        a2 = builder.fadd(a2, _splat(builder, context.cast(builder, args[5], sig.args[5],
+                                                           Vt.dtype), L))
+        m, mi = v0, a0
+        for v, ci in ((v1, a1), (v2, a2)):
+            take = builder.or_(
+                builder.or_(builder.fcmp_ordered(">", v, m),
+                            builder.and_(builder.fcmp_ordered("==", v, m),
+                                         builder.fcmp_ordered("<", ci, mi))),
+                builder.and_(builder.fcmp_unordered("uno", v, v),
+                             builder.or_(builder.fcmp_ordered("ord", m, m),
+                                         builder.fcmp_ordered(">", ci, mi))))
+            m = builder.select(take, v, m)
+            mi = builder.select(take, ci, mi)
+        q = _pointer(context, builder, sig.args[3], args[3], types.intp, kk)
+        _store(context, builder, sig.args[3], marker, q, mi, L)
+        return context.get_dummy_value()
+    return types.void(V, A, k, CD, c1, c2, marker), codegen
+
+
+@intrinsic
+def vtile_rows3(typingctx, CD, G, b, bn, codes, dst, o0, o1, marker):
+    """Two input rows of ``make_max_backward_tiled``'s 3 x 3 windows (padding 1) at once, for
+    ``L`` windows of a row: window ``j`` (codes ``CD[b + j]``, gradients ``G[b + j]``; the next
+    output row's at ``bn + j``) gives cells ``2 j`` and ``2 j + 1`` of the rows at ``dst[o0]`` and
+    ``dst[o1]``, each the sum, started at +0 and in output order, of the gradients of the
+    windows whose code (``codes``: the 9 taps' codes, a tuple) names that cell, as the scalar
+    loops add them.  Writes ``2 L`` cells of each row."""
+    if not (_tile_typed((CD, G), marker) and _float(dst, marker) and
+            _compute(dst, marker)[0] == CD.dtype and isinstance(codes, types.UniTuple) and
+            len(codes) == 9):
+        return None
+
+    def codegen(context, builder, sig, args):
+        At = sig.args[0]
+        L = _nlanes(At, marker)
+        i32 = ir.IntType(32)
+        vec = {}
+        for nm, ai, bi, off in (("k00", 0, 2, 0), ("k01", 0, 2, 1), ("k10", 0, 3, 0),
+                                ("k11", 0, 3, 1), ("g00", 1, 2, 0), ("g01", 1, 2, 1),
+                                ("g10", 1, 3, 0), ("g11", 1, 3, 1)):
+            p = _pointer(context, builder, sig.args[ai], args[ai], sig.args[bi], args[bi])
+            vec[nm] = _load(context, builder, sig.args[ai], marker, p, L, off)
+        code = [_splat(builder, context.cast(builder, c, sig.args[4].dtype, At.dtype), L)
+                for c in cgutils.unpack_tuple(builder, args[4], 9)]
+        zero = ir.Constant(vec["k00"].type, None)
+
+        def share(k, c, g):  # the gradient where the window's code names the cell, else +0
+            return builder.select(builder.fcmp_ordered("==", vec[k], code[c]), vec[g], zero)
+
+        def total(terms):
+            t = builder.fadd(zero, share(*terms[0]))
+            for term in terms[1:]:
+                t = builder.fadd(t, share(*term))
+            return t
+        rows = (
+            (total([("k00", 4, "g00")]),
+             total([("k00", 5, "g00"), ("k01", 3, "g01")])),
+            (total([("k00", 7, "g00"), ("k10", 1, "g10")]),
+             total([("k00", 8, "g00"), ("k01", 6, "g01"), ("k10", 2, "g10"),
+                    ("k11", 0, "g11")])),
+        )
+        H = L // 2
+        lo = ir.Constant(ir.VectorType(i32, L), [x for o in range(H) for x in (o, L + o)])
+        hi = ir.Constant(ir.VectorType(i32, L), [x for o in range(H, L) for x in (o, L + o)])
+        for (e, o), di in zip(rows, (6, 7)):
+            p = _pointer(context, builder, sig.args[5], args[5], sig.args[di], args[di])
+            _store(context, builder, sig.args[5], marker, p, builder.shuffle_vector(e, o, lo), L)
+            et = context.get_data_type(sig.args[5].dtype)
+            p2 = builder.gep(builder.bitcast(p, et.as_pointer()), [ir.Constant(ir.IntType(64), L)])
+            _store(context, builder, sig.args[5], marker, p2, builder.shuffle_vector(e, o, hi), L)
+        return context.get_dummy_value()
+    return types.void(CD, G, b, bn, codes, dst, o0, o1, marker), codegen
 
 
 @intrinsic
