@@ -88,7 +88,10 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
     # Rows shorter than NEAR_ROW_BYTES prefetch AHEAD bytes ahead instead (PFD rows of 224
     # bytes are under 1 KiB): average k3s2p1 32x64x56x56 0.82-0.95x the time, max 0.91-0.92x
     # (2 threads, paired A/B, not flushed; flushed 0.95x); 2 KiB ahead measured as PFD rows,
-    # and 8 KiB on 448-byte rows 1.01x, so those keep PFD.
+    # and 8 KiB on 448-byte rows 1.01x, so those keep PFD.  The fused 2x2 rows also prefetch
+    # the output AHEAD bytes past each vector, the line a plain store first reads (float32
+    # 16x128x112x112 0.91-0.96x the time, float64 1.0x; not float16: 1.18x); their input 8 KiB
+    # ahead instead of PFD rows cost 1.10x.
     # Max 2x2 windows on rows of ROW_BYTES or more reduce each row's pairs on its own, then
     # combine the two rows' maxima (the same first-max and NaN rules as the row-major order):
     # reading two long rows side by side left the loads waiting where one row at a time reads
@@ -255,6 +258,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                 r1 = (q, d0, h0 + dh, U(2 * jv))
                                 prefetch(x, (q, d0, h0 + PFD * dh, U(2 * jv)))
                                 prefetch(x, (q, d0, h0 + (PFD + 1) * dh, U(2 * jv)))
+                                if x.itemsize >= 4:  # the output line a store reads, ahead
+                                    prefetch(out, (q, od, oh, U(jv + AHEAD // out.itemsize)))
                                 if MAX:
                                     fwin22_max(x, r0, r1, out, (q, od, oh, U(jv)), div, marker)
                                 else:
