@@ -448,7 +448,7 @@ def _splat(builder, val, L):
                                   ir.Constant(ir.VectorType(i32, L), [0] * L))
 
 
-def _tile_typed(arrs, marker):
+def _tile_typed(*arrs):
     """Arrays of one float accumulation type (the tiled kernels' scratch)."""
     return all(isinstance(a, types.Array) and a.dtype == arrs[0].dtype and
                a.dtype in (types.float32, types.float64) for a in arrs)
@@ -459,7 +459,7 @@ def vtile_col(typingctx, src, i0, i1, i2, V, A, j, codes, marker):
     """The tiled kernels' vertical pass for ``L`` columns: over the rows at ``src[i0]``,
     ``src[i1]`` and (three codes) ``src[i2]``, in order, each column's first max / last NaN
     (``v > m or v != v``) to ``V[j]`` and the code of its row (``codes[r]``) to ``A[j]``."""
-    if not (_float(src, marker) and _tile_typed((V, A), marker) and
+    if not (_float(src, marker) and _tile_typed(V, A) and
             _compute(src, marker)[0] == V.dtype and isinstance(codes, types.UniTuple) and
             len(codes) in (2, 3)):
         return None
@@ -477,10 +477,9 @@ def vtile_col(typingctx, src, i0, i1, i2, V, A, j, codes, marker):
             take = builder.or_(builder.fcmp_ordered(">", v, m), builder.fcmp_unordered("uno", v, v))
             m = builder.select(take, v, m)
             a = builder.select(take, c, a)
-        for arr, k, v in ((4, 4, m), (5, 5, a)):
-            _store(context, builder, sig.args[arr],
-                   marker, _pointer(context, builder, sig.args[arr], args[arr], sig.args[6],
-                                    args[6]), v, L)
+        for arr, v in ((4, m), (5, a)):
+            p = _pointer(context, builder, sig.args[arr], args[arr], sig.args[6], args[6])
+            _store(context, builder, sig.args[arr], marker, p, v, L)
         return context.get_dummy_value()
     return types.void(src, i0, i1, i2, V, A, j, codes, marker), codegen
 
@@ -492,7 +491,7 @@ def vtile_merge3(typingctx, V, A, k, CD, c1, c2, marker):
     1``, ``2 j + 2`` of the row maxima ``V`` and their row codes ``A`` (``+ c1``, ``+ c2`` for
     the second and third column) with ``window._merge``'s rule, in that order, and its code
     goes to ``CD[j]``.  Reads ``V[2 k .. 2 k + 2 L + 1]``."""
-    if not _tile_typed((V, A, CD), marker):
+    if not _tile_typed(V, A, CD):
         return None
 
     def codegen(context, builder, sig, args):
@@ -541,7 +540,7 @@ def vtile_rows3(typingctx, CD, G, b, bn, codes, dst, o0, o1, marker):
     ``dst[o1]``, each the sum, started at +0 and in output order, of the gradients of the
     windows whose code (``codes``: the 9 taps' codes, a tuple) names that cell, as the scalar
     loops add them.  Writes ``2 L`` cells of each row."""
-    if not (_tile_typed((CD, G), marker) and _float(dst, marker) and
+    if not (_tile_typed(CD, G) and _float(dst, marker) and
             _compute(dst, marker)[0] == CD.dtype and isinstance(codes, types.UniTuple) and
             len(codes) == 9):
         return None
