@@ -156,8 +156,10 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                 owhi >= OW and pw == 0 and OW >= L and (OW - 1) * SW + KW <= W
             G = max(1, min(FLAT_ROWS, FLAT_CELLS // TS)) if flat else 1
             # rows the vertical vectors prefetch ahead: AHEAD bytes' worth on short rows
-            pfr = PFD if W * x.itemsize >= NEAR_ROW_BYTES else \
-                max(PFD, AHEAD // max(W * x.itemsize, 1))
+            pfr = PFD
+            if PFV:  # (pruned from the serial kernels, as the prefetches)
+                if W * x.itemsize < NEAR_ROW_BYTES:
+                    pfr = max(PFD, AHEAD // max(W * x.itemsize, 1))
             TW = TS if flat else W  # columns the vertical pass computes
             # padded scratch row: tmp[PADL + w] holds column w
             PADL = max(pw, 0) if (PADT and not flat) else 0
