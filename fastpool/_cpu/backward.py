@@ -36,10 +36,9 @@ from numba import prange
 from numba.extending import overload
 
 from ._intrinsics import load, to_storage, new_empty, flat_view, new_full, new_zeros
-from ._simd import (prefetch, sfence, stream_lines, stream_sum, stream_upto, vcol1_sum,
-                    vcol2_sum, vcol_pair, vdiv, vector_lanes, vspread)
+from ._simd import (sfence, stream_lines, stream_sum, stream_upto, vcol1_sum, vcol2_sum,
+                    vcol_pair, vdiv, vector_lanes, vspread)
 from .._runtime import jit
-from .separable import AHEAD
 from .window import CF, CL, U
 
 
@@ -886,14 +885,10 @@ def make_adaptive_backward(layout, parallel, stream=False):
     row of zeros) in ascending order.  Rows are written WP (W rounded up to 32) cells at a time
     where the task's part of ``gin`` holds them: the cells past the row's end are rewritten by
     the rows after it, and the compiler's 32-wide vector loop never leaves a row to its scalar
-    remainder.  The parallel kernel without streaming prefetches the lines AHEAD bytes past
-    each row it writes: a plain store first reads its line, and those reads waited on memory
-    (paired A/B, 2 threads, 16x256x30x30 -> 7: 0.85-0.95x the time, caches flushed 0.93x; 4
-    and 8 KiB ahead alike, a prefetch for writing as a read one).
+    remainder.
     """
     assert layout == CF
     STREAM = stream
-    PF = parallel and not stream
 
     def kernel(g, gin, gt, gi, ih, ch, dh, dw, H, W, OH, OW, blk, zero, marker):
         P = gin.shape[0]
@@ -953,9 +948,6 @@ def make_adaptive_backward(layout, parallel, stream=False):
                         dst = of
                     r0 = U(ih[0, y] * Wt)
                     c = ch[y]
-                    if PF:  # the lines AHEAD bytes past the row, which plain stores read
-                        for k in range(0, Wt, 64 // of.itemsize):
-                            prefetch(of, rb + U(AHEAD // of.itemsize + k))
                     if c == 1:
                         for w in range(n):
                             dst[rb + U(w)] = to_storage(zero + T[r0 + U(w)], marker)
