@@ -140,6 +140,20 @@ def _taps(context, builder, arrty, marker, ptr, K, S, L, E):
     return out
 
 
+def _splat(builder, val, L):
+    """A vector of L copies of the scalar ``val``."""
+    i32 = ir.IntType(32)
+    v = builder.insert_element(ir.Constant(ir.VectorType(val.type, L), ir.Undefined), val,
+                               i32(0))
+    return builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
+                                  ir.Constant(ir.VectorType(i32, L), [0] * L))
+
+
+def _takes(builder, v, m):
+    """The NaN-propagating first max's rule, lane by lane: ``v > m or v != v``."""
+    return builder.or_(builder.fcmp_ordered(">", v, m), builder.fcmp_unordered("uno", v, v))
+
+
 def _reduce(builder, taps, op):
     m = taps[0]
     if op not in ("max", "pmax"):  # sums start at +0, as the scalar kernels' (a -0.0 tap
@@ -147,8 +161,7 @@ def _reduce(builder, taps, op):
         m = builder.fadd(ir.Constant(m.type, None), m)
     for v in taps[1:]:
         if op == "max":
-            take = builder.or_(builder.fcmp_ordered(">", v, m), builder.fcmp_unordered("uno", v, v))
-            m = builder.select(take, v, m)
+            m = builder.select(_takes(builder, v, m), v, m)
         elif op == "pmax":  # (no NaN rule: for rows known to hold no NaN)
             m = builder.select(builder.fcmp_ordered(">", v, m), v, m)
         else:
@@ -161,7 +174,7 @@ def _codegen(K, S, R, op):
         marker = sig.args[-1]
         if not (_float(sig.args[0], marker) and _float(sig.args[R + 1], marker)):
             return context.get_dummy_value()  # (integer arrays: never called)
-        cty, lty = _compute(sig.args[0], marker)
+        cty = _compute(sig.args[0], marker)[0]
         size = 4 if cty == types.float32 else 8
         L, E = lanes(size), 16 // size
         taps = []
@@ -173,11 +186,8 @@ def _codegen(K, S, R, op):
             fix = ir.Constant(ir.VectorType(ir.IntType(32), L), _masks(L, E)[1])
             m = builder.shuffle_vector(m, ir.Constant(m.type, ir.Undefined), fix)
         if op == "avg":
-            d = context.cast(builder, args[R + 3], sig.args[R + 3], cty)
-            dv = ir.Constant(ir.VectorType(lty, L), ir.Undefined)
-            for o in range(L):
-                dv = builder.insert_element(dv, d, ir.Constant(ir.IntType(32), o))
-            m = builder.fdiv(m, dv)
+            m = builder.fdiv(m, _splat(builder, context.cast(builder, args[R + 3],
+                                                             sig.args[R + 3], cty), L))
         q = _pointer(context, builder, sig.args[R + 1], args[R + 1], sig.args[R + 2], args[R + 2])
         _store(context, builder, sig.args[R + 1], marker, q, m, L)
         return context.get_dummy_value()
@@ -439,15 +449,6 @@ vpair_max = _pair_typer("max")
 vpair_pmax = _pair_typer("pmax")
 
 
-def _splat(builder, val, L):
-    """A vector of L copies of the scalar ``val``."""
-    i32 = ir.IntType(32)
-    v = builder.insert_element(ir.Constant(ir.VectorType(val.type, L), ir.Undefined), val,
-                               i32(0))
-    return builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
-                                  ir.Constant(ir.VectorType(i32, L), [0] * L))
-
-
 def _tile_typed(*arrs):
     """Arrays of one float accumulation type (the tiled kernels' scratch)."""
     return all(isinstance(a, types.Array) and a.dtype == arrs[0].dtype and
@@ -474,7 +475,7 @@ def vtile_col(typingctx, src, i0, i1, i2, V, A, j, codes, marker):
                 for c in cgutils.unpack_tuple(builder, args[7], R)]
         m, a = rows[0], code[0]
         for v, c in zip(rows[1:], code[1:]):
-            take = builder.or_(builder.fcmp_ordered(">", v, m), builder.fcmp_unordered("uno", v, v))
+            take = _takes(builder, v, m)
             m = builder.select(take, v, m)
             a = builder.select(take, c, a)
         for arr, v in ((4, m), (5, a)):
@@ -623,7 +624,7 @@ def fwin22_maxi(typingctx, src, i0, i1, dst, j, idst, k, base, width, marker):
         code = ir.Constant(ir.VectorType(i32, L), [0] * L)
         for c in range(1, 4):  # tap c: row c // 2, column c % 2
             v = taps[c]
-            take = builder.or_(builder.fcmp_ordered(">", v, m), builder.fcmp_unordered("uno", v, v))
+            take = _takes(builder, v, m)
             m = builder.select(take, v, m)
             code = builder.select(take, ir.Constant(ir.VectorType(i32, L), [c] * L), code)
         fix = ir.Constant(ir.VectorType(i32, L), _masks(L, E)[1])
@@ -678,7 +679,7 @@ def vdiv(typingctx, src, i, dens, j, dst, k, marker):
             return None
 
     def codegen(context, builder, sig, args):
-        cty, lty = _compute(src, marker)
+        cty = _compute(src, marker)[0]
         L = _nlanes(src, marker)
         p = _pointer(context, builder, src, args[0], sig.args[1], args[1])
         m = _load(context, builder, src, marker, p, L, 0)
@@ -689,10 +690,7 @@ def vdiv(typingctx, src, i, dens, j, dst, k, marker):
                 q = _pointer(context, builder, d, v, sig.args[3], args[3])
                 dv = _load(context, builder, d, marker, q, L, 0)
             else:
-                s = context.cast(builder, v, d, cty)
-                dv = ir.Constant(ir.VectorType(lty, L), ir.Undefined)
-                for o in range(L):
-                    dv = builder.insert_element(dv, s, ir.Constant(ir.IntType(32), o))
+                dv = _splat(builder, context.cast(builder, v, d, cty), L)
             m = builder.fdiv(m, dv)
         q = _pointer(context, builder, dst, args[4], sig.args[5], args[5])
         _store(context, builder, dst, marker, q, m, L)
@@ -727,9 +725,7 @@ def _permute(builder, v, iv, L):
         return builder.bitcast(builder.call(fn, [v8, iv]), v.type)
     r = ir.Constant(v.type, None)
     for j in range(L):
-        e = builder.extract_element(v, i32(j))
-        sp = builder.insert_element(ir.Constant(v.type, ir.Undefined), e, i32(0))
-        sp = builder.shuffle_vector(sp, sp, ir.Constant(ir.VectorType(i32, L), [0] * L))
+        sp = _splat(builder, builder.extract_element(v, i32(j)), L)
         r = builder.select(builder.icmp_unsigned("==", iv, ir.Constant(iv.type, [j] * L)), sp, r)
     return r
 
@@ -755,10 +751,8 @@ def vspread(typingctx, src, s0, nsrc, idx, i0, dst, d0, first, marker):
         vty = ir.VectorType(ir.IntType(32), L)
         iv = builder.load(builder.bitcast(ip, vty.as_pointer()), align=1)
         n = context.cast(builder, args[2], sig.args[2], types.int32)
-        nv = builder.insert_element(ir.Constant(vty, ir.Undefined), n, ir.IntType(32)(0))
-        nv = builder.shuffle_vector(nv, nv, ir.Constant(vty, [0] * L))
-        pick = builder.select(builder.icmp_unsigned("<", iv, nv), _permute(builder, v, iv, L),
-                              ir.Constant(v.type, None))
+        pick = builder.select(builder.icmp_unsigned("<", iv, _splat(builder, n, L)),
+                              _permute(builder, v, iv, L), ir.Constant(v.type, None))
         dp = _pointer(context, builder, dst, args[5], sig.args[6], args[6])
         old = _load(context, builder, dst, marker, dp, L, 0)
         f = context.cast(builder, args[7], sig.args[7], types.boolean)

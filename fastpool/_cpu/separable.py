@@ -812,6 +812,8 @@ def make_same(kind, parallel, KH, KW):
             Wc = max(W, L)
             WP = Wc + 2 * PW
             tmp = new_full(2 * WP, init)  # two scratch rows, PW cells of padding on both sides
+            # (parallel) input prefetch distance, cells: AHEAD bytes, at least 4 rows
+            ahead = max(AHEAD // x.itemsize, 4 * Wc)
             for u in range(t * chunk, min(units, (t + 1) * chunk)):
                 q = u // nb
                 y0 = (u - q * nb) * RB
@@ -849,8 +851,8 @@ def make_same(kind, parallel, KH, KW):
                             b = WP + PW + jv
                             if exact == 0:
                                 if PAR and x.itemsize >= 4:
-                                    # the rows the pair adds, AHEAD bytes (at least 4 rows) on
-                                    pa = (y + PH) * Wc + jv + max(AHEAD // x.itemsize, 4 * Wc)
+                                    # the rows the pair adds, ``ahead`` cells on
+                                    pa = (y + PH) * Wc + jv + ahead
                                     prefetch(x, (q, U(pa)))
                                     prefetch(x, (q, U(pa + Wc)))
                                 if KH == 1:
