@@ -459,6 +459,36 @@ def make_sum_backward(layout, parallel, power):
                                 as_acc(zero, n)
             NP = (W + PWu + 1) // 2  # pairs of T cells per row
             HW = D * H * W
+            # the rows' program, worked out once per call: input row r = z * H + y is RK[r] =
+            # 0 (no covering window: zeros), 1 (one covering T row: +0 + T[RB1]), 2 (two:
+            # (+0 + T[RB1]) + T[RB2]), 3 (one, and the next row, 4, is covered by the same T
+            # row and the one after, RB2: 3-row windows at stride 2, both rows in one pass)
+            # or 5 (the rest, and every Lp row: the covering rows summed in turn)
+            RK = new_full(D * H, 5)
+            RB1 = new_zeros(D * H, np.int64)
+            RB2 = new_zeros(D * H, np.int64)
+            for z in range(D):
+                zs = inv[0, 0, z]
+                zn = inv[0, 1, z]
+                for y in range(H):
+                    r = z * H + y
+                    ys = inv[1, 0, y]
+                    yn = inv[1, 1, y]
+                    if POWER or zn * yn > 2 or RK[r] == 4:
+                        continue
+                    RK[r] = zn * yn
+                    if zn * yn == 0:
+                        continue
+                    RB1[r] = (ilist[0, U(zs)] * OH + ilist[1, U(ys)]) * RS + TO
+                    if zn * yn == 2:
+                        RB2[r] = (ilist[0, U(zs + (1 if zn == 2 else 0))] * OH +
+                                  ilist[1, U(ys + (1 if yn == 2 else 0))]) * RS + TO
+                    elif zn == 1 and y + 1 < H and inv[1, 1, y + 1] == 2 and \
+                            ilist[1, U(inv[1, 0, y + 1])] == ilist[1, U(ys)]:
+                        RK[r] = 3
+                        RK[r + 1] = 4
+                        RB2[r] = (ilist[0, U(zs)] * OH + ilist[1, U(inv[1, 0, y + 1] + 1)]) * \
+                            RS + TO
             for t in prange((P + blk - 1) // blk):
                 T = new_full(NR * RS, zero)
                 # (zero apart from the shares)
@@ -596,64 +626,57 @@ def make_sum_backward(layout, parallel, power):
                     # are done (nt), or straight into gin
                     pb = (q - t * blk) * HW if nt else q * HW  # the plane in dst
                     dst = PL if nt else gf
-                    for z in range(D):
-                        zs = inv[0, 0, z]
-                        zn = inv[0, 1, z]
-                        skip = -1
-                        for y in range(H):
-                            if y == skip:  # (written with the row before)
-                                continue
-                            ys = inv[1, 0, y]
-                            yn = inv[1, 1, y]
-                            rb = pb + (z * H + y) * W  # the row in dst
-                            if nt:
-                                done = stream_upto(PL, done, rb, gf, t * blk * HW, marker)
-                            if not POWER and zn * yn <= 2:
-                                # one or two covering rows (the common case): written at once
-                                if zn * yn == 0:
-                                    for w in range(W):
-                                        dst[U(rb + w)] = to_storage(zero, marker)
-                                    continue
-                                b1 = (ilist[0, U(zs)] * OH + ilist[1, U(ys)]) * RS + TO
-                                # rows of whole vectors, the last one overlapping the one
-                                # before (the compiler's 32-wide loop leaves a 56-wide row's
-                                # last 24 cells to its scalar remainder)
-                                VL = vector_lanes(T, marker)
-                                if zn * yn == 1:
-                                    # the next row under this window and the one after (3-row
-                                    # windows at stride 2): both rows in one pass
-                                    if VL and W >= VL and zn == 1 and y + 1 < H and \
-                                            inv[1, 1, y + 1] == 2 and \
-                                            ilist[1, U(inv[1, 0, y + 1])] == ilist[1, U(ys)]:
-                                        b2 = (ilist[0, U(zs)] * OH +
-                                              ilist[1, U(inv[1, 0, y + 1] + 1)]) * RS + TO
-                                        for w in range(0, W - VL, VL):
-                                            vcol_pair(T, b1 + w, b2 + w, dst, rb + w,
-                                                      rb + W + w, marker)
-                                        vcol_pair(T, b1 + W - VL, b2 + W - VL, dst,
-                                                  rb + W - VL, rb + 2 * W - VL, marker)
-                                        skip = y + 1
-                                        continue
-                                    if VL and W >= VL:
-                                        for w in range(0, W - VL, VL):
-                                            vcol1_sum(T, b1 + w, dst, rb + w, marker)
-                                        vcol1_sum(T, b1 + W - VL, dst, rb + W - VL, marker)
-                                        continue
-                                    for w in range(W):
-                                        dst[U(rb + w)] = to_storage(zero + T[U(b1 + w)], marker)
-                                    continue
-                                b2 = (ilist[0, U(zs + (1 if zn == 2 else 0))] * OH +
-                                      ilist[1, U(ys + (1 if yn == 2 else 0))]) * RS + TO
-                                if VL and W >= VL:
-                                    for w in range(0, W - VL, VL):
-                                        vcol2_sum(T, b1 + w, b2 + w, dst, rb + w, marker)
-                                    vcol2_sum(T, b1 + W - VL, b2 + W - VL, dst, rb + W - VL,
-                                              marker)
-                                    continue
+                    VL = vector_lanes(T, marker)
+                    VEC = VL > 0 and W >= VL
+                    for r in range(D * H):
+                        k = RK[r]
+                        if k == 4:  # (written with the row before)
+                            continue
+                        rb = pb + r * W  # the row in dst
+                        if nt:
+                            done = stream_upto(PL, done, rb, gf, t * blk * HW, marker)
+                        b1 = RB1[r]
+                        b2 = RB2[r]
+                        # rows of whole vectors, the last one overlapping the one before (the
+                        # compiler's 32-wide loop leaves a 56-wide row's last 24 cells to its
+                        # scalar remainder)
+                        if k == 3 and VEC:
+                            for w in range(0, W - VL, VL):
+                                vcol_pair(T, b1 + w, b2 + w, dst, rb + w, rb + W + w, marker)
+                            vcol_pair(T, b1 + W - VL, b2 + W - VL, dst, rb + W - VL,
+                                      rb + 2 * W - VL, marker)
+                        elif k == 1 or k == 3:
+                            if VEC:
+                                for w in range(0, W - VL, VL):
+                                    vcol1_sum(T, b1 + w, dst, rb + w, marker)
+                                vcol1_sum(T, b1 + W - VL, dst, rb + W - VL, marker)
+                            else:
+                                for w in range(W):
+                                    dst[U(rb + w)] = to_storage(zero + T[U(b1 + w)], marker)
+                            if k == 3:  # (the next row: this one's T row plus b2)
+                                for w in range(W):
+                                    dst[U(rb + W + w)] = to_storage(
+                                        (zero + T[U(b1 + w)]) + T[U(b2 + w)], marker)
+                        elif k == 2:
+                            if VEC:
+                                for w in range(0, W - VL, VL):
+                                    vcol2_sum(T, b1 + w, b2 + w, dst, rb + w, marker)
+                                vcol2_sum(T, b1 + W - VL, b2 + W - VL, dst, rb + W - VL,
+                                          marker)
+                            else:
                                 for w in range(W):
                                     dst[U(rb + w)] = to_storage((zero + T[U(b1 + w)]) +
                                                                 T[U(b2 + w)], marker)
-                                continue
+                        elif k == 0:
+                            for w in range(W):
+                                dst[U(rb + w)] = to_storage(zero, marker)
+                        else:  # every covering row in turn (Lp: times p * x ** (p - 1))
+                            z = r // H
+                            y = r - z * H
+                            zs = inv[0, 0, z]
+                            zn = inv[0, 1, z]
+                            ys = inv[1, 0, y]
+                            yn = inv[1, 1, y]
                             for w in range(W):
                                 acc[w] = zero
                             for i in range(zn):
