@@ -21,7 +21,7 @@ from . import _alloc, _dispatch
 from . import functional as _f
 from ._dtypes import FLOAT_DTYPES, HALF, PLAIN
 from ._runtime import launch_lock
-from .functional import (CF, _adaptive_params, _as_array, _avg_divisor, _fractional_size,
+from .functional import (CF, CL, _adaptive_params, _as_array, _avg_divisor, _fractional_size,
                          _layout, _parallel, _planned, _unpool_geometry, _window, _zero)
 
 # scratch buffer of a channels-last task (one n, a block of channels): at most this many bytes
@@ -173,6 +173,29 @@ _POS32 = np.zeros(1, np.int32)
 _POS64 = np.zeros(1, np.int64)
 
 
+def _pair_pads(tab, dil, sp3, op3):
+    """(left pad along H, along W) where every window of a 2-d problem is 3 wide at stride 2
+    and dilation 1 along both, with left pads of 0 or 1 (clipped at the far ends as ceil mode
+    and right pads leave them); else None."""
+    if sp3[0] != 1 or op3[0] != 1 or tab[0, 1, 0] != 1:
+        return None
+    pads = []
+    for dim in (1, 2):
+        n, o = sp3[dim], np.arange(op3[dim])
+        if dil[dim] != 1 or o.size == 0:
+            return None
+        for p in (0, 1):
+            st = 2 * o - p
+            first = np.maximum(st, 0)
+            if np.array_equal(tab[dim, 0, :o.size], first) and \
+                    np.array_equal(tab[dim, 1, :o.size], np.minimum(st + 3, n) - first):
+                pads.append(p)
+                break
+        else:
+            return None
+    return tuple(pads)
+
+
 def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None):
     """``run(x, (grad_output, indices, samples))`` for a max-type op.
 
@@ -210,6 +233,9 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
     sp3, op3 = lay.canon(lay.spatial), lay.canon(osp)
     tiled = _f._tiling_window(tab, dil, sp3, op3) \
         if lay.mem == CF and tab is not None and dtype.kind == "f" else 0
+    # channels-last 3x3 windows at stride 2 on 2-d planes: a gather writing each input row once
+    # (_cpu/backward.py, make_max_recompute_pairs)
+    pairs = _pair_pads(tab, dil, sp3, op3) if lay.mem == CL and tab is not None else None
     if tiled:
         kdims = (lay.n * lay.c, sp3[1], sp3[2], op3[1], op3[2])
         codes = _f._tile_codes(acc.dtype)
@@ -250,6 +276,14 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
                 with launch_lock():
                     kern(_bits(a).reshape(xshape), _bits(gm).reshape(oshape),
                          _bits(res).reshape(xshape), tab, dil, lo, hi, pw, init, acc, marker)
+                return lay.user_view(res)
+            if pairs is not None:
+                kern = _dispatch.kernel("max_backward_pairs", "cpu", CL, par_rec)
+                with launch_lock():
+                    kern(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
+                         _bits(res).reshape(xshape), tab, pairs[0], pairs[1],
+                         _channel_block(lay.n, lay.c, cells, acc.itemsize), _streamed(res),
+                         init, acc, marker)
                 return lay.user_view(res)
             kern = _dispatch.kernel("max_backward_recompute", "cpu", lay.mem, par_rec,
                                     *consts[:3])

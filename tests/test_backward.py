@@ -648,6 +648,53 @@ def test_channels_last_recompute_hot_windows(case):
     close(got, torch_grad(lambda t: fwd(t, k, s, p), x, g), dtype)
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
+def test_channels_last_recompute_pairs(split, monkeypatch):
+    """Channels-last max backward without indices for 3x3 windows at stride 2 (left pads 0 or
+    1, also asymmetric and with ceil mode): the gather kernel writing each input row once.
+    Random sizes, odd and even, ties, NaN (last NaN wins) and -0.0 gradients; the bits of the
+    channels-first kernels and the oracle's values.  ``split``: tasks of part of the channels
+    (the rows then written with plain stores into every image's channel block)."""
+    from fastpool import _dispatch
+    from fastpool import backward as B
+    if split:
+        monkeypatch.setattr(B, "_CL_BUFFER_BYTES", 64)
+    used = []
+    real = _dispatch.kernel
+    monkeypatch.setattr(_dispatch, "kernel", lambda op, *a: used.append(op) or real(op, *a))
+    rng = np.random.default_rng(3131 + split)
+    for case in range(24):
+        H, W = (int(v) for v in rng.integers(2, 16, 2))
+        C = int(rng.choice([1, 5, 8, 13, 24]))
+        dtype = (np.float32, np.float64, np.float16)[case % 3]
+        ceil_mode = bool(case % 4 == 3)
+        if case % 5 == 4:  # asymmetric (ONNX-style) pads, left pads 0 or 1
+            pads = [(int(rng.integers(0, 2)), int(rng.integers(0, 2))) for _ in range(2)]
+            padding = tuple(pads)
+        else:
+            p = int(rng.integers(0, 2))
+            pads, padding = [(p, p)] * 2, p
+        if any(n + a + b < 3 for n, (a, b) in zip((H, W), pads)):
+            continue
+        x = rng.integers(-2, 3, (2, C, H, W)).astype(dtype)  # ties
+        x.reshape(-1)[rng.random(x.size) < 0.04] = np.nan
+        y, _ = R.ref_max_pool(x.astype(np.float64), (3, 3), (2, 2), pads, (1, 1), ceil_mode)
+        g = rng.standard_normal(y.shape).astype(dtype)
+        g.reshape(-1)[::5] = -0.0
+        what = f"{H}x{W} C={C} {dtype.__name__} pads={pads} ceil={ceil_mode}"
+        used.clear()
+        got = fastpool.max_pool2d_backward(np.ascontiguousarray(np.moveaxis(g, 1, -1)),
+                                           np.ascontiguousarray(np.moveaxis(x, 1, -1)), 3, 2,
+                                           padding, ceil_mode=ceil_mode, channels_last=True)
+        assert "max_backward_pairs" in used, what
+        got = np.ascontiguousarray(np.moveaxis(got, -1, 1))
+        cf = fastpool.max_pool2d_backward(g, x, 3, 2, padding, ceil_mode=ceil_mode)
+        assert got.tobytes() == cf.tobytes(), what
+        ref = R.ref_max_pool_backward(g.astype(np.float64), x.astype(np.float64), (3, 3),
+                                      (2, 2), pads, (1, 1), ceil_mode)
+        close(got, ref, dtype, what=what)
+
+
 # (N, C, H, W, dtype, K): K x K windows at stride 2 (K = 3 with padding 1) channels-first
 # without indices; even planes run make_max_backward_tiled (the windows tile them), odd ones
 # the argmax scan kernel

@@ -366,6 +366,157 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
     return jit(kernel, parallel=parallel)
 
 
+def make_max_recompute_pairs(layout, parallel):
+    """Channels-last max backward without indices for 3x3 windows at stride 2 (dilation 1, left
+    pads ``PH``, ``PW`` of 0 or 1) on 2-d planes: a gather, each input row written once.
+
+    A task (one n, a block of channels) takes the output rows in order.  For each it finds
+    every window's argmax per channel (the forward's scan: NaN wins, ties go to the first tap)
+    as a code ``dy * 3 + dx`` relative to the window's first tap before clipping (``2 * oh -
+    PH``, ``2 * ow - PW``), kept with the window's gradients for two output rows (``K``, ``G``,
+    window ``ow`` at column ``ow + 1``, columns 0 and ``OW + 1`` and a third row holding no
+    window: code -1, gradient +0).  Input row ``u = y + PH`` is covered by output row ``u / 2``
+    (``dy = 1``) for odd ``u``, else by rows ``u / 2 - 1`` (``dy = 2``) and ``u / 2`` (``dy =
+    0``), so it is complete once row ``u / 2`` is known; columns likewise.  Each cell sums the
+    gradients of its covering windows whose code names it, in output order from +0, which are
+    the scatter kernel's sums bit for bit (the windows that do not name it add +0, which
+    changes no bit of a sum started at +0).  Rows are built in scratch and streamed out
+    (``nt``, whole channel vectors), else written with plain stores."""
+    assert layout == CL
+
+    def kernel(g, x, gin, tab, PH, PW, blk, nt, init, zero, marker):
+        N = g.shape[0]
+        OH = g.shape[2]
+        OW = g.shape[3]
+        C = g.shape[4]
+        H = x.shape[2]
+        W = x.shape[3]
+        nb = (C + blk - 1) // blk
+        for t in prange(N * nb):
+            n = t // nb
+            c0 = (t - n * nb) * blk
+            wb = min(C, c0 + blk) - c0
+            OWP = OW + 2
+            K = new_full(3 * OWP * wb, np.int32(-1))
+            G = new_full(3 * OWP * wb, zero)
+            ROW = new_full(W * wb, zero)
+            mv = new_full(wb, init)
+            gnf = flat_view(gin[max(n, 0)])
+            RW = W * wb
+            for r in range(OH + 1):
+                if r < OH:
+                    # the codes and gradients of output row r, in slot r % 2
+                    oh = r
+                    h0 = tab[1, 0, oh]
+                    nh = tab[1, 1, oh]
+                    oy = h0 - (2 * oh - PH)
+                    for ow in range(OW):
+                        w0 = tab[2, 0, ow]
+                        nw = tab[2, 1, ow]
+                        kb = ((oh % 2) * OWP + ow + 1) * wb
+                        for c in range(wb):
+                            G[U(kb + c)] = load(g[n, 0, oh, ow, U(c0 + c)], marker)
+                        if nh == 3 and nw == 3:
+                            for c in range(wb):
+                                m = load(x[n, 0, U(h0), U(w0), U(c0 + c)], marker)
+                                ti = np.int32(0)
+                                for i in range(1, 9):
+                                    v = load(x[n, 0, U(h0 + i // 3), U(w0 + i % 3), U(c0 + c)],
+                                             marker)
+                                    take = (v > m) | (v != v)
+                                    m = v if take else m
+                                    ti = np.int32(i) if take else ti
+                                K[U(kb + c)] = ti
+                            continue
+                        ox = w0 - (2 * ow - PW)
+                        for c in range(wb):
+                            mv[c] = init
+                            K[U(kb + c)] = np.int32(oy * 3 + ox)
+                        for a in range(nh):
+                            for k in range(nw):
+                                code = np.int32((oy + a) * 3 + ox + k)
+                                for c in range(wb):
+                                    v = load(x[n, 0, U(h0 + a), U(w0 + k), U(c0 + c)], marker)
+                                    m = mv[c]
+                                    take = (v > m) | (v != v)
+                                    mv[c] = v if take else m
+                                    K[U(kb + c)] = code if take else K[U(kb + c)]
+                # the input rows now complete: u = 2r (rows r - 1 and r) and u = 2r + 1 (row
+                # r); past the last output row, u = 2 * OH and every later row (none)
+                for u in range(2 * r, 2 * r + 2 if r < OH else H + PH):
+                    y = u - PH
+                    if y < 0 or y >= H:
+                        continue
+                    two = u % 2 == 0
+                    # the slots of the covering rows u // 2 (b) and, u even, u // 2 - 1 (a);
+                    # 2: none.  Codes: a's taps at dy = 2, b's at dy = 0 (u even) or 1
+                    if r < OH:
+                        sb = r % 2
+                        sa = (r - 1) % 2 if r > 0 else 2
+                    else:
+                        sb = 2
+                        sa = (OH - 1) % 2 if (u == 2 * OH and OH > 0) else 2
+                    a0 = np.int32(6)  # (int32 constants: the compares then vectorise)
+                    a1 = np.int32(7)
+                    a2 = np.int32(8)
+                    b0 = np.int32(0 if two else 3)
+                    b1 = np.int32(1 if two else 4)
+                    b2 = np.int32(2 if two else 5)
+                    for i in range(OW + 1):
+                        ka = (sa * OWP + i) * wb
+                        kb = (sb * OWP + i) * wb
+                        we = 2 * i - PW  # v = 2i: windows i - 1 (dx 2) and i (dx 0)
+                        if we >= 0 and we < W:
+                            rb = we * wb
+                            if two:
+                                for c in range(wb):
+                                    sm = zero
+                                    gv = G[U(ka + c)]
+                                    sm += gv if K[U(ka + c)] == a2 else zero
+                                    gv = G[U(ka + wb + c)]
+                                    sm += gv if K[U(ka + wb + c)] == a0 else zero
+                                    gv = G[U(kb + c)]
+                                    sm += gv if K[U(kb + c)] == b2 else zero
+                                    gv = G[U(kb + wb + c)]
+                                    sm += gv if K[U(kb + wb + c)] == b0 else zero
+                                    ROW[U(rb + c)] = sm
+                            else:
+                                for c in range(wb):
+                                    sm = zero
+                                    gv = G[U(kb + c)]
+                                    sm += gv if K[U(kb + c)] == b2 else zero
+                                    gv = G[U(kb + wb + c)]
+                                    sm += gv if K[U(kb + wb + c)] == b0 else zero
+                                    ROW[U(rb + c)] = sm
+                        wo = we + 1  # v = 2i + 1: window i (dx 1)
+                        if wo >= 0 and wo < W:
+                            rb = wo * wb
+                            if two:
+                                for c in range(wb):
+                                    sm = zero
+                                    gv = G[U(ka + wb + c)]
+                                    sm += gv if K[U(ka + wb + c)] == a1 else zero
+                                    gv = G[U(kb + wb + c)]
+                                    sm += gv if K[U(kb + wb + c)] == b1 else zero
+                                    ROW[U(rb + c)] = sm
+                            else:
+                                for c in range(wb):
+                                    sm = zero
+                                    gv = G[U(kb + wb + c)]
+                                    sm += gv if K[U(kb + wb + c)] == b1 else zero
+                                    ROW[U(rb + c)] = sm
+                    for j in range(max(2 * OW + 2 - PW, 0) * wb, RW):  # columns past every window
+                        ROW[j] = zero
+                    if nt and wb == C and stream_lines(ROW, 0, gnf, y * RW, RW, marker):
+                        continue
+                    for w in range(W):
+                        for c in range(wb):
+                            gin[n, 0, y, w, U(c0 + c)] = to_storage(ROW[U(w * wb + c)], marker)
+            if nt and wb == C:
+                sfence()
+    return jit(kernel, parallel=parallel)
+
+
 # ----------------------------------------------------------------------------- average and Lp
 
 def make_sum_backward(layout, parallel, power):
