@@ -33,7 +33,7 @@ Numba's negative-index wraparound on a signed index otherwise blocks vectorisati
 """
 import numpy as np
 from numba import prange
-from numba.extending import overload
+from numba.extending import overload, register_jitable
 
 from ._intrinsics import load, to_storage, new_empty, flat_view, new_full, new_zeros
 from ._simd import (sfence, stream_lines, stream_sum, stream_upto, vcol1_sum, vcol2_sum,
@@ -58,6 +58,14 @@ def _as_acc_impl(zero, n):
     def impl(zero, n):
         return np.float64(n)
     return impl
+
+
+@register_jitable(inline="always")
+def cl_task(t, nb, blk, C):
+    """Channels-last task ``t`` of ``nb`` per image: (n, first channel, channels)."""
+    n = t // nb
+    c0 = (t - n * nb) * blk
+    return n, c0, min(C, c0 + blk) - c0
 
 
 # ----------------------------------------------------------------------------- max family
@@ -123,9 +131,7 @@ def make_max_scatter(layout, parallel, direct=False):
             S = gin.shape[1]
             nb = (C + blk - 1) // blk
             for t in prange(N * nb):
-                n = t // nb
-                c0 = (t - n * nb) * blk
-                wb = min(C, c0 + blk) - c0
+                n, c0, wb = cl_task(t, nb, blk, C)
                 # direct: whole channel vectors, the image's gradient itself is the scratch;
                 # with nt, the sums go to scratch holding the image, streamed out at the end
                 # (the image's gradient is one run of gin: only its two ends are plain stores)
@@ -260,9 +266,7 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
         RB = RB if ring else D * H  # scratch rows
         nb = (C + blk - 1) // blk
         for t in prange(N * nb):
-            n = t // nb
-            c0 = (t - n * nb) * blk
-            wb = min(C, c0 + blk) - c0
+            n, c0, wb = cl_task(t, nb, blk, C)
             RW = W * wb
             buf = new_full(RB * RW, zero)
             mv = new_full(wb, init)
@@ -393,9 +397,7 @@ def make_max_recompute_pairs(layout, parallel):
         W = x.shape[3]
         nb = (C + blk - 1) // blk
         for t in prange(N * nb):
-            n = t // nb
-            c0 = (t - n * nb) * blk
-            wb = min(C, c0 + blk) - c0
+            n, c0, wb = cl_task(t, nb, blk, C)
             OWP = OW + 2
             K = new_full(3 * OWP * wb, np.int32(-1))
             G = new_full(3 * OWP * wb, zero)
@@ -877,9 +879,7 @@ def make_sum_backward(layout, parallel, power):
             gfl = flat_view(g)  # (grad_output is C-contiguous)
             L = vector_lanes(g, marker)
             for t in prange(N * nb):
-                n = t // nb
-                c0 = (t - n * nb) * blk
-                wb = min(C, c0 + blk) - c0
+                n, c0, wb = cl_task(t, nb, blk, C)
                 RW = W * wb
                 T = new_full(OD * OH * RW, zero)
                 acc = new_full(RW, zero)
