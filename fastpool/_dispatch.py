@@ -37,7 +37,7 @@ _FACTORIES = {
     ("max_backward", "cpu"): ("._cpu.backward", "make_max_scatter", ()),
     ("max_backward_gather", "cpu"): ("._cpu.backward", "make_max_gather", ()),
     ("max_backward_recompute", "cpu"): ("._cpu.backward", "make_max_recompute", ()),
-    # ... for 3x3 windows at stride 2 on 2-d planes: a gather writing each input row once
+    # ... for 3x3 windows at stride 2 on 1-d/2-d planes: a gather writing each input row once
     ("max_backward_pairs", "cpu"): ("._cpu.backward", "make_max_recompute_pairs", ()),
     # channels-first max backward without indices: the forward's argmax scan (spec as "max")
     ("max_backward_scan", "cpu"): ("._cpu.window", "make_max_backward", ()),

@@ -174,9 +174,10 @@ _POS64 = np.zeros(1, np.int64)
 
 
 def _pair_pads(tab, dil, sp3, op3):
-    """(left pad along H, along W) where every window of a 2-d problem is 3 wide at stride 2
-    and dilation 1 along both, with left pads of 0 or 1 (clipped at the far ends as ceil mode
-    and right pads leave them); else None."""
+    """(left pad along H, along W) where every window covers what a window 3 wide at stride 2
+    and dilation 1 along both would, with a left pad of 0 or 1 (clipped at the far ends as
+    ceil mode and right pads leave them), and one depth; else None.  A 1-d problem's single
+    row passes (its windows cover row 0 as such a window clipped to one row would)."""
     if sp3[0] != 1 or op3[0] != 1 or tab[0, 1, 0] != 1:
         return None
     pads = []

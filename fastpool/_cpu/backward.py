@@ -372,7 +372,8 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
 
 def make_max_recompute_pairs(layout, parallel):
     """Channels-last max backward without indices for 3x3 windows at stride 2 (dilation 1, left
-    pads ``PH``, ``PW`` of 0 or 1) on 2-d planes: a gather, each input row written once.
+    pads ``PH``, ``PW`` of 0 or 1) on 1-d and 2-d planes (``backward._pair_pads``): a gather,
+    each input row written once.
 
     A task (one n, a block of channels) takes the output rows in order.  For each it finds
     every window's argmax per channel (the forward's scan: NaN wins, ties go to the first tap)
