@@ -406,6 +406,9 @@ def make_max_recompute_pairs(layout, parallel):
             mv = new_full(wb, init)
             gnf = flat_view(gin[max(n, 0)])
             RW = W * wb
+            a0 = np.int32(6)  # the upper covering row's codes (dy = 2)
+            a1 = np.int32(7)
+            a2 = np.int32(8)
             for r in range(OH + 1):
                 if r < OH:
                     # the codes and gradients of output row r, in slot r % 2
@@ -459,10 +462,7 @@ def make_max_recompute_pairs(layout, parallel):
                     else:
                         sb = 2
                         sa = (OH - 1) % 2 if (u == 2 * OH and OH > 0) else 2
-                    a0 = np.int32(6)  # (int32 constants: the compares then vectorise)
-                    a1 = np.int32(7)
-                    a2 = np.int32(8)
-                    b0 = np.int32(0 if two else 3)
+                    b0 = np.int32(0 if two else 3)  # (int32: the compares then vectorise)
                     b1 = np.int32(1 if two else 4)
                     b2 = np.int32(2 if two else 5)
                     for i in range(OW + 1):
@@ -613,11 +613,15 @@ def make_sum_backward(layout, parallel, power):
                                 as_acc(zero, n)
             NP = (W + PWu + 1) // 2  # pairs of T cells per row
             HW = D * H * W
+            # rows of whole vectors (the T rows' type is dv's; the tasks take the lane count
+            # again: a constant there, where a value from out here is a runtime one)
+            PAIRS = vector_lanes(dv, marker) > 0 and W >= vector_lanes(dv, marker)
             # the rows' program, worked out once per call: input row r = z * H + y is RK[r] =
             # 0 (no covering window: zeros), 1 (one covering T row: +0 + T[RB1]), 2 (two:
-            # (+0 + T[RB1]) + T[RB2]), 3 (one, and the next row, 4, is covered by the same T
-            # row and the one after, RB2: 3-row windows at stride 2, both rows in one pass)
-            # or 5 (the rest, and every Lp row: the covering rows summed in turn)
+            # (+0 + T[RB1]) + T[RB2]), 3 (rows of whole vectors: one, and the next row, 4, is
+            # covered by the same T row and the one after, RB2: 3-row windows at stride 2,
+            # both rows in one pass) or 5 (the rest, and every Lp row: the covering rows
+            # summed in turn)
             RK = new_full(D * H, 5)
             RB1 = new_zeros(D * H, np.int64)
             RB2 = new_zeros(D * H, np.int64)
@@ -637,7 +641,7 @@ def make_sum_backward(layout, parallel, power):
                     if zn * yn == 2:
                         RB2[r] = (ilist[0, U(zs + (1 if zn == 2 else 0))] * OH +
                                   ilist[1, U(ys + (1 if yn == 2 else 0))]) * RS + TO
-                    elif zn == 1 and y + 1 < H and inv[1, 1, y + 1] == 2 and \
+                    elif PAIRS and zn == 1 and y + 1 < H and inv[1, 1, y + 1] == 2 and \
                             ilist[1, U(inv[1, 0, y + 1])] == ilist[1, U(ys)]:
                         RK[r] = 3
                         RK[r + 1] = 4
@@ -794,12 +798,12 @@ def make_sum_backward(layout, parallel, power):
                         # rows of whole vectors, the last one overlapping the one before (the
                         # compiler's 32-wide loop leaves a 56-wide row's last 24 cells to its
                         # scalar remainder)
-                        if k == 3 and VEC:
+                        if k == 3:
                             for w in range(0, W - VL, VL):
                                 vcol_pair(T, b1 + w, b2 + w, dst, rb + w, rb + W + w, marker)
                             vcol_pair(T, b1 + W - VL, b2 + W - VL, dst, rb + W - VL,
                                       rb + 2 * W - VL, marker)
-                        elif k == 1 or k == 3:
+                        elif k == 1:
                             if VEC:
                                 for w in range(0, W - VL, VL):
                                     vcol1_sum(T, b1 + w, dst, rb + w, marker)
@@ -807,10 +811,6 @@ def make_sum_backward(layout, parallel, power):
                             else:
                                 for w in range(W):
                                     dst[U(rb + w)] = to_storage(zero + T[U(b1 + w)], marker)
-                            if k == 3:  # (the next row: this one's T row plus b2)
-                                for w in range(W):
-                                    dst[U(rb + W + w)] = to_storage(
-                                        (zero + T[U(b1 + w)]) + T[U(b2 + w)], marker)
                         elif k == 2:
                             if VEC:
                                 for w in range(0, W - VL, VL):
