@@ -133,6 +133,11 @@ def test_cli_smoke(tmp_path):
     res = json.loads(out.read_text())
     assert [row["name"] for row in res["rows"]] == ["max2d k2s2 1x16x32x32 f32 nchw (tiny)"]
     assert res["bandwidth"]["best_gbps"] > 0
+    # the copy timed in the row's rounds, behind the row's floor
+    copy = res["rows"][0]["copy"]
+    assert copy["method"] == res["bandwidth"]["best_method"] and len(copy["samples_s"]) == 2
+    assert copy["gbps"] > 0 and _bench.row_gbps(res["rows"][0], res) == copy["gbps"]
+    assert "copy GB/s" in r.stdout
     assert png.exists()
     assert "fastpool benchmark" in r.stdout
 

@@ -27,8 +27,7 @@ Method
   tens of milliseconds (measured on the 2-core virtual machine, 12 back-to-back calls after a
   0.3 s pause: a single-threaded 29 MB ``np.copyto`` 1.6 ms on the first call, 1.1 ms by the
   twelfth; fastpool's adaptive 30->7 average 1.3 -> 0.7 ms, against 0.43 ms without a pause),
-  while the copy bandwidth behind the memory floor is measured back to back; the warm-up
-  sample puts every candidate and the floor under the same conditions.
+  and the copy behind the memory floor is timed the same way (below).
 * Threads: Numba (``numba.set_num_threads``), PyTorch (``torch.set_num_threads``, one inter-op
   thread) and ONNX Runtime (``intra_op_num_threads``, ``inter_op_num_threads=1``) all use the
   same count.  ONNX Runtime's worker threads do not spin (``session.intra_op.allow_spinning``
@@ -41,9 +40,12 @@ Method
   ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`` before JAX is
   imported; otherwise use ``--pin`` (restricts the whole process, hence every library, to the first
   N CPUs) to make JAX comparable when N is below the CPU count.
-* Memory floor of a row: (bytes read + bytes written) / copy bandwidth, where the copy bandwidth
-  is measured in the same run (256 MB copy; ``np.copyto`` single call, ``np.copyto`` split over
-  N Python threads, and a Numba ``prange`` copy; the fastest counts) and counts read + write bytes.
+* Memory floor of a row: (bytes read + bytes written) / copy bandwidth, counting read + write
+  bytes of a 256 MB copy.  At the start of the run three copies are measured (``np.copyto``
+  single call, ``np.copyto`` split over N Python threads, and a Numba ``prange`` copy); the
+  fastest is then timed in every row's rounds like a candidate, and each row's floor uses the
+  bandwidth of its own rounds (``CopyProbe``, ``row_gbps``; ``--no-row-copy``: the start's).
+  This machine's copy bandwidth drifts by a quarter from run to run and between rows.
 """
 
 from __future__ import annotations
@@ -656,36 +658,57 @@ def _median(v):
     return float(np.median(np.asarray(v))) if len(v) else float("nan")
 
 
-def measure_copy_bandwidth(nbytes: int = 256 << 20, reps: int = 7, threads: int = 1) -> dict:
-    """Copy bandwidth in GB/s counting read + write bytes, best of three methods."""
-    from concurrent.futures import ThreadPoolExecutor
+class CopyProbe:
+    """The copies behind the memory floor: a ``nbytes`` float64 array copied by one
+    ``np.copyto``, by ``np.copyto`` split over ``threads`` Python threads, and by a Numba
+    ``prange`` loop (``methods``: name -> callable).  ``close()`` frees the arrays."""
 
-    n = nbytes // 8
-    src = np.empty(n, dtype=np.float64)
-    src.fill(1.0)
-    dst = np.empty_like(src)
-    dst.fill(0.0)
-    methods: dict[str, Callable[[], Any]] = {"np.copyto": lambda: np.copyto(dst, src)}
-    if threads > 1:
-        edges = np.linspace(0, n, threads + 1).astype(np.int64)
-        chunks = [(dst[a:b], src[a:b]) for a, b in zip(edges[:-1], edges[1:])]
-        pool = ThreadPoolExecutor(threads)
+    def __init__(self, nbytes: int = 256 << 20, threads: int = 1):
+        from concurrent.futures import ThreadPoolExecutor
+        n = nbytes // 8
+        self.nbytes = n * 8
+        src = np.empty(n, dtype=np.float64)
+        src.fill(1.0)
+        dst = np.empty_like(src)
+        dst.fill(0.0)
+        self.methods: dict[str, Callable[[], Any]] = {"np.copyto": lambda: np.copyto(dst, src)}
+        self._pool = None
+        if threads > 1:
+            edges = np.linspace(0, n, threads + 1).astype(np.int64)
+            chunks = [(dst[a:b], src[a:b]) for a, b in zip(edges[:-1], edges[1:])]
+            pool = self._pool = ThreadPoolExecutor(threads)
 
-        def threaded():
-            list(pool.map(lambda c: np.copyto(c[0], c[1]), chunks))
-        methods[f"np.copyto x{threads} threads"] = threaded
-    else:
-        pool = None
-    try:
-        import numba
+            def threaded():
+                list(pool.map(lambda c: np.copyto(c[0], c[1]), chunks))
+            self.methods[f"np.copyto x{threads} threads"] = threaded
+        try:
+            import numba
 
-        @numba.njit(parallel=True, cache=False)
-        def _pcopy(a, b):
-            for i in numba.prange(a.shape[0]):
-                a[i] = b[i]
-        methods["numba prange"] = lambda: _pcopy(dst, src)
-    except Exception:
-        pass
+            @numba.njit(parallel=True, cache=False)
+            def _pcopy(a, b):
+                for i in numba.prange(a.shape[0]):
+                    a[i] = b[i]
+            self.methods["numba prange"] = lambda: _pcopy(dst, src)
+        except Exception:
+            pass
+
+    def gbps(self, seconds: float) -> float:
+        """Read + write bytes of one copy over its time."""
+        return 2 * self.nbytes / seconds / 1e9
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown()
+        self.methods = {}
+
+
+def measure_copy_bandwidth(nbytes: int = 256 << 20, reps: int = 7, threads: int = 1,
+                           probe: CopyProbe | None = None) -> dict:
+    """Copy bandwidth in GB/s counting read + write bytes, best of three methods (those of
+    ``probe``, a new ``CopyProbe`` if None)."""
+    own = probe is None
+    probe = probe or CopyProbe(nbytes, threads)
+    methods = probe.methods
     times: dict[str, list] = {k: [] for k in methods}
     for f in methods.values():
         f()  # warm-up / compile
@@ -694,11 +717,11 @@ def measure_copy_bandwidth(nbytes: int = 256 << 20, reps: int = 7, threads: int 
             t0 = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)
-    if pool is not None:
-        pool.shutdown()
-    gbps = {k: 2 * nbytes / _median(v) / 1e9 for k, v in times.items()}
+    if own:
+        probe.close()
+    gbps = {k: probe.gbps(_median(v)) for k, v in times.items()}
     best = max(gbps, key=gbps.get)
-    return {"bytes": nbytes, "gbps": gbps, "best_method": best, "best_gbps": gbps[best]}
+    return {"bytes": probe.nbytes, "gbps": gbps, "best_method": best, "best_gbps": gbps[best]}
 
 
 _COMPILE_SNIPPETS = {
@@ -915,8 +938,12 @@ def wait_idle(max_wait: float, threshold: float = 0.1, window: float = 0.5) -> f
 
 def run_row(w: Workload, fp, peers: list, threads: int, rounds: int, min_sample: float = 0.02,
             gap: float = 0.3, progress=None, check: bool = True,
-            idle_wait: float = 0.0, warm: bool = True) -> dict:
-    """Benchmark one row; returns its result record (JSON-serialisable)."""
+            idle_wait: float = 0.0, warm: bool = True, copy: CopyProbe | None = None,
+            copy_method: str = "") -> dict:
+    """Benchmark one row; returns its result record (JSON-serialisable).  With ``copy``,
+    its ``copy_method`` is timed in the row's rounds like a candidate (not compared with the
+    others): the row's memory floor then comes from the copy bandwidth of those rounds
+    (``rec["copy"]``), measured under the same conditions as the row's candidates."""
     rec: dict[str, Any] = {"name": w.name, "op": w.op, "dims": w.dims, "shape": list(w.shape),
                            "dtype": w.dtype, "layout": w.layout, "pass": w.pass_,
                            "params": w.kw, "candidates": {}, "notes": []}
@@ -981,17 +1008,24 @@ def run_row(w: Workload, fp, peers: list, threads: int, rounds: int, min_sample:
     gc.collect()
     if idle_wait:
         wait_idle(idle_wait)
+    timed = list(live)
+    entries = {c.name: rec["candidates"][c.name] for c, _ in live}
+    if copy is not None and live and copy_method in copy.methods:
+        # (one copy a sample: 256 MB take longer than min_sample)
+        timed.append((Candidate("copy", copy.methods[copy_method], lambda o: None), 1))
+        rec["copy"] = entries["copy"] = {"method": copy_method, "bytes": copy.nbytes,
+                                         "samples_s": [], "cpu_per_wall": []}
     gc.disable()
     mon = CpuMonitor()
     try:
         for r in range(rounds):
-            k = r % max(1, len(live))
-            for c, n_inner in live[k:] + live[:k]:
+            k = r % max(1, len(timed))
+            for c, n_inner in timed[k:] + timed[:k]:
                 if gap:
                     _settle(gap)
                 if warm:  # one untimed sample first (see the module docstring)
                     _sample(c, n_inner)
-                e = rec["candidates"][c.name]
+                e = entries[c.name]
                 e["samples_s"].append(_sample(c, n_inner, e["cpu_per_wall"]))
             if progress:
                 progress.update(1)
@@ -999,6 +1033,9 @@ def run_row(w: Workload, fp, peers: list, threads: int, rounds: int, min_sample:
         if gc_was:
             gc.enable()
     rec["external_cpu_load"] = mon.external()
+    if "copy" in rec:
+        rec["copy"]["median_s"] = _median(rec["copy"]["samples_s"])
+        rec["copy"]["gbps"] = copy.gbps(rec["copy"]["median_s"])
     for c, _ in live:
         e = rec["candidates"][c.name]
         e["median_s"] = _median(e["samples_s"])
@@ -1050,12 +1087,20 @@ def _busy(rec) -> str:
     return f"{ext * 100:.0f}%" + ("!" if ext > 0.1 else "")
 
 
+def row_gbps(rec: dict, result: dict) -> float | None:
+    """The copy bandwidth behind a row's memory floor: the copy timed in the row's own rounds,
+    else (older results, ``--no-row-copy``) the one measured at the start of the run."""
+    c = rec.get("copy", {}).get("gbps")
+    if c and np.isfinite(c):
+        return c
+    return result.get("bandwidth", {}).get("best_gbps")
+
+
 def format_table(result: dict) -> str:
     rows = result["rows"]
     peers = result["peers_used"]
-    bw = result.get("bandwidth", {}).get("best_gbps")
     headers = ["workload", "fastpool"] + list(peers) + ["fp/best", "best", "fp GB/s",
-                                                         "floor", "x floor", "busy"]
+                                                         "copy GB/s", "floor", "x floor", "busy"]
     lines = []
     for rec in rows:
         if "skipped" in rec:
@@ -1063,6 +1108,7 @@ def format_table(result: dict) -> str:
             continue
         ratio = rec.get("ratio")
         gb = rec.get("fastpool_gbps")
+        bw = row_gbps(rec, result)
         floor_s = (rec["bytes_read"] + rec["bytes_written"]) / (bw * 1e9) if bw else None
         fp_t = rec["candidates"].get("fastpool", {}).get("median_s")
         mult = fp_t / floor_s if (fp_t and floor_s) else None
@@ -1070,7 +1116,8 @@ def format_table(result: dict) -> str:
         lines.append([rec["name"], _cell(rec, "fastpool") + flag]
                      + [_cell(rec, p) for p in peers]
                      + [f"{ratio:.2f}" if ratio else "-", rec.get("best_peer", "-"),
-                        f"{gb:.1f}" if gb else "-", fmt_time(floor_s),
+                        f"{gb:.1f}" if gb else "-", f"{bw:.1f}" if bw else "-",
+                        fmt_time(floor_s),
                         f"{mult:.2f}" if mult else "-", _busy(rec)])
     widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h)
               for i, h in enumerate(headers)]
@@ -1109,6 +1156,11 @@ def format_report(result: dict) -> str:
         lines.append(f"copy bandwidth (read+write bytes, {bw['bytes'] >> 20} MB): "
                      + ", ".join(f"{k} {v:.1f} GB/s" for k, v in bw["gbps"].items())
                      + f" -> using {bw['best_gbps']:.1f} GB/s")
+        per = [rec["copy"]["gbps"] for rec in result["rows"] if "gbps" in rec.get("copy", {})]
+        if per:
+            lines.append(f"floors: {bw['best_method']} timed in each row's rounds like a "
+                         f"candidate, {min(per):.1f}-{max(per):.1f} GB/s (median "
+                         f"{_median(per):.1f}); each row's floor uses its own")
     imp = result.get("import_time")
     cl = result.get("compile_latency")
     if imp or cl:
@@ -1139,7 +1191,8 @@ def format_report(result: dict) -> str:
                          + f" (next call {fmt_time(e.get('warm', {}).get('second_call_s'))})")
     lines.append("")
     lines.append("per-call median time; fp/best = fastpool / fastest peer (>1: fastpool slower);"
-                 " floor = (bytes read + written) / copy bandwidth; busy = CPU share used by"
+                 " floor = (bytes read + written) / copy bandwidth (copy GB/s: that of the"
+                 " row's rounds); busy = CPU share used by"
                  " other processes while the row was timed (! above 10%: noisy)")
     lines.append(format_table(result))
     notes = []
@@ -1159,7 +1212,7 @@ def format_report(result: dict) -> str:
         if rec.get("ratio") and rec["ratio"] > 1.0:
             slower.append(f"{rec['name']}: {rec['ratio']:.2f}x the time of {rec['best_peer']}")
         fp_t = rec["candidates"].get("fastpool", {}).get("median_s")
-        bwv = (bw or {}).get("best_gbps")
+        bwv = row_gbps(rec, result)
         if fp_t and bwv:
             mult = fp_t / ((rec["bytes_read"] + rec["bytes_written"]) / (bwv * 1e9))
             if mult > 2.0:
@@ -1325,6 +1378,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="skip the import / compile-latency subprocess measurements")
     p.add_argument("--no-bandwidth", action="store_true",
                    help="skip the copy-bandwidth measurement (no memory floor)")
+    p.add_argument("--no-row-copy", action="store_true",
+                   help="do not time the copy in each row's rounds: every floor then uses "
+                        "the copy bandwidth measured at the start of the run")
     p.add_argument("--pin", action="store_true",
                    help="restrict the process to the first N CPUs (makes JAX use N threads)")
     p.add_argument("--ort-spinning", action="store_true",
@@ -1396,10 +1452,15 @@ def run(args) -> dict:
     total = (len(rows) * (rounds + 1) + (0 if args.no_bandwidth else 1)
              + 2 * len(compile_names) + (1 if compile_names else 0))
     bar = _progress(total, enabled=not args.no_progress)
+    probe = None
     try:
         if not args.no_bandwidth:
             bar.set_description("copy bandwidth")
-            result["bandwidth"] = measure_copy_bandwidth(threads=threads)
+            probe = CopyProbe(threads=threads)
+            result["bandwidth"] = measure_copy_bandwidth(probe=probe)
+            if args.no_row_copy:
+                probe.close()
+                probe = None
             bar.update(1)
         try:
             import numba
@@ -1422,15 +1483,19 @@ def run(args) -> dict:
             bar.update(1)
             bar.set_description("compile latency")
             result["compile_latency"] = measure_compile_latency(fp, compile_names, threads, bar)
+        copy_method = result.get("bandwidth", {}).get("best_method", "")
         for w in rows:
             bar.set_description(w.name)
             result["rows"].append(run_row(w, fp, peers, threads, rounds,
                                           min_sample=args.min_sample, gap=args.gap,
                                           warm=not args.no_warm_sample,
-                                          progress=bar, idle_wait=args.wait_idle))
+                                          progress=bar, idle_wait=args.wait_idle,
+                                          copy=probe, copy_method=copy_method))
             gc.collect()
     finally:
         bar.close()
+        if probe is not None:
+            probe.close()
     return result
 
 
