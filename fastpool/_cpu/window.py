@@ -393,7 +393,15 @@ def make_max_backward_tiled(layout, parallel, K):
             PS = new_empty((min(P, (t + 1) * bp) - q0) * H * W if nt else 1, ginf.dtype)
             dst = PS if nt else ginf
             done = 0
-            for q in range(t * bp, min(P, (t + 1) * bp)):
+            q1 = min(P, (t + 1) * bp)
+            # the task's next plane (input and gradients) is prefetched while this one's rows
+            # are written, a share per output row (cells per share: whole cache lines)
+            HWp = H * W
+            OHW = OH * OW
+            LINEp = 64 // xf.itemsize
+            PFX = (HWp + OH * LINEp - 1) // (OH * LINEp) * LINEp
+            PFG = (OHW + OH * LINEp - 1) // (OH * LINEp) * LINEp
+            for q in range(t * bp, q1):
                 _tiled_columns(xf, V, A, q, H, W, OH, RS, PL, PAD, cz, marker)
                 for oh in range(OH):
                     b = oh * CS
@@ -423,6 +431,11 @@ def make_max_backward_tiled(layout, parallel, K):
                     o1 = o0 + W
                     if nt:
                         done = stream_upto(PS, done, o0, ginf, q0 * H * W, marker)
+                    if q + 1 < q1:
+                        for k in range(i * PFX, min(i * PFX + PFX, HWp), LINEp):
+                            prefetch(xf, U((q + 1) * HWp + k))
+                        for k in range(i * PFG, min(i * PFG + PFG, OHW), LINEp):
+                            prefetch(gf, U((q + 1) * OHW + k))
                     if not PAD:
                         # K = 2: cell (2i + a, 2m + c) is tap (a, c) of window (i, m) alone
                         for a in range(2):
