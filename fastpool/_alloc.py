@@ -65,7 +65,10 @@ def empty(shape, dtype):
     with _lock:
         lst = _pool.get(key)
         if lst is not None:
-            for i in range(len(lst)):
+            # the most recently used free buffer first: a loop that drops each result before
+            # the next call then writes one buffer, which stays in the cache when it fits,
+            # instead of alternating between two
+            for i in range(len(lst) - 1, -1, -1):
                 if _refs(lst, i) == _FREE:
                     a = lst.pop(i)
                     lst.append(a)

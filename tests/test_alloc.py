@@ -67,6 +67,23 @@ def test_rebinding_loop_alternates_two_buffers():
     assert len(addrs) == 2
 
 
+def test_dropping_loop_writes_one_buffer():
+    """Once two buffers are remembered, a loop that drops each result before the next call
+    gets the most recently used one every time (it may still be in the cache), not the two in
+    turn."""
+    a = fastpool.max_pool2d(_x(0), 2)
+    b = fastpool.max_pool2d(_x(1), 2)       # a is alive: a second buffer
+    assert a.ctypes.data != b.ctypes.data
+    last = b.ctypes.data
+    del a, b
+    for s in range(2, 7):
+        x = _x(s)
+        y = fastpool.max_pool2d(x, 2)
+        np.testing.assert_array_equal(y, _ref(x))
+        assert y.ctypes.data == last
+        del y
+
+
 def test_indices_and_other_layouts_are_recycled_too():
     x = _x(3)
     xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
