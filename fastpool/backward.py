@@ -447,9 +447,11 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
                      gt, gi, ih, ch, dh, dw, s3[1], s3[2], o3[1], o3[2],
                      _plane_block(lay.n * lay.c, cells), acc, marker)
         else:
-            blk = _plane_block(lay.n * lay.c, cells, _streamed(res) and cells * dtype.itemsize) \
-                if lay.mem == CF else \
-                _channel_block(lay.n, lay.c, o3[0] * o3[1] * s3[2], acc.itemsize)
+            if lay.mem == CF:
+                blk = _plane_block(lay.n * lay.c, cells,
+                                   cells * dtype.itemsize if _streamed(res) else 0)
+            else:
+                blk = _channel_block(lay.n, lay.c, o3[0] * o3[1] * s3[2], acc.itemsize)
             a = lay.input_mem(x) if power else res  # the input is read by Lp only
             with launch_lock():
                 kern(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),

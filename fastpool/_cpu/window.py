@@ -390,10 +390,10 @@ def make_max_backward_tiled(layout, parallel, K):
             # nt: the task's planes (one run of gin) are built in ``PS`` and streamed out as
             # their rows are done
             q0 = t * bp
-            PS = new_empty((min(P, (t + 1) * bp) - q0) * H * W if nt else 1, ginf.dtype)
+            q1 = min(P, (t + 1) * bp)
+            PS = new_empty((q1 - q0) * H * W if nt else 1, ginf.dtype)
             dst = PS if nt else ginf
             done = 0
-            q1 = min(P, (t + 1) * bp)
             # the task's next plane (input and gradients) is prefetched while this one's rows
             # are written, a share per output row (cells per share: whole cache lines)
             HWp = H * W
@@ -401,7 +401,7 @@ def make_max_backward_tiled(layout, parallel, K):
             LINEp = 64 // xf.itemsize
             PFX = (HWp + OH * LINEp - 1) // (OH * LINEp) * LINEp
             PFG = (OHW + OH * LINEp - 1) // (OH * LINEp) * LINEp
-            for q in range(t * bp, q1):
+            for q in range(q0, q1):
                 _tiled_columns(xf, V, A, q, H, W, OH, RS, PL, PAD, cz, marker)
                 for oh in range(OH):
                     b = oh * CS
@@ -490,8 +490,7 @@ def make_max_backward_tiled(layout, parallel, K):
                               (g01 if k01 == c6 else zero)) +
                              (g10 if k10 == c2 else zero)) + (g11 if k11 == c0 else zero), marker)
             if nt:
-                stream_upto(PS, done, -(min(P, (t + 1) * bp) - q0) * H * W, ginf, q0 * H * W,
-                            marker)
+                stream_upto(PS, done, -(q1 - q0) * H * W, ginf, q0 * H * W, marker)
                 sfence()
     return jit(kernel, parallel=parallel)
 
