@@ -148,9 +148,13 @@ def jit(fn, parallel=False, fastmath=False):
                 boundscheck=False)
     if _CACHE is not False:
         try:
-            return numba.njit(cache=True, **opts)(fn)
+            disp = numba.njit(cache=True, **opts)(fn)
         except RuntimeError:  # "no locator available": nowhere to write the cache
             pass
+        else:
+            from ._cache_lock import guard
+            guard(disp)
+            return disp
     return numba.njit(cache=False, **opts)(fn)
 
 

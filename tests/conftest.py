@@ -13,15 +13,11 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-# pytest-xdist (``-n 2``): every worker process gets a kernel cache folder of its own, set
-# before anything imports Numba.  Numba's cache index is not safe against two processes adding
-# entries to one folder at once: both can give their (different) signatures the same data
-# file, and a later process would then load the wrong machine code.
-_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
-if _WORKER:
-    _base = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(
-        os.path.dirname(_HERE), ".pytest_cache", "numba")
-    os.environ["NUMBA_CACHE_DIR"] = os.path.join(_base, _WORKER)
+# pytest-xdist (``-n 2``): the workers share one kernel cache folder, set before anything
+# imports Numba, so that a kernel one worker compiled the other loads (fastpool's kernels save
+# under a lock and compile each variant in one process at a time: ``fastpool/_cache_lock.py``).
+if os.environ.get("PYTEST_XDIST_WORKER") and not os.environ.get("NUMBA_CACHE_DIR"):
+    os.environ["NUMBA_CACHE_DIR"] = os.path.join(os.path.dirname(_HERE), ".pytest_cache", "numba")
 
 import reference as R  # noqa: E402
 
