@@ -48,15 +48,12 @@ _WORKLOAD = textwrap.dedent("""
 """)
 
 
-def _run(script, layer, tmp_path, timeout=300, cache_dir=None):
+def _run(script, layer, tmp_path, timeout=300):
     env = dict(os.environ)
     env.pop("FASTPOOL_THREADING_LAYER", None)
     if layer != "default":
         env["FASTPOOL_THREADING_LAYER"] = layer
-    if cache_dir is not None:
-        env["NUMBA_CACHE_DIR"] = str(cache_dir)
-    # The children share the package's kernel cache with this process (unless given their
-    # own): they run one at a time while this process waits.
+    # The children share this process's kernel cache: they run one at a time while it waits.
     proc = subprocess.run([sys.executable, "-c", _WORKLOAD + textwrap.dedent(script)], env=env,
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
