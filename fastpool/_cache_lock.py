@@ -51,8 +51,8 @@ class _Lock:
         held = getattr(_held, "paths", None)
         if held is None:
             held = _held.paths = set()
-        if fcntl is None or self.path in held:
-            self.acquired = fcntl is not None
+        if self.path in held:  # (only reached with fcntl: guard does nothing without it)
+            self.acquired = True
             return self
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -93,14 +93,15 @@ def _locked_file_class(base):
                     return
                 overloads = self._load_index()
                 name = overloads.get(key)
-                if name is None:
+                new = name is None
+                if new:
                     used = set(overloads.values())
                     i = 1
                     while self._data_name(i) in used:
                         i += 1
                     name = self._data_name(i)
                 self._save_data(name, data)
-                if overloads.get(key) != name:
+                if new:
                     overloads[key] = name
                     self._save_index(overloads)
 
@@ -127,9 +128,9 @@ def guard(disp):
         cls = _classes[base] = _locked_file_class(base)
     cfile.__class__ = cls
     compile_ = disp.compile
+    from numba.core.compiler_lock import global_compiler_lock
 
     def compile(sig):
-        from numba.core.compiler_lock import global_compiler_lock
         with global_compiler_lock:  # (a thread's own locks are always taken in this order)
             try:
                 path = compile_lock_path(disp, sig)
@@ -145,7 +146,8 @@ def guard(disp):
 
 def compile_lock_path(disp, sig):
     """The file whose lock a process holds while it compiles ``disp`` for ``sig`` (None when
-    that variant is compiled in this process already)."""
+    that variant is compiled in this process already: typing a call to a helper kernel asks
+    for its compile every time)."""
     from numba.core import sigutils
     args, _ = sigutils.normalize_signature(sig)
     if disp.overloads.get(tuple(args)) is not None:
