@@ -16,6 +16,9 @@ _FACTORIES = {
     ("max_tiled", "cpu"): ("._cpu.window", "make_max_tiled", ()),
     # channels-first without indices: the separable kernels (layout argument is the kind)
     ("separable", "cpu"): ("._cpu.separable", "make_sep", ()),
+    # ... serial, for regular windows: one kernel for every window size (layout argument is
+    # the kind; spec: channels_last)
+    ("small", "cpu"): ("._cpu.small", "make_small", ()),
     ("global", "cpu"): ("._cpu.separable", "make_global", ()),
     # ... serial, for 2x2 windows at stride 2 without padding (layout argument is the kind)
     ("pairs", "cpu"): ("._cpu.separable", "make_pairs", ()),
@@ -81,3 +84,32 @@ def entry_point(kern, argv):
         return kern.overloads[tuple(typeof(a) for a in argv)].entry_point
     except Exception:  # not a Numba dispatcher, or no overload of exactly these types
         return None
+
+
+def ready(kern, argv):
+    """Is the overload of dispatcher ``kern`` that arguments ``argv`` select at hand without
+    compiling: compiled in this process already, or in Numba's cache (then loaded now, as a
+    call would)?  False when it would have to be compiled, or ``kern`` is not a dispatcher."""
+    try:
+        from numba import typeof
+        from numba.core.compiler_lock import global_compiler_lock
+        sig = tuple(typeof(a) for a in argv)
+        if sig in kern.overloads:
+            return True
+        cache = getattr(kern, "_cache", None)
+        if cache is None:
+            return False
+        with global_compiler_lock:
+            if sig in kern.overloads:
+                return True
+            cres = cache.load_overload(sig, kern.targetctx)
+            if cres is None:
+                return False
+            if not cres.objectmode:
+                kern.targetctx.insert_user_function(cres.entry_point, cres.fndesc,
+                                                    [cres.library])
+            kern.add_overload(cres)
+            kern._cache_hits[sig] += 1
+        return True
+    except Exception:
+        return False

@@ -17,6 +17,10 @@ from ._runtime import launch_lock
 CF, CL = "cf", "cl"
 # below this many window taps a call runs the serial kernel: a parallel launch costs more
 PARALLEL_MIN_WORK = 1 << 16
+# small calls of hot windows start on a kernel that serves every window (one compilation, ~1.5
+# s), and move on to the window's specialised kernel (2.3-3 s to compile) once it is compiled
+# or cached, or after this many calls of the plan
+SPECIALISE_AFTER = 256
 
 
 # ----------------------------------------------------------------------------- arrays, layouts
@@ -311,8 +315,9 @@ def _tables(op, spatial, k, s, pads, d, osp, onnx):
 
 # Windows compiled as constants, (KD, KH, KW, SW) with W dilation 1: the shapes that dominate
 # real networks.  Each costs a compilation per (kind, layout, dtype), so large (parallel) calls
-# get the whole set and small (serial) calls only the most common windows; everything else runs
-# the table-driven kernels, which handle any geometry.
+# get the whole set and small (serial) calls with indices only the most common windows;
+# everything else runs the table-driven kernels, which handle any geometry.  (Small calls
+# without indices run _cpu/small.py, one kernel for every window.)
 _HOT_WINDOWS = frozenset({
     (1, 3, 3, 2), (1, 2, 2, 2), (1, 3, 3, 1), (1, 5, 5, 1), (1, 1, 3, 2), (1, 1, 2, 2),
     (2, 2, 2, 2),
@@ -506,6 +511,7 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
     xshape = lay.kernel_shape(lay.spatial)
     oshape = lay.kernel_shape(osp)
     with_idx = return_indices  # the kernel takes an index array
+    later = None  # (kernel, args) to move on to (see the separable kernels below)
     if same is not None and not return_indices and lay.mem == CF and x.flags.c_contiguous and \
             dtype.kind == "f" and lay.canon(lay.spatial)[-1] >= _LANES[dtype.itemsize]:
         # stride-1 "same" max, float planes at least a vector wide: explicit vectors, rows in
@@ -564,11 +570,27 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
             xshape, oshape = (oshape[0], -1), (oshape[0],)
             args = (init, marker)
         else:  # separable kernels; channels-last rows are (W * C) long
-            consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1], parallel, kind)
-            kern = _dispatch.kernel("separable", "cpu", kind, parallel, *consts, lay.mem == CL)
             c = lay.c if lay.mem == CL else 1
             xshape, oshape = xshape[:3] + (xshape[3] * c,), oshape[:3] + (oshape[3] * c,)
-            args = (tab, dil, lo, hi, pw, divmode, dov, init, float(p), knumel, c, marker)
+            if not parallel and wspec is not None:
+                # small calls of regular windows: one kernel for every window (_cpu/small.py);
+                # hot windows move on to their specialised kernel once it is at hand (compiled
+                # in this process, or in the cache) or the plan has run SPECIALISE_AFTER times
+                k3, sw, _, pw = wspec
+                kern = _dispatch.kernel("small", "cpu", kind, False, lay.mem == CL)
+                args = (tab, dil, k3[2], sw, pw, divmode, dov, init, float(p), knumel, c,
+                        marker)
+                consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1], False, kind)
+                if consts != (0, 0, 0, 0):
+                    later = (_dispatch.kernel("separable", "cpu", kind, False, *consts,
+                                              lay.mem == CL),
+                             (tab, dil, lo, hi, pw, divmode, dov, init, float(p), knumel, c,
+                              marker))
+            else:
+                consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1], parallel, kind)
+                kern = _dispatch.kernel("separable", "cpu", kind, parallel, *consts,
+                                        lay.mem == CL)
+                args = (tab, dil, lo, hi, pw, divmode, dov, init, float(p), knumel, c, marker)
     elif lay.mem == CF and x.flags.c_contiguous and dtype.kind == "f" and \
             _pair_windows(tab, dil, lay.canon(lay.spatial), lay.canon(osp), False):
         # 2x2 windows at stride 2 without padding, with indices: vectors of values and
@@ -611,10 +633,12 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
     # argument types are fixed (its key holds the input's shape, strides and dtype), so
     # Numba's per-call type dispatch (~0.3 us of a 10 us call) is skipped; fresh outputs and
     # an aligned input only (a user's `out=` or an unaligned view go through the dispatcher)
-    entry = None
+    # (kernel, arguments, entry point), replaced as one: threads share the plan
+    cur = (kern, args, None)
+    calls = 0
 
     def run(x, out):
-        nonlocal entry
+        nonlocal cur, later, calls
         if out is None:
             res = new_res()
             ires = new_idx() if return_indices else None
@@ -635,6 +659,14 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
                 xin = (a.view(np.uint16) if half else a).reshape(xshape)
             rk = res if same_out else (res.view(np.uint16) if half else res).reshape(oshape)
             arrays = (xin, rk, ires.reshape(oshape)) if with_idx else (xin, rk)
+            nxt = later
+            if nxt is not None:
+                if calls >= SPECIALISE_AFTER or \
+                        (calls == 0 and _dispatch.ready(nxt[0], arrays + nxt[1])):
+                    cur = nxt + (None,)
+                    later = None
+                calls += 1
+            kern, args, entry = cur
             call = kern if (entry is None or user is not None or not xin.flags.aligned) \
                 else entry
             if lock is None:
@@ -644,6 +676,8 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
                     call(*arrays, *args)
             if entry is None and user is None:
                 entry = _dispatch.entry_point(kern, arrays + args)
+                if cur[0] is kern:
+                    cur = (kern, args, entry)
         if user is not None:
             values = user
         else:

@@ -1,8 +1,9 @@
 """The kernels specialised on hot windows, against PyTorch.
 
-Small calls normally run the table-driven kernels (only a couple of windows are specialised
-below the parallel threshold), so these tests widen the serial hot set to reach every
-specialised kernel on small inputs, and run a few inputs large enough for the parallel ones.
+Small calls without indices run ``_cpu/small.py`` (every window at run time); small calls
+with indices run the table-driven argmax kernel except for a couple of windows, so these tests
+widen the serial hot set to reach every specialised argmax kernel on small inputs, and run a
+few inputs large enough for the parallel ones.
 """
 import numpy as np
 import pytest

@@ -1,0 +1,115 @@
+"""Serial kernels for small calls with regular windows, compiled once for every window size.
+
+Below the parallel threshold a call's time is mostly its fixed cost, and a kernel specialised on
+the window (``separable.make_sep``) costs 2-3 s to compile on its first call in a fresh process.
+These kernels take the window along W (``KW`` taps at stride ``SW``, dilation ``dil[2]``, from
+column ``-pw``) and every (D, H) geometry from the tables at run time, so one compiled kernel per
+(kind, layout, dtype) serves every window: ~1.4-1.6 s to compile.
+
+For one output row the window's input rows are reduced into a scratch row (the vertical pass),
+then each tap along W is applied to every output cell of the row in turn (the horizontal pass):
+all inner loops run over whole rows, unit-stride along W*C, so the compiler vectorises them.
+The scratch row carries ``init`` (max: the lowest value, sums: 0) on both sides, so that every
+window reduces its KW columns, the padding neutral; averages then divide by each column's own
+tap count from the tables.  Max reduces into a second scratch row instead of in place: a
+conditional store would compile to masked vector stores, which are slow on some CPUs.  Scratch
+indices are unsigned: with signed ones the negative-index handling stops vectorisation.
+
+Results are those of ``make_sep``: max keeps the first maximum and propagates NaN, sums add the
+window's rows first (in window order), then its columns.
+"""
+import numpy as np
+
+from ._intrinsics import load, to_storage, new_full
+from .window import divide, U
+
+
+def make_small(kind, parallel, channels_last):
+    assert not parallel, "serial kernels only"
+    MAX = kind == "max"
+    POWER = kind == "lp"
+    CLAST = channels_last
+
+    def kernel(x, out, tab, dil, KW, SW, pw, divmode, dov, init, p, knumel, C, marker):
+        WC = x.shape[3]  # W * C for channels-last
+        OD = out.shape[1]
+        OH = out.shape[2]
+        Cn = max(C, 1) if CLAST else 1  # (a compile-time 1 for channels-first)
+        OW = out.shape[3] // Cn
+        W = WC // Cn
+        dd = dil[0]
+        dh = dil[1]
+        dw = dil[2]
+        pz = init + p
+        invz = init + 1.0 / p
+        knz = init + knumel
+        # scratch rows: column w at PL + w, padding up to the last window's last tap
+        PL = max(pw, 0)
+        RL = (PL + max((OW - 1) * SW - pw + (KW - 1) * dw + 1, W)) * Cn
+        OC = OW * Cn
+        tmp = new_full(2 * RL, init)  # two rows, at 0 and RL (max alternates)
+        acc = new_full(2 * OC, init)  # the output row being reduced (two for max)
+        for q in range(out.shape[0]):
+            for od in range(OD):
+                d0 = tab[0, 0, od]
+                nd = tab[0, 1, od]
+                for oh in range(OH):
+                    h0 = tab[1, 0, oh]
+                    nh = tab[1, 1, oh]
+                    # vertical pass into the scratch row at s
+                    s = 0
+                    for i in range(WC):
+                        tmp[U(PL * Cn + i)] = init
+                    for a in range(nd):
+                        for b in range(nh):
+                            z = d0 + a * dd
+                            y = h0 + b * dh
+                            if MAX:
+                                t = RL - s
+                                for i in range(WC):
+                                    v = load(x[q, z, y, U(i)], marker)
+                                    m = tmp[U(s + PL * Cn + i)]
+                                    tmp[U(t + PL * Cn + i)] = v if ((v > m) | (v != v)) else m
+                                s = t
+                            else:
+                                for i in range(WC):
+                                    v = init + load(x[q, z, y, U(i)], marker)
+                                    if POWER:
+                                        v = v * v if p == 2.0 else (v if p == 1.0 else v ** pz)
+                                    tmp[U(PL * Cn + i)] += v
+                    fdh = tab[0, 2, od] * tab[1, 2, oh] if divmode == 1 else nd * nh
+                    # horizontal pass: tap c of every cell, into acc[e:e + OC]
+                    e = 0
+                    for c in range(KW):
+                        f = OC - e if MAX and c > 0 else e
+                        cb = s + c * dw * Cn
+                        for ow in range(OW):
+                            for ch in range(Cn):
+                                v = tmp[U(cb + ow * SW * Cn + ch)]
+                                if c == 0:
+                                    acc[U(f + ow * Cn + ch)] = v
+                                elif MAX:
+                                    m = acc[U(e + ow * Cn + ch)]
+                                    acc[U(f + ow * Cn + ch)] = v if ((v > m) | (v != v)) else m
+                                else:
+                                    acc[U(ow * Cn + ch)] += v
+                        e = f
+                    for ow in range(OW):
+                        if not MAX:
+                            if divmode == 0:
+                                div = dov
+                            else:
+                                div = fdh * (tab[2, 2, ow] if divmode == 1 else tab[2, 1, ow])
+                        for ch in range(Cn):
+                            m = acc[U(e + ow * Cn + ch)]
+                            if MAX:
+                                out[q, od, oh, ow * Cn + ch] = to_storage(m, marker)
+                            elif POWER:
+                                r = divide(m, div) * knz
+                                out[q, od, oh, ow * Cn + ch] = to_storage(
+                                    np.sqrt(r) if p == 2.0 else (r if p == 1.0 else r ** invz),
+                                    marker)
+                            else:
+                                out[q, od, oh, ow * Cn + ch] = to_storage(divide(m, div), marker)
+    from .._runtime import jit
+    return jit(kernel)
