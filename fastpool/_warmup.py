@@ -64,8 +64,12 @@ def warmup(ops=None, dtypes=None, layouts=None):
         if lay not in ("cf", "cl"):
             raise ValueError(f"warmup: layouts must be 'cf' or 'cl', got {lay!r}")
     saved = _f.PARALLEL_MIN_WORK
+    saved_after = _f.SPECIALISE_AFTER
     calls = 0
     try:
+        # hot windows' small calls run their specialised kernels from the first call (the
+        # other windows compile the kernel that serves every window)
+        _f.SPECIALISE_AFTER = 0
         for threshold in (saved, 0):  # serial kernels, then parallel ones
             _f.PARALLEL_MIN_WORK = threshold
             for name in names:
@@ -80,5 +84,6 @@ def warmup(ops=None, dtypes=None, layouts=None):
                         calls += 1
     finally:
         _f.PARALLEL_MIN_WORK = saved
+        _f.SPECIALISE_AFTER = saved_after
         _f._PLANS.clear()  # plans made above chose kernels under the forced threshold
     return calls

@@ -137,9 +137,14 @@ def test_import_compiles_nothing():
 
 
 def test_warmup_compiles_requested_kernels():
-    fastpool.warmup(ops=["max_pool2d"], dtypes=[np.float32], layouts=["cf"])
-    from fastpool import _dispatch
+    from fastpool import _dispatch, functional
+    after = functional.SPECIALISE_AFTER
+    fastpool.warmup(ops=["max_pool2d"], dtypes=[np.float32], layouts=["cl"])
     assert _dispatch.kernel.cache_info().currsize > 0
+    assert functional.SPECIALISE_AFTER == after
+    # small calls: the kernel for every window, and the hot windows' specialised kernels
+    assert _dispatch.kernel("small", "cpu", "max", False, True).overloads
+    assert _dispatch.kernel("separable", "cpu", "max", False, 1, 3, 3, 2, True).overloads
 
 
 def test_serial_and_parallel_variants_cache_apart():
