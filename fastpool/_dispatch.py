@@ -97,13 +97,16 @@ def ready(kern, argv):
         if sig in kern.overloads:
             return True
         cache = getattr(kern, "_cache", None)
-        if cache is None:
+        absent = kern.__dict__.setdefault("_fastpool_absent", set())
+        if cache is None or sig in absent:
             return False
         with global_compiler_lock:
             if sig in kern.overloads:
                 return True
             cres = cache.load_overload(sig, kern.targetctx)
             if cres is None:
+                # (not looked for again in this process: each new plan would read the index)
+                absent.add(sig)
                 return False
             if not cres.objectmode:
                 kern.targetctx.insert_user_function(cres.entry_point, cres.fndesc,
