@@ -48,6 +48,9 @@ _FACTORIES = {
     ("max_backward_tiled", "cpu"): ("._cpu.window", "make_max_backward_tiled", ()),
     ("adaptive_backward", "cpu"): ("._cpu.backward", "make_adaptive_backward", ()),
     ("global_backward", "cpu"): ("._cpu.backward", "make_global_backward", ()),
+    # ... serial, every geometry from the tables (_cpu/small.py; layout: "cf" or "cl")
+    ("avg_backward_small", "cpu"): ("._cpu.small", "make_small_sum_backward", (False,)),
+    ("lp_backward_small", "cpu"): ("._cpu.small", "make_small_sum_backward", (True,)),
     ("avg_backward", "cpu"): ("._cpu.backward", "make_sum_backward", (False,)),
     ("lp_backward", "cpu"): ("._cpu.backward", "make_sum_backward", (True,)),
     ("max_unpool_backward", "cpu"): ("._cpu.backward", "make_unpool_backward", ()),

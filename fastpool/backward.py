@@ -400,11 +400,18 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
         (o3[1] + 1) * (-(-s3[2] // 32) * 32 + 32) <= _f.ADAPTIVE_MAX_SCRATCH
     if gsize and not fill:
         inv, ilist = _inverse(tab, dil, s3)
+    small = False
     if gsize and not fill and not adaptive:
         hwa = np.array(hw, np.int64)
-        kern = _dispatch.kernel("lp_backward" if power else "avg_backward", "cpu", lay.mem,
-                                _parallel(cells * lay.n * lay.c +
-                                          gsize * taps * (2 if power else 1)))
+        par = _parallel(cells * lay.n * lay.c + gsize * taps * (2 if power else 1))
+        # small calls: the kernel with little code (~1.5 s to compile, against 7-9 s)
+        small = not par
+        kern = _dispatch.kernel(("lp_backward" if power else "avg_backward") +
+                                ("_small" if small else ""), "cpu", lay.mem, par)
+        if small:  # channels-last rows W * C long
+            xs = xshape if lay.mem == CF else xshape[:3] + (xshape[3] * xshape[4],)
+            os_ = oshape if lay.mem == CF else oshape[:3] + (oshape[3] * oshape[4],)
+            nc = 1 if lay.mem == CF else lay.c
     if adaptive:
         from ._cpu.backward import adaptive_gather
         from ._cpu._simd import lanes
@@ -453,6 +460,10 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
             else:
                 blk = _channel_block(lay.n, lay.c, o3[0] * o3[1] * s3[2], acc.itemsize)
             a = lay.input_mem(x) if power else res  # the input is read by Lp only
+            if small:  # (serial: no launch lock)
+                kern(_bits(gm).reshape(os_), _bits(a).reshape(xs), _bits(res).reshape(xs), tab,
+                     dil, divmode, dov, acc, float(p), knumel, nc, marker)
+                return lay.user_view(res)
             with launch_lock():
                 kern(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
                      _bits(res).reshape(xshape), tab, dil, inv, ilist, divmode, dov, acc,

@@ -204,3 +204,67 @@ def test_ready_loads_a_kernel_from_the_cache():
     assert fpf._dispatch.ready(again, argv)
     assert len(again.overloads) == 1 and sum(again.stats.cache_hits.values()) == 1
     assert not again.stats.cache_misses  # (nothing compiled)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_small_sum_backward_against_reference_and_parallel(seed, monkeypatch):
+    """The serial average / Lp backward (``make_small_sum_backward``): against the NumPy
+    reference, and the same bits as the parallel kernel (which sums each cell's shares in the
+    same order), on random geometries and both layouts; the gradient is left as it was."""
+    from fastpool import backward as B
+    from reference import ref_avg_pool_backward, ref_lp_pool_backward
+    calls = []
+    real = B._dispatch.kernel
+    monkeypatch.setattr(B._dispatch, "kernel", lambda op, *a: calls.append(op) or real(op, *a))
+    rng = np.random.default_rng(2000 + seed)
+    checked = 0
+    while checked < 4:
+        rank, spatial, kernel, stride, dilation, padding, ceil = _draw_case(rng)
+        pairs = _pairs(padding, spatial, kernel, stride, dilation)
+        dtype = rng.choice([np.float32, np.float64, np.float16])
+        shape = (int(rng.integers(1, 3)), int(rng.integers(1, 5))) + spatial
+        x = (np.abs(rng.standard_normal(shape)) + 0.25).astype(dtype)
+        power = bool(rng.integers(2))
+        incl = bool(rng.integers(2))
+        p = float(rng.choice([1.0, 2.0, 3.0]))
+        if power:
+            fwd = getattr(fastpool, f"lp_pool{rank}d")
+            bwd = getattr(fastpool, f"lp_pool{rank}d_backward")
+            args, kw = (p, kernel, stride, ceil), dict(padding=padding, dilation=dilation)
+        else:
+            fwd = getattr(fastpool, f"avg_pool{rank}d")
+            bwd = getattr(fastpool, f"avg_pool{rank}d_backward")
+            args, kw = (kernel, stride, padding, ceil, incl), dict(dilation=dilation)
+        try:
+            y = fwd(x, *args, **kw)
+        except ValueError:  # a geometry the contract refuses
+            continue
+        g = rng.standard_normal(y.shape).astype(dtype)
+        g.reshape(-1)[0] = -0.0
+        keep = g.copy()
+        cl = bool(rng.integers(2))
+        perm = (0,) + tuple(range(2, 2 + rank)) + (1,)
+        back = np.argsort(perm)
+        gi, xi = (np.ascontiguousarray(g.transpose(perm)), np.ascontiguousarray(x.transpose(perm))) \
+            if cl else (g, x)
+        calls.clear()
+        monkeypatch.setattr(fpf, "_PLANS", {})
+        got = bwd(gi, xi, *args, channels_last=cl, **kw)
+        assert calls[-1].endswith("_backward_small")
+        if dtype == np.float32:  # (each parallel variant takes seconds to compile)
+            monkeypatch.setattr(B, "_parallel", lambda work: True)
+            monkeypatch.setattr(fpf, "_PLANS", {})
+            par = bwd(gi, xi, *args, channels_last=cl, **kw)
+            monkeypatch.setattr(B, "_parallel", fpf._parallel)
+            assert not calls[-1].endswith("_small")
+            assert np.ascontiguousarray(got).tobytes() == np.ascontiguousarray(par).tobytes()
+        got = got.transpose(back) if cl else got
+        if power:
+            want = ref_lp_pool_backward(g, x, p, kernel, stride, pairs, dilation, ceil)
+        else:
+            want = ref_avg_pool_backward(g, x, kernel, stride, pairs, ceil, incl, None, dilation)
+        tol = 5e-3 if dtype == np.float16 else 1e-5
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=tol,
+                                   atol=tol)
+        np.testing.assert_array_equal(gi if not cl else gi.transpose(back), keep)
+        checked += 1

@@ -113,3 +113,112 @@ def make_small(kind, parallel, channels_last):
                                 out[q, od, oh, ow * Cn + ch] = to_storage(divide(m, div), marker)
     from .._runtime import jit
     return jit(kernel)
+
+
+def make_small_sum_backward(layout, parallel, power):
+    """Average (``power`` False; also adaptive average) and Lp backward for small calls, every
+    geometry from the tables: ``backward.make_sum_backward``'s sums in its order, in little
+    code (its serial kernel took 7-9 s to compile in a fresh process, this one ~1.5 s).
+
+    Per plane, each output row's shares are spread along W into a scratch row ``T`` (windows in
+    ascending order, from +0), and ``T`` is added into every input row the window covers, into
+    a plane of sums started at +0 (output rows in ascending order); the plane is then written
+    (Lp: times ``p * x ** (p - 1)``).  Arrays are (planes, D, H, W) channels-first and (N, D, H,
+    W * C) channels-last, ``C`` channels innermost.
+    """
+    assert not parallel, "serial kernels only"
+    POWER = power
+    CLAST = layout == "cl"
+    from .backward import as_acc
+
+    def kernel(g, x, gin, tab, dil, divmode, dov, zero, p, knumel, C, marker):
+        OD = g.shape[1]
+        OH = g.shape[2]
+        Cn = max(C, 1) if CLAST else 1  # (a compile-time 1 for channels-first)
+        OW = g.shape[3] // Cn
+        D = gin.shape[1]
+        H = gin.shape[2]
+        WC = gin.shape[3]
+        dd = dil[0]
+        dh = dil[1]
+        dw = dil[2]
+        pz = as_acc(zero, p)
+        e = as_acc(zero, 1.0 / p)
+        one = as_acc(zero, 1)
+        kz = as_acc(zero, knumel)
+        dz = as_acc(zero, dov)
+        S = new_full(D * H * WC, zero)  # the plane's sums
+        T = new_full(WC, zero)  # one output row's shares, spread along W
+        sh = new_full(Cn, zero)  # one output cell's shares
+        for q in range(g.shape[0]):
+            for i in range(D * H * WC):
+                S[U(i)] = zero
+            for od in range(OD):
+                d0 = tab[0, 0, od]
+                nd = tab[0, 1, od]
+                for oh in range(OH):
+                    h0 = tab[1, 0, oh]
+                    nh = tab[1, 1, oh]
+                    for i in range(WC):
+                        T[U(i)] = zero
+                    for ow in range(OW):
+                        w0 = tab[2, 0, ow]
+                        nw = tab[2, 1, ow]
+                        if POWER:  # PyTorch's autograd of the Lp forward, per window
+                            div = as_acc(zero, tab[0, 2, od] * tab[1, 2, oh] * tab[2, 2, ow])
+                            for ch in range(Cn):
+                                s = zero
+                                for a in range(nd):
+                                    for b in range(nh):
+                                        for c in range(nw):
+                                            v = zero + load(x[q, d0 + a * dd, h0 + b * dh,
+                                                              (w0 + c * dw) * Cn + ch], marker)
+                                            if p == 2.0:
+                                                v = v * v
+                                            elif p != 1.0:
+                                                v = v ** pz
+                                            s += v
+                                A = s / div
+                                if A == 0:
+                                    sh[U(ch)] = zero
+                                else:
+                                    gv = zero + load(g[q, od, oh, ow * Cn + ch], marker)
+                                    gy = gv * (e * (A * kz) ** (e - one))
+                                    sh[U(ch)] = (gy * kz) / div
+                        elif divmode == 3:  # adaptive: by each dim's extent in turn
+                            for ch in range(Cn):
+                                sh[U(ch)] = (zero + load(g[q, od, oh, ow * Cn + ch], marker)) / \
+                                    as_acc(zero, nd) / as_acc(zero, nh) / as_acc(zero, nw)
+                        else:
+                            if divmode == 0:
+                                div = dz
+                            elif divmode == 1:
+                                div = as_acc(zero, tab[0, 2, od] * tab[1, 2, oh] * tab[2, 2, ow])
+                            else:
+                                div = as_acc(zero, nd * nh * nw)
+                            for ch in range(Cn):
+                                sh[U(ch)] = (zero + load(g[q, od, oh, ow * Cn + ch], marker)) / div
+                        for c in range(nw):
+                            cb = (w0 + c * dw) * Cn
+                            for ch in range(Cn):
+                                T[U(cb + ch)] += sh[U(ch)]
+                    for a in range(nd):
+                        for b in range(nh):
+                            rb = ((d0 + a * dd) * H + h0 + b * dh) * WC
+                            for i in range(WC):
+                                S[U(rb + i)] += T[U(i)]
+            for z in range(D):
+                for y in range(H):
+                    rb = (z * H + y) * WC
+                    for i in range(WC):
+                        v = S[U(rb + i)]
+                        if POWER:
+                            if p == 1.0:
+                                v = v * pz
+                            elif p == 2.0:
+                                v = v * (pz * (zero + load(x[q, z, y, i], marker)))
+                            else:
+                                v = v * (pz * (zero + load(x[q, z, y, i], marker)) ** (pz - one))
+                        gin[q, z, y, i] = to_storage(v, marker)
+    from .._runtime import jit
+    return jit(kernel)
