@@ -49,6 +49,8 @@ _FACTORIES = {
     ("adaptive_backward", "cpu"): ("._cpu.backward", "make_adaptive_backward", ()),
     ("global_backward", "cpu"): ("._cpu.backward", "make_global_backward", ()),
     # ... serial, every geometry from the tables (_cpu/small.py; layout: "cf" or "cl")
+    ("max_small", "cpu"): ("._cpu.small", "make_small_max", ()),
+    ("max_backward_small", "cpu"): ("._cpu.small", "make_small_max", (True,)),
     ("avg_backward_small", "cpu"): ("._cpu.small", "make_small_sum_backward", (False,)),
     ("lp_backward_small", "cpu"): ("._cpu.small", "make_small_sum_backward", (True,)),
     ("avg_backward", "cpu"): ("._cpu.backward", "make_sum_backward", (False,)),

@@ -262,6 +262,12 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
                  dtype != np.float16 and _streamed(res), acc, marker)
         _raise_bad(op, bad, "indices", cells, f"the input plane of {lay.spatial}")
 
+    # small calls of the channels-first scan run the kernel for every window; a hot window
+    # moves on to its own kernel once that is at hand, or after SPECIALISE_AFTER calls (as in
+    # functional): [still on the kernel for every window, calls]
+    small_scan = not par_rec and tab is not None and lay.mem == CF
+    scan = [small_scan, 0]
+
     def run(x, extra):
         g, indices, samples = extra
         gm = _grad_mem(op, g, lay, osp, dtype)
@@ -278,10 +284,26 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
                          *kdims, codes, init, _streamed(res), acc, marker)
                 return lay.user_view(res)
             if lay.mem == CF:
-                kern = _dispatch.kernel("max_backward_scan", "cpu", CF, par_rec, *consts)
+                argv = (_bits(a).reshape(xshape), _bits(gm).reshape(oshape),
+                        _bits(res).reshape(xshape), tab, dil, lo, hi, pw, init, acc, marker)
+                kern = None
+                if scan[0] and consts != (0, 0, 0, 0):
+                    kern = _dispatch.kernel("max_backward_scan", "cpu", CF, False, *consts)
+                    if scan[1] >= _f.SPECIALISE_AFTER or \
+                            (scan[1] == 0 and _dispatch.ready(kern, argv)):
+                        scan[0] = False
+                    else:
+                        kern = None
+                    scan[1] += 1
+                if kern is None:
+                    kern = _dispatch.kernel("max_backward_small", "cpu", CF, False) \
+                        if scan[0] else \
+                        _dispatch.kernel("max_backward_scan", "cpu", CF, par_rec, *consts)
+                if scan[0]:  # (serial: no launch lock)
+                    kern(*argv)
+                    return lay.user_view(res)
                 with launch_lock():
-                    kern(_bits(a).reshape(xshape), _bits(gm).reshape(oshape),
-                         _bits(res).reshape(xshape), tab, dil, lo, hi, pw, init, acc, marker)
+                    kern(*argv)
                 return lay.user_view(res)
             if pairs is not None:
                 kern = _dispatch.kernel("max_backward_pairs", "cpu", CL, par_rec)

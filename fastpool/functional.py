@@ -618,6 +618,10 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
         consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1], parallel)
         kern = _dispatch.kernel("max", "cpu", CF, parallel, *consts)
         args = (tab, dil, lo, hi, pw, init, init, marker)  # (init again: the unused zero)
+        if not parallel:  # small calls: as the separable kernels above (_cpu/small.py)
+            if consts != (0, 0, 0, 0):
+                later = (kern, args)
+            kern = _dispatch.kernel("max_small", "cpu", CF, False)
 
     # the common case, decided once: the input is already the kernel's C-contiguous memory and
     # the result needs no transposition (no per-call layout work)

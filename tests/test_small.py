@@ -115,8 +115,20 @@ def test_small_kernel_against_reference(seed, record):
             got = op(xin, dilation=dilation, **kw)
         except ValueError:  # a geometry the contract refuses (an empty window, ...)
             continue
-        want = ref_max_pool(x, kernel, stride, pairs, dilation, ceil)[0]
+        want, want_i = ref_max_pool(x, kernel, stride, pairs, dilation, ceil)
         np.testing.assert_array_equal(back(got), want)
+        got, got_i = op(xin, dilation=dilation, return_indices=True, **kw)
+        np.testing.assert_array_equal(back(got), want)
+        np.testing.assert_array_equal(back(got_i), want_i)
+        if np.dtype(dtype).kind == "f":  # the gradient without indices (the argmax scan)
+            g = rng.standard_normal(want.shape).astype(dtype)
+            gin = getattr(fastpool, f"max_pool{rank}d_backward")(
+                g, x, kernel, stride, padding, dilation, ceil)
+            from reference import ref_max_pool_backward
+            gw = ref_max_pool_backward(g, x, kernel, stride, pairs, dilation, ceil)
+            gtol = 5e-3 if dtype == np.float16 else 1e-6
+            np.testing.assert_allclose(gin.astype(np.float64), gw.astype(np.float64),
+                                       rtol=gtol, atol=gtol)
         incl = bool(rng.integers(2))
         got = getattr(fastpool, f"avg_pool{rank}d")(xin, count_include_pad=incl,
                                                      dilation=dilation, **kw)
@@ -137,7 +149,8 @@ def test_small_kernel_against_reference(seed, record):
                                        rtol=max(tol, 1e-5), atol=max(tol, 1e-5))
         np.testing.assert_array_equal(x, keep)  # the input is left as it was
         checked += 1
-    assert any(c[0] == "small" for c in record)  # (the cases reached the kernel under test)
+    # (the cases reached the kernels under test)
+    assert {"small", "max_small", "max_backward_small"} <= {c[0] for c in record}
 
 
 def test_hot_windows_move_on_to_their_specialised_kernel(monkeypatch):
@@ -169,6 +182,19 @@ def test_hot_windows_move_on_to_their_specialised_kernel(monkeypatch):
         np.testing.assert_allclose(fastpool.avg_pool2d(x, 3, 2, 1), want_avg, rtol=1e-6,
                                    atol=1e-6)
     assert used == ["small"] * 6 + ["separable"] * 4
+    # max with indices, and its gradient without them, alike
+    used.clear()
+    want_i = ref_max_pool(x, (3, 3), (2, 2), [(1, 1)] * 2)[1]
+    g = rng.standard_normal(want_max.shape).astype(np.float32)
+    for _ in range(5):
+        v, i = fastpool.max_pool2d(x, 3, 2, 1, return_indices=True)
+        np.testing.assert_array_equal(v, want_max)
+        np.testing.assert_array_equal(i, want_i)
+        grads = fastpool.max_pool2d_backward(g, x, 3, 2, 1)
+        np.testing.assert_array_equal(grads, fastpool.max_pool2d_backward(g, x, 3, 2, 1,
+                                                                         indices=want_i))
+    assert [u for u in used if u.startswith("max") and u != "max_backward"] == \
+        ["max_small", "max_backward_small"] * 3 + ["max", "max_backward_scan"] * 2
     # the specialised kernels are compiled now: new plans start on them
     monkeypatch.setattr(fpf._dispatch, "ready",
                         lambda k, argv: real_ready(getattr(k, "disp", k), argv))

@@ -20,7 +20,7 @@ window's rows first (in window order), then its columns.
 """
 import numpy as np
 
-from ._intrinsics import load, to_storage, new_full
+from ._intrinsics import load, to_storage, new_full, flat_view
 from .window import divide, U
 
 
@@ -220,5 +220,85 @@ def make_small_sum_backward(layout, parallel, power):
                             else:
                                 v = v * (pz * (zero + load(x[q, z, y, i], marker)) ** (pz - one))
                         gin[q, z, y, i] = to_storage(v, marker)
+    from .._runtime import jit
+    return jit(kernel)
+
+
+def make_small_max(layout, parallel, backward=False):
+    """Channels-first max with indices for small calls, every geometry from the tables:
+    ``window.make_max``'s table-driven rows (and its backward mode: the gradient added at each
+    window's argmax, per plane, without indices) in little code, with its arguments.
+
+    Vertical pass: each column's first max / last NaN over the window's rows, in order, with
+    its flat position; horizontal pass: each cell merges its columns (a larger value, an equal
+    one at a smaller position, or a NaN at a larger position or over a non-NaN).
+    """
+    assert not parallel, "serial kernels only"
+    BWD = backward
+
+    def kernel(x, out, idx, tab, dil, owlo, owhi, pw, init, zero, marker):
+        H = x.shape[2]
+        W = x.shape[3]
+        OD = out.shape[1]
+        OH = out.shape[2]
+        OW = out.shape[3]
+        dd = dil[0]
+        dh = dil[1]
+        dw = dil[2]
+        S = x.shape[1] * H * W
+        tv = new_full(W, init)
+        ti = new_full(W, 0)  # (int64 positions)
+        if BWD:
+            buf = new_full(S, zero)  # the plane's gradient sums
+            cp = new_full(OW, 0)
+        for q in range(out.shape[0]):
+            for od in range(OD):
+                d0 = tab[0, 0, od]
+                nd = tab[0, 1, od]
+                for oh in range(OH):
+                    h0 = tab[1, 0, oh]
+                    nh = tab[1, 1, oh]
+                    base0 = (d0 * H + h0) * W
+                    if nd == 0 or nh == 0:  # no input row (PyTorch-style padding, dilation)
+                        for w in range(W):
+                            tv[U(w)] = init
+                            ti[U(w)] = base0 + w
+                    for a in range(nd):
+                        z = d0 + a * dd
+                        for b in range(nh):
+                            y = h0 + b * dh
+                            rb = (z * H + y) * W
+                            first = a == 0 and b == 0
+                            for w in range(W):
+                                v = load(x[q, z, y, w], marker)
+                                m = tv[U(w)]
+                                take = first | (v > m) | (v != v)
+                                tv[U(w)] = v if take else m
+                                ti[U(w)] = (rb + w) if take else ti[U(w)]
+                    for ow in range(OW):
+                        w0 = tab[2, 0, ow]
+                        m = init
+                        mi = base0 + w0
+                        for c in range(tab[2, 1, ow]):
+                            w = w0 + c * dw
+                            v = tv[U(w)]
+                            ci = ti[U(w)]
+                            take = (v > m) | ((v == m) & (ci < mi)) | \
+                                ((v != v) & ((m == m) | (ci > mi)))
+                            m = v if take else m
+                            mi = ci if take else mi
+                        if BWD:
+                            cp[U(ow)] = mi
+                        else:
+                            out[q, od, oh, ow] = to_storage(m, marker)
+                            idx[q, od, oh, ow] = mi
+                    if BWD:  # the row's gradients at its argmax cells, outputs in order
+                        for ow in range(OW):
+                            buf[U(cp[U(ow)])] += zero + load(out[q, od, oh, ow], marker)
+            if BWD:  # the plane written out (rounded once), the sums zeroed again
+                gq = flat_view(idx[max(q, 0)])
+                for j in range(S):
+                    gq[U(j)] = to_storage(buf[U(j)], marker)
+                    buf[U(j)] = zero
     from .._runtime import jit
     return jit(kernel)
