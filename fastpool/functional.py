@@ -18,7 +18,7 @@ CF, CL = "cf", "cl"
 # below this many window taps a call runs the serial kernel: a parallel launch costs more
 PARALLEL_MIN_WORK = 1 << 16
 # small calls of hot windows start on a kernel that serves every window (one compilation, ~1.5
-# s), and move on to the window's specialised kernel (2.3-3 s to compile) once it is compiled
+# s), and move on to the window's specialised kernel (2.3-4 s to compile) once it is compiled
 # or cached, or after this many calls of the plan
 SPECIALISE_AFTER = 256
 
@@ -315,9 +315,9 @@ def _tables(op, spatial, k, s, pads, d, osp, onnx):
 
 # Windows compiled as constants, (KD, KH, KW, SW) with W dilation 1: the shapes that dominate
 # real networks.  Each costs a compilation per (kind, layout, dtype), so large (parallel) calls
-# get the whole set and small (serial) calls with indices only the most common windows;
-# everything else runs the table-driven kernels, which handle any geometry.  (Small calls
-# without indices run _cpu/small.py, one kernel for every window.)
+# get the whole set and small (serial) calls only the most common windows, which they reach
+# after a start on _cpu/small.py's kernels (one for every window: see SPECIALISE_AFTER);
+# everything else runs the table-driven kernels, which handle any geometry.
 _HOT_WINDOWS = frozenset({
     (1, 3, 3, 2), (1, 2, 2, 2), (1, 3, 3, 1), (1, 5, 5, 1), (1, 1, 3, 2), (1, 1, 2, 2),
     (2, 2, 2, 2),

@@ -294,3 +294,29 @@ def test_small_sum_backward_against_reference_and_parallel(seed, monkeypatch):
                                    atol=tol)
         np.testing.assert_array_equal(gi if not cl else gi.transpose(back), keep)
         checked += 1
+
+
+def test_threads_share_a_plan_while_it_moves_on(monkeypatch):
+    """Eight threads calling the same small plans while they move on to the specialised
+    kernels (the plan's kernel, arguments and entry point are replaced as one): every result
+    right."""
+    from concurrent.futures import ThreadPoolExecutor
+    monkeypatch.setattr(fpf, "SPECIALISE_AFTER", 40)
+    monkeypatch.setattr(fpf._dispatch, "ready", lambda k, argv: False)
+    monkeypatch.setattr(fpf, "_PLANS", {})
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 3, 9, 13)).astype(np.float32)
+    xl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    want_v, want_i = ref_max_pool(x, (3, 3), (2, 2), [(1, 1)] * 2)
+    want_a = ref_avg_pool(x, (3, 3), (2, 2), [(1, 1)] * 2, count_include_pad=False)
+
+    def work(seed):
+        bad = 0
+        for _ in range(30):
+            v, i = fastpool.max_pool2d(x, 3, 2, 1, return_indices=True)
+            bad += not (np.array_equal(v, want_v) and np.array_equal(i, want_i))
+            a = fastpool.avg_pool2d(xl, 3, 2, 1, count_include_pad=False, channels_last=True)
+            bad += not np.allclose(np.moveaxis(a, -1, 1), want_a, rtol=1e-6, atol=1e-6)
+        return bad
+    with ThreadPoolExecutor(8) as ex:
+        assert sum(ex.map(work, range(8))) == 0
