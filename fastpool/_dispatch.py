@@ -34,6 +34,8 @@ _FACTORIES = {
     ("adaptive", "cpu"): ("._cpu.separable", "make_adaptive", ()),
     # channels-last max with indices (layout argument is the kind)
     ("cl", "cpu"): ("._cpu.channels_last", "make_cl", ()),
+    # ... serial, without the int32-position loops: small calls start on it
+    ("cl_lean", "cpu"): ("._cpu.channels_last", "make_cl", (True,)),
     ("fractional_max", "cpu"): ("._cpu.planes", "make_fractional_max", ()),
     ("max_unpool", "cpu"): ("._cpu.planes", "make_unpool", ()),
     # gradients (fastpool.backward); "max_backward" serves every max-type op via its indices

@@ -603,6 +603,9 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
     elif lay.mem == CL:
         kern = _dispatch.kernel("cl", "cpu", kind, parallel)
         args = (tab, dil, init, marker)
+        if not parallel:  # small calls: the lean kernel first (as the separable ones above)
+            later = (kern, args)
+            kern = _dispatch.kernel("cl_lean", "cpu", kind, False)
     elif x.flags.c_contiguous and dtype.kind == "f" and \
             _tiling_window(tab, dil, lay.canon(lay.spatial), lay.canon(osp)) == 3:
         # 3x3 windows at stride 2, padding 1, tiling even planes (_cpu/window.py; 32x64x112x112:

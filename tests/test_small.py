@@ -195,6 +195,14 @@ def test_hot_windows_move_on_to_their_specialised_kernel(monkeypatch):
                                                                          indices=want_i))
     assert [u for u in used if u.startswith("max") and u != "max_backward"] == \
         ["max_small", "max_backward_small"] * 3 + ["max", "max_backward_scan"] * 2
+    # channels-last max with indices: the lean kernel (int64 positions only), then the full one
+    used.clear()
+    xl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    for _ in range(5):
+        v, i = fastpool.max_pool2d(xl, 3, 2, 1, return_indices=True, channels_last=True)
+        np.testing.assert_array_equal(np.moveaxis(v, -1, 1), want_max)
+        np.testing.assert_array_equal(np.moveaxis(i, -1, 1), want_i)
+    assert used == ["cl_lean"] * 3 + ["cl"] * 2
     # the specialised kernels are compiled now: new plans start on them
     monkeypatch.setattr(fpf._dispatch, "ready",
                         lambda k, argv: real_ready(getattr(k, "disp", k), argv))
