@@ -286,22 +286,15 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
             if lay.mem == CF:
                 argv = (_bits(a).reshape(xshape), _bits(gm).reshape(oshape),
                         _bits(res).reshape(xshape), tab, dil, lo, hi, pw, init, acc, marker)
-                kern = None
                 if scan[0] and consts != (0, 0, 0, 0):
-                    kern = _dispatch.kernel("max_backward_scan", "cpu", CF, False, *consts)
-                    if scan[1] >= _f.SPECIALISE_AFTER or \
-                            (scan[1] == 0 and _dispatch.ready(kern, argv)):
+                    if _f._move_on(scan[1], _dispatch.kernel("max_backward_scan", "cpu", CF,
+                                                             False, *consts), argv):
                         scan[0] = False
-                    else:
-                        kern = None
                     scan[1] += 1
-                if kern is None:
-                    kern = _dispatch.kernel("max_backward_small", "cpu", CF, False) \
-                        if scan[0] else \
-                        _dispatch.kernel("max_backward_scan", "cpu", CF, par_rec, *consts)
                 if scan[0]:  # (serial: no launch lock)
-                    kern(*argv)
+                    _dispatch.kernel("max_backward_small", "cpu", CF, False)(*argv)
                     return lay.user_view(res)
+                kern = _dispatch.kernel("max_backward_scan", "cpu", CF, par_rec, *consts)
                 with launch_lock():
                     kern(*argv)
                 return lay.user_view(res)

@@ -257,6 +257,13 @@ def _parallel(work):
     return work >= PARALLEL_MIN_WORK
 
 
+def _move_on(calls, kern, argv):
+    """Does a small call's plan, ``calls`` calls old, move on to the specialised ``kern`` now:
+    after SPECIALISE_AFTER calls, or on its first call when ``kern`` is at hand (compiled in
+    this process, or in the cache)?"""
+    return calls >= SPECIALISE_AFTER or (calls == 0 and _dispatch.ready(kern, argv))
+
+
 def _check_out_overlap(op, x, *outs):
     for o in outs:
         if o is not None and np.may_share_memory(o, x):
@@ -572,25 +579,20 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
         else:  # separable kernels; channels-last rows are (W * C) long
             c = lay.c if lay.mem == CL else 1
             xshape, oshape = xshape[:3] + (xshape[3] * c,), oshape[:3] + (oshape[3] * c,)
+            consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1], parallel, kind)
+            args = (tab, dil, lo, hi, pw, divmode, dov, init, float(p), knumel, c, marker)
             if not parallel and wspec is not None:
                 # small calls of regular windows: one kernel for every window (_cpu/small.py);
-                # hot windows move on to their specialised kernel once it is at hand (compiled
-                # in this process, or in the cache) or the plan has run SPECIALISE_AFTER times
-                k3, sw, _, pw = wspec
-                kern = _dispatch.kernel("small", "cpu", kind, False, lay.mem == CL)
-                args = (tab, dil, k3[2], sw, pw, divmode, dov, init, float(p), knumel, c,
-                        marker)
-                consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1], False, kind)
+                # hot windows move on to their specialised kernel (see _move_on)
                 if consts != (0, 0, 0, 0):
                     later = (_dispatch.kernel("separable", "cpu", kind, False, *consts,
-                                              lay.mem == CL),
-                             (tab, dil, lo, hi, pw, divmode, dov, init, float(p), knumel, c,
-                              marker))
+                                              lay.mem == CL), args)
+                k3, sw, _, pw = wspec
+                kern = _dispatch.kernel("small", "cpu", kind, False, lay.mem == CL)
+                args = (tab, dil, k3[2], sw, pw) + args[5:]
             else:
-                consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1], parallel, kind)
                 kern = _dispatch.kernel("separable", "cpu", kind, parallel, *consts,
                                         lay.mem == CL)
-                args = (tab, dil, lo, hi, pw, divmode, dov, init, float(p), knumel, c, marker)
     elif lay.mem == CF and x.flags.c_contiguous and dtype.kind == "f" and \
             _pair_windows(tab, dil, lay.canon(lay.spatial), lay.canon(osp), False):
         # 2x2 windows at stride 2 without padding, with indices: vectors of values and
@@ -668,8 +670,7 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
             arrays = (xin, rk, ires.reshape(oshape)) if with_idx else (xin, rk)
             nxt = later
             if nxt is not None:
-                if calls >= SPECIALISE_AFTER or \
-                        (calls == 0 and _dispatch.ready(nxt[0], arrays + nxt[1])):
+                if _move_on(calls, nxt[0], arrays + nxt[1]):
                     cur = nxt + (None,)
                     later = None
                 calls += 1
