@@ -18,6 +18,10 @@ import sys
 import threading
 
 _TBB_ENV = "FASTPOOL_THREADING_LAYER"
+# FASTPOOL_SPLIT_KERNELS=1: parallel kernels compiled serial and run over Python threads
+# (``_threads``): a large call's first call compiles 2.5-4x faster, but the kernels ran 5-95%
+# slower than Numba's parallel ones at 2 threads, so it is off by default
+SPLIT = os.environ.get("FASTPOOL_SPLIT_KERNELS", "0").strip() in ("1", "true", "yes")
 
 
 def _preload_tbb():
@@ -136,7 +140,17 @@ def jit(fn, parallel=False, fastmath=False):
     """
     configure()
     import numba
-    if fn.__closure__:  # closures over compile-time constants: their dead code removed
+    split = None
+    if parallel and SPLIT:  # the serial kernel over one part of the tasks, run on threads
+        from ._cpu._specialise import specialise
+        try:
+            split = specialise(fn, _spec_folder(), split=True)
+        except Exception:  # (a kernel the rewriter cannot handle stays a parallel one)
+            split = None
+        if split is not None:
+            fn, parallel = split, False
+            fn.__qualname__ += "_split"
+    if split is None and fn.__closure__:  # closures over constants: their dead code removed
         from ._cpu._specialise import specialise
         try:
             fn = specialise(fn, _spec_folder()) or fn
@@ -144,8 +158,15 @@ def jit(fn, parallel=False, fastmath=False):
             pass
     if parallel or fastmath:
         fn.__qualname__ += ("_parallel" if parallel else "") + ("_fastmath" if fastmath else "")
-    opts = dict(nogil=True, parallel=parallel, fastmath=fastmath, error_model="numpy",
-                boundscheck=False)
+    disp = _njit(numba, fn, dict(nogil=True, parallel=parallel, fastmath=fastmath,
+                                 error_model="numpy", boundscheck=False))
+    if split is not None:
+        from ._threads import SplitKernel
+        return SplitKernel(disp)
+    return disp
+
+
+def _njit(numba, fn, opts):
     if _CACHE is not False:
         try:
             disp = numba.njit(cache=True, **opts)(fn)
@@ -184,6 +205,8 @@ def runtime_info():
         "numba": numba.__version__,
         "llvmlite": llvmlite.__version__,
         "threading_layer": layer,
+        "parallel_kernels": "serial kernels split over Python threads" if SPLIT else
+                            "Numba parallel (prange)",
         "threads": numba.get_num_threads(),
         "cache": "enabled" if _CACHE is not False else "disabled",
         "cache_dir": cache_dir,

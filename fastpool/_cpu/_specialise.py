@@ -21,7 +21,8 @@ import textwrap
 import threading
 
 _SCALARS = (bool, int, float)
-_VERSION = 3  # of the rewrite: part of the key of the kept code
+_VERSION = 4  # of the rewrite: part of the key of the kept code
+PART, PARTS = "_fp_part", "_fp_parts"  # the parameters a split kernel gains
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp,
            ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.Global, ast.Nonlocal)
 
@@ -147,9 +148,42 @@ def _source(fn):
     return textwrap.dedent("".join(lines[first:end]))
 
 
-def specialise(fn, folder=None):
+def _split_prange(fdef):
+    """Rewrite the kernel's one task loop ``for t in prange(E):`` (the last statement of its
+    body) into ``for t in range(E * part // parts, E * (part + 1) // parts):`` with ``part``,
+    ``parts`` two new trailing parameters; False (``fdef`` untouched) for any other shape."""
+    loops = [n for n in ast.walk(fdef) if isinstance(n, ast.For) and
+             isinstance(n.iter, ast.Call) and isinstance(n.iter.func, ast.Name) and
+             n.iter.func.id == "prange"]
+    body = fdef.body
+    if len(loops) != 1 or not body or body[-1] is not loops[0] or \
+            len(loops[0].iter.args) != 1 or loops[0].iter.keywords or loops[0].orelse:
+        return False
+    loop = loops[0]
+    names = {n.id for n in ast.walk(fdef) if isinstance(n, ast.Name)}
+    if PART in names or PARTS in names or "_fp_ntask" in names:
+        return False
+    count = ast.Assign(targets=[ast.Name("_fp_ntask", ast.Store())], value=loop.iter.args[0])
+
+    def bound(k):  # _fp_ntask * (part + k) // parts
+        part = ast.Name(PART, ast.Load()) if k == 0 else \
+            ast.BinOp(ast.Name(PART, ast.Load()), ast.Add(), ast.Constant(k))
+        return ast.BinOp(ast.BinOp(ast.Name("_fp_ntask", ast.Load()), ast.Mult(), part),
+                         ast.FloorDiv(), ast.Name(PARTS, ast.Load()))
+    loop.iter = ast.Call(ast.Name("range", ast.Load()), [bound(0), bound(1)], [])
+    body.insert(len(body) - 1, count)
+    fdef.args.args += [ast.arg(PART), ast.arg(PARTS)]
+    for n in [count] + list(ast.walk(count)) + list(ast.walk(loop.iter)) + fdef.args.args[-2:]:
+        ast.copy_location(n, loop)
+    return True
+
+
+def specialise(fn, folder=None, split=False):
     """``fn`` (a closure) rewritten with its scalar free variables as constants and the code
     they make dead removed; None when its source cannot be read (the caller then keeps ``fn``).
+
+    ``split``: also turn its task loop into the range of one part of the tasks
+    (``_split_prange``; any function, closure or not); None where it has no such loop.
 
     ``folder``: where to keep the rewritten code (marshalled, keyed by the function's source
     and constants) so that later processes skip the rewrite (~10 ms a kernel, which a first call
@@ -163,10 +197,11 @@ def specialise(fn, folder=None):
     names = list(cells)
     path = None
     if folder:
-        key = repr((_VERSION, sys.version_info[:2], fn.__code__.co_filename,
+        key = repr((_VERSION, split, sys.version_info[:2], fn.__code__.co_filename,
                     fn.__code__.co_firstlineno, src, sorted(consts.items()), names,
                     hashlib.sha256(fn.__code__.co_code).hexdigest()))
         tag = "".join(ch if ch.isalnum() else "_" for ch in fn.__qualname__)[-60:]
+        tag += "_split" if split else ""
         path = os.path.join(folder, f"{tag}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.spec")
     code = None
     if path:
@@ -176,7 +211,7 @@ def specialise(fn, folder=None):
         except (OSError, EOFError, ValueError, TypeError):
             code = None
     if code is None:
-        code = _rewrite(fn, src, consts, names)
+        code = _rewrite(fn, src, consts, names, split)
         if code is None:
             return None
         if path:
@@ -227,7 +262,7 @@ def _same_function(fn, fdef, names):
         sum(1 for _ in dis.get_instructions(code)) == sum(1 for _ in dis.get_instructions(old))
 
 
-def _rewrite(fn, src, consts, names):
+def _rewrite(fn, src, consts, names, split=False):
     """The compiled module that defines ``_factory(*names)``, returning the rewritten ``fn``;
     None for a function with nested scopes."""
     # (blank lines first: the tree then carries the file's line numbers as it is)
@@ -254,4 +289,6 @@ def _rewrite(fn, src, consts, names):
     for n in ast.walk(first):
         ast.copy_location(n, fdef)
     fdef.body.insert(0, first)
+    if split and not _split_prange(fdef):
+        return None
     return compile(_closure_module(fdef, names), fn.__code__.co_filename, "exec")
