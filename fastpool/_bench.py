@@ -734,6 +734,15 @@ _COMPILE_SNIPPETS = {
     "adaptive_avg_pool2d f32": ("adaptive_avg_pool2d",
                                 "np.random.rand(2, 8, 30, 30).astype(np.float32)",
                                 "output_size=7"),
+    # a call large enough to run in parallel: its specialised parallel kernel compiles on the
+    # first call (Numba's parallel=True compiles 2.5-3x slower than serial), and the same call
+    # with the opt-in split kernels (serial kernels over Python threads, see the README)
+    "max_pool2d f32 nchw large": ("max_pool2d",
+                                  "np.random.rand(8, 64, 56, 56).astype(np.float32)",
+                                  "kernel_size=3, stride=2, padding=1"),
+    "max_pool2d f32 nchw large, split kernels": (
+        "max_pool2d", "np.random.rand(8, 64, 56, 56).astype(np.float32)",
+        "kernel_size=3, stride=2, padding=1", {"FASTPOOL_SPLIT_KERNELS": "1"}),
 }
 
 _COMPILE_CODE = """
@@ -806,7 +815,8 @@ def measure_compile_latency(fp, names, threads: int, progress=None) -> dict:
     base_env = _fastpool_env(fp)
     base_env["NUMBA_NUM_THREADS"] = str(threads)
     for name in names:
-        fn, make, kw = _COMPILE_SNIPPETS[name]
+        fn, make, kw, *more = _COMPILE_SNIPPETS[name]
+        extra_env = more[0] if more else {}
         entry: dict[str, Any] = {"function": fn}
         if not hasattr(fp, fn):
             entry["skipped"] = f"fastpool.{fn} does not exist yet"
@@ -816,7 +826,7 @@ def measure_compile_latency(fp, names, threads: int, progress=None) -> dict:
             continue
         code = _COMPILE_CODE.format(make=make, fn=fn, kw=kw)
         with tempfile.TemporaryDirectory(prefix="fastpool-bench-cache-") as cache:
-            env = dict(base_env, NUMBA_CACHE_DIR=cache)
+            env = dict(base_env, NUMBA_CACHE_DIR=cache, **extra_env)
             for phase in ("cold", "warm"):
                 try:
                     entry[phase] = json.loads(_run_py(code, env)[0])
