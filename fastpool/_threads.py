@@ -15,6 +15,7 @@ forked child starts with none (the parent's threads do not exist there) and buil
 Several Python threads may call at once: each call hands its parts to idle workers, and a part
 that finds none free runs in the calling thread itself, so no call waits on another's.
 """
+import itertools
 import os
 import threading
 
@@ -36,27 +37,40 @@ class _Worker:
         while True:
             self.go.acquire()
             job, self.job = self.job, None
-            job.run_part()
-            done, job = job.done, None  # (holding the arguments would keep the caller's result
-            with _lock:                 # buffer from being recycled: _alloc counts references)
-                _idle.append(self)      # idle before the caller hears of it: its next call
-            done.set()                  # finds this worker free
+            job.run_parts()
+            job = None  # (a job holds the call's arguments, and a result buffer that anything
+            with _lock:  # still references is not recycled: _alloc counts references)
+                _idle.append(self)
 
 
 class _Job:
-    __slots__ = ("fn", "args", "part", "parts", "done", "error")
+    """One call's parts, taken in turn by the caller and its workers through a shared counter
+    (a thread that finishes early takes the next part: a dynamic schedule).  The caller waits
+    for the parts, not for the workers: one that wakes after every part was taken finds none.
+    """
+    __slots__ = ("fn", "args", "parts", "next", "finished", "done", "error")
 
-    def __init__(self, fn, args, part, parts):
-        self.fn, self.args, self.part, self.parts = fn, args, part, parts
+    def __init__(self, fn, args, parts):
+        self.fn, self.args, self.parts = fn, args, parts
+        self.next = itertools.count()
+        self.finished = 0
         self.done = threading.Event()
         self.error = None
 
-    def run_part(self):
-        try:
-            self.fn(*self.args, self.part, self.parts)
-        except BaseException as e:  # (handed to the caller)
-            self.error = e
-        self.fn = self.args = None
+    def run_parts(self):
+        while True:
+            i = next(self.next)  # (atomic: itertools.count under the GIL)
+            if i >= self.parts:
+                return
+            try:  # (fn and args are read only for a part not yet finished: the caller drops
+                self.fn(*self.args, i, self.parts)  # them once every part is)
+            except BaseException as e:  # (handed to the caller; the other parts still run)
+                self.error = self.error or e
+            with _lock:
+                self.finished += 1
+                last = self.finished == self.parts
+            if last:
+                self.done.set()
 
 
 def _take_workers(k):
@@ -73,31 +87,22 @@ def _take_workers(k):
 _MAX_WORKERS = max(4 * (os.cpu_count() or 1), 8)
 
 
-def run_parts(fn, args, parts):
-    """``fn(*args, part, parts)`` for every part, part 0 in this thread; re-raises a part's
-    exception after every part has finished."""
-    if parts <= 1:
-        return fn(*args, 0, 1)
-    workers = _take_workers(parts - 1)
-    jobs = []
-    for i, w in enumerate(workers, start=1):
-        job = _Job(fn, args, i, parts)
-        jobs.append(job)
+def run_parts(fn, args, parts, threads=None):
+    """``fn(*args, part, parts)`` for every part in ``range(parts)``, on ``threads`` threads
+    (default ``parts``; this one included), each taking the next part not yet taken; re-raises
+    a part's exception after every part has finished."""
+    threads = parts if threads is None else max(1, min(threads, parts))
+    if threads <= 1:
+        for i in range(parts):
+            fn(*args, i, parts)
+        return
+    job = _Job(fn, args, parts)
+    for w in _take_workers(threads - 1):
         w.job = job
         w.go.release()
-    err = None
-    try:
-        fn(*args, 0, parts)
-    except BaseException as e:
-        err = e
-    for i in range(len(workers) + 1, parts):  # no worker free for these: run them here
-        try:
-            fn(*args, i, parts)
-        except BaseException as e:
-            err = err or e
-    for job in jobs:
-        job.done.wait()
-        err = err or job.error
+    job.run_parts()
+    job.done.wait()
+    err, job.fn, job.args = job.error, None, None
     if err is not None:
         raise err
 
@@ -111,6 +116,9 @@ def _after_fork():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
+
+
+PARTS_PER_THREAD = 4
 
 
 def _threads():
@@ -129,7 +137,12 @@ class SplitKernel:
         self.__qualname__ = getattr(disp, "__qualname__", self.__name__)
 
     def __call__(self, *args):
-        return run_parts(self.dispatcher, args, _threads())
+        threads = _threads()
+        if threads <= 1:
+            return self.dispatcher(*args, 0, 1)
+        # a few parts per thread: one that finishes early takes more (a worker starts tens of
+        # microseconds after the caller, and tasks differ in cost)
+        return run_parts(self.dispatcher, args, PARTS_PER_THREAD * threads, threads)
 
     def __getattr__(self, name):  # the dispatcher's own (overloads, stats, _cache ...); its
         if name == "dispatcher":    # signatures end in the two part ints

@@ -28,8 +28,8 @@ def test_split_rewrite_shape():
         """)
     assert ok
     assert "prange" not in text and "_fp_part, _fp_parts" in text
-    assert "range(_fp_ntask * _fp_part // _fp_parts, _fp_ntask * (_fp_part + 1) // _fp_parts)" \
-        in text
+    assert "for t in range(_fp_ntask * (_fp_part + 1) // _fp_parts):" in text
+    assert "if t < _fp_ntask * _fp_part // _fp_parts:\n            continue" in text
     # other shapes stay parallel kernels: two task loops, a loop not last, a nested one
     for src in ("""
         def kernel(a):
