@@ -19,8 +19,8 @@ import threading
 
 _TBB_ENV = "FASTPOOL_THREADING_LAYER"
 # FASTPOOL_SPLIT_KERNELS=1: parallel kernels compiled serial and run over Python threads
-# (``_threads``): a large call's first call compiles 2.5-4x faster, but at 2 threads the kernels
-# ran up to 1.3x the time of Numba's parallel ones, so it is off by default
+# (``_threads``): a large call's first call compiles 2-4x faster, but at 2 threads the kernels
+# ran 5-15% slower than Numba's parallel ones, so it is off by default
 SPLIT = os.environ.get("FASTPOOL_SPLIT_KERNELS", "0").strip() in ("1", "true", "yes")
 
 

@@ -5,18 +5,20 @@ kernels at 2 threads, see the README).
 Numba compiles a ``parallel=True`` kernel 2.5-3x slower than the same loops serial (its parfor
 passes, then the loop body lowered again as a gufunc): a large call's first call in a fresh
 process took 5-11 s.  A split kernel is the kernel's source with its one task loop ``for t in
-prange(E)`` turned into ``for t in range(E * part // parts, E * (part + 1) // parts)``
-(``_cpu/_specialise._split_prange``), compiled serial with ``nogil``.  ``SplitKernel`` runs
-part 0 in the calling thread and the others on a small pool of worker threads: the same static
-partition of the tasks into equal chunks as Numba's default schedule.
+prange(E)`` turned into the tasks of one part of ``parts`` (``_cpu/_specialise._split_prange``),
+compiled serial with ``nogil``.  ``SplitKernel`` cuts a call into a few parts per thread, which
+the calling thread and pool workers take in turn from a shared counter (a dynamic schedule);
+the caller waits for the parts, not for the workers.
 
-The pool holds ``threads - 1`` daemon threads, started on first use and grown on demand; a
-forked child starts with none (the parent's threads do not exist there) and builds its own.
-Several Python threads may call at once: each call hands its parts to idle workers, and a part
-that finds none free runs in the calling thread itself, so no call waits on another's.
+The pool holds daemon threads, started on first use and grown on demand up to
+``_MAX_WORKERS``; each has its own job queue, and after a job spins on its flag outside the GIL
+(``_spin``) before it blocks.  A forked child starts with none (the parent's threads do not
+exist there) and builds its own.  Several Python threads may call at once: each takes idle
+workers, or runs every part itself when there are none.
 """
 import itertools
 import os
+import queue
 import threading
 
 _lock = threading.Lock()
@@ -24,23 +26,52 @@ _idle = []       # workers waiting for a part
 _workers = []    # every live worker (to count them)
 
 
-class _Worker:
-    __slots__ = ("go", "job", "thread")
+# After a part a worker waits for the next job spinning on its flag, outside the GIL, for up
+# to SPIN_ITERS pause instructions (~0.2-1 ms) before it blocks: a blocked thread takes tens
+# of microseconds to wake here, which a call of a millisecond pays at every start.  0: block
+# at once.
+SPIN_ITERS = int(os.environ.get("FASTPOOL_SPIN_ITERS", "20000") or 0)
+_flags = None    # int64 per worker: 1 while a job waits for it
 
-    def __init__(self):
-        self.go = threading.Semaphore(0)
-        self.job = None
+
+def _spinner():
+    """The compiled spin wait (``_spin``; a tiny kernel, compiled or loaded on first use)."""
+    from ._spin import spin_wait
+    return spin_wait
+
+
+
+
+class _Worker:
+    """A pool thread: takes jobs from its own queue, in order.  The caller that took it from
+    the idle list puts it back when its call returns, even if the thread has not yet seen the
+    job (it then finds no part left): a later job only queues behind."""
+    __slots__ = ("jobs", "thread", "slot")
+
+    def __init__(self, slot):
+        self.jobs = queue.SimpleQueue()
+        self.slot = slot
         self.thread = threading.Thread(target=self._loop, name="fastpool-worker", daemon=True)
         self.thread.start()
 
+    def signal(self, job):
+        self.jobs.put(job)
+        if _flags is not None:  # (after the put: a worker that saw the flag finds the job)
+            _flags[self.slot] = 1
+
     def _loop(self):
+        spin = _spinner() if SPIN_ITERS > 0 else None
+        flags = _flags
+        jobs = self.jobs
         while True:
-            self.go.acquire()
-            job, self.job = self.job, None
+            if spin is not None and flags is not None and jobs.empty():
+                spin(flags, self.slot, SPIN_ITERS)
+            job = jobs.get()
+            if flags is not None:
+                flags[self.slot] = 0
             job.run_parts()
             job = None  # (a job holds the call's arguments, and a result buffer that anything
-            with _lock:  # still references is not recycled: _alloc counts references)
-                _idle.append(self)
+            # still references is not recycled: _alloc counts references)
 
 
 class _Job:
@@ -78,13 +109,24 @@ def _take_workers(k):
     with _lock:
         got = [_idle.pop() for _ in range(min(k, len(_idle)))]
         while len(got) < k and len(_workers) < _MAX_WORKERS:
-            w = _Worker()
+            _ensure_flags()
+            w = _Worker(len(_workers))
             _workers.append(w)
             got.append(w)
     return got
 
 
 _MAX_WORKERS = max(4 * (os.cpu_count() or 1), 8)
+
+
+def _ensure_flags():
+    """The flags and the spin wait, before the first worker starts (compiled here, in the
+    caller, rather than in a new worker while the caller compiles its kernel)."""
+    global _flags
+    if _flags is None and SPIN_ITERS > 0:
+        import numpy as np
+        _spinner()
+        _flags = np.zeros(_MAX_WORKERS, np.int64)
 
 
 def run_parts(fn, args, parts, threads=None):
@@ -97,21 +139,26 @@ def run_parts(fn, args, parts, threads=None):
             fn(*args, i, parts)
         return
     job = _Job(fn, args, parts)
-    for w in _take_workers(threads - 1):
-        w.job = job
-        w.go.release()
-    job.run_parts()
-    job.done.wait()
+    workers = _take_workers(threads - 1)
+    for w in workers:
+        w.signal(job)
+    try:
+        job.run_parts()
+        job.done.wait()
+    finally:
+        with _lock:
+            _idle.extend(workers)
     err, job.fn, job.args = job.error, None, None
     if err is not None:
         raise err
 
 
 def _after_fork():
-    global _lock, _idle, _workers
+    global _lock, _idle, _workers, _flags
     _lock = threading.Lock()
     _idle = []
     _workers = []
+    _flags = None
 
 
 if hasattr(os, "register_at_fork"):
@@ -122,7 +169,12 @@ PARTS_PER_THREAD = 4
 
 
 def _threads():
+    """``numba.get_num_threads()``, without starting Numba's threading layer (~10 ms at the
+    first call) when nothing started it: before that no one can have set a count either."""
     import numba
+    from numba.np.ufunc import parallel
+    if not parallel._is_initialized:
+        return numba.config.NUMBA_NUM_THREADS
     return numba.get_num_threads()
 
 

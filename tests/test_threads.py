@@ -162,3 +162,16 @@ def test_split_and_numba_parallel_kernels_agree(tmp_path):
         res[mode] = np.load(out)
     for k in ("y", "i", "gx", "a", "ga"):
         np.testing.assert_array_equal(res["1"][k], res["0"][k])
+
+
+def test_spin_wait_sees_a_flag_set_by_another_thread():
+    from fastpool._spin import spin_wait
+    f = np.zeros(3, np.int64)
+    f[1] = 1
+    assert spin_wait(f, 1, 10)
+    assert not spin_wait(f, 0, 1000)
+    # set while it spins: the load must be made anew on each turn (not hoisted)
+    t = threading.Timer(0.02, f.__setitem__, (2, 1))
+    t.start()
+    assert spin_wait(f, 2, 10 ** 8)
+    t.join()
