@@ -140,9 +140,10 @@ def jit(fn, parallel=False, fastmath=False):
     """
     configure()
     import numba
+
+    from ._cpu._specialise import specialise
     split = None
     if parallel and SPLIT:  # the serial kernel over one part of the tasks, run on threads
-        from ._cpu._specialise import specialise
         try:
             split = specialise(fn, _spec_folder(), split=True)
         except Exception:  # (a kernel the rewriter cannot handle stays a parallel one)
@@ -151,7 +152,6 @@ def jit(fn, parallel=False, fastmath=False):
             fn, parallel = split, False
             fn.__qualname__ += "_split"
     if split is None and fn.__closure__:  # closures over constants: their dead code removed
-        from ._cpu._specialise import specialise
         try:
             fn = specialise(fn, _spec_folder()) or fn
         except Exception:  # (a kernel the rewriter cannot handle compiles as it is)

@@ -3,11 +3,11 @@ worker starts, so that ``import fastpool`` does not import Numba.  Module-level 
 so that Numba's cache keys them the same in every process."""
 import platform
 
-from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._cpu._simd import call_void
 from ._runtime import jit
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
@@ -28,10 +28,7 @@ def _pause(typingctx):
     """The x86 spin-wait hint (nothing elsewhere)."""
     def codegen(context, builder, sig, args):
         if _X86:
-            fn = cgutils.get_or_insert_function(builder.module,
-                                                ir.FunctionType(ir.VoidType(), []),
-                                                "llvm.x86.sse2.pause")
-            builder.call(fn, [])
+            call_void(builder, "llvm.x86.sse2.pause")
         return context.get_dummy_value()
     return types.void(), codegen
 

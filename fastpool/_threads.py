@@ -22,7 +22,7 @@ import queue
 import threading
 
 _lock = threading.Lock()
-_idle = []       # workers waiting for a part
+_idle = []       # workers no call holds (a worker's call puts it back when it returns)
 _workers = []    # every live worker (to count them)
 
 
@@ -32,14 +32,6 @@ _workers = []    # every live worker (to count them)
 # at once.
 SPIN_ITERS = int(os.environ.get("FASTPOOL_SPIN_ITERS", "20000") or 0)
 _flags = None    # int64 per worker: 1 while a job waits for it
-
-
-def _spinner():
-    """The compiled spin wait (``_spin``; a tiny kernel, compiled or loaded on first use)."""
-    from ._spin import spin_wait
-    return spin_wait
-
-
 
 
 class _Worker:
@@ -60,12 +52,13 @@ class _Worker:
             _flags[self.slot] = 1
 
     def _loop(self):
-        spin = _spinner() if SPIN_ITERS > 0 else None
-        flags = _flags
+        flags = _flags  # (None: SPIN_ITERS is 0, the worker blocks at once)
+        if flags is not None:
+            from ._spin import spin_wait  # (compiled or loaded by _ensure_flags already)
         jobs = self.jobs
         while True:
-            if spin is not None and flags is not None and jobs.empty():
-                spin(flags, self.slot, SPIN_ITERS)
+            if flags is not None and jobs.empty():
+                spin_wait(flags, self.slot, SPIN_ITERS)
             job = jobs.get()
             if flags is not None:
                 flags[self.slot] = 0
@@ -120,12 +113,15 @@ _MAX_WORKERS = max(4 * (os.cpu_count() or 1), 8)
 
 
 def _ensure_flags():
-    """The flags and the spin wait, before the first worker starts (compiled here, in the
-    caller, rather than in a new worker while the caller compiles its kernel)."""
+    """The flags and the spin wait (``_spin``, a tiny kernel), before the first worker starts:
+    compiled or loaded here, in the caller, rather than in a new worker while the caller
+    compiles its kernel."""
     global _flags
     if _flags is None and SPIN_ITERS > 0:
         import numpy as np
-        _spinner()
+
+        from ._spin import spin_wait
+        spin_wait(np.zeros(1, np.int64), 0, 0)
         _flags = np.zeros(_MAX_WORKERS, np.int64)
 
 

@@ -764,14 +764,17 @@ def vspread(typingctx, src, s0, nsrc, idx, i0, dst, d0, first, marker):
 
 # ----------------------------------------------------------------------------- streaming stores
 
+def call_void(builder, name):
+    """Emit a call of the argument-less, void LLVM intrinsic ``name``."""
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), name)
+    builder.call(fn, [])
+
+
 @intrinsic
 def sfence(typingctx):
     """Orders the streaming stores before every later store (end of a task)."""
     def codegen(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(builder.module,
-                                            ir.FunctionType(ir.VoidType(), []),
-                                            "llvm.x86.sse.sfence")
-        builder.call(fn, [])
+        call_void(builder, "llvm.x86.sse.sfence")
         return context.get_dummy_value()
     return types.void(), codegen
 
