@@ -734,15 +734,15 @@ _COMPILE_SNIPPETS = {
     "adaptive_avg_pool2d f32": ("adaptive_avg_pool2d",
                                 "np.random.rand(2, 8, 30, 30).astype(np.float32)",
                                 "output_size=7"),
-    # a call large enough to run in parallel: its specialised parallel kernel compiles on the
-    # first call (Numba's parallel=True compiles 2.5-3x slower than serial), and the same call
-    # with the opt-in split kernels (serial kernels over Python threads, see the README)
+    # a call large enough to run in parallel: its specialised kernel compiles on the first call
+    # (a split kernel and its launcher, see the README), and the same call with Numba's
+    # parallel=True kernels, which compile 2.5-3x slower
     "max_pool2d f32 nchw large": ("max_pool2d",
                                   "np.random.rand(8, 64, 56, 56).astype(np.float32)",
                                   "kernel_size=3, stride=2, padding=1"),
-    "max_pool2d f32 nchw large, split kernels": (
+    "max_pool2d f32 nchw large, Numba prange kernels": (
         "max_pool2d", "np.random.rand(8, 64, 56, 56).astype(np.float32)",
-        "kernel_size=3, stride=2, padding=1", {"FASTPOOL_SPLIT_KERNELS": "1"}),
+        "kernel_size=3, stride=2, padding=1", {"FASTPOOL_SPLIT_KERNELS": "0"}),
 }
 
 _COMPILE_CODE = """

@@ -100,8 +100,8 @@ def ready(kern, argv):
     try:
         from numba import typeof
         from numba.core.compiler_lock import global_compiler_lock
-        if hasattr(kern, "dispatcher"):  # a split kernel (_threads): its serial dispatcher
-            kern, argv = kern.dispatcher, tuple(argv) + (0, 1)
+        if hasattr(kern, "dispatcher"):  # a split kernel (_launch): its serial dispatcher
+            return ready(kern.dispatcher, tuple(argv) + (0, 1)) and kern.launcher_ready(argv)
         sig = tuple(typeof(a) for a in argv)
         if sig in kern.overloads:
             return True

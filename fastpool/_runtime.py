@@ -18,10 +18,11 @@ import sys
 import threading
 
 _TBB_ENV = "FASTPOOL_THREADING_LAYER"
-# FASTPOOL_SPLIT_KERNELS=1: parallel kernels compiled serial and run over Python threads
-# (``_threads``): a large call's first call compiles 2-4x faster, but at 2 threads the kernels
-# ran 5-15% slower than Numba's parallel ones, so it is off by default
-SPLIT = os.environ.get("FASTPOOL_SPLIT_KERNELS", "0").strip() in ("1", "true", "yes")
+# Parallel kernels compiled serial over one part of their tasks and launched over Numba's
+# threads (``_launch``): a large call's first call compiles 2-3x faster than a ``parallel=True``
+# kernel, which runs at the same speed.  FASTPOOL_SPLIT_KERNELS=0: Numba's parallel kernels.
+SPLIT = os.environ.get("FASTPOOL_SPLIT_KERNELS", "1").strip().lower() not in (
+    "0", "false", "no", "off")
 
 
 def _preload_tbb():
@@ -143,7 +144,7 @@ def jit(fn, parallel=False, fastmath=False):
 
     from ._cpu._specialise import specialise
     split = None
-    if parallel and SPLIT:  # the serial kernel over one part of the tasks, run on threads
+    if parallel and SPLIT:  # the serial kernel over one part of the tasks, launched in parts
         try:
             split = specialise(fn, _spec_folder(), split=True)
         except Exception:  # (a kernel the rewriter cannot handle stays a parallel one)
@@ -161,7 +162,7 @@ def jit(fn, parallel=False, fastmath=False):
     disp = _njit(numba, fn, dict(nogil=True, parallel=parallel, fastmath=fastmath,
                                  error_model="numpy", boundscheck=False))
     if split is not None:
-        from ._threads import SplitKernel
+        from ._launch import SplitKernel
         return SplitKernel(disp)
     return disp
 
@@ -205,8 +206,8 @@ def runtime_info():
         "numba": numba.__version__,
         "llvmlite": llvmlite.__version__,
         "threading_layer": layer,
-        "parallel_kernels": "serial kernels split over Python threads" if SPLIT else
-                            "Numba parallel (prange)",
+        "parallel_kernels": "serial kernels launched in parts (FASTPOOL_SPLIT_KERNELS=1)" if
+                            SPLIT else "Numba parallel (prange; FASTPOOL_SPLIT_KERNELS=0)",
         "threads": numba.get_num_threads(),
         "cache": "enabled" if _CACHE is not False else "disabled",
         "cache_dir": cache_dir,

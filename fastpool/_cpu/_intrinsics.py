@@ -152,3 +152,19 @@ def flat_view(typingctx, arr):
                        itemsize=ary.itemsize, meminfo=ary.meminfo, parent=ary.parent)
         return impl_ret_borrowed(context, builder, retty, ret._getvalue())
     return retty(arr), codegen
+
+
+@intrinsic
+def nonneg(typingctx, x):
+    """``x`` (an integer known to be >= 0), with that fact handed to the compiler
+    (``llvm.assume``): the split kernels' task index (``_specialise._split_prange``)."""
+    if not isinstance(x, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        assume = builder.module.declare_intrinsic(
+            "llvm.assume", fnty=ir.FunctionType(ir.VoidType(), [ir.IntType(1)]))
+        builder.call(assume, [builder.icmp_signed(">=", v, ir.Constant(v.type, 0))])
+        return v
+    return x(x), codegen

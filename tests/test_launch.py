@@ -1,16 +1,16 @@
-"""Split kernels: parallel kernels compiled serial over one part of their tasks, run on threads
-(fastpool/_threads.py, fastpool/_cpu/_specialise._split_prange)."""
+"""Split kernels: parallel kernels compiled serial over one part of their tasks, launched over
+Numba's threads (fastpool/_launch.py, fastpool/_cpu/_specialise._split_prange)."""
 import ast
 import os
 import subprocess
 import sys
 import textwrap
-import threading
 
 import numpy as np
+from numba import prange
 import pytest
 
-from fastpool import _dispatch, _runtime, _threads
+from fastpool import _dispatch, _launch, _runtime
 from fastpool._cpu import _specialise
 
 def _rewritten(src):
@@ -28,8 +28,10 @@ def test_split_rewrite_shape():
         """)
     assert ok
     assert "prange" not in text and "_fp_part, _fp_parts" in text
-    assert "for t in range(_fp_ntask * (_fp_part + 1) // _fp_parts):" in text
-    assert "if t < _fp_ntask * _fp_part // _fp_parts:\n            continue" in text
+    assert "_fp_ntask = m + 1\n" in text
+    assert "_fp_lo = max(_fp_ntask * _fp_part // _fp_parts, 0)\n" in text
+    assert "_fp_hi = _fp_ntask * (_fp_part + 1) // _fp_parts\n" in text
+    assert "for t in range(_fp_lo, _fp_hi):\n        t = _fp_nonneg(t)\n        a[t] = t" in text
     # other shapes stay parallel kernels: two task loops, a loop not last, a nested one
     for src in ("""
         def kernel(a):
@@ -60,7 +62,7 @@ def kernel(out, n, k):
 
 @pytest.mark.parametrize("parts", [1, 2, 3, 5, 8, 13])
 def test_parts_cover_every_task_once(parts):
-    ns = {"prange": range}
+    ns = {"prange": range, "_fp_nonneg": lambda v: v}
     ok, text = _rewritten(_K)
     exec(text, ns)
     rng = np.random.default_rng(parts)
@@ -72,42 +74,15 @@ def test_parts_cover_every_task_once(parts):
         np.testing.assert_array_equal(a, want)
 
 
-def test_run_parts_runs_every_part_and_reraises():
-    seen = []
-    lock = threading.Lock()
-
-    def fn(x, part, parts):
-        with lock:
-            seen.append((x, part, parts))
-        if part == 2:
-            raise ValueError("part 2 failed")
-
-    with pytest.raises(ValueError, match="part 2 failed"):
-        _threads.run_parts(fn, ("a",), 4)
-    assert sorted(seen) == [("a", p, 4) for p in range(4)]  # every part ran
-    seen.clear()
-    _threads.run_parts(fn, ("b",), 1)
-    assert seen == [("b", 0, 1)]
-
-
-def test_workers_release_the_arguments():
-    """A worker must not keep the last call's arguments alive: fastpool recycles result
-    buffers by their reference count."""
-    a = np.zeros(10)
-    base = sys.getrefcount(a)
-    _threads.run_parts(lambda arr, p, q: None, (a,), 4)
-    assert sys.getrefcount(a) == base
-
-
 def test_split_kernels_when_asked(monkeypatch):
     make = _dispatch.kernel.__wrapped__  # (not the memo: nothing compiled, nothing kept)
     monkeypatch.setattr(_runtime, "SPLIT", True)
     k = make("max_backward_pairs", "cpu", "cl", True)
-    assert isinstance(k, _threads.SplitKernel)
+    assert isinstance(k, _launch.SplitKernel)
     assert k.py_func.__qualname__.endswith("_split")
-    assert not isinstance(make("max_backward_pairs", "cpu", "cl", False), _threads.SplitKernel)
+    assert not isinstance(make("max_backward_pairs", "cpu", "cl", False), _launch.SplitKernel)
     monkeypatch.setattr(_runtime, "SPLIT", False)
-    assert not isinstance(make("max_backward_pairs", "cpu", "cl", True), _threads.SplitKernel)
+    assert not isinstance(make("max_backward_pairs", "cpu", "cl", True), _launch.SplitKernel)
 
 
 _SAME = r"""
@@ -127,7 +102,7 @@ ga = fastpool.avg_pool2d_backward(np.ones_like(a), np.ascontiguousarray(x), 3, 2
 np.savez(sys.argv[1], y=y, i=i, gx=gx, a=a, ga=ga)
 # eight Python threads calling at once, each checked against the results above
 import threading
-from fastpool import _runtime, _threads
+from fastpool import _runtime
 errors = []
 def work(k):
     try:
@@ -141,7 +116,6 @@ ts = [threading.Thread(target=work, args=(k,)) for k in range(8)]
 [t.start() for t in ts]
 [t.join() for t in ts]
 assert not errors, errors
-assert len(_threads._workers) <= _threads._MAX_WORKERS
 print("split" if _runtime.SPLIT else "numba")
 """
 
@@ -164,14 +138,84 @@ def test_split_and_numba_parallel_kernels_agree(tmp_path):
         np.testing.assert_array_equal(res["1"][k], res["0"][k])
 
 
-def test_spin_wait_sees_a_flag_set_by_another_thread():
-    from fastpool._spin import spin_wait
-    f = np.zeros(3, np.int64)
-    f[1] = 1
-    assert spin_wait(f, 1, 10)
-    assert not spin_wait(f, 0, 1000)
-    # set while it spins: the load must be made anew on each turn (not hoisted)
-    t = threading.Timer(0.02, f.__setitem__, (2, 1))
-    t.start()
-    assert spin_wait(f, 2, 10 ** 8)
-    t.join()
+def _add_index(out, n):
+    for t in prange(n):
+        out[t] += t + 1.0
+
+
+def _raise_on_negative(out, n):
+    for t in prange(n):
+        if out[t] < 0:
+            raise ValueError("a negative value")
+        out[t] *= 2.0
+
+
+@pytest.fixture
+def split_jit(monkeypatch):
+    monkeypatch.setattr(_runtime, "SPLIT", True)
+
+    def make(fn):
+        k = _runtime.jit(fn, parallel=True)
+        assert isinstance(k, _launch.SplitKernel)
+        return k
+    return make
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_launch_runs_every_task_once(split_jit, threads):
+    """Every task of a call runs exactly once (``+=``: a task run twice or skipped shows),
+    for any task count, on one thread (the serial path) or more (the launcher)."""
+    import numba
+    k = split_jit(_add_index)
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        rng = np.random.default_rng(threads)
+        for n in (0, 1, 2, 3, 17, 1000):
+            a = rng.standard_normal(n + 5)
+            want = a.copy()
+            want[:n] += np.arange(n) + 1.0
+            k(a, n)
+            np.testing.assert_array_equal(a, want)
+    finally:
+        numba.set_num_threads(old)
+
+
+def test_launch_per_argument_types(split_jit):
+    """Arguments of other types (dtype, an unaligned or a strided view) get their own compiled
+    kernel and launcher, and the call does not keep its arguments alive (fastpool recycles
+    result buffers by their reference count)."""
+    k = split_jit(_add_index)
+    a = np.zeros(9)
+    base = sys.getrefcount(a)
+    k(a, 9)
+    assert sys.getrefcount(a) == base
+    np.testing.assert_array_equal(a, np.arange(9) + 1.0)
+    raw = np.zeros(8 * 9 + 1, np.uint8)[1:].view(np.float64)  # unaligned
+    assert not raw.flags.aligned
+    k(raw, 9)
+    np.testing.assert_array_equal(raw, np.arange(9) + 1.0)
+    b = np.zeros(20, np.float32)[::2]
+    k(b, 10)
+    np.testing.assert_array_equal(b, np.arange(10) + 1.0)
+    if _launch._threads() > 1:
+        assert len(k._targets) == 3
+
+
+def test_a_part_that_raises_is_raised(split_jit):
+    k = split_jit(_raise_on_negative)
+    a = np.ones(50)
+    k(a, 50)
+    np.testing.assert_array_equal(a, 2.0)
+    a[37] = -1.0
+    with pytest.raises(ValueError, match="a negative value"):
+        k(a, 50)
+
+
+def test_launcher_ready(split_jit):
+    """``_dispatch.ready`` of a split kernel: its kernel and its launcher both at hand."""
+    k = split_jit(_add_index)
+    a = np.zeros(4, np.float32)
+    k(a, 4)
+    assert _dispatch.ready(k, (a, 4))
+    assert not _dispatch.ready(k, (np.zeros((2, 2), np.int16), 4))
