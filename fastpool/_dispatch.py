@@ -87,6 +87,8 @@ def entry_point(kern, argv):
     Only for callers that pass arguments of exactly these types on every later call.
     """
     try:
+        if hasattr(kern, "bind"):  # a split kernel (_launch)
+            return kern.bind(argv)
         from numba import typeof
         return kern.overloads[tuple(typeof(a) for a in argv)].entry_point
     except Exception:  # not a Numba dispatcher, or no overload of exactly these types

@@ -5,12 +5,13 @@ Numba compiles a ``parallel=True`` kernel 2.5-3x slower than the same loops seri
 passes, then the loop body lowered again as a gufunc): a large call's first call in a fresh
 process took 5-11 s.  A split kernel is the kernel's source with its one task loop ``for t in
 prange(E)`` turned into the tasks of one part of ``parts`` (``_cpu/_specialise._split_prange``),
-compiled serial.  A *launcher*, one small Numba parallel function per argument count and types
-(compiled in ~0.3 s, cached like the kernels), runs ``for p in prange(parts)`` and calls the
-compiled kernel for part ``p`` through its address (``_call_part``): Numba's own threads and
-schedule, as for a parallel kernel, with one part per thread.  The kernel's machine code is
-not compiled again into the launcher (a plain call of one jitted function from another would
-link it in and compile it twice).
+compiled serial.  One small *launcher*, ``launch(addr, parts, threads, args)`` (serial; one
+machine-code variant per argument types, ~0.1 s to compile, cached like the kernels), hands
+the parts to Numba's threading layer through the same ``parallel_for`` a ``prange`` loop
+uses, and each thread calls the compiled kernel for its parts through the kernel's address
+(``_launch_parts``): Numba's threads and schedule, one part per thread.  The kernel's machine
+code is not compiled again into the launcher (a plain call of one jitted function from another
+would link it in and compile it twice), and no parfor pass runs.
 
 A part that raises (an allocation that fails) makes the launcher report it; the call is then
 run again serially through the dispatcher, which raises the exception where it can be seen.
@@ -18,7 +19,7 @@ run again serially through the dispatcher, which raises the exception where it c
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import prange, types  # noqa: F401  (prange: read by the launchers' source)
+from numba import types
 from numba._dispatcher import compute_fingerprint
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -27,48 +28,93 @@ from numba.np.ufunc import parallel as _parallel
 from . import _runtime
 
 
+def _gep(builder, ptr, i):
+    return builder.gep(ptr, [ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), i)])
+
+
 @intrinsic
-def _call_part(typingctx, addr, args):
-    """Call the compiled function at address ``addr`` (Numba's calling convention, returning
-    nothing) with the values of tuple ``args``; 1 if it raised, 0 otherwise."""
-    if not isinstance(addr, types.Integer) or not isinstance(args, types.BaseTuple):
+def _launch_parts(typingctx, addr, parts, threads, args):
+    """Run the compiled function at address ``addr`` (Numba's calling convention, returning
+    nothing) as ``fn(*args, p, parts)`` for every ``p`` in ``range(parts)``, on ``threads`` of
+    Numba's threads (its threading layer's ``parallel_for``, as a ``prange`` loop uses it);
+    the number of parts that raised."""
+    if not all(isinstance(t, types.Integer) for t in (addr, parts, threads)) or \
+            not isinstance(args, types.BaseTuple):
         return None
 
     def codegen(context, builder, signature, llargs):
-        argtys = list(signature.args[1])
-        values = cgutils.unpack_tuple(builder, llargs[1], len(argtys))
+        argtys = list(signature.args[3]) + [types.int64, types.int64]
+        i64 = ir.IntType(64)
+        intp = context.get_value_type(types.intp)
+        i8p = ir.IntType(8).as_pointer()
+        # what every part reads: (kernel address, parts, failure count, the arguments)
+        dataty = ir.LiteralStructType([i64, i64, i64.as_pointer(),
+                                       context.get_value_type(signature.args[3])])
+        mod = builder.module
+        # the function parallel_for calls per chunk: fn(args, dims, steps, data), args[0] the
+        # chunk's first part (a base of 0 at a step of 1), dims[0] its number of parts
+        tramp = ir.Function(mod, ir.FunctionType(ir.VoidType(), [
+            i8p.as_pointer(), intp.as_pointer(), intp.as_pointer(), i8p]),
+            name=mod.get_unique_name("fastpool_parts"))
+        tramp.linkage = "internal"
+        tb = ir.IRBuilder(tramp.append_basic_block("entry"))
+        targs, tdims, _, tdata = tramp.args
+        d = tb.bitcast(tdata, dataty.as_pointer())
+        kaddr, nparts, failed, tup = (tb.load(_gep(tb, d, i)) for i in range(4))
+        values = cgutils.unpack_tuple(tb, tup, len(argtys) - 2)
+        first = tb.ptrtoint(tb.load(targs), i64)
+        count = tb.load(tdims)
+        if intp.width < 64:
+            count = tb.sext(count, i64)
         fnty = context.call_conv.get_function_type(types.none, argtys)
-        fn = builder.inttoptr(llargs[0], fnty.as_pointer())
-        status, _ = context.call_conv.call_function(builder, fn, types.none, argtys, values)
-        return builder.zext(status.is_error, ir.IntType(64))
-    return types.int64(addr, args), codegen
+        fn = tb.inttoptr(kaddr, fnty.as_pointer())
+        with cgutils.for_range(tb, count) as loop:
+            status, _ = context.call_conv.call_function(
+                tb, fn, types.none, argtys, values + [tb.add(first, loop.index), nparts])
+            with tb.if_then(status.is_error, likely=False):
+                tb.atomic_rmw("add", failed, ir.Constant(i64, 1), "monotonic")
+        tb.ret_void()
+
+        addr_v, parts_v, threads_v, tup_v = llargs
+        failed_v = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
+        data = cgutils.alloca_once(builder, dataty)
+        for i, v in enumerate((context.cast(builder, addr_v, signature.args[0], types.int64),
+                               context.cast(builder, parts_v, signature.args[1], types.int64),
+                               failed_v, tup_v)):
+            builder.store(v, _gep(builder, data, i))
+        base = cgutils.alloca_once_value(builder, ir.Constant(i8p, None))
+        dims = cgutils.alloca_once_value(
+            builder, context.cast(builder, parts_v, signature.args[1], types.intp))
+        steps = cgutils.alloca_once_value(builder, ir.Constant(intp, 1))
+        parallel_for = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(ir.VoidType(), [i8p] * 5 + [intp] * 3), "numba_parallel_for")
+        builder.call(parallel_for, [builder.bitcast(v, i8p) for v in (tramp, base, dims, steps,
+                                                                      data)] +
+                     [ir.Constant(intp, 0), ir.Constant(intp, 1),
+                      context.cast(builder, threads_v, signature.args[2], types.intp)])
+        return builder.load(failed_v)
+    return types.int64(addr, parts, threads, args), codegen
 
 
-_LAUNCHERS = {}
+def _launch(addr, parts, threads, args):
+    return _launch_parts(addr, parts, threads, args)
 
 
-def launcher(n):
-    """The launcher of kernels of ``n`` arguments: ``launch(addr, parts, *args)`` calls the
-    kernel at ``addr`` as ``kernel(*args, p, parts)`` for every ``p`` in ``prange(parts)`` and
-    returns how many parts raised."""
-    got = _LAUNCHERS.get(n)
-    if got is None:
-        names = ", ".join(f"a{i}" for i in range(n))
-        # (compiled as if written in this file, under a name of its own: Numba's cache finds it
-        # by file, name and line)
-        src = "\n" * (launcher.__code__.co_firstlineno - 1) + (f"def launch_{n}(addr, parts, {names}):\n"
-                           f"    failed = 0\n"
-                           f"    for p in prange(parts):\n"
-                           f"        failed += _call_part(addr, ({names}, np.int64(p), "
-                           f"np.int64(parts)))\n"
-                           f"    return failed\n")
-        ns = {}
-        exec(compile(src, __file__, "exec"), globals(), ns)
-        fn = ns[f"launch_{n}"]
-        fn.__module__ = __name__
-        got = _LAUNCHERS.setdefault(n, _runtime._njit(numba, fn, dict(
-            nogil=True, parallel=True, error_model="numpy", boundscheck=False)))
-    return got
+_launcher = None
+
+
+def launcher():
+    """``launch(addr, parts, threads, args)``: runs the kernel at ``addr`` as
+    ``kernel(*args, p, parts)`` for every part ``p`` on ``threads`` threads and returns how many
+    parts raised."""
+    global _launcher
+    if _launcher is None:
+        # (Numba's threads started: parallel_for's symbol is then known to the compiler and
+        # to a launcher loaded from the cache)
+        _parallel._launch_threads()
+        _launcher = _runtime._njit(numba, _launch, dict(nogil=True, error_model="numpy",
+                                                        boundscheck=False))
+    return _launcher
 
 
 def _threads():
@@ -76,7 +122,7 @@ def _threads():
     first call) when nothing started it: before that no one can have set a count either."""
     if not _parallel._is_initialized:
         return numba.config.NUMBA_NUM_THREADS
-    return numba.get_num_threads()
+    return _parallel._get_num_threads()  # (numba.get_num_threads without its checks)
 
 
 def _key(args):
@@ -109,12 +155,12 @@ class SplitKernel:
             key = tuple(map(numba.typeof, args))
         target = self._targets.get(key)
         if target is None:
-            target = self._target(key, args, threads)
-        if target[0](target[1], threads, *args):
+            target = self._target(key, args)
+        if target[0](target[1], threads, threads, args):
             self.dispatcher(*args, 0, 1)  # (a part raised: raised again here, or done serially)
 
-    def _target(self, key, args, threads):
-        """Compile (or load) the kernel and its launcher for these argument types."""
+    def _target(self, key, args):
+        """Compile (or load) the kernel and the launcher for these argument types."""
         sig = tuple(map(numba.typeof, args))
         full = sig + (types.int64, types.int64)
         self.dispatcher.compile(full)
@@ -122,20 +168,41 @@ class SplitKernel:
         addr = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
         if not addr:
             raise RuntimeError(f"fastpool: no address for the compiled {self.__qualname__}")
-        launch = launcher(len(args))
-        # (the first launch through the dispatcher, which compiles it; later ones through the
-        # entry point of exactly these types, without Numba's type dispatch)
-        launch.compile((types.int64, types.int64) + sig)
-        entry = launch.overloads[(types.int64, types.int64) + sig].entry_point
-        target = (entry, addr, cres)  # (cres: keeps the kernel's code alive)
+        launch = launcher()
+        # (called through the entry point of exactly these types, without Numba's type
+        # dispatch: the key stands for the types)
+        lsig = (types.int64, types.int64, types.int64, types.Tuple(sig))
+        launch.compile(lsig)
+        target = (launch.overloads[lsig].entry_point, addr, cres)  # (cres: keeps the code)
         self._targets[key] = target
         return target
 
-    def launcher_ready(self, argv):
-        """Is this kernel's launcher for arguments ``argv`` at hand without compiling (see
+    def bind(self, argv):
+        """``kern(*args)`` for arguments of exactly the types of ``argv`` on every call
+        (``_dispatch.entry_point``): no type key computed per call."""
+        key = _key(argv)
+        if key is None:
+            key = tuple(map(numba.typeof, argv))
+        target = self._targets.get(key)  # (None: found on the first call with threads)
+        disp = self.dispatcher
+
+        def call(*args):
+            nonlocal target
+            threads = _threads()
+            if threads <= 1:
+                return disp(*args, 0, 1)
+            if target is None:
+                target = self._targets.get(key) or self._target(key, args)
+            if target[0](target[1], threads, threads, args):
+                disp(*args, 0, 1)
+        return call
+
+    @staticmethod
+    def launcher_ready(argv):
+        """Is the launcher for arguments ``argv`` at hand without compiling (see
         ``_dispatch.ready``); always when one thread runs the kernel."""
         from ._dispatch import ready
-        return _threads() <= 1 or ready(launcher(len(argv)), (0, 0) + tuple(argv))
+        return _threads() <= 1 or ready(launcher(), (0, 0, 0, tuple(argv)))
 
     def __getattr__(self, name):  # the dispatcher's own (overloads, stats, _cache ...); its
         if name == "dispatcher":    # signatures end in the two part ints
