@@ -62,6 +62,15 @@ def _launch_parts(typingctx, addr, parts, threads, args):
         d = tb.bitcast(tdata, dataty.as_pointer())
         kaddr, nparts, failed, tup = (tb.load(_gep(tb, d, i)) for i in range(4))
         values = cgutils.unpack_tuple(tb, tup, len(argtys) - 2)
+        # arrays handed on without their memory's owner record (meminfo): the caller holds
+        # them for the whole call, and the kernel's reference counting of them and of views of
+        # them (atomic updates of a count every thread shares) then does nothing, as for the
+        # arrays a prange loop's body receives
+        for i, ty in enumerate(argtys[:-2]):
+            if isinstance(ty, types.Array):
+                ary = context.make_array(ty)(context, tb, values[i])
+                ary.meminfo = cgutils.get_null_value(ary.meminfo.type)
+                values[i] = ary._getvalue()
         first = tb.ptrtoint(tb.load(targs), i64)
         count = tb.load(tdims)
         if intp.width < 64:
