@@ -20,7 +20,8 @@ import threading
 _TBB_ENV = "FASTPOOL_THREADING_LAYER"
 # Parallel kernels compiled serial over one part of their tasks and launched over Numba's
 # threads (``_launch``): a large call's first call compiles 2-3x faster than a ``parallel=True``
-# kernel, which runs at the same speed.  FASTPOOL_SPLIT_KERNELS=0: Numba's parallel kernels.
+# kernel; they run within a few percent of its speed on most kernels (README: runtime notes).
+# FASTPOOL_SPLIT_KERNELS=0: Numba's parallel kernels.
 SPLIT = os.environ.get("FASTPOOL_SPLIT_KERNELS", "1").strip().lower() not in (
     "0", "false", "no", "off")
 

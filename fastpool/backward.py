@@ -416,13 +416,19 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
     if gsize and not fill:
         inv, ilist = _inverse(tab, dil, s3)
     small = False
+    spec = None
     if gsize and not fill and not adaptive:
         hwa = np.array(hw, np.int64)
         par = _parallel(cells * lay.n * lay.c + gsize * taps * (2 if power else 1))
         # small calls: the kernel with little code (~1.5 s to compile, against 7-9 s)
         small = not par
-        kern = _dispatch.kernel(("lp_backward" if power else "avg_backward") +
-                                ("_small" if small else ""), "cpu", lay.mem, par)
+        # (channels-first: the case as compile-time constants, the last of them whether the
+        # output is streamed, decided per call)
+        kname = ("lp_backward" if power else "avg_backward") + ("_small" if small else "")
+        if lay.mem == CF and not small:
+            from ._cpu.backward import sum_backward_spec
+            spec = sum_backward_spec(power, divmode, hw, int(dil[2]), s3[2], o3[2], False)[:-1]
+        kern = _dispatch.kernel(kname, "cpu", lay.mem, par, *(spec + (False,) if spec else ()))
         if small:  # channels-last rows W * C long
             xs = xshape if lay.mem == CF else xshape[:3] + (xshape[3] * xshape[4],)
             os_ = oshape if lay.mem == CF else oshape[:3] + (oshape[3] * oshape[4],)
@@ -469,9 +475,12 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
                      gt, gi, ih, ch, dh, dw, s3[1], s3[2], o3[1], o3[2],
                      _plane_block(lay.n * lay.c, cells), acc, marker)
         else:
+            nt = _streamed(res)
+            k = kern
             if lay.mem == CF:
-                blk = _plane_block(lay.n * lay.c, cells,
-                                   cells * dtype.itemsize if _streamed(res) else 0)
+                blk = _plane_block(lay.n * lay.c, cells, cells * dtype.itemsize if nt else 0)
+                if spec is not None and nt:
+                    k = _dispatch.kernel(kname, "cpu", CF, par, *spec, True)
             else:
                 blk = _channel_block(lay.n, lay.c, o3[0] * o3[1] * s3[2], acc.itemsize)
             a = lay.input_mem(x) if power else res  # the input is read by Lp only
@@ -480,9 +489,9 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
                      dil, divmode, dov, acc, float(p), knumel, nc, marker)
                 return lay.user_view(res)
             with launch_lock():
-                kern(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
-                     _bits(res).reshape(xshape), tab, dil, inv, ilist, divmode, dov, acc,
-                     float(p), knumel, blk, hwa, _streamed(res), marker)
+                k(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
+                  _bits(res).reshape(xshape), tab, dil, inv, ilist, divmode, dov, acc,
+                  float(p), knumel, blk, hwa, nt, marker)
         return lay.user_view(res)
     return run
 

@@ -522,7 +522,21 @@ def make_max_recompute_pairs(layout, parallel):
 
 # ----------------------------------------------------------------------------- average and Lp
 
-def make_sum_backward(layout, parallel, power):
+def sum_backward_spec(power, divmode, hw, dw, W, OW, nt):
+    """The channels-first ``make_sum_backward`` kernel's compile-time case (see its ``spec``)
+    for divisor rule ``divmode``, W windows ``hw`` = (kernel, stride, left pad) with dilation
+    ``dw``, input / output widths ``W`` / ``OW`` and streamed output ``nt``; the kernel's own
+    definitions, worked out here once."""
+    KW, SW, PW = max(hw[0], 0), max(hw[1], 1), max(hw[2], 0)
+    uniform = KW > 0
+    plane = not power and uniform and divmode != 3
+    pair = KW == 3 and SW == 2 and dw == 1
+    ows = min(OW, (W + PW + SW - 1) // SW)
+    flat = pair and plane and ows == OW and W == 2 * OW and PW <= 1
+    return int(divmode), bool(uniform), bool(pair), bool(flat), bool(nt)
+
+
+def make_sum_backward(layout, parallel, power, *spec):
     """Average (power=False) and Lp (power=True) backward, also adaptive average.
 
     Separable: each output row's shares are spread along W into a row of ``T`` (``T[od, oh,
@@ -547,12 +561,28 @@ def make_sum_backward(layout, parallel, power):
     ``gA = g * (1/p) * (A*K)**(1/p - 1) * K`` (0 where ``A == 0``), spread as ``gA / divisor``
     over the window, and each cell's sum times ``p * x**(p-1)``.
     ``blk``: planes per task (channels-first) or channels per task (channels-last).
+
+    ``spec`` (channels-first only, and required there): ``sum_backward_spec(...)``, the case
+    as compile-time constants: the divisor rule, windows uniform along W, 3-wide windows at
+    stride 2 without dilation along W (the pair rows), rows that the pairs tile, and streamed
+    output.  The branches the other cases take are then removed before Numba sees the kernel
+    (``_specialise``): the first call of average k3s2p1 (8, 64, 56, 56) compiled its kernel in
+    ~3 s instead of ~4.5 s.  The kernel's ``divmode_``, ``hw`` and ``nt_`` arguments are
+    those the spec was made from.
     """
     POWER = power
+    if layout == CF:
+        if len(spec) != 5:
+            raise ValueError(f"make_sum_backward: channels-first needs sum_backward_spec(...), "
+                             f"got {spec!r}")
+        DM, UNIFORM, KW3S2, FLAT, NT = int(spec[0]), bool(spec[1]), bool(spec[2]), \
+            bool(spec[3]), bool(spec[4])
+    elif spec:
+        raise ValueError(f"make_sum_backward: no spec for channels-last, got {spec!r}")
 
     if layout == CF:
-        def kernel(g, x, gin, tab, dil, inv, ilist, divmode, dov, zero, p, knumel, blk,
-                   hw, nt, marker):
+        def kernel(g, x, gin, tab, dil, inv, ilist, divmode_, dov, zero, p, knumel, blk,
+                   hw, nt_, marker):
             P = g.shape[0]
             OD = g.shape[1]
             OH = g.shape[2]
@@ -581,35 +611,35 @@ def make_sum_backward(layout, parallel, power):
             OWs = min(OW, (W + PWu + SWu - 1) // SWu)
             # the shares of a whole plane in one loop (the divisions vectorise across its rows),
             # at SHP[1:] with a zero on either side
-            PLANE = not POWER and KWu > 0 and divmode != 3
+            PLANE = not POWER and UNIFORM and DM != 3
             # 3-wide windows at stride 2 (dilation 1), the common case: no stuffed rows.  Input
             # column w (u = w + PWu) is covered by window u / 2 - 1 and u / 2 (u even) or by
             # (u - 1) / 2 alone (u odd); its T cell is (0 + share) + share or 0 + share, the
             # sums the stuffed rows give, written in pairs:
-            PAIR = KWu == 3 and SWu == 2 and dw == 1
+            PAIR = KW3S2
             # - the rows of a plane whose windows tile it (W == 2 * OW, left pad 0 or 1): one
             #   loop over the plane's shares (T rows W long), then each row's edge cell redone
             #   (its pair read the neighbouring row's share);
-            FLATT = PAIR and PLANE and OWs == OW and W == 2 * OW and PWu <= 1
+            FLATT = FLAT  # (sum_backward_spec)
             # - otherwise row by row, from the row's shares at SP[1:] (zeros around them), T
             #   row cell u being (0 + SP[u / 2]) + SP[u / 2 + 1] (u even) or 0 + SP[(u + 1) / 2]
-            RS = W if FLATT else (W + PWu + LM if KWu > 0 else W)  # row stride of E and T
+            RS = W if FLATT else (W + PWu + LM if UNIFORM else W)  # row stride of E and T
             TO = PWu if (PAIR and not FLATT) else 0  # offset of input column 0 in a T row
             # the divisors as floats, converted once per call (int-to-float conversions
             # and divisions by them do not vectorise): per output cell (rules 1 and 2),
             # or the W extents (rule 3)
-            dv = new_full(NR * OW if divmode in (1, 2) else OW, one)
-            if not POWER and divmode != 0:
+            dv = new_full(NR * OW if DM in (1, 2) else OW, one)
+            if not POWER and DM != 0:
                 for od in range(OD):
                     for oh in range(OH):
                         for ow in range(OW):
-                            if divmode == 1:
+                            if DM == 1:
                                 n = tab[0, 2, od] * tab[1, 2, oh] * tab[2, 2, ow]
-                            elif divmode == 2:
+                            elif DM == 2:
                                 n = tab[0, 1, od] * tab[1, 1, oh] * tab[2, 1, ow]
                             else:
                                 n = tab[2, 1, ow]
-                            dv[U((od * OH + oh) * OW + ow if divmode != 3 else ow)] = \
+                            dv[U((od * OH + oh) * OW + ow if DM != 3 else ow)] = \
                                 as_acc(zero, n)
             NP = (W + PWu + 1) // 2  # pairs of T cells per row
             HW = D * H * W
@@ -654,18 +684,18 @@ def make_sum_backward(layout, parallel, power):
             for t in prange((P + blk - 1) // blk):
                 T = new_full(NR * RS, zero)
                 # (zero apart from the shares)
-                E = new_full(NR * RS + RS if (KWu > 0 and not PAIR) else 1, zero)
+                E = new_full(NR * RS + RS if (UNIFORM and not PAIR) else 1, zero)
                 acc = new_full(W, zero)
                 sh = new_full(OW, zero)
                 SP = new_full(max(OWs, NP) + 2 if (PAIR and not FLATT) else 1, zero)
                 SHP = new_full(NR * OW + 2 if PLANE else 1, zero)
-                # (nt) the task's planes, one run of gin, built here and streamed out as they
+                # (NT) the task's planes, one run of gin, built here and streamed out as they
                 # are done: the planes' ends need not fall on vector boundaries
-                PL = new_empty((min(P, (t + 1) * blk) - t * blk) * HW if nt else 1, gin.dtype)
+                PL = new_empty((min(P, (t + 1) * blk) - t * blk) * HW if NT else 1, gin.dtype)
                 done = 0
                 # arrays chosen, and tuples of arrays built, once per task rather than per
                 # plane or row (each binding of an array updates its reference count)
-                dst = PL if nt else gf
+                dst = PL if NT else gf
                 src = SHP if PLANE else sh
                 dvt = (dv,)
                 for q in range(t * blk, min(P, (t + 1) * blk)):
@@ -674,7 +704,7 @@ def make_sum_backward(layout, parallel, power):
                         # whole vectors of quotients (the compiler's loop divides one cell at
                         # a time), then the cells past the last one
                         nv = NR * OW - (NR * OW) % vector_lanes(SHP, marker)
-                        if divmode == 0:
+                        if DM == 0:
                             for i in range(0, nv, vector_lanes(SHP, marker)):
                                 vdiv(gfl, gb + U(i), (dz,), i, SHP, i + 1, marker)
                             for i in range(nv, NR * OW):
@@ -735,10 +765,10 @@ def make_sum_backward(layout, parallel, power):
                                     else:
                                         gy = gv * (e * (A * kz) ** (e - one))
                                         sh[ow] = (gy * kz) / div
-                            elif divmode == 0:  # one loop per divisor rule: they vectorise
+                            elif DM == 0:  # one loop per divisor rule: they vectorise
                                 for ow in range(OW):
                                     sh[ow] = (zero + load(g[q, od, oh, ow], marker)) / dz
-                            elif divmode == 3:  # by each dim's extent in turn
+                            elif DM == 3:  # by each dim's extent in turn
                                 an = as_acc(zero, nd)
                                 ah = as_acc(zero, nh)
                                 for ow in range(OW):
@@ -749,7 +779,7 @@ def make_sum_backward(layout, parallel, power):
                                 for ow in range(OW):
                                     sh[ow] = (zero + load(g[q, od, oh, ow], marker)) / \
                                         dv[U(db + ow)]
-                            if KWu > 0:  # the row's shares: SP (pairs) or stuffed into E
+                            if UNIFORM:  # the row's shares: SP (pairs) or stuffed into E
                                 so = (od * OH + oh) * OW + 1 if PLANE else 0
                                 if PAIR:
                                     for ow in range(OWs):
@@ -764,7 +794,7 @@ def make_sum_backward(layout, parallel, power):
                                     b = SP[j + 1]
                                     T[U(base + 2 * j)] = (zero + a) + b
                                     T[U(base + 2 * j + 1)] = zero + b
-                            if KWu > 0:
+                            if UNIFORM:
                                 continue
                             # adaptive windows: each window adds its share to its columns,
                             # windows in ascending order (every cell sums in that order)
@@ -775,7 +805,7 @@ def make_sum_backward(layout, parallel, power):
                                 v = sh[ow]
                                 for c in range(tab[2, 1, ow]):
                                     T[U(w0 + c * dw)] += v
-                    if KWu > 0 and not PAIR:
+                    if UNIFORM and not PAIR:
                         # T[i] sums E over the taps, the last tap first (windows ascending);
                         # the zeros between the shares add nothing (a sum started at +0 is
                         # never -0, and v + 0 == v)
@@ -788,8 +818,8 @@ def make_sum_backward(layout, parallel, power):
                                 for i in range(NR * RS):
                                     T[i] += E[U(i + off)]
                     # the plane's rows go to the scratch ``PL`` and are streamed out as they
-                    # are done (nt), or straight into gin
-                    pb = (q - t * blk) * HW if nt else q * HW  # the plane in dst
+                    # are done (NT), or straight into gin
+                    pb = (q - t * blk) * HW if NT else q * HW  # the plane in dst
                     VL = vector_lanes(T, marker)
                     VEC = VL > 0 and W >= VL
                     for r in range(D * H):
@@ -797,7 +827,7 @@ def make_sum_backward(layout, parallel, power):
                         if k == 4:  # (written with the row before)
                             continue
                         rb = pb + r * W  # the row in dst
-                        if nt:
+                        if NT:
                             done = stream_upto(PL, done, rb, gf, t * blk * HW, marker)
                         b1 = RB1[r]
                         b2 = RB2[r]
@@ -859,7 +889,7 @@ def make_sum_backward(layout, parallel, power):
                             else:
                                 for w in range(W):
                                     dst[U(rb + w)] = to_storage(acc[w], marker)
-                if nt:
+                if NT:
                     stream_upto(PL, done, -(min(P, (t + 1) * blk) - t * blk) * HW, gf,
                                 t * blk * HW, marker)
                     sfence()
