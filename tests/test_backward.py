@@ -1022,3 +1022,49 @@ def test_stream_copies(dtype):
                     assert dst[d0:].tobytes() == src.tobytes(), (how, n, off, d0)
                     assert not raw[:off + d0 * isz].any(), (how, n, off, d0)
                     assert not raw[off + (n + d0) * isz:].any(), (how, n, off, d0)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_sum_backward_cases_channels_first(streamed, monkeypatch):
+    """The channels-first average / Lp gradient kernel compiled for its case
+    (``sum_backward_spec``: divisor rule, windows uniform along W, 3-wide pairs at stride 2,
+    rows the pairs tile, streamed output), in parallel, against the reference and PyTorch: widths
+    the pairs tile and widths they do not (odd, padded, ceil mode), every divisor rule, dilation,
+    wider and adaptive windows."""
+    from fastpool import backward as B
+    from fastpool import functional
+    monkeypatch.setattr(B, "_parallel", lambda work: True)
+    monkeypatch.setattr(B, "STREAM_MIN_BYTES", 0 if streamed else 1 << 62)
+    monkeypatch.setattr(functional, "_PLANS", {})
+    rng = np.random.default_rng(31 + streamed)
+    cases = [  # (H, W), kernel, stride, padding, ceil, count_include_pad, divisor_override, dil
+        ((8, 12), 3, 2, 1, False, False, None, 1),   # the pairs tile the rows
+        ((8, 12), 3, 2, 1, False, True, None, 1),
+        ((7, 11), 3, 2, 1, False, False, None, 1),   # odd: they do not
+        ((9, 12), 3, 2, 0, True, True, None, 1),     # no padding, ceil mode
+        ((6, 13), 3, 2, 1, True, False, None, 1),
+        ((8, 12), 3, 2, 1, False, True, 5, 1),       # divisor override
+        ((10, 14), 3, 2, 1, False, True, None, 2),   # dilation: no pairs
+        ((9, 10), 2, 2, 0, False, True, None, 1),
+        ((11, 15), 5, 3, 2, True, False, None, 1),
+    ]
+    for sp, k, s, p, ceil, incl, div, d in cases:
+        x = rng.standard_normal((2, 3) + sp).astype(np.float32)
+        y = fastpool.avg_pool2d(x, k, s, p, ceil, incl, div, dilation=d)
+        g = rng.standard_normal(y.shape).astype(np.float32)
+        got = fastpool.avg_pool2d_backward(g, x, k, s, p, ceil, incl, div, dilation=d)
+        want = R.ref_avg_pool_backward(g.astype(np.float64), x.astype(np.float64), (k, k), (s, s),
+                                       [(p, p)] * 2, ceil, incl, div, (d, d))
+        close(got, want, np.float32, what=f"{sp} k{k} s{s} p{p} ceil {ceil} incl {incl} "
+                                          f"div {div} dil {d}")
+    for sp, osz in (((9, 12), (4, 6)), ((7, 11), (3, 5))):  # adaptive windows
+        x = rng.standard_normal((2, 3) + sp).astype(np.float32)
+        g = rng.standard_normal((2, 3) + osz).astype(np.float32)
+        got = fastpool.adaptive_avg_pool2d_backward(g, x, osz)
+        close(got, R.ref_adaptive_avg_pool_backward(g, x, osz), np.float32, what=f"{sp}->{osz}")
+    x = np.abs(rng.standard_normal((2, 3, 7, 11))).astype(np.float32) + 0.25  # Lp
+    y = fastpool.lp_pool2d(x, 2.0, 3, 2)
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    close(fastpool.lp_pool2d_backward(g, x, 2.0, 3, 2),
+          R.ref_lp_pool_backward(g.astype(np.float64), x.astype(np.float64), 2.0, (3, 3), (2, 2),
+                                 [(0, 0), (0, 0)]), np.float32, what="lp")
