@@ -107,7 +107,12 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
     PFD = 4
     PFV = SW == 2 and PAR
     VFUSE = FUSEK and KH == 2 and KW == 2 and SW == 2 and not POWER and PAR
-    VCOL = SPEC and not CLAST and KD == 1 and (KH == 2 or KH == 3) and not POWER and PAR
+    # channels-last max of 3-row windows too: its vertical pass is the same elementwise
+    # reduction of rows (W * C long).  On a 2-core Xeon, the kernel alone, paired in one
+    # process: max k3s2p1 (32, 64, 112, 112) 0.87-0.91x the time; 2-row windows (k2s2) and the
+    # average 0.96-1.06x, so they keep the compiler's loop
+    VCOL = SPEC and (not CLAST or (MAX and KH == 3)) and KD == 1 and (KH == 2 or KH == 3) and \
+        not POWER and PAR
     VROW = SPEC and not CLAST and SW == 2 and (KW == 3 or (KW == 2 and MAX)) and not POWER and \
         PAR
     # 1-row windows (1-d pooling) whose every window lies inside the row: the horizontal
