@@ -743,6 +743,15 @@ _COMPILE_SNIPPETS = {
     "max_pool2d f32 nchw large, Numba prange kernels": (
         "max_pool2d", "np.random.rand(8, 64, 56, 56).astype(np.float32)",
         "kernel_size=3, stride=2, padding=1", {"FASTPOOL_SPLIT_KERNELS": "0"}),
+    # gradients of a large call (a tuple: the positional arguments, grad_output first)
+    "avg_pool2d_backward f32 nchw large": (
+        "avg_pool2d_backward", "(np.random.rand(8, 64, 28, 28).astype(np.float32), "
+        "np.random.rand(8, 64, 56, 56).astype(np.float32))",
+        "kernel_size=3, stride=2, padding=1, count_include_pad=False"),
+    "max_pool2d_backward f32 nhwc large": (
+        "max_pool2d_backward", "(np.random.rand(8, 28, 28, 64).astype(np.float32), "
+        "np.random.rand(8, 56, 56, 64).astype(np.float32))",
+        "kernel_size=3, stride=2, padding=1, channels_last=True"),
 }
 
 _COMPILE_CODE = """
@@ -752,14 +761,15 @@ import fastpool
 t1 = time.perf_counter()
 import numpy as np
 x = {make}
+args = x if isinstance(x, tuple) else (x,)
 t2 = time.perf_counter()
 # Numba's one-time start-up (its own import, registries, LLVM) happens at the first kernel of a
 # process; an unrelated kernel takes it so that the timed call below measures one kernel alone.
 fastpool.max_unpool1d(np.ones((1, 1, 2), np.float32), np.zeros((1, 1, 2), np.int64), 2)
 t3 = time.perf_counter()
-fastpool.{fn}(x, {kw})
+fastpool.{fn}(*args, {kw})
 t4 = time.perf_counter()
-fastpool.{fn}(x, {kw})
+fastpool.{fn}(*args, {kw})
 t5 = time.perf_counter()
 print(json.dumps({{"import_s": t1 - t0, "runtime_start_s": t3 - t2, "first_call_s": t4 - t3,
                   "second_call_s": t5 - t4}}))
