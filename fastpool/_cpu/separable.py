@@ -33,7 +33,11 @@ FLAT_MAX_ROW = 48  # for scratch rows of at most this many cells
 TASKS = 512  # parallel tasks per call, at most (enough to balance the threads)
 ROW_BYTES = 768  # make_sep: max 2x2 windows on rows this long read one row at a time
 AHEAD = 8192  # prefetch distance, bytes (make_adaptive: 4-16 KiB alike; make_same: 16 KiB worse)
-NEAR_ROW_BYTES = 448  # make_sep: rows this long prefetch PFD rows ahead, shorter ones AHEAD bytes
+# make_sep: rows this long prefetch PFD rows ahead, shorter ones AHEAD bytes.  (448 until a
+# 2-core Xeon with a 300 MB L3: there max k3s2p1 (32, 64, 112, 112), 448-byte rows, ran
+# 0.79-0.85x the time prefetching 4-8 KiB ahead instead of 4 rows, the kernel alone paired in
+# one process; k3s1 on 512-byte rows 0.97-0.99x)
+NEAR_ROW_BYTES = 1024
 SAME_UNITS = 64  # make_same: split planes into row blocks when there are fewer planes than this
 SAME_ROWS = 16  # ... of at least this many rows
 
