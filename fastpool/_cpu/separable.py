@@ -33,10 +33,7 @@ FLAT_MAX_ROW = 48  # for scratch rows of at most this many cells
 TASKS = 512  # parallel tasks per call, at most (enough to balance the threads)
 ROW_BYTES = 768  # make_sep: max 2x2 windows on rows this long read one row at a time
 AHEAD = 8192  # prefetch distance, bytes (make_adaptive: 4-16 KiB alike; make_same: 16 KiB worse)
-# make_sep: rows this long prefetch PFD rows ahead, shorter ones AHEAD bytes.  (448 until a
-# 2-core Xeon with a 300 MB L3: there max k3s2p1 (32, 64, 112, 112), 448-byte rows, ran
-# 0.79-0.85x the time prefetching 4-8 KiB ahead instead of 4 rows, the kernel alone paired in
-# one process; k3s1 on 512-byte rows 0.97-0.99x)
+# make_sep: rows this long prefetch PFD rows ahead, shorter ones AHEAD bytes (see make_sep)
 NEAR_ROW_BYTES = 1024
 SAME_UNITS = 64  # make_same: split planes into row blocks when there are fewer planes than this
 SAME_ROWS = 16  # ... of at least this many rows
@@ -92,10 +89,11 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
     # Rows shorter than NEAR_ROW_BYTES prefetch AHEAD bytes ahead instead (PFD rows of 224
     # bytes are under 1 KiB): average k3s2p1 32x64x56x56 0.82-0.95x the time, max 0.91-0.92x
     # (2 threads, paired A/B, not flushed; flushed 0.95x); 2 KiB ahead measured as PFD rows,
-    # and 8 KiB on 448-byte rows 1.01x, so those keep PFD.  The fused 2x2 rows also prefetch
-    # the output AHEAD bytes past each vector, the line a plain store first reads (float32
-    # 16x128x112x112 0.91-0.96x the time, float64 1.0x; not float16: 1.18x); their input 8 KiB
-    # ahead instead of PFD rows cost 1.10x.
+    # and 8 KiB on 448-byte rows 1.01x there, but 0.79-0.85x on a Xeon with a 300 MB L3, so
+    # rows under 1 KiB now prefetch AHEAD bytes (on that Xeon the fused rows' input 8 KiB ahead
+    # measured 0.93-0.94x, against 1.10x before: they keep PFD rows).  The fused 2x2 rows also
+    # prefetch the output AHEAD bytes past each vector, the line a plain store first reads
+    # (float32 16x128x112x112 0.91-0.96x the time, float64 1.0x; not float16: 1.18x).
     # Max 2x2 windows on rows of ROW_BYTES or more reduce each row's pairs on its own, then
     # combine the two rows' maxima (the same first-max and NaN rules as the row-major order):
     # reading two long rows side by side left the loads waiting where one row at a time reads
