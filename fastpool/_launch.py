@@ -140,12 +140,12 @@ def _threads():
 
 
 def _key(args):
-    """A key of the Numba types of ``args`` (their fingerprints, and every array's alignment,
-    which a fingerprint leaves out); None for a value without a fingerprint."""
+    """A key of the Numba types of ``args``: their fingerprints and every array's alignment
+    (which a fingerprint leaves out), or the types themselves for a value without one."""
     try:
         fp = tuple(map(compute_fingerprint, args))
     except Exception:
-        return None
+        return tuple(map(numba.typeof, args))
     return fp, tuple(a.flags.aligned for a in args if isinstance(a, np.ndarray))
 
 
@@ -159,18 +159,18 @@ class SplitKernel:
         self.py_func = disp.py_func
         self.__name__ = getattr(disp, "__name__", "kernel")
         self.__qualname__ = getattr(disp, "__qualname__", self.__name__)
-        self._targets = {}  # key of the argument types -> (launcher's entry point, address)
+        # key of the argument types -> (launcher's entry point, kernel address, the kernel's
+        # compile result, which keeps its code alive)
+        self._targets = {}
 
     def __call__(self, *args):
         threads = _threads()
         if threads <= 1:
             return self.dispatcher(*args, 0, 1)
         key = _key(args)
-        if key is None:
-            key = tuple(map(numba.typeof, args))
-        target = self._targets.get(key)
-        if target is None:
-            target = self._target(key, args)
+        self._run(self._targets.get(key) or self._target(key, args), threads, args)
+
+    def _run(self, target, threads, args):
         if target[0](target[1], PARTS_PER_THREAD * threads, threads, args):
             self.dispatcher(*args, 0, 1)  # (a part raised: raised again here, or done serially)
 
@@ -188,7 +188,7 @@ class SplitKernel:
         # dispatch: the key stands for the types)
         lsig = (types.int64, types.int64, types.int64, types.Tuple(sig))
         launch.compile(lsig)
-        target = (launch.overloads[lsig].entry_point, addr, cres)  # (cres: keeps the code)
+        target = (launch.overloads[lsig].entry_point, addr, cres)
         self._targets[key] = target
         return target
 
@@ -196,20 +196,16 @@ class SplitKernel:
         """``kern(*args)`` for arguments of exactly the types of ``argv`` on every call
         (``_dispatch.entry_point``): no type key computed per call."""
         key = _key(argv)
-        if key is None:
-            key = tuple(map(numba.typeof, argv))
         target = self._targets.get(key)  # (None: found on the first call with threads)
-        disp = self.dispatcher
 
         def call(*args):
             nonlocal target
             threads = _threads()
             if threads <= 1:
-                return disp(*args, 0, 1)
+                return self.dispatcher(*args, 0, 1)
             if target is None:
                 target = self._targets.get(key) or self._target(key, args)
-            if target[0](target[1], PARTS_PER_THREAD * threads, threads, args):
-                disp(*args, 0, 1)
+            self._run(target, threads, args)
         return call
 
     @staticmethod

@@ -422,13 +422,14 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
         par = _parallel(cells * lay.n * lay.c + gsize * taps * (2 if power else 1))
         # small calls: the kernel with little code (~1.5 s to compile, against 7-9 s)
         small = not par
-        # (channels-first: the case as compile-time constants, the last of them whether the
-        # output is streamed, decided per call)
         kname = ("lp_backward" if power else "avg_backward") + ("_small" if small else "")
         if lay.mem == CF and not small:
+            # (the case as compile-time constants, and whether the output is streamed, which
+            # each call decides)
             from ._cpu.backward import sum_backward_spec
-            spec = sum_backward_spec(power, divmode, hw, int(dil[2]), s3[2], o3[2], False)[:-1]
-        kern = _dispatch.kernel(kname, "cpu", lay.mem, par, *(spec + (False,) if spec else ()))
+            spec = sum_backward_spec(power, divmode, hw, int(dil[2]), s3[2], o3[2])
+        kern = _dispatch.kernel(kname, "cpu", lay.mem, par,
+                                *(() if spec is None else spec + (False,)))
         if small:  # channels-last rows W * C long
             xs = xshape if lay.mem == CF else xshape[:3] + (xshape[3] * xshape[4],)
             os_ = oshape if lay.mem == CF else oshape[:3] + (oshape[3] * oshape[4],)

@@ -535,18 +535,18 @@ def make_max_recompute_pairs(layout, parallel):
 
 # ----------------------------------------------------------------------------- average and Lp
 
-def sum_backward_spec(power, divmode, hw, dw, W, OW, nt):
-    """The channels-first ``make_sum_backward`` kernel's compile-time case (see its ``spec``)
-    for divisor rule ``divmode``, W windows ``hw`` = (kernel, stride, left pad) with dilation
-    ``dw``, input / output widths ``W`` / ``OW`` and streamed output ``nt``; the kernel's own
-    definitions, worked out here once."""
+def sum_backward_spec(power, divmode, hw, dw, W, OW):
+    """The channels-first ``make_sum_backward`` kernel's compile-time case (see its ``spec``,
+    which adds whether the output is streamed) for divisor rule ``divmode``, W windows ``hw`` =
+    (kernel, stride, left pad) with dilation ``dw`` and input / output widths ``W`` / ``OW``;
+    the kernel's own definitions, worked out here once."""
     KW, SW, PW = max(hw[0], 0), max(hw[1], 1), max(hw[2], 0)
     uniform = KW > 0
     plane = not power and uniform and divmode != 3
     pair = KW == 3 and SW == 2 and dw == 1
     ows = min(OW, (W + PW + SW - 1) // SW)
     flat = pair and plane and ows == OW and W == 2 * OW and PW <= 1
-    return int(divmode), bool(uniform), bool(pair), bool(flat), bool(nt)
+    return int(divmode), bool(uniform), bool(pair), bool(flat)
 
 
 def make_sum_backward(layout, parallel, power, *spec):
@@ -575,13 +575,13 @@ def make_sum_backward(layout, parallel, power, *spec):
     over the window, and each cell's sum times ``p * x**(p-1)``.
     ``blk``: planes per task (channels-first) or channels per task (channels-last).
 
-    ``spec`` (channels-first only, and required there): ``sum_backward_spec(...)``, the case
-    as compile-time constants: the divisor rule, windows uniform along W, 3-wide windows at
-    stride 2 without dilation along W (the pair rows), rows that the pairs tile, and streamed
-    output.  The branches the other cases take are then removed before Numba sees the kernel
-    (``_specialise``): the first call of average k3s2p1 (8, 64, 56, 56) compiled its kernel in
-    ~3 s instead of ~4.5 s.  The kernel's ``divmode_``, ``hw`` and ``nt_`` arguments are
-    those the spec was made from.
+    ``spec`` (channels-first only, and required there): ``sum_backward_spec(...) + (nt,)``,
+    the case as compile-time constants: the divisor rule, windows uniform along W, 3-wide
+    windows at stride 2 without dilation along W (the pair rows), rows that the pairs tile,
+    and streamed output.  The branches the other cases take are then removed before Numba
+    sees the kernel (``_specialise``): the first call of average k3s2p1 (8, 64, 56, 56)
+    compiled its kernel in ~3 s instead of ~4.5 s.  The kernel's ``divmode_``, ``hw`` and
+    ``nt_`` arguments are those the spec was made from.
     """
     POWER = power
     if layout == CF:
