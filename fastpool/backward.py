@@ -426,8 +426,10 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
         if lay.mem == CF and not small:
             # (the case as compile-time constants, and whether the output is streamed, which
             # each call decides)
-            from ._cpu.backward import sum_backward_spec
+            from ._cpu.backward import sum_backward_spec, sum_backward_program
             spec = sum_backward_spec(power, divmode, hw, int(dil[2]), s3[2], o3[2])
+            prog = sum_backward_program(power, spec, tab, dil, inv, ilist, s3, o3, hw,
+                                        acc.dtype)
         kern = _dispatch.kernel(kname, "cpu", lay.mem, par,
                                 *(() if spec is None else spec + (False,)))
         if small:  # channels-last rows W * C long
@@ -490,9 +492,14 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
                      dil, divmode, dov, acc, float(p), knumel, nc, marker)
                 return lay.user_view(res)
             with launch_lock():
-                k(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
-                  _bits(res).reshape(xshape), tab, dil, inv, ilist, divmode, dov, acc,
-                  float(p), knumel, blk, hwa, nt, marker)
+                if lay.mem == CF:
+                    k(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
+                      _bits(res).reshape(xshape), tab, dil, inv, ilist, *prog, dov, acc,
+                      float(p), knumel, blk, hwa, marker)
+                else:
+                    k(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
+                      _bits(res).reshape(xshape), tab, dil, inv, ilist, divmode, dov, acc,
+                      float(p), knumel, blk, hwa, nt, marker)
         return lay.user_view(res)
     return run
 

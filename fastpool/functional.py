@@ -348,6 +348,15 @@ def _sep_args(wspec, width, out_width, parallel, kind="max"):
     return key, lo, hi, pw
 
 
+def _sep_flags(channels_last, fused_only, dtype):
+    """``make_sep``'s trailing arguments (channels_last, fused_only, integer), without the
+    defaults at the end (one memo key per kernel)."""
+    flags = (bool(channels_last), bool(fused_only), np.dtype(dtype).kind in "iu")
+    while len(flags) > 1 and not flags[-1]:
+        flags = flags[:-1]
+    return flags
+
+
 def _interior(width, out_width, k, s, pw):
     """The columns [lo, hi) whose windows (k taps, stride s, left pad pw, dilation 1) lie
     wholly inside a row of ``width``."""
@@ -586,13 +595,16 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
                 # hot windows move on to their specialised kernel (see _move_on)
                 if consts != (0, 0, 0, 0):
                     later = (_dispatch.kernel("separable", "cpu", kind, False, *consts,
-                                              lay.mem == CL), args)
+                                              *_sep_flags(lay.mem == CL, False, dtype)), args)
                 k3, sw, _, pw = wspec
                 kern = _dispatch.kernel("small", "cpu", kind, False, lay.mem == CL)
                 args = (tab, dil, k3[2], sw, pw) + args[5:]
             else:
+                from ._cpu.separable import fused_rows
+                fonly = lay.mem == CF and kind != "lp" and \
+                    fused_rows(tab, *consts, lay.canon(osp), lo, hi)
                 kern = _dispatch.kernel("separable", "cpu", kind, parallel, *consts,
-                                        lay.mem == CL)
+                                        *_sep_flags(lay.mem == CL, fonly, dtype))
     elif lay.mem == CF and x.flags.c_contiguous and dtype.kind == "f" and \
             _pair_windows(tab, dil, lay.canon(lay.spatial), lay.canon(osp), False):
         # 2x2 windows at stride 2 without padding, with indices: vectors of values and

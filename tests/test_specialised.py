@@ -687,6 +687,63 @@ def test_integer_rows_2x2_max(dtype, monkeypatch):
         assert got.dtype == dtype and np.array_equal(got, want), (dtype, ow)
 
 
+# Parallel non-overlapping windows (KW == SW) whose every row is fused get a kernel holding the
+# fused rows alone (``separable.fused_rows``); padding along H, ceil-mode partial windows,
+# padded columns and rows short enough for the flat groups keep the full kernel.  Integer inputs
+# get the kernel with the integer vectors only, float ones the float vectors only.
+FUSED_ONLY = [  # (shape, kernel, pads per dim, ceil, fused only?); stride = kernel
+    ((2, 3, 9, 64), (2, 2), ((0, 0), (0, 0)), False, True),
+    ((2, 3, 8, 101), (2, 2), ((0, 0), (0, 0)), False, True),  # odd width: a column left out
+    ((1, 2, 7, 99), (2, 2), ((0, 0), (0, 0)), True, False),   # ceil: partial row and column
+    ((2, 3, 9, 64), (2, 2), ((1, 1), (0, 0)), False, False),  # padding along H
+    ((2, 3, 9, 64), (2, 2), ((0, 0), (1, 0)), False, False),  # ... along W
+    ((2, 3, 9, 40), (2, 2), ((0, 0), (0, 0)), False, False),  # 20 outputs: the flat groups
+    ((2, 2, 6, 75), (3, 3), ((0, 0), (0, 0)), False, False),  # not a hot window: tables
+    ((3, 4, 77), (2,), ((0, 0),), False, True),               # 1-d
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.uint8, np.int16])
+@pytest.mark.parametrize("case", FUSED_ONLY, ids=[f"c{i}" for i in range(len(FUSED_ONLY))])
+def test_fused_only_kernels(case, dtype, monkeypatch):
+    from fastpool import _dispatch
+    from reference import ref_avg_pool, ref_max_pool
+    shape, k, pads, ceil, fonly = case
+    monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(fpf, "_PLANS", {})
+    rng = np.random.default_rng(shape[-1] + np.dtype(dtype).itemsize)
+    if np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        x = rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype)
+    else:
+        x = _input(rng, shape, dtype)
+    pool = fastpool.max_pool1d if len(k) == 1 else fastpool.max_pool2d
+    apool = fastpool.avg_pool1d if len(k) == 1 else fastpool.avg_pool2d
+    made = []
+    real = _dispatch.kernel
+
+    def spy(op, *rest):
+        made.append((op,) + rest)
+        return real(op, *rest)
+    monkeypatch.setattr(_dispatch, "kernel", spy)
+    got = pool(x, k, k, pads, ceil_mode=ceil)
+    want = ref_max_pool(x, k, k, list(pads), ceil_mode=ceil)[0]
+    np.testing.assert_array_equal(_bits(got), _bits(want))
+    sep = [m for m in made if m[0] == "separable"]
+    assert sep and sep[-1][3], made  # (parallel)
+    flags = sep[-1][8:]  # (channels_last, fused_only, integer), trailing defaults left out
+    assert (flags[1:2] == (True,)) == fonly, (case, sep[-1])
+    assert (flags[2:3] == (True,)) == (np.dtype(dtype).kind in "iu"), (case, sep[-1])
+    if np.dtype(dtype).kind in "iu":
+        return
+    tol = 2e-3 if dtype == np.float16 else 1e-6
+    for incl in (True, False):
+        got = apool(x, k, k, pads, ceil_mode=ceil, count_include_pad=incl)
+        ref = ref_avg_pool(x, k, k, list(pads), ceil_mode=ceil, count_include_pad=incl)
+        np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=tol,
+                                   atol=tol)
+
+
 # 1-d k3s2 / k2s2 rows in the parallel kernels: without padding every window lies inside the
 # row and the horizontal vectors read the input row itself (no scratch copy); with padding or
 # ceil mode the padded scratch row.  The bits must be the table-driven kernel's.

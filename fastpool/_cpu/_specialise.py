@@ -21,7 +21,7 @@ import textwrap
 import threading
 
 _SCALARS = (bool, int, float)
-_VERSION = 7  # of the rewrite: part of the key of the kept code
+_VERSION = 8  # of the rewrite: part of the key of the kept code
 PART, PARTS = "_fp_part", "_fp_parts"  # the parameters a split kernel gains
 NONNEG = "_fp_nonneg"  # ... and the global it reads (_cpu/_intrinsics.nonneg)
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp,
@@ -67,8 +67,34 @@ class _Fold(ast.NodeTransformer):
         node.values = vals
         return node
 
+    def generic_visit(self, node):
+        super().generic_visit(node)
+        for field in ("body", "orelse", "finalbody"):
+            stmts = getattr(node, field, None)
+            if isinstance(stmts, list) and stmts and isinstance(stmts[0], ast.stmt):
+                setattr(node, field, _reachable(stmts))
+        return node
+
+    def visit_For(self, node):
+        self.generic_visit(node)
+        it = node.iter
+        if isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and \
+                it.func.id in ("range", "prange") and not it.keywords and \
+                1 <= len(it.args) <= 3 and all(isinstance(a, ast.Constant) and
+                                                type(a.value) is int for a in it.args):
+            if len(range(*[a.value for a in it.args])) == 0:  # the body never runs
+                return node.orelse or ast.copy_location(ast.Pass(), node)
+        return node
+
     def visit_Compare(self, node):
         self.generic_visit(node)
+        if isinstance(node.left, ast.Constant) and len(node.ops) == 1 and \
+                isinstance(node.ops[0], (ast.In, ast.NotIn)) and \
+                isinstance(node.comparators[0], ast.Tuple) and \
+                all(isinstance(e, ast.Constant) for e in node.comparators[0].elts):
+            found = node.left.value in [e.value for e in node.comparators[0].elts]
+            return ast.copy_location(
+                ast.Constant(found if isinstance(node.ops[0], ast.In) else not found), node)
         if isinstance(node.left, ast.Constant) and len(node.ops) == 1 and \
                 isinstance(node.comparators[0], ast.Constant):
             a, b = node.left.value, node.comparators[0].value
@@ -93,9 +119,63 @@ class _Fold(ast.NodeTransformer):
         return node
 
 
+def _reachable(stmts):
+    """``stmts`` up to and including the first that always leaves the block (``continue``,
+    ``break``, ``return``, ``raise``): what follows it never runs."""
+    for i, st in enumerate(stmts):
+        if isinstance(st, (ast.Continue, ast.Break, ast.Return, ast.Raise)):
+            return stmts[:i + 1]
+    return stmts
+
+
+# calls without side effects that the kernels make (allocations, conversions, constants):
+# an assignment of their result to a local that nothing reads is dropped
+_PURE_CALLS = frozenset({"max", "min", "abs", "len", "int", "float", "bool", "new_full",
+                         "new_zeros", "new_empty", "as_acc", "vector_lanes", "int_lanes", "U",
+                         "flat_view", "to_storage", "load"})
+
+
+def _pure(expr):
+    for n in ast.walk(expr):
+        if isinstance(n, ast.Call) and not (isinstance(n.func, ast.Name) and
+                                            n.func.id in _PURE_CALLS and not n.keywords):
+            return False
+        if isinstance(n, (ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom)):
+            return False
+    return True
+
+
+def _drop_dead_assignments(fdef):
+    """Remove ``name = expr`` statements whose local is never read and whose value has no
+    side effect (``_pure``), until none is left: what folding left unused (a scratch array of
+    a case the constants ruled out, a size only that case needed) is then neither typed nor
+    lowered."""
+    while True:
+        read = {n.id for n in ast.walk(fdef) if isinstance(n, ast.Name) and
+                not isinstance(n.ctx, ast.Store)}
+        read |= {n.target.id for n in ast.walk(fdef) if isinstance(n, ast.AugAssign) and
+                 isinstance(n.target, ast.Name)}
+        dropped = False
+        for node in ast.walk(fdef):
+            for field in ("body", "orelse", "finalbody"):
+                stmts = getattr(node, field, None)
+                if not isinstance(stmts, list) or not stmts or \
+                        not isinstance(stmts[0], ast.stmt):
+                    continue
+                keep = [st for st in stmts if not (
+                    isinstance(st, ast.Assign) and len(st.targets) == 1 and
+                    isinstance(st.targets[0], ast.Name) and st.targets[0].id not in read and
+                    _pure(st.value))]
+                if len(keep) != len(stmts):
+                    dropped = True
+                    setattr(node, field, keep or [ast.copy_location(ast.Pass(), stmts[0])])
+        if not dropped:
+            return
+
+
 def _single_constant_assignments(fdef):
-    """Locals assigned exactly once in the function, to a bool constant (a walk over the
-    statements only: the kernels assign in statements, never in expressions)."""
+    """Locals assigned exactly once in the function, to a bool or int constant (a walk over
+    the statements only: the kernels assign in statements, never in expressions)."""
     counts, values = {}, {}
 
     def names(target):
@@ -116,7 +196,7 @@ def _single_constant_assignments(fdef):
                 for n in names(t):
                     counts[n] = counts.get(n, 0) + 1
                     if isinstance(st, ast.Assign) and isinstance(st.value, ast.Constant) and \
-                            isinstance(st.value.value, bool):
+                            type(st.value.value) in (bool, int):
                         values[n] = st.value.value
             for field in ("body", "orelse", "finalbody"):
                 scan(getattr(st, field, ()) or ())
@@ -296,6 +376,7 @@ def _rewrite(fn, src, consts, names, split=False):
         if not more:
             break
         folder.consts.update(more)
+    _drop_dead_assignments(fdef)
     # a closure over every original cell, the constants named in a first statement: the cache
     # key (bytecode, closure contents) then differs between specialisations even where their
     # folded bytecode happens to coincide

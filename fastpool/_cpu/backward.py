@@ -546,7 +546,63 @@ def sum_backward_spec(power, divmode, hw, dw, W, OW):
     pair = KW == 3 and SW == 2 and dw == 1
     ows = min(OW, (W + PW + SW - 1) // SW)
     flat = pair and plane and ows == OW and W == 2 * OW and PW <= 1
-    return int(divmode), bool(uniform), bool(pair), bool(flat)
+    return int(divmode), bool(uniform), bool(pair), bool(flat), int(PW) if flat else 0
+
+
+def sum_backward_program(power, spec, tab, dil, inv, ilist, shape, oshape, hw, dtype):
+    """What the channels-first ``make_sum_backward`` kernel (case ``spec``, without the
+    streaming flag) reads besides the arrays, worked out once per plan: ``(dv, RK, RB1, RB2)``.
+
+    ``dv``: the divisors as floats of the compute ``dtype`` (int-to-float conversions and
+    divisions by them do not vectorise): per output cell (rules 1 and 2, NR * OW), the W
+    extents (rule 3, OW), ones (rule 0 and Lp, OW).
+
+    The input rows' program, input row ``r = z * H + y`` being ``RK[r]`` = 0 (no covering
+    window: zeros), 1 (one covering T row: +0 + T[RB1]), 2 (two: (+0 + T[RB1]) + T[RB2]), 3
+    (rows at least a vector wide: one, and the next row, 4, is covered by the same T row and
+    the one after, RB2: 3-row windows at stride 2, both rows in one pass) or 5 (the rest, and
+    every Lp row: the covering rows summed in turn).  ``shape`` / ``oshape``: (D, H, W) and
+    (OD, OH, OW)."""
+    from ._simd import lanes
+    DM, UNIFORM, PAIR, FLATT = int(spec[0]), bool(spec[1]), bool(spec[2]), bool(spec[3])
+    D, H, W = shape
+    OD, OH, OW = oshape
+    KW, PW = max(int(hw[0]), 0), max(int(hw[2]), 0)
+    LM = max((KW - 1) * int(dil[2]), 0)
+    RS = W if FLATT else (W + PW + LM if UNIFORM else W)  # row stride of the T rows
+    TO = PW if (PAIR and not FLATT) else 0  # offset of input column 0 in a T row
+    if power or DM == 0:
+        dv = np.ones(OW, dtype)
+    elif DM == 3:
+        dv = tab[2, 1, :OW].astype(dtype)
+    else:
+        f = 2 if DM == 1 else 1
+        n = tab[0, f, :OD, None, None] * tab[1, f, None, :OH, None] * tab[2, f, None, None, :OW]
+        dv = np.ascontiguousarray(n.reshape(-1).astype(dtype))
+    pairs = W >= lanes(np.dtype(dtype).itemsize)
+    RK = np.full(D * H, 5, np.int64)
+    RB1 = np.zeros(D * H, np.int64)
+    RB2 = np.zeros(D * H, np.int64)
+    for z in range(D if not power else 0):
+        zs, zn = int(inv[0, 0, z]), int(inv[0, 1, z])
+        for y in range(H):
+            r = z * H + y
+            ys, yn = int(inv[1, 0, y]), int(inv[1, 1, y])
+            if zn * yn > 2 or RK[r] == 4:
+                continue
+            RK[r] = zn * yn
+            if zn * yn == 0:
+                continue
+            RB1[r] = (ilist[0, zs] * OH + ilist[1, ys]) * RS + TO
+            if zn * yn == 2:
+                RB2[r] = (ilist[0, zs + (1 if zn == 2 else 0)] * OH +
+                          ilist[1, ys + (1 if yn == 2 else 0)]) * RS + TO
+            elif pairs and zn == 1 and y + 1 < H and inv[1, 1, y + 1] == 2 and \
+                    ilist[1, inv[1, 0, y + 1]] == ilist[1, ys]:
+                RK[r] = 3
+                RK[r + 1] = 4
+                RB2[r] = (ilist[0, zs] * OH + ilist[1, inv[1, 0, y + 1] + 1]) * RS + TO
+    return dv, RK, RB1, RB2
 
 
 def make_sum_backward(layout, parallel, power, *spec):
@@ -577,25 +633,27 @@ def make_sum_backward(layout, parallel, power, *spec):
 
     ``spec`` (channels-first only, and required there): ``sum_backward_spec(...) + (nt,)``,
     the case as compile-time constants: the divisor rule, windows uniform along W, 3-wide
-    windows at stride 2 without dilation along W (the pair rows), rows that the pairs tile,
-    and streamed output.  The branches the other cases take are then removed before Numba
-    sees the kernel (``_specialise``): the first call of average k3s2p1 (8, 64, 56, 56)
-    compiled its kernel in ~3 s instead of ~4.5 s.  The kernel's ``divmode_``, ``hw`` and
-    ``nt_`` arguments are those the spec was made from.
+    windows at stride 2 without dilation along W (the pair rows), rows that the pairs tile
+    and their left pad, and streamed output.  The branches the other cases take are then
+    removed before Numba sees the kernel (``_specialise``): the first call of average k3s2p1
+    (8, 64, 56, 56) compiled its kernel in ~3 s instead of ~4.5 s.  The channels-first kernel
+    takes the divisors and the rows' program from ``sum_backward_program`` (worked out once
+    per plan, in Python: 0.2-0.3 s less to compile), and its ``hw`` is the one the spec was
+    made from.
     """
     POWER = power
     if layout == CF:
-        if len(spec) != 5:
+        if len(spec) != 6:
             raise ValueError(f"make_sum_backward: channels-first needs sum_backward_spec(...), "
                              f"got {spec!r}")
-        DM, UNIFORM, KW3S2, FLAT, NT = int(spec[0]), bool(spec[1]), bool(spec[2]), \
-            bool(spec[3]), bool(spec[4])
+        DM, UNIFORM, KW3S2, FLAT, FPW, NT = int(spec[0]), bool(spec[1]), bool(spec[2]), \
+            bool(spec[3]), int(spec[4]), bool(spec[5])
     elif spec:
         raise ValueError(f"make_sum_backward: no spec for channels-last, got {spec!r}")
 
     if layout == CF:
-        def kernel(g, x, gin, tab, dil, inv, ilist, divmode_, dov, zero, p, knumel, blk,
-                   hw, nt_, marker):
+        def kernel(g, x, gin, tab, dil, inv, ilist, dv, RK, RB1, RB2, dov, zero, p, knumel,
+                   blk, hw, marker):
             P = g.shape[0]
             OD = g.shape[1]
             OH = g.shape[2]
@@ -617,7 +675,7 @@ def make_sum_backward(layout, parallel, power, *spec):
             # windows' first taps, and T is then a KW-tap sum of E (see the docstring)
             KWu = max(hw[0], 0)
             SWu = max(hw[1], 1)
-            PWu = max(hw[2], 0)
+            PWu = FPW if FLAT else max(hw[2], 0)
             LM = max((KWu - 1) * dw, 0)  # left margin of an E row
             # windows whose first tap lies past the row cover no cell (none in practice: the
             # geometry checks reject windows without an input tap)
@@ -638,58 +696,9 @@ def make_sum_backward(layout, parallel, power, *spec):
             #   row cell u being (0 + SP[u / 2]) + SP[u / 2 + 1] (u even) or 0 + SP[(u + 1) / 2]
             RS = W if FLATT else (W + PWu + LM if UNIFORM else W)  # row stride of E and T
             TO = PWu if (PAIR and not FLATT) else 0  # offset of input column 0 in a T row
-            # the divisors as floats, converted once per call (int-to-float conversions
-            # and divisions by them do not vectorise): per output cell (rules 1 and 2),
-            # or the W extents (rule 3)
-            dv = new_full(NR * OW if DM in (1, 2) else OW, one)
-            if not POWER and DM != 0:
-                for od in range(OD):
-                    for oh in range(OH):
-                        for ow in range(OW):
-                            if DM == 1:
-                                n = tab[0, 2, od] * tab[1, 2, oh] * tab[2, 2, ow]
-                            elif DM == 2:
-                                n = tab[0, 1, od] * tab[1, 1, oh] * tab[2, 1, ow]
-                            else:
-                                n = tab[2, 1, ow]
-                            dv[U((od * OH + oh) * OW + ow if DM != 3 else ow)] = \
-                                as_acc(zero, n)
+            # (the divisors dv and the rows' program RK, RB1, RB2: sum_backward_program)
             NP = (W + PWu + 1) // 2  # pairs of T cells per row
             HW = D * H * W
-            # rows of whole vectors (the T rows' type is dv's; the tasks take the lane count
-            # again: a constant there, where a value from out here is a runtime one)
-            PAIRS = vector_lanes(dv, marker) > 0 and W >= vector_lanes(dv, marker)
-            # the rows' program, worked out once per call: input row r = z * H + y is RK[r] =
-            # 0 (no covering window: zeros), 1 (one covering T row: +0 + T[RB1]), 2 (two:
-            # (+0 + T[RB1]) + T[RB2]), 3 (rows of whole vectors: one, and the next row, 4, is
-            # covered by the same T row and the one after, RB2: 3-row windows at stride 2,
-            # both rows in one pass) or 5 (the rest, and every Lp row: the covering rows
-            # summed in turn)
-            RK = new_full(D * H, 5)
-            RB1 = new_zeros(D * H, np.int64)
-            RB2 = new_zeros(D * H, np.int64)
-            for z in range(D):
-                zs = inv[0, 0, z]
-                zn = inv[0, 1, z]
-                for y in range(H):
-                    r = z * H + y
-                    ys = inv[1, 0, y]
-                    yn = inv[1, 1, y]
-                    if POWER or zn * yn > 2 or RK[r] == 4:
-                        continue
-                    RK[r] = zn * yn
-                    if zn * yn == 0:
-                        continue
-                    RB1[r] = (ilist[0, U(zs)] * OH + ilist[1, U(ys)]) * RS + TO
-                    if zn * yn == 2:
-                        RB2[r] = (ilist[0, U(zs + (1 if zn == 2 else 0))] * OH +
-                                  ilist[1, U(ys + (1 if yn == 2 else 0))]) * RS + TO
-                    elif PAIRS and zn == 1 and y + 1 < H and inv[1, 1, y + 1] == 2 and \
-                            ilist[1, U(inv[1, 0, y + 1])] == ilist[1, U(ys)]:
-                        RK[r] = 3
-                        RK[r + 1] = 4
-                        RB2[r] = (ilist[0, U(zs)] * OH + ilist[1, U(inv[1, 0, y + 1] + 1)]) * \
-                            RS + TO
             # flat views made once, out here, rather than per task and per plane (each view
             # takes a reference to its array: an atomic update of a count the threads share)
             gf = flat_view(gin)

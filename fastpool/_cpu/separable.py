@@ -44,9 +44,19 @@ def _jit_inline(fn):
     return jit(fn)
 
 
-def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
+def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=False,
+             integer=False):
     """``channels_last``: x is (N, D, H, W*C) and out (N, OD, OH, OW*C) with C innermost; the
     vertical pass then runs over whole W*C rows and the horizontal one over C-vectors.
+
+    ``fused_only`` (channels-first, non-overlapping windows along W, ``KW == SW``, KD 1): the
+    plan guarantees that every row is fused (every window whole, no column an edge, rows too
+    long for the flat groups: see ``fused_rows``); the kernel then holds the fused rows' code
+    alone (a first call of max k2s2 (8, 64, 56, 56) compiles ~1 s less).
+
+    ``integer``: the input is an integer array (not float16 bits); a kernel then holds the
+    integer vectors alone, and a float one the float vectors alone (the other kind's code,
+    typed and lowered for nothing, took a third of a float32 k2s2 kernel's compile time).
 
     The loops index the input and output directly instead of taking per-row views: a view costs
     two atomic updates of the array's reference count, which every thread shares, and that cost
@@ -74,6 +84,9 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
     # the flat groups: rows whose columns are all interior reduce straight from the input, in
     # PyTorch's row-major tap order (k2s2: 9-24% faster; 3-d windows gained nothing)
     FUSEK = SPEC and not CLAST and KW == SW and KD == 1
+    FONLY = FUSEK and fused_only
+    INTEGER = bool(integer)
+    assert FONLY == fused_only, "fused_only needs a fused (channels-first KW == SW) kernel"
     # explicit vectors (_simd.py) for float rows, channels-first: the fused 2x2 windows (paired
     # A/B against the scalar loop: float16 0.54-0.85x the time, float64 0.89-0.94x, float32
     # 1.0x on long rows, 0.69-0.87x on 28- to 48-wide planes), the vertical pass of 2- and
@@ -153,10 +166,10 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
             TS = max(OW * SW, 1)
             # (only short rows gain: on long ones the larger scratch costs more than it saves)
             # outputs per vector (0: an integer dtype, no vectors); unit-stride rows
-            L = vector_lanes(x, marker) if (VFUSE or VROW or VCOL) else 0
+            L = vector_lanes(x, marker) if (VFUSE or VROW or VCOL) and not INTEGER else 0
             xunit = x.strides[3] == x.itemsize
             ounit = out.strides[3] == out.itemsize
-            flat = FLATK and lo == 0 and hi == OW and TS <= FLAT_MAX_ROW and \
+            flat = not FONLY and FLATK and lo == 0 and hi == OW and TS <= FLAT_MAX_ROW and \
                 not (VFUSE and L > 0 and xunit and ounit and OW >= L)
             # 1-row windows all inside the row: the horizontal vectors read the input row
             row1 = VROW1 and L > 0 and xunit and ounit and not flat and owlo <= 0 and \
@@ -224,7 +237,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                     gb = max(rl * TS, 0)
                     rl += 1
                 if FUSEK:  # (pruned at compile time elsewhere)
-                    if fused and nd == KD and nh == KH:
+                    if FONLY or (fused and nd == KD and nh == KH):
                         # non-overlapping windows, every column interior: each output cell reduces
                         # its KD * KH * KW input taps at once (row-major), no scratch row
                         div = dov if divmode == 0 else fdh * KW
@@ -245,8 +258,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                 v = tmp[OW + j]
                                 out[q, od, oh, j] = to_storage(v if ((v > m) | (v != v)) else m,
                                                                marker)
-                        if MAX and VFUSE and int_lanes(x, marker) > 0 and xunit and ounit and \
-                                OW >= int_lanes(x, marker):
+                        if INTEGER and MAX and VFUSE and int_lanes(x, marker) > 0 and xunit and \
+                                ounit and OW >= int_lanes(x, marker):
                             # integers: one row at a time, vectors of pair maxima (ipair_row),
                             # the second row's folded into the first's in the output row; the
                             # last vector ends at the row's end
@@ -474,6 +487,17 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False):
                                     to_storage(divide(m, div), marker)
     from .._runtime import jit
     return jit(kernel, parallel=parallel, fastmath=False if MAX else {"reassoc", "contract"})
+
+
+def fused_rows(tab, KD, KH, KW, SW, out3, lo, hi):
+    """Does every output row of a channels-first ``make_sep`` kernel (KD, KH, KW, SW) with
+    interior columns [lo, hi) and output ``out3`` = (OD, OH, OW) take the fused path, so that
+    ``fused_only`` applies: whole windows along D and H in every row, every column interior,
+    rows too long for the flat groups (their scratch rows ``OW * SW`` over FLAT_MAX_ROW)?"""
+    OD, OH, OW = out3
+    return KW > 0 and KW == SW and KD == 1 and lo == 0 and hi == OW and \
+        OW * SW > FLAT_MAX_ROW and bool(np.all(tab[0, 1, :OD] == KD)) and \
+        bool(np.all(tab[1, 1, :OH] == KH))
 
 
 @_jit_inline
