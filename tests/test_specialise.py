@@ -64,6 +64,55 @@ def test_dead_branches_are_gone():
     assert len(dead.__code__.co_code) < len(_factory(False, True, 3, 1).__code__.co_code)
 
 
+def new_full(n, v):  # (the name of the kernels' allocation: a pure call to the rewriter)
+    return [v] * n
+
+
+def _factory_dead(FLAT, MODE, N):
+    def kern(xs, log):
+        OFF = 3 if FLAT else 0  # an int local set once from constants
+        big = new_full(1000, 7)  # unread once folded: dropped (a pure allocation)
+        side = log.append("side")  # unread, but a call with an effect: kept
+        out = 0
+        for j in range(N if FLAT else 0):  # an empty constant range: the loop goes
+            out += _helper(j) + big[j]
+        for i, v in enumerate(xs):
+            if v < 0:
+                out -= 1
+                continue
+                out += _helper(v)  # after continue: never runs
+            if MODE in (1, 2):
+                out += v + OFF
+            else:
+                out += 2 * v
+        return out, side
+    return kern
+
+
+@pytest.mark.parametrize("FLAT,MODE", list(itertools.product([False, True], [0, 1, 2, 3])))
+def test_dead_loops_statements_and_assignments_are_gone(FLAT, MODE):
+    """Empty constant loops, statements after ``continue``, unread pure assignments and folded
+    int locals and ``in`` tests: the rewrite computes the same, without that code, and keeps
+    a call whose result is unread."""
+    fn = _factory_dead(FLAT, MODE, 4)
+    new = specialise(fn)
+    assert new is not None
+    xs = [3, -1, 0, 5, -2, 7]
+    la, lb = [], []
+    assert new(xs, lb) == fn(xs, la) and la == lb == ["side"]
+    names = new.__code__.co_names
+    assert "append" in names  # the call with an effect stays
+    if not FLAT:  # the loop over range(0) and the array only it read are gone
+        assert "new_full" not in names and "_helper" not in names
+    else:
+        assert "new_full" in names
+    if FLAT and MODE in (1, 2):
+        assert 3 in new.__code__.co_consts  # OFF folded to 3
+    assert "OFF" not in new.__code__.co_varnames  # (an int local folded away)
+    src_mode = [c for c in new.__code__.co_consts if isinstance(c, tuple) and c == (1, 2)]
+    assert not src_mode  # `MODE in (1, 2)` folded
+
+
 def test_closure_keeps_every_constant():
     """Numba's cache keys a closure by bytecode and closure contents: two specialisations must
     differ in the contents even where their bytecode coincides."""
