@@ -601,8 +601,8 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
                 args = (tab, dil, k3[2], sw, pw) + args[5:]
             else:
                 from ._cpu.separable import fused_rows
-                fonly = lay.mem == CF and kind != "lp" and \
-                    fused_rows(tab, *consts, lay.canon(osp), lo, hi)
+                fonly = (kind == "max" or (lay.mem == CF and kind == "avg")) and \
+                    fused_rows(tab, *consts, lay.canon(osp), lo, hi, lay.mem == CL)
                 kern = _dispatch.kernel("separable", "cpu", kind, parallel, *consts,
                                         *_sep_flags(lay.mem == CL, fonly, dtype))
     elif lay.mem == CF and x.flags.c_contiguous and dtype.kind == "f" and \

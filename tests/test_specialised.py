@@ -744,6 +744,49 @@ def test_fused_only_kernels(case, dtype, monkeypatch):
                                    atol=tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.uint8, np.int16])
+def test_channels_last_fused_max_rows(dtype, monkeypatch):
+    """Channels-last max over non-overlapping windows in the parallel kernel: rows whose
+    windows are all whole reduce each output C-vector from the input in row-major tap order
+    (the bits of PyTorch's scan: ties of -0.0 / +0.0 keep the first, NaN wins); padded or
+    ceil-mode rows take the scratch-row passes.  Odd sizes, several channel counts."""
+    from fastpool import _dispatch
+    monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(fpf, "_PLANS", {})
+    made = []
+    real = _dispatch.kernel
+    monkeypatch.setattr(_dispatch, "kernel",
+                        lambda op, *rest: made.append((op,) + rest) or real(op, *rest))
+    rng = np.random.default_rng(np.dtype(dtype).itemsize + 40)
+    for shape, pad, ceil in (((2, 5, 9, 13), 0, False), ((1, 16, 8, 30), 0, False),
+                             ((2, 3, 7, 11), 1, False), ((1, 7, 9, 9), 0, True)):
+        if np.dtype(dtype).kind in "iu":
+            info = np.iinfo(dtype)
+            x = rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype)
+        else:
+            x = _input(rng, shape, dtype)
+            flat = x.reshape(-1)
+            flat[rng.choice(flat.size, flat.size // 4, replace=False)] = -0.0
+            flat[rng.choice(flat.size, flat.size // 4, replace=False)] = 0.0
+            flat[rng.choice(flat.size, 5, replace=False)] = np.nan
+        xcl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+        got = np.moveaxis(fastpool.max_pool2d(xcl, 2, 2, pad, ceil_mode=ceil,
+                                              channels_last=True), -1, 1)
+        # (channels_last, fused_only, ...): the kernel of fused rows alone for whole windows
+        flags = [m for m in made if m[0] == "separable"][-1][8:]
+        assert flags[:2] == (True, pad == 0 and not ceil) or \
+            (flags == (True,) and (pad or ceil)), (shape, pad, ceil, flags)
+        want = torch.from_numpy(x.astype(np.float32) if dtype == np.float16 else x)
+        if np.dtype(dtype).kind in "iu":
+            want = want.to(torch.float64)
+        want = F.max_pool2d(want, 2, 2, pad, ceil_mode=ceil).numpy().astype(dtype)
+        if pad == 0 and not ceil and np.dtype(dtype).kind == "f":
+            np.testing.assert_array_equal(_bits(got), _bits(_row_major_2x2(x, "max")))
+        np.testing.assert_array_equal(got, want)
+        if np.dtype(dtype).kind == "f":  # (NaN in the same cells)
+            assert np.array_equal(np.isnan(got), np.isnan(want))
+
+
 # 1-d k3s2 / k2s2 rows in the parallel kernels: without padding every window lies inside the
 # row and the horizontal vectors read the input row itself (no scratch copy); with padding or
 # ceil mode the padded scratch row.  The bits must be the table-driven kernel's.

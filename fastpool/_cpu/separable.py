@@ -49,10 +49,11 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
     """``channels_last``: x is (N, D, H, W*C) and out (N, OD, OH, OW*C) with C innermost; the
     vertical pass then runs over whole W*C rows and the horizontal one over C-vectors.
 
-    ``fused_only`` (channels-first, non-overlapping windows along W, ``KW == SW``, KD 1): the
-    plan guarantees that every row is fused (every window whole, no column an edge, rows too
-    long for the flat groups: see ``fused_rows``); the kernel then holds the fused rows' code
-    alone (a first call of max k2s2 (8, 64, 56, 56) compiles ~1 s less).
+    ``fused_only`` (non-overlapping windows along W, ``KW == SW``, KD 1; channels-last: max):
+    the plan guarantees that every row is fused (every window whole, no column an edge,
+    channels-first rows too long for the flat groups: see ``fused_rows``); the kernel then
+    holds the fused rows' code alone (a first call of max k2s2 (8, 64, 56, 56) compiles ~1 s
+    less).
 
     ``integer``: the input is an integer array (not float16 bits); a kernel then holds the
     integer vectors alone, and a float one the float vectors alone (the other kind's code,
@@ -84,9 +85,14 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
     # the flat groups: rows whose columns are all interior reduce straight from the input, in
     # PyTorch's row-major tap order (k2s2: 9-24% faster; 3-d windows gained nothing)
     FUSEK = SPEC and not CLAST and KW == SW and KD == 1
-    FONLY = FUSEK and fused_only
+    # channels-last max of non-overlapping windows along W: rows whose every window is whole
+    # reduce each output C-vector from the input in row-major tap order, no scratch row (max
+    # k2s2 (16, 128, 112, 112) ~0.95x the time, paired in one process; and the bits of
+    # PyTorch's scan where a window holds both zeros, which the separable passes did not keep)
+    FUSEC = SPEC and CLAST and MAX and KW == SW and KD == 1
+    FONLY = (FUSEK or FUSEC) and fused_only
     INTEGER = bool(integer)
-    assert FONLY == fused_only, "fused_only needs a fused (channels-first KW == SW) kernel"
+    assert FONLY == fused_only, "fused_only needs a fused (KW == SW) kernel"
     # explicit vectors (_simd.py) for float rows, channels-first: the fused 2x2 windows (paired
     # A/B against the scalar loop: float16 0.54-0.85x the time, float64 0.89-0.94x, float32
     # 1.0x on long rows, 0.69-0.87x on 28- to 48-wide planes), the vertical pass of 2- and
@@ -186,6 +192,9 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
             PADR = max((OW - 1) * SW - pw + KW - W // Cn, 0) if PADT else 0
             # every column's window inside the row (none partial, none in the padding)
             fused = FUSEK and not flat and lo == 0 and hi == OW
+            # channels-last max, non-overlapping windows, every column interior: each output
+            # C-vector reduces its taps' C-vectors straight from the input
+            cfused = FUSEC and lo == 0 and hi == OW
             if PADT and MAX and not flat:  # max: no divisor, every column is interior
                 lo = 0
                 hi = OW
@@ -304,6 +313,23 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                             out[q, od, oh, j] = to_storage(m, marker) if MAX else \
                                 _lp_norm(m, div, knz, invz, p1, p2, marker) if POWER else \
                                 to_storage(divide(m, div), marker)
+                        continue
+                if FUSEC:  # (pruned at compile time elsewhere)
+                    if FONLY or (cfused and nd == KD and nh == KH):
+                        # row-major taps (PyTorch's scan order), unit-stride loops over C
+                        for j in range(OW):
+                            xb = max(j * SW * Cn, 0)
+                            ob = max(j * Cn, 0)
+                            for ch in range(Cn):
+                                m = load(x[q, d0, h0, U(xb + ch)], marker)
+                                for i in range(1, KD * KH * KW):
+                                    a = i // (KH * KW)
+                                    b = (i // KW) % KH
+                                    c = i % KW
+                                    v = load(x[q, d0 + a * dd, h0 + b * dh, U(xb + c * Cn + ch)],
+                                             marker)
+                                    m = v if ((v > m) | (v != v)) else m
+                                out[q, od, oh, U(ob + ch)] = to_storage(m, marker)
                         continue
                 if VROW1:  # (pruned at compile time elsewhere)
                     if row1 and nd == 1 and nh == 1:
@@ -489,14 +515,15 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
     return jit(kernel, parallel=parallel, fastmath=False if MAX else {"reassoc", "contract"})
 
 
-def fused_rows(tab, KD, KH, KW, SW, out3, lo, hi):
-    """Does every output row of a channels-first ``make_sep`` kernel (KD, KH, KW, SW) with
-    interior columns [lo, hi) and output ``out3`` = (OD, OH, OW) take the fused path, so that
-    ``fused_only`` applies: whole windows along D and H in every row, every column interior,
-    rows too long for the flat groups (their scratch rows ``OW * SW`` over FLAT_MAX_ROW)?"""
+def fused_rows(tab, KD, KH, KW, SW, out3, lo, hi, channels_last=False):
+    """Does every output row of a ``make_sep`` kernel (KD, KH, KW, SW) with interior columns
+    [lo, hi) and output ``out3`` = (OD, OH, OW) take the fused path, so that ``fused_only``
+    applies: whole windows along D and H in every row, every column interior, and
+    channels-first rows too long for the flat groups (scratch rows ``OW * SW`` over
+    FLAT_MAX_ROW)?  (Channels-last: max kernels only.)"""
     OD, OH, OW = out3
     return KW > 0 and KW == SW and KD == 1 and lo == 0 and hi == OW and \
-        OW * SW > FLAT_MAX_ROW and bool(np.all(tab[0, 1, :OD] == KD)) and \
+        (channels_last or OW * SW > FLAT_MAX_ROW) and bool(np.all(tab[0, 1, :OD] == KD)) and \
         bool(np.all(tab[1, 1, :OH] == KH))
 
 
