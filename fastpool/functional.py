@@ -601,7 +601,7 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
                 args = (tab, dil, k3[2], sw, pw) + args[5:]
             else:
                 from ._cpu.separable import fused_rows
-                fonly = (kind == "max" or (lay.mem == CF and kind == "avg")) and \
+                fonly = kind in ("max", "avg") and \
                     fused_rows(tab, *consts, lay.canon(osp), lo, hi, lay.mem == CL)
                 kern = _dispatch.kernel("separable", "cpu", kind, parallel, *consts,
                                         *_sep_flags(lay.mem == CL, fonly, dtype))

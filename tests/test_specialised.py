@@ -745,11 +745,12 @@ def test_fused_only_kernels(case, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.uint8, np.int16])
-def test_channels_last_fused_max_rows(dtype, monkeypatch):
-    """Channels-last max over non-overlapping windows in the parallel kernel: rows whose
-    windows are all whole reduce each output C-vector from the input in row-major tap order
-    (the bits of PyTorch's scan: ties of -0.0 / +0.0 keep the first, NaN wins); padded or
-    ceil-mode rows take the scratch-row passes.  Odd sizes, several channel counts."""
+def test_channels_last_fused_rows(dtype, monkeypatch):
+    """Channels-last max and average over non-overlapping windows in the parallel kernel:
+    rows whose windows are all whole reduce each output C-vector from the input in row-major
+    tap order (max: the bits of PyTorch's scan, ties of -0.0 / +0.0 keep the first, NaN wins;
+    average: +0 plus the taps in that order, divided); padded or ceil-mode rows take the
+    scratch-row passes.  Odd sizes, several channel counts."""
     from fastpool import _dispatch
     monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(fpf, "_PLANS", {})
@@ -785,6 +786,19 @@ def test_channels_last_fused_max_rows(dtype, monkeypatch):
         np.testing.assert_array_equal(got, want)
         if np.dtype(dtype).kind == "f":  # (NaN in the same cells)
             assert np.array_equal(np.isnan(got), np.isnan(want))
+            # the average of random values: row-major sums from +0 (the fused rows' order)
+            xr = rng.standard_normal(shape).astype(dtype)
+            xrcl = np.ascontiguousarray(np.moveaxis(xr, 1, -1))
+            for incl in (True, False):
+                a = np.moveaxis(fastpool.avg_pool2d(xrcl, 2, 2, pad, ceil_mode=ceil,
+                                                    count_include_pad=incl,
+                                                    channels_last=True), -1, 1)
+                if pad == 0 and not ceil:
+                    np.testing.assert_array_equal(_bits(a), _bits(_row_major_2x2(xr, "avg")))
+                t = F.avg_pool2d(torch.from_numpy(xr.astype(np.float64)), 2, 2, pad,
+                                 ceil_mode=ceil, count_include_pad=incl).numpy()
+                tol = 2e-3 if dtype == np.float16 else 1e-6
+                np.testing.assert_allclose(a.astype(np.float64), t, rtol=tol, atol=tol)
 
 
 # 1-d k3s2 / k2s2 rows in the parallel kernels: without padding every window lies inside the

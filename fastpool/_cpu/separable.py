@@ -49,7 +49,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
     """``channels_last``: x is (N, D, H, W*C) and out (N, OD, OH, OW*C) with C innermost; the
     vertical pass then runs over whole W*C rows and the horizontal one over C-vectors.
 
-    ``fused_only`` (non-overlapping windows along W, ``KW == SW``, KD 1; channels-last: max):
+    ``fused_only`` (non-overlapping windows along W, ``KW == SW``, KD 1; max and average):
     the plan guarantees that every row is fused (every window whole, no column an edge,
     channels-first rows too long for the flat groups: see ``fused_rows``); the kernel then
     holds the fused rows' code alone (a first call of max k2s2 (8, 64, 56, 56) compiles ~1 s
@@ -85,11 +85,12 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
     # the flat groups: rows whose columns are all interior reduce straight from the input, in
     # PyTorch's row-major tap order (k2s2: 9-24% faster; 3-d windows gained nothing)
     FUSEK = SPEC and not CLAST and KW == SW and KD == 1
-    # channels-last max of non-overlapping windows along W: rows whose every window is whole
-    # reduce each output C-vector from the input in row-major tap order, no scratch row (max
-    # k2s2 (16, 128, 112, 112) ~0.95x the time, paired in one process; and the bits of
-    # PyTorch's scan where a window holds both zeros, which the separable passes did not keep)
-    FUSEC = SPEC and CLAST and MAX and KW == SW and KD == 1
+    # channels-last max / average of non-overlapping windows along W: rows whose every window
+    # is whole reduce each output C-vector from the input in row-major tap order (as the
+    # channels-first fused rows), no scratch row (max k2s2 (16, 128, 112, 112) 0.88x the time,
+    # paired in one process; and the bits of PyTorch's scan where a window holds both zeros,
+    # which the separable passes did not keep)
+    FUSEC = SPEC and CLAST and not POWER and KW == SW and KD == 1
     FONLY = (FUSEK or FUSEC) and fused_only
     INTEGER = bool(integer)
     assert FONLY == fused_only, "fused_only needs a fused (KW == SW) kernel"
@@ -192,7 +193,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
             PADR = max((OW - 1) * SW - pw + KW - W // Cn, 0) if PADT else 0
             # every column's window inside the row (none partial, none in the padding)
             fused = FUSEK and not flat and lo == 0 and hi == OW
-            # channels-last max, non-overlapping windows, every column interior: each output
+            # channels-last, non-overlapping windows, every column interior: each output
             # C-vector reduces its taps' C-vectors straight from the input
             cfused = FUSEC and lo == 0 and hi == OW
             if PADT and MAX and not flat:  # max: no divisor, every column is interior
@@ -317,19 +318,26 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                 if FUSEC:  # (pruned at compile time elsewhere)
                     if FONLY or (cfused and nd == KD and nh == KH):
                         # row-major taps (PyTorch's scan order), unit-stride loops over C
+                        div = dov if divmode == 0 else fdh * KW
                         for j in range(OW):
                             xb = max(j * SW * Cn, 0)
                             ob = max(j * Cn, 0)
                             for ch in range(Cn):
                                 m = load(x[q, d0, h0, U(xb + ch)], marker)
+                                if not MAX:
+                                    m = init + m
                                 for i in range(1, KD * KH * KW):
                                     a = i // (KH * KW)
                                     b = (i // KW) % KH
                                     c = i % KW
                                     v = load(x[q, d0 + a * dd, h0 + b * dh, U(xb + c * Cn + ch)],
                                              marker)
-                                    m = v if ((v > m) | (v != v)) else m
-                                out[q, od, oh, U(ob + ch)] = to_storage(m, marker)
+                                    if MAX:
+                                        m = v if ((v > m) | (v != v)) else m
+                                    else:
+                                        m += v
+                                out[q, od, oh, U(ob + ch)] = to_storage(m, marker) if MAX else \
+                                    to_storage(divide(m, div), marker)
                         continue
                 if VROW1:  # (pruned at compile time elsewhere)
                     if row1 and nd == 1 and nh == 1:
@@ -520,7 +528,7 @@ def fused_rows(tab, KD, KH, KW, SW, out3, lo, hi, channels_last=False):
     [lo, hi) and output ``out3`` = (OD, OH, OW) take the fused path, so that ``fused_only``
     applies: whole windows along D and H in every row, every column interior, and
     channels-first rows too long for the flat groups (scratch rows ``OW * SW`` over
-    FLAT_MAX_ROW)?  (Channels-last: max kernels only.)"""
+    FLAT_MAX_ROW)?  (Max and average kernels.)"""
     OD, OH, OW = out3
     return KW > 0 and KW == SW and KD == 1 and lo == 0 and hi == OW and \
         (channels_last or OW * SW > FLAT_MAX_ROW) and bool(np.all(tab[0, 1, :OD] == KD)) and \
