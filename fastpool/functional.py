@@ -348,10 +348,10 @@ def _sep_args(wspec, width, out_width, parallel, kind="max"):
     return key, lo, hi, pw
 
 
-def _sep_flags(channels_last, fused_only, dtype):
-    """``make_sep``'s trailing arguments (channels_last, fused_only, integer), without the
-    defaults at the end (one memo key per kernel)."""
-    flags = (bool(channels_last), bool(fused_only), np.dtype(dtype).kind in "iu")
+def _sep_flags(channels_last, fused_only, dtype, wide=False):
+    """``make_sep``'s trailing arguments (channels_last, fused_only, integer, wide), without
+    the defaults at the end (one memo key per kernel)."""
+    flags = (bool(channels_last), bool(fused_only), np.dtype(dtype).kind in "iu", bool(wide))
     while len(flags) > 1 and not flags[-1]:
         flags = flags[:-1]
     return flags
@@ -600,11 +600,14 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
                 kern = _dispatch.kernel("small", "cpu", kind, False, lay.mem == CL)
                 args = (tab, dil, k3[2], sw, pw) + args[5:]
             else:
-                from ._cpu.separable import fused_rows
+                from ._cpu.separable import fused_rows, wide_rows
                 fonly = kind in ("max", "avg") and \
                     fused_rows(tab, *consts, lay.canon(osp), lo, hi, lay.mem == CL)
+                wide = not fonly and kind in ("max", "avg") and lay.mem == CF and \
+                    consts[2] > 0 and x.flags.c_contiguous and \
+                    wide_rows(kind, dtype, lay.spatial[-1], osp[-1], lo, hi)
                 kern = _dispatch.kernel("separable", "cpu", kind, parallel, *consts,
-                                        *_sep_flags(lay.mem == CL, fonly, dtype))
+                                        *_sep_flags(lay.mem == CL, fonly, dtype, wide))
     elif lay.mem == CF and x.flags.c_contiguous and dtype.kind == "f" and \
             _pair_windows(tab, dil, lay.canon(lay.spatial), lay.canon(osp), False):
         # 2x2 windows at stride 2 without padding, with indices: vectors of values and

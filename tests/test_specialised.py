@@ -744,6 +744,51 @@ def test_fused_only_kernels(case, dtype, monkeypatch):
                                    atol=tol)
 
 
+# Channels-first float rows at least a vector wide (input row and the columns the horizontal
+# vectors cover) get the kernel without scalar loops after the vectors (``wide``); narrower
+# rows, average rows with few interior columns and non-contiguous inputs keep them.
+WIDE = [  # (shape, kernel, stride, padding, strided view?)
+    ((2, 3, 9, 37), 3, 2, 1, False),
+    ((2, 3, 12, 15), 3, 2, 1, False),   # 8 outputs: one float32 vector exactly
+    ((2, 3, 12, 13), 3, 2, 1, False),   # 7 outputs: narrower than a float32 vector
+    ((2, 3, 11, 5), 3, 2, 1, False),    # 3 outputs: narrower than any vector
+    ((2, 3, 11, 41), 3, 2, 1, True),    # a strided input
+    ((1, 3, 10, 35), 2, 2, 1, False),   # padded 2x2: not fused
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("case", WIDE, ids=[f"w{i}" for i in range(len(WIDE))])
+def test_wide_rows_kernels(case, dtype, monkeypatch):
+    from fastpool import _dispatch
+    from reference import ref_avg_pool, ref_max_pool
+    shape, k, s, p, strided = case
+    monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(fpf, "_PLANS", {})
+    made = []
+    real = _dispatch.kernel
+    monkeypatch.setattr(_dispatch, "kernel",
+                        lambda op, *rest: made.append((op,) + rest) or real(op, *rest))
+    rng = np.random.default_rng(shape[-1] + np.dtype(dtype).itemsize)
+    x = _input(rng, shape, dtype)
+    if strided:
+        x = _input(rng, shape[:-1] + (2 * shape[-1],), dtype)[..., ::2]
+    got = fastpool.max_pool2d(x, k, s, p)
+    np.testing.assert_array_equal(got, ref_max_pool(x, k, s, [(p, p)] * 2)[0])
+    flags = [m for m in made if m[0] == "separable"][-1][8:]
+    lanes = 4 if dtype == np.float64 else 8
+    ow = (shape[-1] + 2 * p - k) // s + 1
+    want = not strided and ow >= lanes and shape[-1] >= lanes
+    assert (flags[3:4] == (True,)) == want, (case, dtype, flags)
+    xr = rng.standard_normal(x.shape).astype(dtype)
+    for incl in (True, False):
+        got = fastpool.avg_pool2d(xr, k, s, p, count_include_pad=incl)
+        ref = ref_avg_pool(xr, k, s, [(p, p)] * 2, count_include_pad=incl)
+        tol = 2e-3 if dtype == np.float16 else 1e-6
+        np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=tol,
+                                   atol=tol)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.uint8, np.int16])
 def test_channels_last_fused_rows(dtype, monkeypatch):
     """Channels-last max and average over non-overlapping windows in the parallel kernel:

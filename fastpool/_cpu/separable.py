@@ -45,7 +45,7 @@ def _jit_inline(fn):
 
 
 def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=False,
-             integer=False):
+             integer=False, wide=False):
     """``channels_last``: x is (N, D, H, W*C) and out (N, OD, OH, OW*C) with C innermost; the
     vertical pass then runs over whole W*C rows and the horizontal one over C-vectors.
 
@@ -58,6 +58,10 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
     ``integer``: the input is an integer array (not float16 bits); a kernel then holds the
     integer vectors alone, and a float one the float vectors alone (the other kind's code,
     typed and lowered for nothing, took a third of a float32 k2s2 kernel's compile time).
+
+    ``wide`` (channels-first float rows, unit-stride, whose input rows and interior output
+    columns are each at least a vector wide: see ``wide_rows``): the vertical and horizontal
+    vectors cover every row, so the kernel holds no scalar loops after them.
 
     The loops index the input and output directly instead of taking per-row views: a view costs
     two atomic updates of the array's reference count, which every thread shares, and that cost
@@ -93,6 +97,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
     FUSEC = SPEC and CLAST and not POWER and KW == SW and KD == 1
     FONLY = (FUSEK or FUSEC) and fused_only
     INTEGER = bool(integer)
+    WIDE = bool(wide) and not CLAST and not INTEGER
     assert FONLY == fused_only, "fused_only needs a fused (KW == SW) kernel"
     # explicit vectors (_simd.py) for float rows, channels-first: the fused 2x2 windows (paired
     # A/B against the scalar loop: float16 0.54-0.85x the time, float64 0.89-0.94x, float32
@@ -367,7 +372,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                         tmp[gb + w] = init
                 elif SPEC and nd == KD and nh == KH:
                     w0 = 0
-                    if VCOL and L > 0 and xunit and TW >= L:
+                    if VCOL and (WIDE or (L > 0 and xunit and TW >= L)):
                         while w0 < TW:  # (the last vector ends at TW: no scalar tail)
                             wv = min(w0, TW - L)
                             if PFV:
@@ -386,19 +391,20 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                                 vcol3_sum(x, (q, d0, h0, U(wv)), (q, d0, h0 + dh, U(wv)),
                                           (q, d0, h0 + 2 * dh, U(wv)), tmp, U(gb + wv), marker)
                             w0 += L
-                    for w in range(w0, TW):
-                        m = load(x[q, d0, h0, w], marker)
-                        if not MAX:
-                            m = init + m
-                        for i in range(1, KD * KH):
-                            a = i // KH
-                            b = i - a * KH
-                            v = load(x[q, d0 + a * dd, h0 + b * dh, w], marker)
-                            if MAX:
-                                m = v if ((v > m) | (v != v)) else m
-                            else:
-                                m += v
-                        tmp[gb + w] = m
+                    if not (WIDE and VCOL):  # (wide rows: the vectors covered them)
+                        for w in range(w0, TW):
+                            m = load(x[q, d0, h0, w], marker)
+                            if not MAX:
+                                m = init + m
+                            for i in range(1, KD * KH):
+                                a = i // KH
+                                b = i - a * KH
+                                v = load(x[q, d0 + a * dd, h0 + b * dh, w], marker)
+                                if MAX:
+                                    m = v if ((v > m) | (v != v)) else m
+                                else:
+                                    m += v
+                            tmp[gb + w] = m
                 else:
                     for a in range(nd):
                         z = d0 + a * dd
@@ -437,7 +443,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                                     to_storage(divide(m, div), marker)
                     else:  # channels-first: one loop over the cells, vectorised across them
                         j0 = 0
-                        if VROW and L > 0 and ounit and hi - lo >= L:
+                        if VROW and (WIDE or (L > 0 and ounit and hi - lo >= L)):
                             while j0 < hi - lo:  # (the last vector ends at hi: no scalar tail)
                                 jv = min(j0, hi - lo - L)
                                 if KW == 3 and not MAX:
@@ -450,17 +456,18 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                                     hwin22_max(tv, U(2 * jv), out, (q, od, oh, U(lo + jv)),
                                                div, marker)
                                 j0 += L
-                        for j in range(j0, hi - lo):
-                            m = tv[j * SW]
-                            for c in range(1, KW):
-                                v = tv[j * SW + c]
-                                if MAX:
-                                    m = v if ((v > m) | (v != v)) else m
-                                else:
-                                    m += v
-                            out[q, od, oh, lo + j] = to_storage(m, marker) if MAX else \
-                                _lp_norm(m, div, knz, invz, p1, p2, marker) if POWER else \
-                                to_storage(divide(m, div), marker)
+                        if not (WIDE and VROW):
+                            for j in range(j0, hi - lo):
+                                m = tv[j * SW]
+                                for c in range(1, KW):
+                                    v = tv[j * SW + c]
+                                    if MAX:
+                                        m = v if ((v > m) | (v != v)) else m
+                                    else:
+                                        m += v
+                                out[q, od, oh, lo + j] = to_storage(m, marker) if MAX else \
+                                    _lp_norm(m, div, knz, invz, p1, p2, marker) if POWER else \
+                                    to_storage(divide(m, div), marker)
                 if not (PADT and MAX):  # (padded max rows: every column is interior)
                     for seg in range(2):
                         for ow in range(0 if seg == 0 else hi, lo if seg == 0 else OW):
@@ -533,6 +540,19 @@ def fused_rows(tab, KD, KH, KW, SW, out3, lo, hi, channels_last=False):
     return KW > 0 and KW == SW and KD == 1 and lo == 0 and hi == OW and \
         (channels_last or OW * SW > FLAT_MAX_ROW) and bool(np.all(tab[0, 1, :OD] == KD)) and \
         bool(np.all(tab[1, 1, :OH] == KH))
+
+
+def wide_rows(kind, dtype, W, OW, lo, hi):
+    """Are a channels-first float input's rows (``W`` cells, ``OW`` outputs, interior columns
+    [lo, hi)) wide enough for ``make_sep``'s ``wide``: the input row and the columns the
+    horizontal vectors cover (max: every column, the scratch row being padded; average: the
+    interior ones) each at least a vector?  (The plan also needs a C-contiguous input.)"""
+    from ._simd import lanes
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        return False
+    L = lanes(8 if dtype == np.float64 else 4)
+    return W >= L and OW >= L and (kind == "max" or hi - lo >= L)
 
 
 @_jit_inline
