@@ -31,6 +31,24 @@ def all_hot_serial(monkeypatch):
     monkeypatch.setattr(fpf, "_PLANS", {})
 
 
+def _spy_kernels(monkeypatch):
+    """The list that every ``_dispatch.kernel(...)`` request's key is appended to."""
+    from fastpool import _dispatch
+    made = []
+    real = _dispatch.kernel
+    monkeypatch.setattr(_dispatch, "kernel",
+                        lambda op, *rest: made.append((op,) + rest) or real(op, *rest))
+    return made
+
+
+def _any_input(rng, shape, dtype):
+    """Integers over the type's whole range, or ``_input``'s floats (ties and NaN)."""
+    if np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        return rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype)
+    return _input(rng, shape, dtype)
+
+
 def _input(rng, shape, dtype=np.float32):
     x = rng.integers(-3, 4, size=shape).astype(dtype)  # many ties
     flat = x.reshape(-1)
@@ -426,29 +444,30 @@ FUSED = [((2, 2), ((0, 0), (0, 0)), False, (2, 3, 9, 64), np.float32),
          ((2,), ((0, 0),), False, (2, 5, 99), np.int64)]
 
 
+def _check_avg_ref(x, k, s, pads, ceil=False):
+    """fastpool's average (both divisor rules) against the reference, float tolerance."""
+    from reference import ref_avg_pool
+    apool = {1: fastpool.avg_pool1d, 2: fastpool.avg_pool2d}[x.ndim - 2]
+    tol = 2e-3 if x.dtype == np.float16 else 1e-6
+    for incl in (True, False):
+        got = apool(x, k, s, pads, ceil_mode=ceil, count_include_pad=incl)
+        ref = ref_avg_pool(x, k, s, list(pads), ceil_mode=ceil, count_include_pad=incl)
+        np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=tol,
+                                   atol=tol)
+
+
 @pytest.mark.parametrize("case", FUSED, ids=[f"f{i}" for i in range(len(FUSED))])
 def test_fused_nonoverlapping_rows_against_reference(case, all_hot_serial):
-    from reference import ref_avg_pool, ref_max_pool
+    from reference import ref_max_pool
     k, pads, ceil, shape, dtype = case
     rng = np.random.default_rng(shape[-1])
-    if np.dtype(dtype).kind in "iu":
-        info = np.iinfo(dtype)
-        x = rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype)
-    else:
-        x = _input(rng, shape, dtype)
+    x = _any_input(rng, shape, dtype)
     pool = fastpool.max_pool1d if len(k) == 1 else fastpool.max_pool2d
-    apool = fastpool.avg_pool1d if len(k) == 1 else fastpool.avg_pool2d
     padding = tuple(pads)  # (before, after) pairs
     got = pool(x, k, k, padding, ceil_mode=ceil)
     np.testing.assert_array_equal(got, ref_max_pool(x, k, k, list(pads), ceil_mode=ceil)[0])
-    if np.dtype(dtype).kind in "iu":
-        return
-    tol = 2e-3 if dtype == np.float16 else 1e-6
-    for incl in (True, False):
-        got = apool(x, k, k, padding, ceil_mode=ceil, count_include_pad=incl)
-        ref = ref_avg_pool(x, k, k, list(pads), ceil_mode=ceil, count_include_pad=incl)
-        np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=tol,
-                                   atol=tol)
+    if np.dtype(dtype).kind not in "iu":
+        _check_avg_ref(x, k, k, padding, ceil)
 
 
 # Adaptive windows of two sizes per axis (K or K + 1, K <= 8) on contiguous 1-d/2-d planes run
@@ -706,26 +725,14 @@ FUSED_ONLY = [  # (shape, kernel, pads per dim, ceil, fused only?); stride = ker
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.uint8, np.int16])
 @pytest.mark.parametrize("case", FUSED_ONLY, ids=[f"c{i}" for i in range(len(FUSED_ONLY))])
 def test_fused_only_kernels(case, dtype, monkeypatch):
-    from fastpool import _dispatch
-    from reference import ref_avg_pool, ref_max_pool
+    from reference import ref_max_pool
     shape, k, pads, ceil, fonly = case
     monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(fpf, "_PLANS", {})
     rng = np.random.default_rng(shape[-1] + np.dtype(dtype).itemsize)
-    if np.dtype(dtype).kind in "iu":
-        info = np.iinfo(dtype)
-        x = rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype)
-    else:
-        x = _input(rng, shape, dtype)
+    x = _any_input(rng, shape, dtype)
     pool = fastpool.max_pool1d if len(k) == 1 else fastpool.max_pool2d
-    apool = fastpool.avg_pool1d if len(k) == 1 else fastpool.avg_pool2d
-    made = []
-    real = _dispatch.kernel
-
-    def spy(op, *rest):
-        made.append((op,) + rest)
-        return real(op, *rest)
-    monkeypatch.setattr(_dispatch, "kernel", spy)
+    made = _spy_kernels(monkeypatch)
     got = pool(x, k, k, pads, ceil_mode=ceil)
     want = ref_max_pool(x, k, k, list(pads), ceil_mode=ceil)[0]
     np.testing.assert_array_equal(_bits(got), _bits(want))
@@ -734,14 +741,8 @@ def test_fused_only_kernels(case, dtype, monkeypatch):
     flags = sep[-1][8:]  # (channels_last, fused_only, integer), trailing defaults left out
     assert (flags[1:2] == (True,)) == fonly, (case, sep[-1])
     assert (flags[2:3] == (True,)) == (np.dtype(dtype).kind in "iu"), (case, sep[-1])
-    if np.dtype(dtype).kind in "iu":
-        return
-    tol = 2e-3 if dtype == np.float16 else 1e-6
-    for incl in (True, False):
-        got = apool(x, k, k, pads, ceil_mode=ceil, count_include_pad=incl)
-        ref = ref_avg_pool(x, k, k, list(pads), ceil_mode=ceil, count_include_pad=incl)
-        np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=tol,
-                                   atol=tol)
+    if np.dtype(dtype).kind not in "iu":
+        _check_avg_ref(x, k, k, pads, ceil)
 
 
 # Channels-first float rows at least a vector wide (input row and the columns the horizontal
@@ -760,15 +761,11 @@ WIDE = [  # (shape, kernel, stride, padding, strided view?)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("case", WIDE, ids=[f"w{i}" for i in range(len(WIDE))])
 def test_wide_rows_kernels(case, dtype, monkeypatch):
-    from fastpool import _dispatch
-    from reference import ref_avg_pool, ref_max_pool
+    from reference import ref_max_pool
     shape, k, s, p, strided = case
     monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(fpf, "_PLANS", {})
-    made = []
-    real = _dispatch.kernel
-    monkeypatch.setattr(_dispatch, "kernel",
-                        lambda op, *rest: made.append((op,) + rest) or real(op, *rest))
+    made = _spy_kernels(monkeypatch)
     rng = np.random.default_rng(shape[-1] + np.dtype(dtype).itemsize)
     x = _input(rng, shape, dtype)
     if strided:
@@ -780,13 +777,7 @@ def test_wide_rows_kernels(case, dtype, monkeypatch):
     ow = (shape[-1] + 2 * p - k) // s + 1
     want = not strided and ow >= lanes and shape[-1] >= lanes
     assert (flags[3:4] == (True,)) == want, (case, dtype, flags)
-    xr = rng.standard_normal(x.shape).astype(dtype)
-    for incl in (True, False):
-        got = fastpool.avg_pool2d(xr, k, s, p, count_include_pad=incl)
-        ref = ref_avg_pool(xr, k, s, [(p, p)] * 2, count_include_pad=incl)
-        tol = 2e-3 if dtype == np.float16 else 1e-6
-        np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=tol,
-                                   atol=tol)
+    _check_avg_ref(rng.standard_normal(x.shape).astype(dtype), k, s, ((p, p), (p, p)))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.uint8, np.int16])
@@ -796,21 +787,14 @@ def test_channels_last_fused_rows(dtype, monkeypatch):
     tap order (max: the bits of PyTorch's scan, ties of -0.0 / +0.0 keep the first, NaN wins;
     average: +0 plus the taps in that order, divided); padded or ceil-mode rows take the
     scratch-row passes.  Odd sizes, several channel counts."""
-    from fastpool import _dispatch
     monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(fpf, "_PLANS", {})
-    made = []
-    real = _dispatch.kernel
-    monkeypatch.setattr(_dispatch, "kernel",
-                        lambda op, *rest: made.append((op,) + rest) or real(op, *rest))
+    made = _spy_kernels(monkeypatch)
     rng = np.random.default_rng(np.dtype(dtype).itemsize + 40)
     for shape, pad, ceil in (((2, 5, 9, 13), 0, False), ((1, 16, 8, 30), 0, False),
                              ((2, 3, 7, 11), 1, False), ((1, 7, 9, 9), 0, True)):
-        if np.dtype(dtype).kind in "iu":
-            info = np.iinfo(dtype)
-            x = rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype)
-        else:
-            x = _input(rng, shape, dtype)
+        x = _any_input(rng, shape, dtype)
+        if np.dtype(dtype).kind == "f":
             flat = x.reshape(-1)
             flat[rng.choice(flat.size, flat.size // 4, replace=False)] = -0.0
             flat[rng.choice(flat.size, flat.size // 4, replace=False)] = 0.0
