@@ -245,6 +245,9 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
     if tiled:
         kdims = (lay.n * lay.c, sp3[1], sp3[2], op3[1], op3[2])
         codes = _f._tile_codes(acc.dtype)
+        from ._cpu._simd import lanes
+        # (K = 3, a vector of windows per row or more: the kernel without scalar loops)
+        tspec = (tiled, True) if tiled == 3 and op3[2] >= lanes(acc.itemsize) else (tiled,)
 
     def scatter(gm, im, res):
         if lay.mem == CF:
@@ -278,7 +281,7 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
         if indices is None and tab is not None:
             a = lay.input_mem(x)
             if tiled:
-                kern = _dispatch.kernel("max_backward_tiled", "cpu", CF, par_rec, tiled)
+                kern = _dispatch.kernel("max_backward_tiled", "cpu", CF, par_rec, *tspec)
                 with launch_lock():
                     kern(_bits(a).reshape(-1), _bits(gm).reshape(-1), _bits(res).reshape(-1),
                          *kdims, codes, init, _streamed(res), acc, marker)

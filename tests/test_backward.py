@@ -721,7 +721,8 @@ def test_max_backward_tiled(case, monkeypatch):
     p = (k - 1) // 2
     calls = []
     real = B._dispatch.kernel
-    monkeypatch.setattr(B._dispatch, "kernel", lambda op, *a: calls.append(op) or real(op, *a))
+    monkeypatch.setattr(B._dispatch, "kernel",
+                        lambda op, *a: calls.append((op,) + a) or real(op, *a))
     monkeypatch.setattr(functional, "_PLANS", {})
     rng = np.random.default_rng(N * 1000 + C * 100 + H * 10 + W + k)
     x = rng.integers(-2, 3, (N, C, H, W)).astype(dtype)  # ties
@@ -731,7 +732,12 @@ def test_max_backward_tiled(case, monkeypatch):
     g = g.astype(dtype)
     g[rng.random(g.shape) < 0.1] = -0.0
     got = fastpool.max_pool2d_backward(g, x, k, 2, p)
-    assert ("max_backward_tiled" in calls) == (H % 2 == 0 and W % 2 == 0), calls
+    tiled = [c for c in calls if c[0] == "max_backward_tiled"]
+    assert bool(tiled) == (H % 2 == 0 and W % 2 == 0), calls
+    if tiled:  # (K = 3 rows of at least a vector of windows: the kernel without scalar loops)
+        lanes = 4 if dtype == np.float64 else 8
+        K = tiled[-1][4]  # (a 2 x 2 plane's one window is also a clipped 3 x 3 one)
+        assert tiled[-1][5:] == ((True,) if K == 3 and W // 2 >= lanes else ()), tiled
     ref = R.ref_max_pool_backward(g, x, (k, k), (2, 2), [(p, p), (p, p)], (1, 1), False)
     assert got.dtype == x.dtype and got.tobytes() == ref.tobytes()
     xc, _ = to_layout(x, "cl")

@@ -331,7 +331,7 @@ def _tiled_columns(xf, V, A, q, H, W, OH, RS, off, pad, cz, marker):
                 A[U(vb + w)] = c6 if take else a
 
 
-def make_max_backward_tiled(layout, parallel, K):
+def make_max_backward_tiled(layout, parallel, K, wide=False):
     """Channels-first max backward without indices for K x K windows (K = 2 or 3) at stride 2
     that tile planes of even height and width (``H == 2 * OH``, ``W == 2 * OW``; padding 1 for
     K = 3, none for K = 2: ResNet's stem, VGG's pools), bit for bit ``make_max_backward``.
@@ -355,10 +355,13 @@ def make_max_backward_tiled(layout, parallel, K):
     ending at the last window, the same sums in the same order (paired A/B, one process, 2
     threads: 32x64x112x112 0.94-0.95x the time, in cache 0.90x; the three passes before took
     2.0, 2.3 and 1.8 of 7.5 us a 112 x 112 plane in cache, one thread).
-    Arguments: flat input, grad_output and grad_input, then (planes, H, W, OH, OW)."""
+    Arguments: flat input, grad_output and grad_input, then (planes, H, W, OH, OW).
+    ``wide`` (K = 3, at least a vector of windows per output row: the plan checks): no scalar
+    loops after the vectors (less to compile on a first call)."""
     assert K in (2, 3)
     PAR = parallel
     PAD = K == 3  # (K = 3: padding 1 on every side)
+    WIDE = PAD and bool(wide)  # (see the docstring)
 
     def kernel(xf, gf, ginf, P, H, W, OH, OW, cz, init, nt, zero, marker):
         # row stride of the codes and shares; K = 3 reads window m + 1, a zero-share slot
@@ -413,17 +416,18 @@ def make_max_backward_tiled(layout, parallel, K):
                 # vectors of windows, the last one ending at the last window
                 NW = OH * CS
                 k0 = 0
-                if PAD and VL > 0 and NW >= VL:
+                if PAD and (WIDE or (VL > 0 and NW >= VL)):
                     while k0 < NW:
                         vtile_merge3(V, A, min(k0, NW - VL), CD, c1, c2, marker)
                         k0 += VL
-                for k in range(k0, NW):
-                    m = V[2 * k]
-                    ci = A[2 * k]
-                    m, ci = _merge(m, ci, V[2 * k + 1], A[2 * k + 1] + c1)
-                    if PAD:
-                        m, ci = _merge(m, ci, V[2 * k + 2], A[2 * k + 2] + c2)
-                    CD[k] = ci
+                if not WIDE:  # (wide rows: the vectors covered every window)
+                    for k in range(k0, NW):
+                        m = V[2 * k]
+                        ci = A[2 * k]
+                        m, ci = _merge(m, ci, V[2 * k + 1], A[2 * k + 1] + c1)
+                        if PAD:
+                            m, ci = _merge(m, ci, V[2 * k + 2], A[2 * k + 2] + c2)
+                        CD[k] = ci
                 for i in range(OH):
                     b = i * CS
                     bn = b + CS
@@ -456,39 +460,41 @@ def make_max_backward_tiled(layout, parallel, K):
                     # output order.  Vectors of windows (both rows at once), the last one
                     # ending at the row's last window, then the scalar loops for the rest
                     m0 = 0
-                    if VL > 0 and OW >= VL:
+                    if WIDE or (VL > 0 and OW >= VL):
                         while m0 < OW:
                             mv = min(m0, OW - VL)
                             vtile_rows3(CD, G, b + mv, bn + mv,
                                         (c0, c1, c2, c3, c4, c5, c6, c7, c8), dst,
                                         o0 + 2 * mv, o1 + 2 * mv, marker)
                             m0 += VL
-                    for m_ in range(m0, OW):
-                        k00 = CD[U(b + m_)]
-                        k01 = CD[U(b + m_ + 1)]
-                        g00 = G[U(b + m_)]
-                        g01 = G[U(b + m_ + 1)]
-                        dst[U(o0 + 2 * m_)] = to_storage(zero + (g00 if k00 == c4 else zero),
-                                                          marker)
-                        dst[U(o0 + 2 * m_ + 1)] = to_storage(
-                            (zero + (g00 if k00 == c5 else zero)) + (g01 if k01 == c3 else zero),
-                            marker)
-                    for m_ in range(m0, OW):
-                        k00 = CD[U(b + m_)]
-                        k01 = CD[U(b + m_ + 1)]
-                        k10 = CD[U(bn + m_)]
-                        k11 = CD[U(bn + m_ + 1)]
-                        g00 = G[U(b + m_)]
-                        g01 = G[U(b + m_ + 1)]
-                        g10 = G[U(bn + m_)]
-                        g11 = G[U(bn + m_ + 1)]
-                        dst[U(o1 + 2 * m_)] = to_storage(
-                            (zero + (g00 if k00 == c7 else zero)) + (g10 if k10 == c1 else zero),
-                            marker)
-                        dst[U(o1 + 2 * m_ + 1)] = to_storage(
-                            (((zero + (g00 if k00 == c8 else zero)) +
-                              (g01 if k01 == c6 else zero)) +
-                             (g10 if k10 == c2 else zero)) + (g11 if k11 == c0 else zero), marker)
+                    if not WIDE:  # (wide rows: the vectors covered every window)
+                        for m_ in range(m0, OW):
+                            k00 = CD[U(b + m_)]
+                            k01 = CD[U(b + m_ + 1)]
+                            g00 = G[U(b + m_)]
+                            g01 = G[U(b + m_ + 1)]
+                            dst[U(o0 + 2 * m_)] = to_storage(zero + (g00 if k00 == c4 else zero),
+                                                              marker)
+                            dst[U(o0 + 2 * m_ + 1)] = to_storage(
+                                (zero + (g00 if k00 == c5 else zero)) + (g01 if k01 == c3 else zero),
+                                marker)
+                    if not WIDE:  # (wide rows: the vectors covered every window)
+                        for m_ in range(m0, OW):
+                            k00 = CD[U(b + m_)]
+                            k01 = CD[U(b + m_ + 1)]
+                            k10 = CD[U(bn + m_)]
+                            k11 = CD[U(bn + m_ + 1)]
+                            g00 = G[U(b + m_)]
+                            g01 = G[U(b + m_ + 1)]
+                            g10 = G[U(bn + m_)]
+                            g11 = G[U(bn + m_ + 1)]
+                            dst[U(o1 + 2 * m_)] = to_storage(
+                                (zero + (g00 if k00 == c7 else zero)) + (g10 if k10 == c1 else zero),
+                                marker)
+                            dst[U(o1 + 2 * m_ + 1)] = to_storage(
+                                (((zero + (g00 if k00 == c8 else zero)) +
+                                  (g01 if k01 == c6 else zero)) +
+                                 (g10 if k10 == c2 else zero)) + (g11 if k11 == c0 else zero), marker)
             if nt:
                 stream_upto(PS, done, -(q1 - q0) * H * W, ginf, q0 * H * W, marker)
                 sfence()
