@@ -430,7 +430,8 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
             # (the case as compile-time constants, and whether the output is streamed, which
             # each call decides)
             from ._cpu.backward import sum_backward_spec, sum_backward_program
-            spec = sum_backward_spec(power, divmode, hw, int(dil[2]), s3[2], o3[2])
+            spec = sum_backward_spec(power, divmode, hw, int(dil[2]), s3[2], o3[2],
+                                     acc.itemsize)
             prog = sum_backward_program(power, spec, tab, dil, inv, ilist, s3, o3, hw,
                                         acc.dtype)
         kern = _dispatch.kernel(kname, "cpu", lay.mem, par,

@@ -1035,9 +1035,10 @@ def test_stream_copies(dtype):
 def test_sum_backward_cases_channels_first(streamed, monkeypatch):
     """The channels-first average / Lp gradient kernel compiled for its case
     (``sum_backward_spec``: divisor rule, windows uniform along W, 3-wide pairs at stride 2,
-    rows the pairs tile, streamed output), in parallel, against the reference and PyTorch: widths
-    the pairs tile and widths they do not (odd, padded, ceil mode), every divisor rule, dilation,
-    wider and adaptive windows."""
+    rows the pairs tile, rows of whole vectors, streamed output), in parallel, against the
+    reference and PyTorch: widths the pairs tile and widths they do not (odd, padded, ceil
+    mode), rows narrower than a vector, every divisor rule, dilation, wider and adaptive
+    windows."""
     from fastpool import backward as B
     from fastpool import functional
     monkeypatch.setattr(B, "_parallel", lambda work: True)
@@ -1054,6 +1055,8 @@ def test_sum_backward_cases_channels_first(streamed, monkeypatch):
         ((10, 14), 3, 2, 1, False, True, None, 2),   # dilation: no pairs
         ((9, 10), 2, 2, 0, False, True, None, 1),
         ((11, 15), 5, 3, 2, True, False, None, 1),
+        ((6, 6), 3, 2, 1, False, False, None, 1),    # rows narrower than a vector
+        ((5, 7), 2, 2, 0, True, True, None, 1),
     ]
     for sp, k, s, p, ceil, incl, div, d in cases:
         x = rng.standard_normal((2, 3) + sp).astype(np.float32)

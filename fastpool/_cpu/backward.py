@@ -532,18 +532,21 @@ def make_max_recompute_pairs(layout, parallel):
 
 # ----------------------------------------------------------------------------- average and Lp
 
-def sum_backward_spec(power, divmode, hw, dw, W, OW):
+def sum_backward_spec(power, divmode, hw, dw, W, OW, acc_bytes):
     """The channels-first ``make_sum_backward`` kernel's compile-time case (see its ``spec``,
     which adds whether the output is streamed) for divisor rule ``divmode``, W windows ``hw`` =
-    (kernel, stride, left pad) with dilation ``dw`` and input / output widths ``W`` / ``OW``;
-    the kernel's own definitions, worked out here once."""
+    (kernel, stride, left pad) with dilation ``dw``, input / output widths ``W`` / ``OW`` and a
+    compute type of ``acc_bytes`` bytes; the kernel's own definitions, worked out here once."""
     KW, SW, PW = max(hw[0], 0), max(hw[1], 1), max(hw[2], 0)
     uniform = KW > 0
     plane = not power and uniform and divmode != 3
     pair = KW == 3 and SW == 2 and dw == 1
     ows = min(OW, (W + PW + SW - 1) // SW)
     flat = pair and plane and ows == OW and W == 2 * OW and PW <= 1
-    return int(divmode), bool(uniform), bool(pair), bool(flat), int(PW) if flat else 0
+    from ._simd import lanes
+    vec = W >= lanes(acc_bytes)  # rows of whole vectors (of the compute type's lanes)
+    return int(divmode), bool(uniform), bool(pair), bool(flat), int(PW) if flat else 0, \
+        bool(vec)
 
 
 def sum_backward_program(power, spec, tab, dil, inv, ilist, shape, oshape, hw, dtype):
@@ -631,7 +634,7 @@ def make_sum_backward(layout, parallel, power, *spec):
     ``spec`` (channels-first only, and required there): ``sum_backward_spec(...) + (nt,)``,
     the case as compile-time constants: the divisor rule, windows uniform along W, 3-wide
     windows at stride 2 without dilation along W (the pair rows), rows that the pairs tile
-    and their left pad, and streamed output.  The branches the other cases take are then
+    and their left pad, rows at least a vector wide, and streamed output.  The branches the other cases take are then
     removed before Numba sees the kernel (``_specialise``): the first call of average k3s2p1
     (8, 64, 56, 56) compiled its kernel in ~3 s instead of ~4.5 s.  The channels-first kernel
     takes the divisors and the rows' program from ``sum_backward_program`` (worked out once
@@ -640,11 +643,11 @@ def make_sum_backward(layout, parallel, power, *spec):
     """
     POWER = power
     if layout == CF:
-        if len(spec) != 6:
+        if len(spec) != 7:
             raise ValueError(f"make_sum_backward: channels-first needs sum_backward_spec(...), "
                              f"got {spec!r}")
-        DM, UNIFORM, KW3S2, FLAT, FPW, NT = int(spec[0]), bool(spec[1]), bool(spec[2]), \
-            bool(spec[3]), int(spec[4]), bool(spec[5])
+        DM, UNIFORM, KW3S2, FLAT, FPW, VECS, NT = int(spec[0]), bool(spec[1]), \
+            bool(spec[2]), bool(spec[3]), int(spec[4]), bool(spec[5]), bool(spec[6])
     elif spec:
         raise ValueError(f"make_sum_backward: no spec for channels-last, got {spec!r}")
 
@@ -840,9 +843,9 @@ def make_sum_backward(layout, parallel, power, *spec):
                     # are done (NT), or straight into gin
                     pb = (q - t * blk) * HW if NT else q * HW  # the plane in dst
                     VL = vector_lanes(T, marker)
-                    VEC = VL > 0 and W >= VL
+                    VEC = VECS  # (W >= VL: sum_backward_spec)
                     for r in range(D * H):
-                        k = RK[r]
+                        k = 5 if POWER else RK[r]  # (Lp: every row summed in turn)
                         if k == 4:  # (written with the row before)
                             continue
                         rb = pb + r * W  # the row in dst
