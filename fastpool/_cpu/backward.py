@@ -637,12 +637,13 @@ def make_sum_backward(layout, parallel, power, *spec):
     ``spec`` (channels-first only, and required there): ``sum_backward_spec(...) + (nt,)``,
     the case as compile-time constants: the divisor rule, windows uniform along W, 3-wide
     windows at stride 2 without dilation along W (the pair rows), rows that the pairs tile
-    and their left pad, rows at least a vector wide, and streamed output.  The branches the other cases take are then
-    removed before Numba sees the kernel (``_specialise``): the first call of average k3s2p1
-    (8, 64, 56, 56) compiled its kernel in ~3 s instead of ~4.5 s.  The channels-first kernel
-    takes the divisors and the rows' program from ``sum_backward_program`` (worked out once
-    per plan, in Python: 0.2-0.3 s less to compile), and its ``hw`` is the one the spec was
-    made from.
+    and their left pad, rows at least a vector wide, and streamed output.  The branches the
+    other cases take are then removed before Numba sees the kernel (``_specialise``): the
+    first call of average k3s2p1 (8, 64, 56, 56) compiled its kernel in ~3 s instead of
+    ~4.5 s.  The channels-first kernel takes the divisors and the rows' program from
+    ``sum_backward_program`` (worked out once per plan, in Python: with the other cuts of
+    this change, its first call took 1.5-1.9 s instead of 2.7-4.4 s), and its ``hw`` is the
+    one the spec was made from.
     """
     POWER = power
     if layout == CF:

@@ -476,9 +476,8 @@ def make_max_backward_tiled(layout, parallel, K, wide=False):
                             dst[U(o0 + 2 * m_)] = to_storage(zero + (g00 if k00 == c4 else zero),
                                                               marker)
                             dst[U(o0 + 2 * m_ + 1)] = to_storage(
-                                (zero + (g00 if k00 == c5 else zero)) + (g01 if k01 == c3 else zero),
-                                marker)
-                    if not WIDE:  # (wide rows: the vectors covered every window)
+                                (zero + (g00 if k00 == c5 else zero)) +
+                                (g01 if k01 == c3 else zero), marker)
                         for m_ in range(m0, OW):
                             k00 = CD[U(b + m_)]
                             k01 = CD[U(b + m_ + 1)]
@@ -489,12 +488,13 @@ def make_max_backward_tiled(layout, parallel, K, wide=False):
                             g10 = G[U(bn + m_)]
                             g11 = G[U(bn + m_ + 1)]
                             dst[U(o1 + 2 * m_)] = to_storage(
-                                (zero + (g00 if k00 == c7 else zero)) + (g10 if k10 == c1 else zero),
-                                marker)
+                                (zero + (g00 if k00 == c7 else zero)) +
+                                (g10 if k10 == c1 else zero), marker)
                             dst[U(o1 + 2 * m_ + 1)] = to_storage(
                                 (((zero + (g00 if k00 == c8 else zero)) +
                                   (g01 if k01 == c6 else zero)) +
-                                 (g10 if k10 == c2 else zero)) + (g11 if k11 == c0 else zero), marker)
+                                 (g10 if k10 == c2 else zero)) + (g11 if k11 == c0 else zero),
+                                marker)
             if nt:
                 stream_upto(PS, done, -(q1 - q0) * H * W, ginf, q0 * H * W, marker)
                 sfence()
