@@ -436,6 +436,9 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
                                         acc.dtype)
         kern = _dispatch.kernel(kname, "cpu", lay.mem, par,
                                 *(() if spec is None else spec + (False,)))
+        # the kernel's arguments after the tables: channels-first, the divisors and rows'
+        # program; channels-last, the divisor rule (and, last, whether the output is streamed)
+        mid = prog if spec is not None else (divmode,)
         if small:  # channels-last rows W * C long
             xs = xshape if lay.mem == CF else xshape[:3] + (xshape[3] * xshape[4],)
             os_ = oshape if lay.mem == CF else oshape[:3] + (oshape[3] * oshape[4],)
@@ -496,14 +499,9 @@ def _sum_plan(op, power, x, lay, osp, tab, dil, divmode, dov, p, knumel, taps, h
                      dil, divmode, dov, acc, float(p), knumel, nc, marker)
                 return lay.user_view(res)
             with launch_lock():
-                if lay.mem == CF:
-                    k(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
-                      _bits(res).reshape(xshape), tab, dil, inv, ilist, *prog, dov, acc,
-                      float(p), knumel, blk, hwa, marker)
-                else:
-                    k(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
-                      _bits(res).reshape(xshape), tab, dil, inv, ilist, divmode, dov, acc,
-                      float(p), knumel, blk, hwa, nt, marker)
+                k(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
+                  _bits(res).reshape(xshape), tab, dil, inv, ilist, *mid, dov, acc, float(p),
+                  knumel, blk, hwa, *(() if lay.mem == CF else (nt,)), marker)
         return lay.user_view(res)
     return run
 

@@ -196,11 +196,9 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
             # padded scratch row: tmp[PADL + w] holds column w
             PADL = max(pw, 0) if (PADT and not flat) else 0
             PADR = max((OW - 1) * SW - pw + KW - W // Cn, 0) if PADT else 0
-            # every column's window inside the row (none partial, none in the padding)
-            fused = FUSEK and not flat and lo == 0 and hi == OW
-            # channels-last, non-overlapping windows, every column interior: each output
-            # C-vector reduces its taps' C-vectors straight from the input
-            cfused = FUSEC and lo == 0 and hi == OW
+            # every column's window inside the row (none partial, none in the padding): the
+            # row's output cells (channels-last: C-vectors) reduce straight from the input
+            fused = ((FUSEK and not flat) or FUSEC) and lo == 0 and hi == OW
             if PADT and MAX and not flat:  # max: no divisor, every column is interior
                 lo = 0
                 hi = OW
@@ -251,10 +249,11 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                         gdiv = fdh
                     gb = max(rl * TS, 0)
                     rl += 1
-                if FUSEK:  # (pruned at compile time elsewhere)
+                if FUSEK or FUSEC:  # (pruned at compile time elsewhere)
                     if FONLY or (fused and nd == KD and nh == KH):
                         # non-overlapping windows, every column interior: each output cell reduces
-                        # its KD * KH * KW input taps at once (row-major), no scratch row
+                        # its KD * KH * KW input taps at once (row-major, PyTorch's scan order),
+                        # no scratch row; channels-first rows in vectors of cells below
                         div = dov if divmode == 0 else fdh * KW
                         j0 = 0
                         if MAX and VFUSE and L > 0 and xunit and OW >= L and \
@@ -302,29 +301,9 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                                 else:
                                     fwin22_avg(x, r0, r1, out, (q, od, oh, U(jv)), div, marker)
                                 j0 += L
+                        # the rest of the row (channels-last: all of it), unit-stride loops
+                        # over the channels (channels-first: one)
                         for j in range(j0, OW):
-                            w = j * SW
-                            m = load(x[q, d0, h0, w], marker)
-                            if not MAX:
-                                m = init + m
-                            for i in range(1, KD * KH * KW):
-                                a = i // (KH * KW)
-                                b = (i // KW) % KH
-                                c = i % KW
-                                v = load(x[q, d0 + a * dd, h0 + b * dh, w + c], marker)
-                                if MAX:
-                                    m = v if ((v > m) | (v != v)) else m
-                                else:
-                                    m += v
-                            out[q, od, oh, j] = to_storage(m, marker) if MAX else \
-                                _lp_norm(m, div, knz, invz, p1, p2, marker) if POWER else \
-                                to_storage(divide(m, div), marker)
-                        continue
-                if FUSEC:  # (pruned at compile time elsewhere)
-                    if FONLY or (cfused and nd == KD and nh == KH):
-                        # row-major taps (PyTorch's scan order), unit-stride loops over C
-                        div = dov if divmode == 0 else fdh * KW
-                        for j in range(OW):
                             xb = max(j * SW * Cn, 0)
                             ob = max(j * Cn, 0)
                             for ch in range(Cn):
