@@ -662,14 +662,13 @@ def test_vector_rows_against_reference(case, dtype, all_hot_serial, monkeypatch)
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 def test_long_rows_2x2_max(dtype, monkeypatch):
-    """Max k2s2 on rows of ``separable.ROW_BYTES`` or more (each row's pair maxima, then the
-    two rows combined) and just below (the fused vectors): the bits of a row-major scan, NaN,
+    """Max k2s2 in the fused vectors on long rows (768 bytes and around, up to 2 KiB wide;
+    an earlier kernel reduced such rows one at a time): the bits of a row-major scan, NaN,
     infinities and ties of -0.0 / +0.0 included, odd and even widths."""
-    from fastpool._cpu.separable import ROW_BYTES
     monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0)  # (the vectors: parallel kernels only)
     isz = np.dtype(dtype).itemsize
     rng = np.random.default_rng(isz)
-    for W in (ROW_BYTES // isz - 1, ROW_BYTES // isz, ROW_BYTES // isz + 17):
+    for W in (768 // isz - 1, 768 // isz, 768 // isz + 17, 2048 // isz + 3):
         x = _input(rng, (2, 3, 7, W), dtype)
         flat = x.reshape(-1)
         flat[rng.choice(flat.size, flat.size // 4, replace=False)] = -0.0

@@ -31,7 +31,6 @@ FLAT_ROWS = 16  # rows finished together by the flat horizontal pass, at most
 FLAT_CELLS = 4096  # and at most this many scratch cells
 FLAT_MAX_ROW = 48  # for scratch rows of at most this many cells
 TASKS = 512  # parallel tasks per call, at most (enough to balance the threads)
-ROW_BYTES = 768  # make_sep: max 2x2 windows on rows this long read one row at a time
 AHEAD = 8192  # prefetch distance, bytes (make_adaptive: 4-16 KiB alike; make_same: 16 KiB worse)
 # make_sep: rows this long prefetch PFD rows ahead, shorter ones AHEAD bytes (see make_sep)
 NEAR_ROW_BYTES = 1024
@@ -119,13 +118,12 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
     # measured 0.93-0.94x, against 1.10x before: they keep PFD rows).  The fused 2x2 rows also
     # prefetch the output AHEAD bytes past each vector, the line a plain store first reads
     # (float32 16x128x112x112 0.91-0.96x the time, float64 1.0x; not float16: 1.18x).
-    # Max 2x2 windows on rows of ROW_BYTES or more reduce each row's pairs on its own, then
-    # combine the two rows' maxima (the same first-max and NaN rules as the row-major order):
-    # reading two long rows side by side left the loads waiting where one row at a time reads
-    # one stream (paired A/B, caches flushed, 2 threads: float64 16x64x112x112 0.78x the time,
-    # float32 224 wide 0.83x, float16 448 wide 0.97x; 448-byte rows 1.0-1.01x, float16 224
-    # wide 1.23x, so they keep the fused vectors).  Integer max 2x2 windows run one row at a
-    # time too, in explicit vectors of pair maxima (the compiler's loop read both rows: uint8
+    # Float max 2x2 windows read both rows in the fused vectors at every width: with these
+    # prefetches, long rows took 0.71-0.77x the time of the earlier pass over each row on its
+    # own before combining the two (paired A/B, 2 threads, caches flushed: float64
+    # 16x64x112x112 0.74x, float32 224 wide 0.76x, 448 wide 0.79x, float16 448 wide 0.63x;
+    # not flushed 0.71-0.92x).  Integer max 2x2 windows run one row at a time, in explicit
+    # vectors of pair maxima (the compiler's loop read both rows: uint8
     # 16x3x512x512 0.93-0.95x the time, 112 wide 0.91x, int16 224 wide 0.93x, int32 200 wide
     # 0.58x; both rows in one vector loop: uint8 1.27-1.35x, int32 0.85x)
     # The vectors and prefetches are in the parallel kernels only: serial ones run small calls,
@@ -256,22 +254,6 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                         # no scratch row; channels-first rows in vectors of cells below
                         div = dov if divmode == 0 else fdh * KW
                         j0 = 0
-                        if MAX and VFUSE and L > 0 and xunit and OW >= L and \
-                                W * x.itemsize >= ROW_BYTES:
-                            # long rows: one row at a time, the pair maxima of the first into
-                            # tmp[:OW], of the second into tmp[OW:], then the two combined
-                            for b in range(2):
-                                j0 = 0
-                                while j0 < OW:
-                                    jv = min(j0, OW - L)
-                                    hwin22_max(x, (q, d0, h0 + b * dh, U(2 * jv)), tmp,
-                                               U(b * OW + jv), div, marker)
-                                    j0 += L
-                            for j in range(OW):
-                                m = tmp[j]
-                                v = tmp[OW + j]
-                                out[q, od, oh, j] = to_storage(v if ((v > m) | (v != v)) else m,
-                                                               marker)
                         if INTEGER and MAX and VFUSE and int_lanes(x, marker) > 0 and xunit and \
                                 ounit and OW >= int_lanes(x, marker):
                             # integers: one row at a time, vectors of pair maxima (ipair_row),
