@@ -187,6 +187,10 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
             G = max(1, min(FLAT_ROWS, FLAT_CELLS // TS)) if flat else 1
             # rows the vertical vectors prefetch ahead: AHEAD bytes' worth on short rows
             pfr = PFD
+            # prefetch distances in cells, worked out once (a division inside the vector loops
+            # stays there: the compiler cannot move it out of a loop that may not run)
+            ahx = AHEAD // max(x.itemsize, 1)
+            aho = AHEAD // max(out.itemsize, 1)
             if PFV:  # (pruned from the serial kernels, as the prefetches)
                 if W * x.itemsize < NEAR_ROW_BYTES:
                     pfr = max(PFD, AHEAD // max(W * x.itemsize, 1))
@@ -277,7 +281,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                                 prefetch(x, (q, d0, h0 + PFD * dh, U(2 * jv)))
                                 prefetch(x, (q, d0, h0 + (PFD + 1) * dh, U(2 * jv)))
                                 if x.itemsize >= 4:  # the output line a store reads, ahead
-                                    prefetch(out, (q, od, oh, U(jv + AHEAD // out.itemsize)))
+                                    prefetch(out, (q, od, oh, U(jv + aho)))
                                 if MAX:
                                     fwin22_max(x, r0, r1, out, (q, od, oh, U(jv)), div, marker)
                                 else:
@@ -315,7 +319,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                             # hardware prefetcher alone left the loads waiting (max1d k3s2
                             # 64x256x4096 0.82-0.90x the time, average 0.91-0.95x, paired in
                             # one process on a Xeon with a 300 MB L3)
-                            prefetch(x, (q, d0, h0, U(2 * jv + AHEAD // x.itemsize)))
+                            prefetch(x, (q, d0, h0, U(2 * jv + ahx)))
                             if KW == 3 and not MAX:
                                 hwin32_avg(x, (q, d0, h0, U(2 * jv)), out, (q, od, oh, U(jv)),
                                            div, marker)
@@ -866,6 +870,7 @@ def make_same(kind, parallel, KH, KW):
             tmp = new_full(2 * WP, init)  # two scratch rows, PW cells of padding on both sides
             # (parallel) input prefetch distance, cells: AHEAD bytes, at least 4 rows
             ahead = max(AHEAD // x.itemsize, 4 * Wc)
+            aho = AHEAD // max(out.itemsize, 1)  # (the same for the output)
             for u in range(t * chunk, min(units, (t + 1) * chunk)):
                 q = u // nb
                 y0 = (u - q * nb) * RB
@@ -940,7 +945,7 @@ def make_same(kind, parallel, KH, KW):
                             jv = min(j, Wc - L)
                             a = yy * WP + jv
                             if PAR:  # (the output line a plain store will read, ahead)
-                                prefetch(out, (q, U(ob + jv + AHEAD // out.itemsize)))
+                                prefetch(out, (q, U(ob + jv + aho)))
                             if nan:
                                 if KW == 3:
                                     hwin31_max(tmp, a, out, (q, ob + jv), 0, marker)
@@ -1089,6 +1094,8 @@ def make_adaptive(kind, parallel, KH, KW):
             if PAR:
                 for i in range(NC):
                     D[i] = dv[i]
+            ahead = AHEAD // max(xf.itemsize, 1)  # (cells; divisions out of the loops)
+            line = 64 // max(xf.itemsize, 1)
             for q in range(t * blk, min(P, (t + 1) * blk)):
                 for oh in range(OH):
                     nh = tab[1, 1, oh]
@@ -1097,8 +1104,6 @@ def make_adaptive(kind, parallel, KH, KW):
                         # on, up to where the next one starts: the lines then arrive while the
                         # passes below compute (without it each plane's passes waited for
                         # its lines)
-                        ahead = AHEAD // xf.itemsize
-                        line = 64 // xf.itemsize
                         lo = q * HW + tab[1, 0, oh] * Wt + ahead
                         hi = ahead + (q * HW + tab[1, 0, oh + 1] * Wt if oh + 1 < OH
                                       else (q + 1) * HW)
