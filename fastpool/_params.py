@@ -79,8 +79,10 @@ def output_len(in_size, k, s, before, after, d, ceil_mode):
     """Number of windows along one dim (may be <= 0 when the window does not fit)."""
     eff = (k - 1) * d + 1
     span = in_size + before + after - eff
-    if span < 0:
+    if span < 0 and not ceil_mode:
         return 0
+    # (ceil mode: ceil(span / s) + 1, one window while the window overhangs the padded input
+    # by less than a stride, as PyTorch's output size)
     out = (span + (s - 1 if ceil_mode else 0)) // s + 1
     if ceil_mode and (out - 1) * s >= in_size + before:
         out -= 1
@@ -143,10 +145,12 @@ def window_geometry(op, spatial, kernel, stride, pads, dilation, ceil_mode, onnx
     for i, n in enumerate(spatial):
         k, s, (b, a), d = kernel[i], stride[i], pads[i], dilation[i]
         eff = (k - 1) * d + 1
-        if eff > n + b + a:
+        if eff > n + b + a and (not ceil_mode or eff - (n + b + a) >= s):
             raise ValueError(
                 f"{op}: window (kernel_size={k}, dilation={d}, extent {eff}) is larger than the "
-                f"padded input (size {n} + padding {b}+{a}) in spatial dim {i}")
+                f"padded input (size {n} + padding {b}+{a}) in spatial dim {i}" +
+                (f" by {eff - (n + b + a)}, at least the stride {s} (ceil_mode)" if ceil_mode
+                 else ""))
         if onnx and b >= eff:
             raise ValueError(f"{op}: padding {b} before spatial dim {i} leaves the first window "
                              f"(extent {eff}) without any input cell")

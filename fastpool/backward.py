@@ -511,7 +511,7 @@ def _build_avg_backward(x, op, rank, params):
         channels_last = params
     lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
     k, s, d, pads, osp, tab, dil = _window(op, rank, lay.spatial, kernel_size, stride,
-                                           padding, dilation, ceil_mode)
+                                           padding, dilation, ceil_mode, "avg")
     divmode, dov = _avg_divisor(op, count_include_pad, divisor_override)
     return _sum_plan(op, False, x, lay, osp, tab, dil, divmode, dov, 1.0, 1, math.prod(k),
                      (k[-1], s[-1], pads[-1][0]))
@@ -530,7 +530,7 @@ def _build_lp_backward(x, op, rank, params):
     p = _f._norm_type(op, norm_type)
     lay = _layout(op, x, rank, channels_last, FLOAT_DTYPES)
     k, s, d, pads, osp, tab, dil = _window(op, rank, lay.spatial, kernel_size, stride,
-                                           padding, dilation, ceil_mode)
+                                           padding, dilation, ceil_mode, "lp")
     knumel = math.prod(k)
     return _sum_plan(op, True, x, lay, osp, tab, dil, 1, 1, p, knumel, knumel,
                      (k[-1], s[-1], pads[-1][0]))

@@ -301,10 +301,21 @@ def _window_params(op, rank, spatial, kernel_size, stride, padding, dilation, ce
     return k, s, d, pads, onnx, osp
 
 
-def _window(op, rank, spatial, kernel_size, stride, padding, dilation, ceil_mode):
-    """Everything about a windowed op's geometry: (k, s, d, pads, out size, tables, dilation)."""
+def _window(op, rank, spatial, kernel_size, stride, padding, dilation, ceil_mode,
+            sum3d=None):
+    """Everything about a windowed op's geometry: (k, s, d, pads, out size, tables, dilation).
+    ``sum3d``: "avg" or "lp" for the average and Lp ops, whose 3-d forms in PyTorch (and their
+    gradients) refuse an input smaller than the kernel along any dim, padding or not; the same
+    ``ValueError`` here wherever PyTorch has the call (PyTorch's padding, no dilation; Lp also
+    without padding)."""
     k, s, d, pads, onnx, osp = _window_params(op, rank, spatial, kernel_size, stride, padding,
                                               dilation, ceil_mode)
+    if sum3d and rank == 3 and not onnx and all(v == 1 for v in d) and \
+            (sum3d == "avg" or all(b == 0 and a == 0 for b, a in pads)) and \
+            any(n < kk for n, kk in zip(spatial, k)):
+        raise ValueError(f"{op}: input size {tuple(spatial)} is smaller than kernel_size "
+                         f"{tuple(k)} (PyTorch's 3-d average and Lp pooling need every input "
+                         f"dim at least the kernel's, padding or not)")
     tab, dil = _tables(op, spatial, k, s, pads, d, osp, onnx)
     return k, s, d, pads, osp, tab, dil
 
@@ -757,7 +768,7 @@ def _build_avg(x, op, rank, params):
         channels_last = params
     lay = _layout(op, x, rank, bool(channels_last), AVG_DTYPES)
     k, s, d, pads, osp, tab, dil = _window(op, rank, lay.spatial, kernel_size, stride,
-                                           padding, dilation, bool(ceil_mode))
+                                           padding, dilation, bool(ceil_mode), "avg")
     divmode, dov = _avg_divisor(op, bool(count_include_pad), divisor_override)
     return _window_plan(op, "avg", x, lay, osp, tab, dil, math.prod(k),
                         (_k3(k), s[-1], d[-1], pads[-1][0]), divmode, dov)
@@ -787,7 +798,7 @@ def _build_lp(x, op, rank, params):
     p = _norm_type(op, norm_type)
     lay = _layout(op, x, rank, bool(channels_last), FLOAT_DTYPES)
     k, s, d, pads, osp, tab, dil = _window(op, rank, lay.spatial, kernel_size, stride,
-                                           padding, dilation, bool(ceil_mode))
+                                           padding, dilation, bool(ceil_mode), "lp")
     knumel = math.prod(k)
     return _window_plan(op, "lp", x, lay, osp, tab, dil, knumel,
                         (_k3(k), s[-1], d[-1], pads[-1][0]), 1, 1, p, knumel)

@@ -58,14 +58,16 @@ def output_len(n, k, s, b=0, a=0, d=1, ceil_mode=False):
     """
     eff = (k - 1) * d + 1
     num = n + b + a - eff
-    if num < 0:
-        raise ValueError(f"window ({eff}) larger than padded input ({n + b + a})")
     if ceil_mode:
+        # (a window overhanging the padded input by less than a stride still counts: ceil of
+        # a fraction in (-1, 0) is 0)
         out = -(-num // s) + 1
-        if (out - 1) * s >= n + b:
+        if out >= 1 and (out - 1) * s >= n + b:
             out -= 1
     else:
         out = num // s + 1
+    if out < 1:
+        raise ValueError(f"window ({eff}) larger than padded input ({n + b + a})")
     return out
 
 

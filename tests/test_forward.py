@@ -5,6 +5,7 @@ Shapes stay tiny (N=2, C=3, spatial 5..11, 3-d smaller) because each (op, layout
 compiles a kernel; the number of seeds per family keeps the suite to a few minutes.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -750,3 +751,86 @@ def test_fractional_float16_intervals_match_torch():
                                                   return_indices=True, random_samples=s)
             np.testing.assert_array_equal(i, ti.numpy(), err_msg=f"n={n} o={o}")
             np.testing.assert_array_equal(v, tv.numpy())
+
+
+def test_ceil_mode_window_overhanging_the_padded_input():
+    """In ceil mode a window wider than the padded input by less than a stride still makes one
+    output cell (``ceil(span / s) + 1``, PyTorch's output size); by a stride or more it is an
+    error, as always without ceil mode.  Forward and gradient against PyTorch, max (with
+    dilation), average (both divisors) and Lp, 1-d to 3-d, random sizes."""
+    rng = np.random.default_rng(77)
+    seen = 0
+    while seen < 24:
+        nd = int(rng.integers(1, 4))
+        sp = tuple(int(v) for v in rng.integers(1, 5, nd))
+        k = tuple(int(v) for v in rng.integers(2, 7, nd))
+        s = tuple(int(v) for v in rng.integers(1, 6, nd))
+        d = tuple(int(v) for v in rng.integers(1, 3, nd))
+        p = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
+        over = [(kk - 1) * dd + 1 - (n + 2 * pp) for n, kk, dd, pp in zip(sp, k, d, p)]
+        if max(over) <= 0:
+            continue  # (no overhang: the other tests)
+        op = ["max", "avg", "lp"][seen % 3]
+        if op == "max":
+            kw = dict(kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=True)
+        elif op == "avg":
+            kw = dict(kernel_size=k, stride=s, padding=p, ceil_mode=True,
+                      count_include_pad=bool(rng.integers(2)))
+        else:
+            kw = dict(norm_type=2.0, kernel_size=k[0] if nd == 1 else k,
+                      stride=s[0] if nd == 1 else s, ceil_mode=True)
+        x = rng.standard_normal((2, 3) + sp).astype(np.float32)
+        if op == "lp":
+            x = np.abs(x)
+        xt = torch.from_numpy(x).requires_grad_()
+        name = f"{op}_pool{nd}d"
+        try:
+            want = getattr(F, name)(xt, **kw)
+        except RuntimeError:
+            with pytest.raises(ValueError):
+                getattr(fastpool, name)(x, **kw)
+            continue
+        if op == "max" and not torch.isfinite(want).all():
+            continue  # (a window without an input cell: PyTorch's -inf and stray index)
+        got = getattr(fastpool, name)(x, **kw)
+        np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-6, atol=1e-6)
+        g = rng.standard_normal(got.shape).astype(np.float32)
+        want.backward(torch.from_numpy(g))
+        gin = getattr(fastpool, name + "_backward")(g, x, **kw)
+        np.testing.assert_allclose(gin, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+        seen += 1
+    # by a stride or more: the error names the window and the padded input
+    with pytest.raises(ValueError, match=r"larger than the padded input .* by 2, at least "
+                                         r"the stride 2 \(ceil_mode\)"):
+        fastpool.max_pool1d(np.ones((1, 1, 2), np.float32), 6, 2, 1, ceil_mode=True)
+    with pytest.raises(RuntimeError):
+        F.max_pool1d(torch.ones((1, 1, 2)), 6, 2, 1, ceil_mode=True)
+
+
+@pytest.mark.parametrize("op", ["avg", "lp"])
+def test_3d_sum_pooling_refuses_inputs_smaller_than_the_kernel(op):
+    """PyTorch's avg_pool3d (and lp_pool3d, built on it) refuse an input smaller than the
+    kernel along any dim, padding or not, unlike the 1-d and 2-d ops: the same ValueError here,
+    forward and gradient; the extensions PyTorch lacks (pairs, dilation) keep working."""
+    x = np.random.default_rng(3).random((1, 2, 1, 4, 4)).astype(np.float32)
+    args = (2.0,) if op == "lp" else ()
+    # (Lp has no padding: its window overhangs the input in ceil mode)
+    kw = dict(padding=1) if op == "avg" else dict(stride=2, ceil_mode=True)
+    with pytest.raises(RuntimeError, match="smaller than kernel size"):
+        getattr(F, f"{op}_pool3d")(torch.from_numpy(x), *args, kernel_size=2, **kw)
+    for fn in (getattr(fastpool, f"{op}_pool3d"),
+               functools.partial(getattr(fastpool, f"{op}_pool3d_backward"),
+                                 np.ones((1, 2, 2, 3, 3) if op == "avg" else (1, 2, 1, 2, 2),
+                                         np.float32))):
+        with pytest.raises(ValueError, match=r"input size \(1, 4, 4\) is smaller than "
+                                             r"kernel_size \(2, 2, 2\)"):
+            fn(x, *args, kernel_size=2, **kw)
+    # the same geometry in 2-d is PyTorch's too
+    want = getattr(F, f"{op}_pool2d")(torch.from_numpy(x[:, :, 0]), *args, kernel_size=2, **kw)
+    np.testing.assert_allclose(getattr(fastpool, f"{op}_pool2d")(x[:, :, 0], *args,
+                                                                 kernel_size=2, **kw),
+                               want.numpy(), rtol=1e-6)
+    # ONNX-style pairs and dilation have no PyTorch counterpart: no such limit
+    pairs = fastpool.avg_pool3d(x, 2, 1, ((1, 0), (0, 0), (0, 0))) if op == "avg" else \
+        fastpool.lp_pool3d(x, 2.0, 2, padding=((1, 0), (0, 0), (0, 0)))
+    assert np.isfinite(pairs).all()
