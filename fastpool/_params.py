@@ -154,10 +154,11 @@ def window_geometry(op, spatial, kernel, stride, pads, dilation, ceil_mode, onnx
         if onnx and b >= eff:
             raise ValueError(f"{op}: padding {b} before spatial dim {i} leaves the first window "
                              f"(extent {eff}) without any input cell")
-        if onnx and a >= eff + s - 1 and a > 0:
+        out = output_len(n, k, s, b, a, d, ceil_mode)
+        # (the last window after ceil mode's drop rule: past the input, it holds no cell)
+        if onnx and out >= 1 and (out - 1) * s - b >= n:
             raise ValueError(f"{op}: padding {a} after spatial dim {i} leaves the last window "
                              f"(extent {eff}, stride {s}) without any input cell")
-        out = output_len(n, k, s, b, a, d, ceil_mode)
         if out <= 0:
             raise ValueError(f"{op}: output size is too small: input {tuple(spatial)}, "
                              f"computed output size {out} in spatial dim {i}")

@@ -834,3 +834,23 @@ def test_3d_sum_pooling_refuses_inputs_smaller_than_the_kernel(op):
     pairs = fastpool.avg_pool3d(x, 2, 1, ((1, 0), (0, 0), (0, 0))) if op == "avg" else \
         fastpool.lp_pool3d(x, 2.0, 2, padding=((1, 0), (0, 0), (0, 0)))
     assert np.isfinite(pairs).all()
+
+
+def test_pairs_after_padding_and_ceil_mode_drop_rule():
+    """ONNX pairs whose after-padding would leave a last window in the padding alone: an error
+    without ceil mode, but in ceil mode that window starts at or past ``in + before`` and is
+    dropped, so the last window kept holds an input cell: a result (against the reference)."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 3, 8, 7)).astype(np.float32)
+    pads = ((0, 2), (1, 2))
+    with pytest.raises(ValueError, match="leaves the last window"):
+        fastpool.max_pool2d(x, 2, 1, pads)
+    got = fastpool.max_pool2d(x, 2, 1, pads, ceil_mode=True)
+    want, _ = R.ref_max_pool(x, (2, 2), (1, 1), pads, (1, 1), True)
+    assert got.shape == want.shape == (2, 3, 8, 8)
+    np.testing.assert_array_equal(got, want)
+    for incl in (True, False):
+        np.testing.assert_allclose(
+            fastpool.avg_pool2d(x, 2, 1, pads, ceil_mode=True, count_include_pad=incl),
+            R.ref_avg_pool(x, (2, 2), (1, 1), pads, True, incl, None, (1, 1)), rtol=1e-6,
+            atol=1e-6)
