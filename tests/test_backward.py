@@ -1078,3 +1078,37 @@ def test_sum_backward_cases_channels_first(streamed, monkeypatch):
     close(fastpool.lp_pool2d_backward(g, x, 2.0, 3, 2),
           R.ref_lp_pool_backward(g.astype(np.float64), x.astype(np.float64), 2.0, (3, 3), (2, 2),
                                  [(0, 0), (0, 0)]), np.float32, what="lp")
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("large", [False, True])
+def test_windows_without_an_input_cell(nd, large):
+    """PyTorch-style padding with a dilation that steps over the input: along the first dim
+    every window's taps (-1 and 2) miss the 2 cells, so each output is the padding's -inf and
+    depends on no input cell.  The max gradient (recomputed argmax, both layouts, small and
+    parallel kernels) is all zeros, and so are the average and Lp gradients; an earlier kernel
+    added these windows' gradients at a position past the plane (a heap overrun)."""
+    rng = np.random.default_rng(nd + 10 * large)
+    shape = {1: ((2, 4, 2), (16, 64, 2)), 2: ((2, 4, 2, 9), (8, 64, 2, 200)),
+             3: ((2, 4, 2, 9, 9), (4, 64, 2, 30, 30))}[nd][large]
+    k = (2,) + (3,) * (nd - 1)
+    s = (1,) + (2,) * (nd - 1)
+    d = (3,) + (1,) * (nd - 1)
+    for cl in (False, True):
+        for dt in (np.float32, np.float64, np.float16):
+            x = rng.standard_normal(shape).astype(dt)
+            xi = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if cl else x
+            kw = dict(kernel_size=k, stride=s, padding=1, dilation=d, channels_last=cl)
+            v = getattr(fastpool, f"max_pool{nd}d")(xi, **kw)
+            assert np.isneginf(v).all()
+            g = rng.standard_normal(v.shape).astype(dt)
+            gin = getattr(fastpool, f"max_pool{nd}d_backward")(g, xi, **kw)
+            assert gin.shape == xi.shape and not gin.any(), (cl, dt)
+            if dt == np.float16:
+                continue
+            for incl in (True, False):
+                gin = getattr(fastpool, f"avg_pool{nd}d_backward")(g, xi, count_include_pad=incl,
+                                                                    **kw)
+                assert not gin.any(), (cl, dt, incl)
+            gin = getattr(fastpool, f"lp_pool{nd}d_backward")(g, np.abs(xi), 2.0, **kw)
+            assert not gin.any(), (cl, dt)

@@ -346,6 +346,10 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
                                 v = load(g[n, od, oh, ow, U(c0 + c)], marker)
                                 buf[U(sl + c)] += v if tap[c] == i else zero
                         continue
+                    if nd * nh * nw == 0:
+                        # a window without an input cell (dilation past the input: its output
+                        # is the padding's -inf) depends on no input cell: no gradient
+                        continue
                     first = (d0 * H + h0) * W + w0
                     for c in range(wb):
                         mv[c] = init
