@@ -23,7 +23,7 @@ from ._simd import (vector_lanes, vdiv, int_lanes, ipair_row, hwin32_max, hwin32
                     hwin22_max, fwin22_max, fwin22_avg, fwin22_maxi,
                     vcol2_max, vcol2_sum, vcol3_max, vcol3_sum, prefetch, vpair_max, vpair_pmax,
                     rows_nan, hwin31_max, hwin31_pmax, hwin51_max, hwin51_pmax, hwin71_max,
-                    hwin71_pmax)
+                    hwin71_pmax, AHEAD, ahead_cells, line_cells)
 from .window import divide, _next_row, _rows, U
 
 BLOCK = 8  # fewest output rows per parallel task
@@ -31,7 +31,6 @@ FLAT_ROWS = 16  # rows finished together by the flat horizontal pass, at most
 FLAT_CELLS = 4096  # and at most this many scratch cells
 FLAT_MAX_ROW = 48  # for scratch rows of at most this many cells
 TASKS = 512  # parallel tasks per call, at most (enough to balance the threads)
-AHEAD = 8192  # prefetch distance, bytes (make_adaptive: 4-16 KiB alike; make_same: 16 KiB worse)
 # make_sep: rows this long prefetch PFD rows ahead, shorter ones AHEAD bytes (see make_sep)
 NEAR_ROW_BYTES = 1024
 SAME_UNITS = 64  # make_same: split planes into row blocks when there are fewer planes than this
@@ -187,10 +186,10 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
             G = max(1, min(FLAT_ROWS, FLAT_CELLS // TS)) if flat else 1
             # rows the vertical vectors prefetch ahead: AHEAD bytes' worth on short rows
             pfr = PFD
-            # prefetch distances in cells, worked out once (a division inside the vector loops
-            # stays there: the compiler cannot move it out of a loop that may not run)
-            ahx = AHEAD // max(x.itemsize, 1)
-            aho = AHEAD // max(out.itemsize, 1)
+            # prefetch distances in cells, constants (``a.itemsize`` is loaded at run time: a
+            # division by it stayed inside the vector loops)
+            ahx = ahead_cells(x)
+            aho = ahead_cells(out)
             if PFV:  # (pruned from the serial kernels, as the prefetches)
                 if W * x.itemsize < NEAR_ROW_BYTES:
                     pfr = max(PFD, AHEAD // max(W * x.itemsize, 1))
@@ -869,8 +868,8 @@ def make_same(kind, parallel, KH, KW):
             WP = Wc + 2 * PW
             tmp = new_full(2 * WP, init)  # two scratch rows, PW cells of padding on both sides
             # (parallel) input prefetch distance, cells: AHEAD bytes, at least 4 rows
-            ahead = max(AHEAD // x.itemsize, 4 * Wc)
-            aho = AHEAD // max(out.itemsize, 1)  # (the same for the output)
+            ahead = max(ahead_cells(x), 4 * Wc)
+            aho = ahead_cells(out)  # (the same for the output)
             for u in range(t * chunk, min(units, (t + 1) * chunk)):
                 q = u // nb
                 y0 = (u - q * nb) * RB
@@ -1094,8 +1093,8 @@ def make_adaptive(kind, parallel, KH, KW):
             if PAR:
                 for i in range(NC):
                     D[i] = dv[i]
-            ahead = AHEAD // max(xf.itemsize, 1)  # (cells; divisions out of the loops)
-            line = 64 // max(xf.itemsize, 1)
+            ahead = ahead_cells(xf)  # (cells, constants: no divisions in the loops)
+            line = line_cells(xf)
             for q in range(t * blk, min(P, (t + 1) * blk)):
                 for oh in range(OH):
                     nh = tab[1, 1, oh]

@@ -15,7 +15,7 @@ from numba.extending import overload
 
 from ._intrinsics import load, to_storage, new_empty, flat_view, new_full, new_zeros
 from ._simd import (prefetch, sfence, stream_upto, vector_lanes, vtile_col, vtile_merge3,
-                    vtile_rows3)
+                    vtile_rows3, line_cells)
 from .._runtime import jit
 
 U = np.uint64  # (an unsigned index: no negative-index handling, which blocks vectorisation)
@@ -160,7 +160,7 @@ def make_max(layout, parallel, KD, KH, KW, SW, backward=False):
             tr = new_zeros(W, np.int32)  # position of tv[w] relative to base0 (specialised rows)
             sv = tv[xb:]  # interior windows' columns (views made once per task, not per row)
             si = tr[xb:]
-            LINE = 64 // x.itemsize  # elements per cache line
+            LINE = line_cells(x)  # elements per cache line (a constant)
             q, od, oh = _rows(t * blk, OD, OH)
             for r in range(t * blk, min(nrows, (t + 1) * blk)):
                 if r > t * blk:  # next output row: counted on, no divisions
@@ -295,7 +295,7 @@ def _tiled_columns(xf, V, A, q, H, W, OH, RS, off, pad, cz, marker):
     # the codes of a two-row window's rows: the top window of K = 3 starts in the padding
     r0 = c3 if pad else c0
     r1 = c6 if pad else c3
-    LINE = 64 // xf.itemsize  # elements per cache line
+    LINE = line_cells(xf)  # elements per cache line (a constant)
     VL = vector_lanes(xf, marker)
     for oh in range(OH):
         vb = oh * RS + off
@@ -405,7 +405,7 @@ def make_max_backward_tiled(layout, parallel, K, wide=False):
             # are written, a share per output row (cells per share: whole cache lines)
             HWp = H * W
             OHW = OH * OW
-            LINEp = 64 // xf.itemsize
+            LINEp = line_cells(xf)
             PFX = (HWp + OH * LINEp - 1) // (OH * LINEp) * LINEp
             PFG = (OHW + OH * LINEp - 1) // (OH * LINEp) * LINEp
             for q in range(q0, q1):
