@@ -1112,3 +1112,27 @@ def test_windows_without_an_input_cell(nd, large):
                 assert not gin.any(), (cl, dt, incl)
             gin = getattr(fastpool, f"lp_pool{nd}d_backward")(g, np.abs(xi), 2.0, **kw)
             assert not gin.any(), (cl, dt)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 1.5])
+@pytest.mark.parametrize("shape", [(2, 3, 9, 11), (4, 32, 40, 40)])
+def test_lp_gradient_of_nan_windows(p, shape):
+    """A window whose mean is NaN: PyTorch's autograd multiplies by sign(NaN) = 0, so its
+    gradient is 0 for p = 1 (the root's derivative NaN ** 0 = 1) and NaN for other p.  Small and
+    parallel kernels, both layouts, against torch autograd."""
+    rng = np.random.default_rng(int(p * 10) + shape[0])
+    x = np.abs(rng.standard_normal(shape)).astype(np.float32)
+    x.reshape(-1)[rng.choice(x.size, x.size // 40, replace=False)] = np.nan
+    xt = torch.from_numpy(x).requires_grad_()
+    y = F.lp_pool2d(xt, p, 3, 2)
+    g = rng.standard_normal(tuple(y.shape)).astype(np.float32)
+    y.backward(torch.from_numpy(g))
+    want = xt.grad.numpy()
+    assert np.isnan(want).any() != (p == 1.0)
+    got = fastpool.lp_pool2d_backward(g, x, p, 3, 2)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    perm = (0, 2, 3, 1)
+    got = fastpool.lp_pool2d_backward(np.ascontiguousarray(g.transpose(perm)),
+                                      np.ascontiguousarray(x.transpose(perm)), p, 3, 2,
+                                      channels_last=True)
+    np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-6)

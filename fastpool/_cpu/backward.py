@@ -794,7 +794,9 @@ def make_sum_backward(layout, parallel, power, *spec):
                                         sh[ow] = zero
                                     else:
                                         gy = gv * (e * (A * kz) ** (e - one))
-                                        sh[ow] = (gy * kz) / div
+                                        # (a NaN mean: times PyTorch's sign(NaN) = 0: 0 for p = 1,
+                                        # where NaN ** 0 = 1, NaN for the others)
+                                        sh[ow] = (gy * kz) / div * (zero if A != A else one)
                             elif DM == 0:  # one loop per divisor rule: they vectorise
                                 for ow in range(OW):
                                     sh[ow] = (zero + load(g[q, od, oh, ow], marker)) / dz
@@ -990,7 +992,9 @@ def make_sum_backward(layout, parallel, power, *spec):
                                     else:
                                         gv = zero + load(g[n, od, oh, ow, U(c0 + c)], marker)
                                         gy = gv * (e * (A * kz) ** (e - one))
-                                        sh[c] = (gy * kz) / div
+                                        # (a NaN mean: times PyTorch's sign(NaN) = 0: 0 for p = 1,
+                                        # where NaN ** 0 = 1, NaN for the others)
+                                        sh[c] = (gy * kz) / div * (zero if A != A else one)
                             elif divmode == 3:
                                 fd = as_acc(zero, nd)
                                 fh = as_acc(zero, nh)

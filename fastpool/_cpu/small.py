@@ -184,7 +184,9 @@ def make_small_sum_backward(layout, parallel, power):
                                 else:
                                     gv = zero + load(g[q, od, oh, ow * Cn + ch], marker)
                                     gy = gv * (e * (A * kz) ** (e - one))
-                                    sh[U(ch)] = (gy * kz) / div
+                                    # (a NaN mean: times PyTorch's sign(NaN) = 0: 0 for p = 1,
+                                    # where NaN ** 0 = 1, NaN for the others)
+                                    sh[U(ch)] = (gy * kz) / div * (zero if A != A else one)
                         elif divmode == 3:  # adaptive: by each dim's extent in turn
                             for ch in range(Cn):
                                 sh[U(ch)] = (zero + load(g[q, od, oh, ow * Cn + ch], marker)) / \
