@@ -472,8 +472,8 @@ def _zero(dtype):
 
 def _one_depth_row(tab, dil, o3):
     """Windows over a single depth row, undilated, with at least one output row and column."""
-    return o3[0] == 1 and tab[0, 0, 0] == 0 and tab[0, 1, 0] == 1 and \
-        all(int(d) == 1 for d in dil) and o3[1] >= 1 and o3[2] >= 1
+    return tab is not None and o3[0] == 1 and o3[1] >= 1 and o3[2] >= 1 and \
+        tab[0, 0, 0] == 0 and tab[0, 1, 0] == 1 and all(int(d) == 1 for d in dil)
 
 
 def _tiling_window(tab, dil, s3, o3):

@@ -545,3 +545,23 @@ def test_lists_and_numpy_ints_as_parameters():
     np.testing.assert_array_equal(
         fastpool.max_pool2d(x, (np.int64(3), np.int32(2)), (np.int8(2), 1), (np.int64(1), 0)),
         ref)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_adaptive_output_size_zero(nd):
+    """An output size of 0 along a dim gives an empty result, as PyTorch (an internal TypeError
+    came out of the kernel choice in 1-d and 2-d before); gradients of it are zeros."""
+    rng = np.random.default_rng(nd)
+    x = rng.standard_normal((2, 3) + (5,) * nd).astype(np.float32)
+    osz = (0,) + (2,) * (nd - 1)
+    want = (2, 3) + osz
+    assert getattr(fastpool, f"adaptive_avg_pool{nd}d")(x, osz).shape == want
+    v, i = getattr(fastpool, f"adaptive_max_pool{nd}d")(x, osz, return_indices=True)
+    assert v.shape == i.shape == want
+    xl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    assert getattr(fastpool, f"adaptive_avg_pool{nd}d")(xl, osz, channels_last=True).shape == \
+        (2,) + osz + (3,)
+    for kind in ("avg", "max"):
+        gin = getattr(fastpool, f"adaptive_{kind}_pool{nd}d_backward")(
+            np.zeros(want, np.float32), x, osz)
+        assert gin.shape == x.shape and not gin.any()
