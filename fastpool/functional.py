@@ -950,11 +950,14 @@ def _fractional_size(op, rank, spatial, kernel_size, output_size, output_ratio):
                              f"output {osz}")
     else:
         raise ValueError(f"{op}: requires specifying either an output_size or an output_ratio")
+    # (PyTorch's 3-d op wants the windows' span strictly inside the input, its 2-d op not)
+    strict = rank == 3
     for i in range(rank):
-        if osz[i] + k[i] - 1 > spatial[i]:
+        if osz[i] + k[i] - 1 > spatial[i] - strict:
             raise ValueError(f"{op}: kernel_size {k[i]} with output size {osz[i]} is too large "
                              f"for input size {spatial[i]} in spatial dim {i} "
-                             f"(needs output_size + kernel_size - 1 <= input size)")
+                             f"(needs output_size + kernel_size - 1 "
+                             f"{'<' if strict else '<='} input size)")
     return k, osz
 
 

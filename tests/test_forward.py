@@ -425,14 +425,15 @@ def test_fractional_max_pool(seed):
     sp = tuple(int(rng.integers(kk + 1, kk + (10 if nd == 2 else 6))) for kk in k)
     x = make_input(rng, (2, 3) + sp, dtype)
     samples = samples_for(rng, (2, 3, nd), dtype)
+    strict = int(nd == 3)  # (PyTorch's 3-d op: output + kernel - 1 < input, 2-d: <=)
     if rng.random() < 0.6:
-        osz = tuple(int(rng.integers(1, n - kk + 2)) for n, kk in zip(sp, k))
+        osz = tuple(int(rng.integers(1, n - kk + 2 - strict)) for n, kk in zip(sp, k))
         size_kw = dict(output_size=osz if len(set(osz)) > 1 else osz[0])
     else:
         while True:
             ratio = tuple(float(rng.uniform(0.3, 0.95)) for _ in range(nd))
             osz = tuple(int(n * r) for n, r in zip(sp, ratio))
-            if all(1 <= o <= n - kk + 1 for o, n, kk in zip(osz, sp, k)):
+            if all(1 <= o <= n - kk + 1 - strict for o, n, kk in zip(osz, sp, k)):
                 break
         size_kw = dict(output_ratio=ratio)
     xin, cl = to_layout(x, layout)
@@ -854,3 +855,29 @@ def test_pairs_after_padding_and_ceil_mode_drop_rule():
             fastpool.avg_pool2d(x, 2, 1, pads, ceil_mode=True, count_include_pad=incl),
             R.ref_avg_pool(x, (2, 2), (1, 1), pads, True, incl, None, (1, 1)), rtol=1e-6,
             atol=1e-6)
+
+
+def test_fractional_window_span_limit_as_pytorch():
+    """output_size + kernel_size - 1 may equal the input size in 2-d (PyTorch's 2-d op) but
+    must stay below it in 3-d (PyTorch's 3-d op), forward and gradient."""
+    rng = np.random.default_rng(4)
+    x3 = rng.standard_normal((1, 2, 6, 6, 6)).astype(np.float32)
+    s3 = rng.random((1, 2, 3)).astype(np.float32)
+    for o in ((5, 4, 4), (4, 5, 4), (4, 4, 5)):
+        with pytest.raises(RuntimeError, match="too large"):
+            F.fractional_max_pool3d(torch.from_numpy(x3), 2, output_size=o,
+                                    _random_samples=torch.from_numpy(s3))
+        with pytest.raises(ValueError, match=r"output_size \+ kernel_size - 1 < input size"):
+            fastpool.fractional_max_pool3d(x3, 2, output_size=o, random_samples=s3)
+        with pytest.raises(ValueError, match="too large"):
+            fastpool.fractional_max_pool3d_backward(np.ones((1, 2) + o, np.float32), x3, 2,
+                                                    output_size=o, random_samples=s3)
+    got = fastpool.fractional_max_pool3d(x3, 2, output_size=(4, 4, 4), random_samples=s3)
+    want = F.fractional_max_pool3d(torch.from_numpy(x3), 2, output_size=(4, 4, 4),
+                                   _random_samples=torch.from_numpy(s3))
+    np.testing.assert_array_equal(got, want.numpy())
+    x2, s2 = x3[:, :, 0], s3[:, :, :2]
+    got = fastpool.fractional_max_pool2d(x2, 2, output_size=(5, 5), random_samples=s2)
+    want = F.fractional_max_pool2d(torch.from_numpy(x2), 2, output_size=(5, 5),
+                                   _random_samples=torch.from_numpy(s2))
+    np.testing.assert_array_equal(got, want.numpy())
