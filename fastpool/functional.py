@@ -921,7 +921,8 @@ def _fractional_starts(op, samples, spatial, kernel, osz, dtype):
             seq = ((steps + u[..., None]) * alpha).astype(np.int64) - \
                 (u * alpha).astype(np.int64)[..., None]
             starts[:, :, dim, :o - 1] = seq
-        starts[:, :, dim, o - 1] = size - k
+        if o >= 1:
+            starts[:, :, dim, o - 1] = size - k
     return starts
 
 
@@ -931,7 +932,8 @@ def _fractional_size(op, rank, spatial, kernel_size, output_size, output_ratio):
     positive(op, "kernel_size", k)
     if output_size is not None:
         osz = int_tuple(op, "output_size", output_size, rank)
-        positive(op, "output_size", osz)
+        if min(osz) < 0:  # (0: an empty result, as PyTorch)
+            raise ValueError(f"{op}: output_size must be non-negative, got {osz!r}")
     elif output_ratio is not None:
         if isinstance(output_ratio, (tuple, list)):
             if len(output_ratio) not in (1, rank):
@@ -944,10 +946,7 @@ def _fractional_size(op, rank, spatial, kernel_size, output_size, output_ratio):
         for r in ratios:
             if not 0 < r < 1:
                 raise ValueError(f"{op}: output_ratio must be in the range (0, 1), got {ratios!r}")
-        osz = tuple(int(spatial[i] * ratios[i]) for i in range(rank))
-        if min(osz) < 1:
-            raise ValueError(f"{op}: output_ratio {ratios!r} of input {spatial} gives an empty "
-                             f"output {osz}")
+        osz = tuple(int(spatial[i] * ratios[i]) for i in range(rank))  # (0: empty, as PyTorch)
     else:
         raise ValueError(f"{op}: requires specifying either an output_size or an output_ratio")
     # (PyTorch's 3-d op wants the windows' span strictly inside the input, its 2-d op not)

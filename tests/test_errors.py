@@ -565,3 +565,27 @@ def test_adaptive_output_size_zero(nd):
         gin = getattr(fastpool, f"adaptive_{kind}_pool{nd}d_backward")(
             np.zeros(want, np.float32), x, osz)
         assert gin.shape == x.shape and not gin.any()
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_fractional_output_size_zero(nd):
+    """Fractional max pooling to an output size of 0 along a dim (given, or from a ratio
+    rounding down) gives an empty result, as PyTorch; its gradient is zeros; a negative size
+    is an error naming it."""
+    rng = np.random.default_rng(nd)
+    x = rng.standard_normal((2, 3, 8, 2) + (6,) * (nd - 2)).astype(np.float32)
+    s = rng.random((2, 3, nd)).astype(np.float32)
+    fn = getattr(fastpool, f"fractional_max_pool{nd}d")
+    for kw in (dict(output_ratio=0.4), dict(output_size=(3, 0) + (2,) * (nd - 2))):
+        want = (2, 3, 3, 0) + (2,) * (nd - 2)
+        v, i = fn(x, 1, return_indices=True, random_samples=s, **kw)
+        assert v.shape == i.shape == want
+        torch = pytest.importorskip("torch")
+        tv = getattr(torch.nn.functional, f"fractional_max_pool{nd}d")(
+            torch.from_numpy(x), 1, _random_samples=torch.from_numpy(s), **kw)
+        assert tuple(tv.shape) == want
+        gin = getattr(fastpool, f"fractional_max_pool{nd}d_backward")(
+            np.zeros(want, np.float32), x, 1, random_samples=s, **kw)
+        assert gin.shape == x.shape and not gin.any()
+    with pytest.raises(ValueError, match="output_size must be non-negative"):
+        fn(x, 1, output_size=(3, -1) + (2,) * (nd - 2), random_samples=s)
