@@ -576,7 +576,7 @@ def test_fractional_output_size_zero(nd):
     x = rng.standard_normal((2, 3, 8, 2) + (6,) * (nd - 2)).astype(np.float32)
     s = rng.random((2, 3, nd)).astype(np.float32)
     fn = getattr(fastpool, f"fractional_max_pool{nd}d")
-    for kw in (dict(output_ratio=0.4), dict(output_size=(3, 0) + (2,) * (nd - 2))):
+    for kw in (dict(output_ratio=(0.4,) * nd), dict(output_size=(3, 0) + (2,) * (nd - 2))):
         want = (2, 3, 3, 0) + (2,) * (nd - 2)
         v, i = fn(x, 1, return_indices=True, random_samples=s, **kw)
         assert v.shape == i.shape == want
