@@ -1136,3 +1136,31 @@ def test_lp_gradient_of_nan_windows(p, shape):
                                       np.ascontiguousarray(x.transpose(perm)), p, 3, 2,
                                       channels_last=True)
     np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0, 1.5, 4.0])
+def test_lp_special_values_as_pytorch(p):
+    """Lp pooling of every pair of special values (±0, ±1, ±inf, NaN, ...) in float64, forward
+    and gradient against torch: PyTorch's powers with a scalar exponent (products for 2 and 3,
+    a square root for 0.5) and its sign(NaN) = 0.  (Norms under 1 are left out: there PyTorch's
+    gradient at a zero input takes signs from its rsqrt that fastpool does not follow.)"""
+    vals = [0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan, 2.5, 0.3]
+    pairs = np.array([(a, b) for a in vals for b in vals], np.float64)
+    x = pairs.reshape(1, -1)[:, None, :]  # one row of windows of 2, stride 2
+    xt = torch.from_numpy(x.copy()).requires_grad_()
+    y = F.lp_pool1d(xt, p, 2, 2)
+    g = np.linspace(0.5, 1.5, y.numel()).reshape(tuple(y.shape))
+    y.backward(torch.from_numpy(g))
+    np.testing.assert_allclose(fastpool.lp_pool1d(x, p, 2, 2), y.detach().numpy(), rtol=1e-13)
+    np.testing.assert_allclose(fastpool.lp_pool1d_backward(g, x, p, 2, 2), xt.grad.numpy(),
+                               rtol=1e-13)
+
+
+def test_lp_cubes_round_as_pytorch():
+    """p = 3: PyTorch cubes by multiplying (x * x * x); so does fastpool (``window.tpow``), so
+    that near-cancelling sums of cubes (signed inputs) stay within float32 rounding of
+    PyTorch's instead of amplifying pow's different rounding (7 of 160000 cells were 1e-5 apart
+    with pow)."""
+    x = np.random.default_rng(1).standard_normal((2, 32, 10001)).astype(np.float32)
+    want = F.lp_pool1d(torch.from_numpy(x), 3.0, 2, 4).numpy()
+    np.testing.assert_allclose(fastpool.lp_pool1d(x, 3.0, 2, 4), want, rtol=1e-5, atol=1e-6)

@@ -39,7 +39,7 @@ from ._intrinsics import load, to_storage, new_empty, flat_view, new_full, new_z
 from ._simd import (prefetch, sfence, stream_lines, stream_sum, stream_upto, vcol1_sum,
                     vcol2_sum, vcol_pair, vdiv, vector_lanes, vspread)
 from .._runtime import jit
-from .window import CF, CL, U
+from .window import CF, CL, U, tpow
 
 
 def as_acc(zero, n):  # pragma: no cover - replaced by the overload inside kernels
@@ -785,7 +785,7 @@ def make_sum_backward(layout, parallel, power, *spec):
                                                 if p == 2.0:
                                                     v = v * v
                                                 elif p != 1.0:
-                                                    v = v ** pz
+                                                    v = tpow(v, pz, one)
                                                 s += v
                                     div = as_acc(zero, tab[0, 2, od] * tab[1, 2, oh] *
                                                  tab[2, 2, ow])
@@ -915,8 +915,8 @@ def make_sum_backward(layout, parallel, power, *spec):
                                     elif p == 2.0:
                                         v = v * (pz * (zero + load(x[q, z, y, w], marker)))
                                     else:
-                                        v = v * (pz * (zero + load(x[q, z, y, w], marker))
-                                                 ** (pz - one))
+                                        v = v * (pz * tpow(zero + load(x[q, z, y, w], marker),
+                                                           pz - one, one))
                                     dst[U(rb + w)] = to_storage(v, marker)
                             else:
                                 for w in range(W):
@@ -982,7 +982,7 @@ def make_sum_backward(layout, parallel, power, *spec):
                                                 if p == 2.0:
                                                     v = v * v
                                                 elif p != 1.0:
-                                                    v = v ** pz
+                                                    v = tpow(v, pz, one)
                                                 sh[c] += v
                                 div = as_acc(zero, tab[0, 2, od] * tab[1, 2, oh] * tab[2, 2, ow])
                                 for c in range(wb):
@@ -1069,7 +1069,7 @@ def make_sum_backward(layout, parallel, power, *spec):
                                     elif p == 2.0:
                                         v = v * (pz * xv)
                                     else:
-                                        v = v * (pz * xv ** (pz - one))
+                                        v = v * (pz * tpow(xv, pz - one, one))
                                 gin[n, z, y, w, U(c0 + c)] = to_storage(v, marker)
                 if ntw:
                     sfence()

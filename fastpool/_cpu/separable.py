@@ -24,7 +24,7 @@ from ._simd import (vector_lanes, vdiv, int_lanes, ipair_row, hwin32_max, hwin32
                     vcol2_max, vcol2_sum, vcol3_max, vcol3_sum, prefetch, vpair_max, vpair_pmax,
                     rows_nan, hwin31_max, hwin31_pmax, hwin51_max, hwin51_pmax, hwin71_max,
                     hwin71_pmax, AHEAD, ahead_cells, line_cells)
-from .window import divide, _next_row, _rows, U
+from .window import divide, _next_row, _rows, U, tpow
 
 BLOCK = 8  # fewest output rows per parallel task
 FLAT_ROWS = 16  # rows finished together by the flat horizontal pass, at most
@@ -164,6 +164,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
         knz = init + knumel
         p2 = p == 2.0
         p1 = p == 1.0
+        one = init + 1  # (tpow's 1)
         for t in prange(ntask):
             # (clamped inside the parallel body, where the compiler sees that they are >= 0)
             Cn = max(C, 1) if CLAST else 1
@@ -383,7 +384,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                                 else:
                                     v = init + load(x[q, z, y, w], marker)
                                     if POWER:
-                                        v = v * v if p2 else (v if p1 else v ** pz)
+                                        v = v * v if p2 else (v if p1 else tpow(v, pz, one))
                                     tmp[gb + w] = v if first else tmp[gb + w] + v
                 if flat:
                     continue  # finished with its group

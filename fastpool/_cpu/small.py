@@ -21,7 +21,7 @@ window's rows first (in window order), then its columns.
 import numpy as np
 
 from ._intrinsics import load, to_storage, new_full, flat_view
-from .window import divide, U
+from .window import divide, U, tpow
 
 
 def make_small(kind, parallel, channels_last):
@@ -43,6 +43,7 @@ def make_small(kind, parallel, channels_last):
         pz = init + p
         invz = init + 1.0 / p
         knz = init + knumel
+        one = init + 1  # (tpow's 1)
         # scratch rows: column w at PL + w, padding up to the last window's last tap
         PL = max(pw, 0)
         RL = (PL + max((OW - 1) * SW - pw + (KW - 1) * dw + 1, W)) * Cn
@@ -75,7 +76,7 @@ def make_small(kind, parallel, channels_last):
                                 for i in range(WC):
                                     v = init + load(x[q, z, y, U(i)], marker)
                                     if POWER:
-                                        v = v * v if p == 2.0 else (v if p == 1.0 else v ** pz)
+                                        v = v if p == 1.0 else tpow(v, pz, one)
                                     tmp[U(PL * Cn + i)] += v
                     fdh = tab[0, 2, od] * tab[1, 2, oh] if divmode == 1 else nd * nh
                     # horizontal pass: tap c of every cell, into acc[e:e + OC]
@@ -176,7 +177,7 @@ def make_small_sum_backward(layout, parallel, power):
                                             if p == 2.0:
                                                 v = v * v
                                             elif p != 1.0:
-                                                v = v ** pz
+                                                v = tpow(v, pz, one)
                                             s += v
                                 A = s / div
                                 if A == 0:
@@ -220,7 +221,8 @@ def make_small_sum_backward(layout, parallel, power):
                             elif p == 2.0:
                                 v = v * (pz * (zero + load(x[q, z, y, i], marker)))
                             else:
-                                v = v * (pz * (zero + load(x[q, z, y, i], marker)) ** (pz - one))
+                                v = v * (pz * tpow(zero + load(x[q, z, y, i], marker),
+                                                   pz - one, one))
                         gin[q, z, y, i] = to_storage(v, marker)
     from .._runtime import jit
     return jit(kernel)

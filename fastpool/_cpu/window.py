@@ -11,7 +11,7 @@ The float16 handling and the element types come from the argument types (see ``_
 """
 import numpy as np
 from numba import prange
-from numba.extending import overload
+from numba.extending import overload, register_jitable
 
 from ._intrinsics import load, to_storage, new_empty, flat_view, new_full, new_zeros
 from ._simd import (prefetch, sfence, stream_upto, vector_lanes, vtile_col, vtile_merge3,
@@ -21,6 +21,28 @@ from .._runtime import jit
 U = np.uint64  # (an unsigned index: no negative-index handling, which blocks vectorisation)
 CF = "cf"
 CL = "cl"
+
+
+@register_jitable
+def tpow(v, e, one):
+    """``v ** e`` as PyTorch's ``Tensor.pow`` with a scalar exponent computes it: its special
+    cases (a square root for 0.5, its reciprocal for -0.5, products for 2 and 3, a reciprocal
+    for -1 and -2) round differently from ``pow`` and differ at -0.0 and -inf (sqrt(-0.0) is
+    -0.0, sqrt(-inf) NaN); ``one`` is 1 in ``v``'s type.  (Lp pooling's powers and their
+    derivatives.)"""
+    if e == 2.0:
+        return v * v
+    if e == 3.0:
+        return v * v * v
+    if e == 0.5:
+        return np.sqrt(v)
+    if e == -0.5:
+        return one / np.sqrt(v)
+    if e == -1.0:
+        return one / v
+    if e == -2.0:
+        return one / (v * v)
+    return v ** e
 
 
 def divide(s, n):  # pragma: no cover - replaced by the overload inside kernels
