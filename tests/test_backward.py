@@ -1084,10 +1084,11 @@ def test_sum_backward_cases_channels_first(streamed, monkeypatch):
 @pytest.mark.parametrize("large", [False, True])
 def test_windows_without_an_input_cell(nd, large):
     """PyTorch-style padding with a dilation that steps over the input: along the first dim
-    every window's taps (-1 and 2) miss the 2 cells, so each output is the padding's -inf and
-    depends on no input cell.  The max gradient (recomputed argmax, both layouts, small and
-    parallel kernels) is all zeros, and so are the average and Lp gradients; an earlier kernel
-    added these windows' gradients at a position past the plane (a heap overrun)."""
+    every window's taps (-1 and 2) miss the 2 cells, so each output is the padding's -inf.
+    Its index (PyTorch's: the first tap past the input) lies past the plane, so the max
+    gradient (recomputed argmax, both layouts, small and parallel kernels) is all zeros, and so
+    are the average and Lp gradients; an earlier kernel added these windows' gradients at that
+    position past the plane (a heap overrun)."""
     rng = np.random.default_rng(nd + 10 * large)
     shape = {1: ((2, 4, 2), (16, 64, 2)), 2: ((2, 4, 2, 9), (8, 64, 2, 200)),
              3: ((2, 4, 2, 9, 9), (4, 64, 2, 30, 30))}[nd][large]
@@ -1164,3 +1165,39 @@ def test_lp_cubes_round_as_pytorch():
     x = np.random.default_rng(1).standard_normal((2, 32, 10001)).astype(np.float32)
     want = F.lp_pool1d(torch.from_numpy(x), 3.0, 2, 4).numpy()
     np.testing.assert_allclose(fastpool.lp_pool1d(x, 3.0, 2, 4), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,args", [
+    ((1, 1, 3, 2), ((2, 2), 1, (0, 1), (1, 3))),
+    ((4, 64, 30, 2), ((2, 2), 1, (0, 1), (1, 3))),
+    ((8, 32, 40, 3), ((3, 2), (1, 1), (1, 1), (1, 4))),
+    ((2, 3, 4, 4, 2), ((2, 2, 2), 1, (0, 0, 1), (1, 1, 3))),
+    ((4, 16, 8, 8, 2), ((2, 2, 2), 1, (0, 0, 1), (1, 1, 3)))])
+def test_windows_without_an_input_cell_aliasing_the_plane(shape, args):
+    """A window without an input cell along W only: PyTorch's index for it (the window's row
+    times W plus its first tap past the row) lands inside the plane, on a later row, and its
+    autograd adds the gradient there; fastpool's forward gives the same index, and both of its
+    gradients (with and without indices, both layouts) match PyTorch's autograd."""
+    nd = len(shape) - 2
+    rng = np.random.default_rng(len(shape) + shape[0])
+    x = rng.standard_normal(shape).astype(np.float32)
+    t = torch.from_numpy(x).requires_grad_()
+    y, ti = getattr(F, f"max_pool{nd}d")(t, *args, return_indices=True)
+    assert torch.isinf(y).any() and 0 <= int(ti.min()) and int(ti.max()) < math.prod(shape[2:])
+    g = rng.standard_normal(tuple(y.shape)).astype(np.float32)
+    y.backward(torch.from_numpy(g))
+    perm = (0,) + tuple(range(2, 2 + nd)) + (1,)
+    back = np.argsort(perm)
+    for cl in (False, True):
+        xi = np.ascontiguousarray(x.transpose(perm)) if cl else x
+        gi = np.ascontiguousarray(g.transpose(perm)) if cl else g
+        v, i = getattr(fastpool, f"max_pool{nd}d")(xi, *args, return_indices=True,
+                                                   channels_last=cl)
+        grads = [getattr(fastpool, f"max_pool{nd}d_backward")(gi, xi, *args, channels_last=cl,
+                                                              **kw)
+                 for kw in ({}, {"indices": i})]
+        if cl:
+            i, grads = i.transpose(back), [a.transpose(back) for a in grads]
+        np.testing.assert_array_equal(i, ti.numpy())
+        for a in grads:
+            np.testing.assert_allclose(a, t.grad.numpy(), rtol=1e-6, atol=1e-6)

@@ -346,11 +346,16 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
                                 v = load(g[n, od, oh, ow, U(c0 + c)], marker)
                                 buf[U(sl + c)] += v if tap[c] == i else zero
                         continue
-                    if nd * nh * nw == 0:
-                        # a window without an input cell (dilation past the input: its output
-                        # is the padding's -inf) depends on no input cell: no gradient
-                        continue
                     first = (d0 * H + h0) * W + w0
+                    if nd * nh * nw == 0:
+                        # a window without an input cell (dilation past the input: PyTorch's
+                        # -inf): its gradient goes to the forward's index, PyTorch's position
+                        # of its first tap past the input, when that lies in the plane (as
+                        # PyTorch's autograd; ring: in a row the ring holds), else nowhere
+                        y = first // max(W, 1)
+                        if first < 0 or first >= D * H * W or \
+                                (ring and (y < nf or y >= nf + RB)):
+                            continue
                     for c in range(wb):
                         mv[c] = init
                         mi[c] = first

@@ -291,15 +291,17 @@ def make_small_max(layout, parallel, backward=False):
                                 ((v != v) & ((m == m) | (ci > mi)))
                             m = v if take else m
                             mi = ci if take else mi
-                        if BWD:  # (-1: a window without an input cell, no gradient)
-                            cp[U(ow)] = mi if nd * nh * tab[2, 1, ow] > 0 else -1
+                        if BWD:
+                            cp[U(ow)] = mi
                         else:
                             out[q, od, oh, ow] = to_storage(m, marker)
                             idx[q, od, oh, ow] = mi
                     if BWD:  # the row's gradients at its argmax cells, outputs in order
+                        # (a window without an input cell: at the forward's index, PyTorch's,
+                        # when it lies in the plane, as PyTorch's autograd; see window.make_max)
                         for ow in range(OW):
                             c = cp[U(ow)]
-                            if c >= 0:
+                            if c >= 0 and c < S:
                                 buf[U(c)] += zero + load(out[q, od, oh, ow], marker)
             if BWD:  # the plane written out (rounded once), the sums zeroed again
                 gq = flat_view(idx[max(q, 0)])

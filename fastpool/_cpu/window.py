@@ -273,20 +273,22 @@ def make_max(layout, parallel, KD, KH, KW, SW, backward=False):
                                 m, mi = _merge(m, mi, tv[w], base0 + tr[w])
                             else:
                                 m, mi = _merge(m, mi, tv[w], ti[w])
-                        if BWD:  # (-1: a window without an input cell, no gradient)
-                            cp[ow] = mi if tab[2, 1, ow] > 0 else -1
+                        if BWD:
+                            cp[ow] = mi
                         else:
                             out[q, od, oh, ow] = to_storage(m, marker)
                             idx[q, od, oh, ow] = mi
                 if BWD:
                     # the row's gradients added at its argmax cells, outputs in order; the
-                    # plane written out (rounded once) after its last row.  Windows without
-                    # an input cell (dilation past the input: PyTorch's -inf) add nothing.
-                    if nd * nh > 0:
-                        for ow in range(OW):
-                            c = cp[ow]
-                            if c >= 0:
-                                buf[c] += zero + load(out[q, od, oh, ow], marker)
+                    # plane written out (rounded once) after its last row.  A window without
+                    # an input cell (dilation past the input: PyTorch's -inf) has PyTorch's
+                    # position of its first tap past the input, as the forward's index: its
+                    # gradient goes there when that lies in the plane (as PyTorch's autograd),
+                    # and nowhere when it lies past it
+                    for ow in range(OW):
+                        c = cp[ow]
+                        if c >= 0 and c < S:
+                            buf[c] += zero + load(out[q, od, oh, ow], marker)
                     if od == OD - 1 and oh == OH - 1:  # zeroed again for the next plane
                         gq = flat_view(idx[max(q, 0)])
                         for j in range(S):
