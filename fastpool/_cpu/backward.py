@@ -272,10 +272,16 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
             mh[oh] = min(mh[oh + 1], tab[1, 0, oh] if tab[1, 1, oh] > 0 else H)
         RB = 1
         ml = -1
+        # a window without an input cell along W sends its gradient to the row its index
+        # aliases, up to aw rows below its first row (see the scan below): held too
+        aw = -1
+        for ow in range(OW):
+            if tab[2, 1, ow] == 0:
+                aw = max(aw, tab[2, 0, ow] // max(W, 1))
         for oh in range(OH):
             if tab[1, 1, oh] > 0:
-                ml = max(ml, tab[1, 0, oh] + (tab[1, 1, oh] - 1) * dh)
-            RB = max(RB, ml - mh[oh] + 1)
+                ml = max(ml, tab[1, 0, oh] + (tab[1, 1, oh] - 1) * dh, tab[1, 0, oh] + aw)
+            RB = max(RB, min(ml, H - 1) - mh[oh] + 1)
         RB = RB if ring else D * H  # scratch rows
         nb = (C + blk - 1) // blk
         for t in prange(N * nb):
