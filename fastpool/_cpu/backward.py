@@ -39,7 +39,7 @@ from ._intrinsics import load, to_storage, new_empty, flat_view, new_full, new_z
 from ._simd import (prefetch, sfence, stream_lines, stream_sum, stream_upto, vcol1_sum,
                     vcol2_sum, vcol_pair, vdiv, vector_lanes, vspread)
 from .._runtime import jit
-from .window import CF, CL, U, tpow
+from .window import CF, CL, U, tpow, lp_share
 
 
 def as_acc(zero, n):  # pragma: no cover - replaced by the overload inside kernels
@@ -793,21 +793,12 @@ def make_sum_backward(layout, parallel, power, *spec):
                                             for c in range(nw):
                                                 v = zero + load(x[q, U(z), U(y), U(w0 + c * dw)],
                                                                 marker)
-                                                if p == 2.0:
-                                                    v = v * v
-                                                elif p != 1.0:
+                                                if p != 1.0:  # (tpow: v * v for p = 2)
                                                     v = tpow(v, pz, one)
                                                 s += v
                                     div = as_acc(zero, tab[0, 2, od] * tab[1, 2, oh] *
                                                  tab[2, 2, ow])
-                                    A = s / div
-                                    if A == 0:
-                                        sh[ow] = zero
-                                    else:
-                                        gy = gv * (e * (A * kz) ** (e - one))
-                                        # (a NaN mean: times PyTorch's sign(NaN) = 0: 0 for p = 1,
-                                        # where NaN ** 0 = 1, NaN for the others)
-                                        sh[ow] = (gy * kz) / div * (zero if A != A else one)
+                                    sh[ow] = lp_share(gv, s / div, div, e, kz, zero, one)
                             elif DM == 0:  # one loop per divisor rule: they vectorise
                                 for ow in range(OW):
                                     sh[ow] = (zero + load(g[q, od, oh, ow], marker)) / dz
@@ -990,22 +981,13 @@ def make_sum_backward(layout, parallel, power, *spec):
                                             for c in range(wb):
                                                 v = zero + load(x[n, U(z), U(y), U(w),
                                                                   U(c0 + c)], marker)
-                                                if p == 2.0:
-                                                    v = v * v
-                                                elif p != 1.0:
+                                                if p != 1.0:  # (tpow: v * v for p = 2)
                                                     v = tpow(v, pz, one)
                                                 sh[c] += v
                                 div = as_acc(zero, tab[0, 2, od] * tab[1, 2, oh] * tab[2, 2, ow])
                                 for c in range(wb):
-                                    A = sh[c] / div
-                                    if A == 0:
-                                        sh[c] = zero
-                                    else:
-                                        gv = zero + load(g[n, od, oh, ow, U(c0 + c)], marker)
-                                        gy = gv * (e * (A * kz) ** (e - one))
-                                        # (a NaN mean: times PyTorch's sign(NaN) = 0: 0 for p = 1,
-                                        # where NaN ** 0 = 1, NaN for the others)
-                                        sh[c] = (gy * kz) / div * (zero if A != A else one)
+                                    gv = zero + load(g[n, od, oh, ow, U(c0 + c)], marker)
+                                    sh[c] = lp_share(gv, sh[c] / div, div, e, kz, zero, one)
                             elif divmode == 3:
                                 fd = as_acc(zero, nd)
                                 fh = as_acc(zero, nh)

@@ -384,7 +384,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                                 else:
                                     v = init + load(x[q, z, y, w], marker)
                                     if POWER:
-                                        v = v * v if p2 else (v if p1 else tpow(v, pz, one))
+                                        v = v if p1 else tpow(v, pz, one)
                                     tmp[gb + w] = v if first else tmp[gb + w] + v
                 if flat:
                     continue  # finished with its group

@@ -21,7 +21,7 @@ window's rows first (in window order), then its columns.
 import numpy as np
 
 from ._intrinsics import load, to_storage, new_full, flat_view
-from .window import divide, U, tpow
+from .window import divide, U, tpow, lp_share
 
 
 def make_small(kind, parallel, channels_last):
@@ -174,20 +174,11 @@ def make_small_sum_backward(layout, parallel, power):
                                         for c in range(nw):
                                             v = zero + load(x[q, d0 + a * dd, h0 + b * dh,
                                                               (w0 + c * dw) * Cn + ch], marker)
-                                            if p == 2.0:
-                                                v = v * v
-                                            elif p != 1.0:
+                                            if p != 1.0:  # (tpow: v * v for p = 2)
                                                 v = tpow(v, pz, one)
                                             s += v
-                                A = s / div
-                                if A == 0:
-                                    sh[U(ch)] = zero
-                                else:
-                                    gv = zero + load(g[q, od, oh, ow * Cn + ch], marker)
-                                    gy = gv * (e * (A * kz) ** (e - one))
-                                    # (a NaN mean: times PyTorch's sign(NaN) = 0: 0 for p = 1,
-                                    # where NaN ** 0 = 1, NaN for the others)
-                                    sh[U(ch)] = (gy * kz) / div * (zero if A != A else one)
+                                gv = zero + load(g[q, od, oh, ow * Cn + ch], marker)
+                                sh[U(ch)] = lp_share(gv, s / div, div, e, kz, zero, one)
                         elif divmode == 3:  # adaptive: by each dim's extent in turn
                             for ch in range(Cn):
                                 sh[U(ch)] = (zero + load(g[q, od, oh, ow * Cn + ch], marker)) / \

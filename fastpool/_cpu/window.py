@@ -45,6 +45,19 @@ def tpow(v, e, one):
     return v ** e
 
 
+@register_jitable
+def lp_share(gv, A, div, e, kz, zero, one):
+    """One cell's share of an Lp window's gradient ``gv`` (the window's mean of x ** p ``A``,
+    divisor ``div``, ``e`` = 1 / p, ``kz`` = the kernel's cells), PyTorch's autograd of
+    ``(sign(A) * relu(|A|) * K) ** e``: ``gv * e * (A * K) ** (e - 1) * K / div``, 0 where
+    ``A == 0``; a NaN mean is times PyTorch's sign(NaN) = 0 (0 for p = 1, where NaN ** 0 = 1,
+    NaN for the others)."""
+    if A == 0:
+        return zero
+    gy = gv * (e * (A * kz) ** (e - one))
+    return (gy * kz) / div * (zero if A != A else one)
+
+
 def divide(s, n):  # pragma: no cover - replaced by the overload inside kernels
     raise NotImplementedError
 
