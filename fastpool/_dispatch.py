@@ -41,6 +41,8 @@ _FACTORIES = {
     # gradients (fastpool.backward); "max_backward" serves every max-type op via its indices
     ("max_backward", "cpu"): ("._cpu.backward", "make_max_scatter", ()),
     ("max_backward_gather", "cpu"): ("._cpu.backward", "make_max_gather", ()),
+    # ... channels-last, through a ring of the input rows the windows reach
+    ("max_backward_ring", "cpu"): ("._cpu.backward", "make_max_ring", ()),
     ("max_backward_recompute", "cpu"): ("._cpu.backward", "make_max_recompute", ()),
     # ... for 3x3 windows at stride 2 on 1-d/2-d planes: a gather writing each input row once
     ("max_backward_pairs", "cpu"): ("._cpu.backward", "make_max_recompute_pairs", ()),

@@ -178,6 +178,31 @@ _POS32 = np.zeros(1, np.int32)
 _POS64 = np.zeros(1, np.int64)
 
 
+# the most bytes of a channels-last max gradient's ring of rows (make_max_ring): well within
+# a core's L2
+_RING_BYTES = 1 << 20
+
+
+def _ring_rows(tab, dil, sp3, op3):
+    """(lo, R, RW, ORW) of ``make_max_ring`` over the first canonical dim with more than one
+    cell (not W: rows of one cell), or None: each output row's first ring row is the first
+    input row that it or a later output row reaches (non-decreasing, also where dilation
+    makes a window's first row in the input come after the next window's)."""
+    a = next((d for d in range(2) if sp3[d] > 1), None)
+    if a is None or op3[a] == 0:
+        return None
+    O, n = op3[a], sp3[a]
+    first = np.asarray(tab[a, 0, :O], np.int64)
+    cnt = np.asarray(tab[a, 1, :O], np.int64)
+    has = cnt > 0
+    if not has.any():
+        return None
+    lo = np.minimum(np.minimum.accumulate(np.where(has, first, n)[::-1])[::-1], n)
+    last = first + (cnt - 1) * int(dil[a])
+    R = int((last - lo + 1)[has].max())
+    return np.append(lo, n), R, math.prod(sp3[a + 1:]), math.prod(op3[a + 1:])
+
+
 def _pair_pads(tab, dil, sp3, op3):
     """(left pad along H, along W) where every window covers what a window 3 wide at stride 2
     and dilation 1 along both would, with a left pad of 0 or 1 (clipped at the far ends as
@@ -242,6 +267,15 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
     # channels-last 3x3 windows at stride 2 on 2-d planes: a gather writing each input row once
     # (_cpu/backward.py, make_max_recompute_pairs)
     pairs = _pair_pads(tab, dil, sp3, op3) if lay.mem == CL and tab is not None else None
+    # channels-last from indices, whole channel blocks: a ring of the input rows that the
+    # windows reach (make_max_ring), else the scatter's image of scratch
+    whole = lay.mem == CL and _channel_block(lay.n, lay.c, cells, acc.itemsize) == lay.c
+    ring = _ring_rows(tab, dil, sp3, op3) if whole and tab is not None else None
+    if ring is not None and ring[1] * ring[2] * lay.c * acc.itemsize > _RING_BYTES:
+        ring = None
+    # (split channel blocks: the gather, which writes whole rows; the ring's rows would be
+    # strided runs, and took 1.5-2x the time on images of 64 x 56 x 56 and more)
+    gather_first = gather and not (overlap and whole)
     if tiled:
         kdims = (lay.n * lay.c, sp3[1], sp3[2], op3[1], op3[2])
         codes = _f._tile_codes(acc.dtype)
@@ -320,8 +354,7 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
         if indices is None:
             indices = forward(lay.user_view(lay.input_mem(x)), samples)
         im = _index_mem(op, indices, lay, osp)
-        if gather and not (overlap and
-                           _channel_block(lay.n, lay.c, cells, acc.itemsize) == lay.c):
+        if gather_first:
             # channels-last: a gather over the covering windows, kept when every index was
             # found in its own window (else the scatter, which also reports bad indices)
             matches = np.zeros(rows, np.int64)
@@ -330,6 +363,15 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
                 kern(_bits(gm).reshape(oshape), im.reshape(oshape), _bits(res).reshape(xshape),
                      inv, ilist, matches, _row_block(rows, s3[2] * lay.c), acc, marker)
             if int(matches.sum()) == gsize:
+                return lay.user_view(res)
+        elif ring is not None:
+            bad = np.zeros(lay.n, np.int64)
+            kern = _dispatch.kernel("max_backward_ring", "cpu", CL, par_idx)
+            with launch_lock():
+                kern(_flat(lay, _bits(gm), osp), _flat(lay, im, osp),
+                     _flat(lay, _bits(res), lay.spatial), bad, *ring, _streamed(res), acc,
+                     marker)
+            if not bad.any():
                 return lay.user_view(res)
         scatter(gm, im, res)
         return lay.user_view(res)

@@ -822,13 +822,14 @@ def test_indices_outside_their_window_still_scatter():
         close(from_layout(got, layout, x), ref, np.float64, what=layout)
 
 
-@pytest.mark.parametrize("case", [((0, 32, 9, 10), 3, 2, 1, "max_backward"),
+@pytest.mark.parametrize("case", [((0, 32, 9, 10), 3, 2, 1, "max_backward_ring"),
                                   ((1, 64, 9, 10), 3, 2, 1, "max_backward_gather"),
                                   ((0, 32, 8, 10), 2, 2, 0, "max_backward_gather")])
 def test_channels_last_backward_from_indices_kernels(case, monkeypatch):
     """Channels-last gradients from indices: overlapping windows scatter whole channel vectors
-    in output order; split channel blocks and disjoint windows gather over the covering
-    windows.  Both give PyTorch's gradient and the channels-first scatter's bits."""
+    in output order through a ring of rows; split channel blocks and disjoint windows gather
+    over the covering windows.  Both give PyTorch's gradient and the channels-first scatter's
+    bits."""
     from fastpool import backward as B
     from fastpool import functional
     import numba
@@ -853,6 +854,63 @@ def test_channels_last_backward_from_indices_kernels(case, monkeypatch):
     cf = fastpool.max_pool2d_backward(g, x, k, s, p, indices=it.numpy())
     close(from_layout(got, "cl", x), ref, np.float32)
     assert np.ascontiguousarray(from_layout(got, "cl", x)).tobytes() == cf.tobytes()
+
+
+# (shape, kernel, stride, padding, dilation, dtype): overlapping windows whose channels-last
+# gradient from indices goes through the ring of rows; strides past the window leave rows that
+# no window reaches (zeros), dilation and ceil mode move the rings' rows, 3-d rings hold depth
+# slices
+RING_CASES = [((2, 5, 17, 13), 3, 2, 1, 1, np.float32), ((1, 3, 20, 9), (4, 2), (3, 1), 0, 1,
+                                                        np.float64),
+              ((2, 4, 19, 11), 3, 1, 1, 2, np.float16), ((1, 6, 14, 10), (1, 3), (3, 2), 0, 1,
+                                                         np.float32),
+              ((1, 3, 7, 6, 5), 3, 2, 1, 1, np.float32), ((2, 17, 25, 31), 5, 3, 2, 1,
+                                                          np.float32)]
+
+
+@pytest.mark.parametrize("case", RING_CASES)
+def test_channels_last_ring_of_rows(case, monkeypatch):
+    """The channels-last max gradient from indices through a ring of rows gives PyTorch's
+    gradient and the scatter's bits; an index outside its window's rows (in range) sends the
+    call to the scatter, still PyTorch's gradient; one out of range is reported."""
+    from fastpool import backward as B
+    from fastpool import functional
+    import numba
+    shape, k, s, p, d, dt = case
+    shape = (4 * numba.get_num_threads() * shape[0],) + shape[1:]  # (whole channel blocks)
+    nd = len(shape) - 2
+    calls = []
+    real = B._dispatch.kernel
+    monkeypatch.setattr(B._dispatch, "kernel", lambda op, *a: calls.append(op) or real(op, *a))
+    monkeypatch.setattr(functional, "_PLANS", {})
+    rng = np.random.default_rng(sum(shape))
+    x = rng.integers(-2, 3, shape).astype(dt)  # ties
+    pool = F.max_pool2d if nd == 2 else F.max_pool3d
+    yt, it = pool(T(x.astype(np.float64)), k, s, p, d, ceil_mode=True, return_indices=True)
+    g = rng.standard_normal(yt.shape).astype(dt)
+    back = fastpool.max_pool2d_backward if nd == 2 else fastpool.max_pool3d_backward
+    idx = it.numpy()
+    for moved in (False, True):
+        if moved:  # one index elsewhere in its plane, outside its window's rows
+            idx = idx.copy()
+            idx.reshape(-1)[idx.size // 2] = (idx.reshape(-1)[idx.size // 2] +
+                                               math.prod(shape[2:]) // 2) % math.prod(shape[2:])
+        ref = np.zeros((shape[0] * shape[1], math.prod(shape[2:])))
+        for pl, (gi, ii) in enumerate(zip(g.reshape(len(ref), -1).astype(np.float64),
+                                          idx.reshape(len(ref), -1))):
+            np.add.at(ref[pl], ii, gi)
+        calls.clear()
+        got = back(to_layout(g, "cl")[0], to_layout(x, "cl")[0], k, s, p, d, True,
+                   indices=to_layout(idx, "cl")[0], channels_last=True)
+        assert calls[0] == "max_backward_ring", calls
+        assert (calls[-1] == "max_backward") == moved, calls
+        close(from_layout(got, "cl", x), ref.reshape(shape), dt)
+        cf = back(g, x, k, s, p, d, True, indices=idx)
+        assert np.ascontiguousarray(from_layout(got, "cl", x)).tobytes() == cf.tobytes()
+    idx.reshape(-1)[3] = math.prod(shape[2:])
+    with pytest.raises(ValueError, match="indices holds"):
+        back(to_layout(g, "cl")[0], to_layout(x, "cl")[0], k, s, p, d, True,
+             indices=to_layout(idx, "cl")[0], channels_last=True)
 
 
 def test_unbatched_and_public_names():

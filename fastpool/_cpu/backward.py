@@ -182,6 +182,85 @@ def make_max_scatter(layout, parallel, direct=False):
     return jit(kernel, parallel=parallel)
 
 
+def make_max_ring(layout, parallel):
+    """Channels-last max backward from indices through a ring of input rows.
+
+    The scatter's scratch holds a whole image, which outgrows the core's cache on large
+    images; here a task (one image, all its channels) holds only the ``R`` outer rows (rows of
+    the first spatial dim with more than one cell, ``RW`` cells each) that the output row
+    being scattered may reach, as a circle.  Output row ``o`` adds its gradients, in output
+    order and from +0 as the scatter, to rows ``lo[o] .. lo[o] + R - 1``; the rows below
+    ``lo[o + 1]`` then take no more: they are written out (one run of gin each, over its whole
+    lines with streaming stores where ``nt``) and start again from +0 as the ring's next
+    rows.  Rows that no output row reaches are written as zeros.  The sums, hence the bits,
+    are the scatter's.
+
+    An index outside its output row's ring (or out of range) ends the task with
+    ``bad[n] = 1``: the caller then runs the scatter, which takes any index and reports bad
+    ones.  ``lo`` (OR + 1,): each output row's first ring row, non-decreasing, and then the
+    outer dim's size."""
+
+    def kernel(g, idx, gin, bad, lo, R, RW, ORW, nt, zero, marker):
+        N = g.shape[0]
+        C = g.shape[2]
+        S = gin.shape[1]
+        OR = lo.shape[0] - 1
+        H = S // RW  # (the outer dim: S = H * RW)
+        RS = RW * C  # cells of a ring row
+        RRW = R * RW
+        for n in prange(N):
+            ring = new_full(R * RS, zero)
+            gn = flat_view(gin[n])
+            done = 0  # rows [0, done) are written
+            head = 0  # the ring's slot of row lo[orow]
+            ok = True
+            for orow in range(OR):
+                base = lo[orow]
+                nxt = lo[orow + 1]
+                off = base * RW
+                lim = min(RRW, S - off)
+                hc = head * RW
+                for o in range(orow * ORW, (orow + 1) * ORW):
+                    for c in range(C):
+                        j = idx[n, o, c] - off
+                        if U(j) >= U(lim):
+                            ok = False
+                        else:
+                            q = j + hc
+                            q = q - RRW if q >= RRW else q
+                            ring[U(q * C + c)] += load(g[n, o, c], marker)
+                    if not ok:
+                        break
+                if not ok:
+                    break
+                # rows [done, nxt) are complete: from the ring, or zeros past its rows
+                for r in range(done, min(nxt, H)):
+                    if base <= r < base + R:
+                        sl = head + r - base
+                        s0 = (sl - R if sl >= R else sl) * RS
+                        if not (nt and stream_lines(ring, s0, gn, r * RS, RS, marker)):
+                            for k in range(RS):
+                                gn[U(r * RS + k)] = to_storage(ring[U(s0 + k)], marker)
+                    else:
+                        for k in range(RS):
+                            gn[U(r * RS + k)] = to_storage(zero, marker)
+                done = max(done, min(nxt, H))
+                # the ring moves on: the rows written start again from +0 as its next rows
+                step = min(nxt - base, R)
+                for r in range(step):
+                    sl = head + r
+                    s0 = (sl - R if sl >= R else sl) * RS
+                    for k in range(RS):
+                        ring[U(s0 + k)] = zero
+                head = head + step
+                head = head - R if head >= R else head
+            if not ok:
+                bad[n] = 1
+            elif nt:
+                sfence()
+    return jit(kernel, parallel=parallel)
+
+
 def make_max_gather(layout, parallel):
     """Channels-last max backward from indices as a gather over the covering windows.
 
