@@ -4,11 +4,12 @@ No atomics and no races, and every gradient cell sums its contributions in one f
 order of the outputs, as PyTorch's CPU kernels), so the result is bit-identical whatever the
 thread count or the task sizes:
 
-* **Exclusive ownership** (``make_max_scatter``, ``make_max_recompute``): a task owns whole
-  gradient planes (channels-first: a block of planes; channels-last: one n and a block of
-  channels) and adds every contribution to them itself, in output order, into a scratch buffer
-  of the accumulation type (float32 for float16/float32, float64 for float64) written out,
-  rounded once, at the end.
+* **Exclusive ownership** (``make_max_scatter``, ``make_max_ring``, ``make_max_recompute``):
+  a task owns whole gradient planes (channels-first: a block of planes; channels-last: one n
+  and a block of channels) and adds every contribution to them itself, in output order, into a
+  scratch buffer of the accumulation type (float32 for float16/float32, float64 for float64)
+  written out, rounded once, at the end (``make_max_ring``: a ring of rows, each written out
+  once no later output row can reach it).
 * **Gather** (``make_max_gather``, ``make_sum_backward``, ``make_global_backward``,
   ``make_unpool_backward``): each gradient cell reads the windows covering it, listed per dim in
   ascending order by ``inv``/``ilist`` (``inv[dim, 0/1, x]``: start and count of input position
