@@ -34,6 +34,8 @@ def _calls(name, rank, x, cl):
             y = getattr(fastpool, base)(x, *a, **k, **kw)
             g = np.ones_like(y[0] if isinstance(y, tuple) else y)
             k = {key: val for key, val in k.items() if key != "return_indices"}
+            if isinstance(y, tuple):  # (the gradient from the forward's indices)
+                k["indices"] = y[1]
             fn(g, x, *a, **k, **kw)
         else:
             fn(x, *a, **k, **kw)

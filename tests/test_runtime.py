@@ -147,6 +147,15 @@ def test_warmup_compiles_requested_kernels():
     assert _dispatch.kernel("separable", "cpu", "max", False, 1, 3, 3, 2, True).overloads
 
 
+def test_warmup_of_a_max_gradient_compiles_the_path_from_indices():
+    """Gradients are mostly taken from the forward's indices: warming up a max gradient
+    compiles that path too (channels-first: the scatter), not only the recompute."""
+    from fastpool import _dispatch
+    fastpool.warmup(ops=["max_pool1d_backward"], dtypes=[np.float64], layouts=["cf"])
+    assert any(_dispatch.kernel("max_backward", "cpu", "cf", par, True).overloads
+               for par in (False, True))
+
+
 def test_serial_and_parallel_variants_cache_apart():
     """Numba's cache key ignores jit options: each option set must have its own entry."""
     from fastpool._cpu import planes
