@@ -185,10 +185,11 @@ _RING_BYTES = 1 << 20
 
 def _ring_rows(tab, dil, sp3, op3):
     """(lo, R, RW, ORW) of ``make_max_ring`` over the first canonical dim with more than one
-    cell (not W: rows of one cell), or None: each output row's first ring row is the first
-    input row that it or a later output row reaches (non-decreasing, also where dilation
-    makes a window's first row in the input come after the next window's)."""
-    a = next((d for d in range(2) if sp3[d] > 1), None)
+    cell in the input or the output (not W: rows of one cell), or None: each output row's
+    first ring row is the first input row that it or a later output row reaches
+    (non-decreasing, also where dilation makes a window's first row in the input come after
+    the next window's)."""
+    a = next((d for d in range(2) if sp3[d] > 1 or op3[d] > 1), None)
     if a is None or op3[a] == 0:
         return None
     O, n = op3[a], sp3[a]
