@@ -14,15 +14,28 @@ def _is_int(v):
     return isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
+# the largest magnitude of a size parameter: sizes and offsets are int64 in the kernels
+PARAM_LIMIT = 1 << 62
+
+
+def _bounded(op, name, v):
+    if not -PARAM_LIMIT < v < PARAM_LIMIT:
+        raise ValueError(f"{op}: {name} {v} is out of range (its magnitude must be below 2**62)")
+    return v
+
+
 def int_tuple(op, name, value, rank, allow_none=False):
-    """An int, or a tuple/list of ``rank`` ints, as a tuple of ``rank`` Python ints."""
+    """An int, or a tuple/list (or 1-d integer array) of ``rank`` ints, as a tuple of
+    ``rank`` Python ints, each of magnitude below 2**62."""
+    if isinstance(value, np.ndarray) and value.ndim <= 1 and value.dtype.kind in "iu":
+        value = value.tolist()
     if _is_int(value):
-        return (int(value),) * rank
+        return (_bounded(op, name, int(value)),) * rank
     if allow_none and value is None:
         return (None,) * rank
     if isinstance(value, (tuple, list)):
         if len(value) == 1 and rank > 1 and _is_int(value[0]):
-            return (int(value[0]),) * rank
+            return (_bounded(op, name, int(value[0])),) * rank
         if len(value) != rank:
             raise ValueError(
                 f"{op}: {name} must be an int or a tuple of {rank} ints, got {tuple(value)!r} "
@@ -32,7 +45,7 @@ def int_tuple(op, name, value, rank, allow_none=False):
             if allow_none and v is None:
                 out.append(None)
             elif _is_int(v):
-                out.append(int(v))
+                out.append(_bounded(op, name, int(v)))
             else:
                 raise TypeError(f"{op}: {name} entries must be ints, got {v!r} in {tuple(value)!r}")
         return tuple(out)

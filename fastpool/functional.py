@@ -11,7 +11,7 @@ from . import _alloc, _dispatch
 from ._dtypes import (AVG_DTYPES, FLOAT_DTYPES, HALF, MAX_DTYPES, PLAIN, check_dtype, storage)
 from ._params import (adaptive_table, check_alloc, check_empty_windows, check_float,
                       dim_table, int_tuple, padding_arg, positive, split_shape, stack_tables,
-                      window_geometry, _is_int)
+                      window_geometry, _bounded, _is_int)
 from ._runtime import launch_lock
 
 CF, CL = "cf", "cl"
@@ -233,7 +233,11 @@ def _planned(op, params, input, out, build, rank, types=None):
 
 
 def _index_dtype(op, index_dtype, plane):
-    dt = np.dtype(index_dtype)
+    try:
+        dt = np.dtype(index_dtype)
+    except TypeError:
+        raise TypeError(f"{op}: index_dtype must be int64 or int32, got {index_dtype!r}") \
+            from None
     if dt == np.int64:
         return dt
     if dt == np.int32:
@@ -264,10 +268,18 @@ def _move_on(calls, kern, argv):
     return calls >= SPECIALISE_AFTER or (calls == 0 and _dispatch.ready(kern, argv))
 
 
-def _check_out_overlap(op, x, *outs):
+def _check_out_overlap(op, x, *outs, indices=None):
+    """``out`` (one array, or values and indices) must not share memory with the input, the
+    ``indices`` argument (unpooling) or each other: the results would overwrite what is
+    still to be read."""
     for o in outs:
         if o is not None and np.may_share_memory(o, x):
             raise ValueError(f"{op}: out must not overlap the input")
+        if o is not None and indices is not None and np.may_share_memory(o, indices):
+            raise ValueError(f"{op}: out must not overlap indices")
+    if len(outs) == 2 and outs[0] is not None and outs[1] is not None and \
+            np.may_share_memory(outs[0], outs[1]):
+        raise ValueError(f"{op}: out's values and indices (out[0], out[1]) must not overlap")
 
 
 def _unpack_out(op, out, with_indices):
@@ -759,7 +771,7 @@ def _avg_divisor(op, count_include_pad, divisor_override):
             raise TypeError(f"{op}: divisor_override must be an int, got {divisor_override!r}")
         if divisor_override == 0:
             raise ValueError(f"{op}: divisor_override must be non-zero, got 0")
-        return 0, int(divisor_override)
+        return 0, _bounded(op, "divisor_override", int(divisor_override))
     return (1 if count_include_pad else 2), 1
 
 
@@ -1006,8 +1018,14 @@ def _unpool_size(op, rank, spatial, k, s, pads, output_size):
     if output_size is None:
         osz = default
     else:
+        if isinstance(output_size, np.ndarray) and output_size.ndim <= 1 and \
+                output_size.dtype.kind in "iu":
+            output_size = output_size.tolist()
         if not isinstance(output_size, (tuple, list)):
-            output_size = (output_size,) * rank if _is_int(output_size) else output_size
+            if not _is_int(output_size):
+                raise TypeError(f"{op}: output_size must be an int or a sequence of ints, got "
+                                f"{output_size!r}")
+            output_size = (output_size,) * rank
         osz = tuple(output_size)
         if len(osz) in (rank + 1, rank + 2):
             osz = osz[-rank:]
@@ -1019,7 +1037,9 @@ def _unpool_size(op, rank, spatial, k, s, pads, output_size):
                                  f"exclusive in spatial dim {i} (default size {default[i]})")
     for v in osz:
         if v <= 0:
-            raise ValueError(f"{op}: output size {osz} must be positive")
+            raise ValueError(f"{op}: output size {osz} must be positive (input {tuple(spatial)}, "
+                             f"kernel_size {tuple(k)}, stride {tuple(s)}, padding "
+                             f"{tuple(p[0] if p[0] == p[1] else p for p in pads)})")
     return osz
 
 
@@ -1050,7 +1070,7 @@ def _max_unpool(rank, input, indices, kernel_size, stride, padding, output_size,
     osz = _unpool_geometry(op, rank, lay.spatial, kernel_size, stride, padding, output_size)
     if isinstance(out, (tuple, list)):
         raise ValueError(f"{op}: out must be one array")
-    _check_out_overlap(op, arr, out)
+    _check_out_overlap(op, arr, out, indices=idx)
     res, user_res = lay.allocate(op, osz, arr.dtype, out, zero=True)
     if arr.size:
         xs, _ = storage(arr)

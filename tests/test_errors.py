@@ -261,6 +261,32 @@ def test_unpool_out_wrong():
         fastpool.max_unpool2d(x, idx, 2, out=np.empty((2, 3, 8, 8), np.int32))
 
 
+def test_out_overlapping_what_is_read():
+    """out= sharing memory with the input, with unpooling's indices, or values with indices
+    would overwrite what is still to be read: a ValueError, nothing written."""
+    x = X(1)  # (2, 3, 8) float32
+    with pytest.raises(ValueError, match="out must not overlap the input"):
+        fastpool.max_pool1d(x, 2, out=x[..., :4])
+    buf = np.zeros(2 * 3 * 4 * 2, np.int64)
+    vals, inds = buf.view(np.float64)[:24].reshape(2, 3, 4), buf[24:].reshape(2, 3, 4)
+    xd = x.astype(np.float64)
+    with pytest.raises(ValueError, match=r"out\[0\], out\[1\]"):  # one buffer
+        fastpool.max_pool1d(xd, 2, return_indices=True, out=(buf.view(np.float64)[:24].reshape(
+            2, 3, 4), buf[:24].reshape(2, 3, 4)))
+    o = np.zeros((2, 3, 4), np.int64)
+    with pytest.raises(ValueError, match=r"out\[0\], out\[1\]"):  # the same array twice
+        fastpool.max_pool1d((x * 10).astype(np.int64), 2, return_indices=True, out=(o, o))
+    v, i = fastpool.max_pool1d(xd, 2, return_indices=True, out=(vals, inds))  # disjoint: fine
+    np.testing.assert_array_equal(v, fastpool.max_pool1d(xd, 2))
+    mem = np.zeros(16, np.int64)
+    idx = mem[8:12].reshape(1, 1, 4)
+    idx[...] = [1, 2, 5, 6]
+    with pytest.raises(ValueError, match="out must not overlap indices"):
+        fastpool.max_unpool1d(np.arange(1, 5).reshape(1, 1, 4), idx, 2,
+                              out=mem[6:14].reshape(1, 1, 8))
+    np.testing.assert_array_equal(idx.ravel(), [1, 2, 5, 6])  # untouched
+
+
 # ---------------------------------------------------------------------------------------------
 # op-specific parameters
 # ---------------------------------------------------------------------------------------------
@@ -368,6 +394,40 @@ def test_huge_padding_pairs_refused_quickly():
     with pytest.raises(ValueError):
         fastpool.max_pool2d(X(2), 10**12)
     assert time.perf_counter() - t0 < 5
+
+
+def test_parameters_past_int64_are_value_errors():
+    """Sizes are int64 in the kernels: 2**62 and beyond is a ValueError naming the parameter
+    (not an OverflowError from a conversion), in forward and backward calls alike."""
+    x = X(1)
+    g = np.zeros((2, 3, 4), np.float32)
+    for call, name in ((lambda: fastpool.max_pool1d(x, 2, stride=2**63), "stride"),
+                       (lambda: fastpool.avg_pool1d(x, 2, stride=-2**64), "stride"),
+                       (lambda: fastpool.max_pool1d(x, (2**62,)), "kernel_size"),
+                       (lambda: fastpool.avg_pool2d(X(2), 3, 2, 1, divisor_override=2**63),
+                        "divisor_override"),
+                       (lambda: fastpool.avg_pool1d_backward(g, x, 2, divisor_override=2**70),
+                        "divisor_override"),
+                       (lambda: fastpool.max_unpool1d(x, np.zeros(x.shape, np.int64), 2,
+                                                      stride=2**63), "stride")):
+        with pytest.raises(ValueError, match=name):
+            call()
+
+
+def test_unpool_output_size_and_index_dtype_messages():
+    x = np.zeros((1, 1, 4), np.float32)
+    idx = np.zeros((1, 1, 4), np.int64)
+    for bad in (8.0, float("nan"), True, np.bool_(True), 2 + 0j, np.float32(8)):
+        with pytest.raises(TypeError, match="max_unpool1d: output_size"):
+            fastpool.max_unpool1d(x, idx, 2, output_size=bad)
+    # integer arrays are sequences of ints, as in PyTorch
+    assert fastpool.max_unpool1d(x, idx, 2, output_size=np.array(8)).shape == (1, 1, 8)
+    assert fastpool.adaptive_avg_pool2d(np.ones((1, 1, 4, 4)), np.array([2, 1])).shape == \
+        (1, 1, 2, 1)
+    with pytest.raises(ValueError, match=r"padding \(2147483648,\)"):
+        fastpool.max_unpool1d(x, idx, 2, padding=2**31)
+    with pytest.raises(TypeError, match="index_dtype"):
+        fastpool.max_pool1d(X(1), 2, return_indices=True, index_dtype="foo")
 
 
 def test_huge_stride_is_one_window():
