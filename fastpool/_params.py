@@ -24,9 +24,11 @@ def _bounded(op, name, v):
     return v
 
 
-def int_tuple(op, name, value, rank, allow_none=False):
+def int_tuple(op, name, value, rank, allow_none=False, spread_one=True):
     """An int, or a tuple/list (or 1-d integer array) of ``rank`` ints, as a tuple of
-    ``rank`` Python ints, each of magnitude below 2**62."""
+    ``rank`` Python ints, each of magnitude below 2**62.  ``spread_one``: a one-element tuple
+    stands for every dim (as PyTorch's max and average pooling take it; its Lp kernel size,
+    adaptive output sizes, fractional and unpooling parameters do not)."""
     if isinstance(value, np.ndarray) and value.ndim <= 1 and value.dtype.kind in "iu":
         value = value.tolist()
     if _is_int(value):
@@ -34,7 +36,7 @@ def int_tuple(op, name, value, rank, allow_none=False):
     if allow_none and value is None:
         return (None,) * rank
     if isinstance(value, (tuple, list)):
-        if len(value) == 1 and rank > 1 and _is_int(value[0]):
+        if len(value) == 1 and rank > 1 and spread_one and _is_int(value[0]):
             return (_bounded(op, name, int(value[0])),) * rank
         if len(value) != rank:
             raise ValueError(

@@ -204,6 +204,19 @@ def _ring_rows(tab, dil, sp3, op3):
     return np.append(lo, n), R, math.prod(sp3[a + 1:]), math.prod(op3[a + 1:])
 
 
+def _past_plane(tab, dil, sp3, op3, k3):
+    """The scatter's bound on indices past the plane that name no cell: where some window has
+    no input cell along a dim, its forward index (PyTorch's) takes there the first tap at or
+    past the input's start, below the dim's size plus the window's span; else the plane's
+    size (every index past it is an error)."""
+    cells = math.prod(sp3)
+    if tab is None or k3 is None or \
+            not any(bool((tab[d, 1, :op3[d]] == 0).any()) for d in range(3)):
+        return cells
+    hi = [sp3[d] + (int(k3[d]) - 1) * int(dil[d]) + 1 for d in range(3)]
+    return ((hi[0] - 1) * sp3[1] + hi[1] - 1) * sp3[2] + hi[2]
+
+
 def _pair_pads(tab, dil, sp3, op3):
     """(left pad along H, along W) where every window covers what a window 3 wide at stride 2
     and dilation 1 along both would, with a left pad of 0 or 1 (clipped at the far ends as
@@ -284,6 +297,8 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
         # (K = 3, a vector of windows per row or more: the kernel without scalar loops)
         tspec = (tiled, True) if tiled == 3 and op3[2] >= lanes(acc.itemsize) else (tiled,)
 
+    past = _past_plane(tab, dil, sp3, op3, k3)
+
     def scatter(gm, im, res):
         if lay.mem == CF:
             blk = _plane_block(lay.n * lay.c, cells)
@@ -296,7 +311,7 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
                                 dtype != np.float16)
         with launch_lock():
             kern(_flat(lay, _bits(gm), osp), _flat(lay, im, osp),
-                 _flat(lay, _bits(res), lay.spatial), bad, blk,
+                 _flat(lay, _bits(res), lay.spatial), bad, past, blk,
                  dtype != np.float16 and _streamed(res), acc, marker)
         _raise_bad(op, bad, "indices", cells, f"the input plane of {lay.spatial}")
 
@@ -404,7 +419,25 @@ def _build_adaptive_max_backward(x, op, rank, params):
     return _max_plan(op, x, lay, osz, tab, _f._UNIT_DIL, taps)
 
 
+def _channel_free_backward(op, rank, grad_output, input, output_size, channels_last, batched):
+    """The gradient of an input without channels that the forward took as an empty batch
+    (``functional._channel_free``): zeros of its shape; None for any other input."""
+    shape = _f._channel_free(op, rank, input, output_size, channels_last, batched,
+                             FLOAT_DTYPES)
+    if shape is None:
+        return None
+    g = _as_array(op, grad_output, "grad_output")
+    if g.shape != shape or g.dtype != input.dtype:
+        raise ValueError(f"{op}: grad_output has shape {g.shape} and dtype {g.dtype}, expected "
+                         f"{shape} and {input.dtype} (the forward output's)")
+    return np.zeros(input.shape, input.dtype)
+
+
 def _adaptive_max_pool_backward(rank, grad_output, input, output_size, indices, channels_last):
+    res = _channel_free_backward(f"adaptive_max_pool{rank}d_backward", rank, grad_output, input,
+                                 output_size, channels_last, False)
+    if res is not None:
+        return res
     return _planned(f"adaptive_max_pool{rank}d_backward", (output_size, bool(channels_last)),
                     input, (grad_output, indices, None), _build_adaptive_max_backward, rank)
 
@@ -599,6 +632,10 @@ def _build_adaptive_avg_backward(x, op, rank, params):
 
 
 def _adaptive_avg_pool_backward(rank, grad_output, input, output_size, channels_last):
+    res = _channel_free_backward(f"adaptive_avg_pool{rank}d_backward", rank, grad_output, input,
+                                 output_size, channels_last, rank < 3)
+    if res is not None:
+        return res
     return _planned(f"adaptive_avg_pool{rank}d_backward", (output_size, bool(channels_last)),
                     input, (grad_output,), _build_adaptive_avg_backward, rank)
 

@@ -299,7 +299,8 @@ def _unpack_out(op, out, with_indices):
 
 def _window_params(op, rank, spatial, kernel_size, stride, padding, dilation, ceil_mode,
                    half_limit=True):
-    k = int_tuple(op, "kernel_size", kernel_size, rank)
+    k = int_tuple(op, "kernel_size", kernel_size, rank,
+                  spread_one=not op.startswith("lp_pool"))
     positive(op, "kernel_size", k)
     if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
         s = k
@@ -830,7 +831,7 @@ def _lp_pool(rank, input, norm_type, kernel_size, stride, ceil_mode, padding, di
 def _adaptive_params(op, rank, spatial, output_size, plane_bytes=1):
     """Output size, window tables and taps per window; ``plane_bytes`` (N*C*itemsize) lets
     the result's size be refused before any table is built."""
-    osz = int_tuple(op, "output_size", output_size, rank, allow_none=True)
+    osz = int_tuple(op, "output_size", output_size, rank, allow_none=True, spread_one=False)
     osz = tuple(spatial[i] if v is None else v for i, v in enumerate(osz))
     for v in osz:
         if v < 0:
@@ -899,15 +900,60 @@ _ADAPTIVE_MAX_OPS = _ops("adaptive_max_pool")
 _ADAPTIVE_AVG_OPS = _ops("adaptive_avg_pool")
 
 
+def _channel_free(op, rank, x, output_size, channels_last, batched_too, dtypes):
+    """PyTorch's adaptive ops take an unbatched input without channels, ``(0, *spatial)``, as
+    an empty batch (its 1-d and 2-d average also a batched one, ``(N, 0, *spatial)``): the
+    result's shape (the output size in place of the spatial dims) for such an input, else
+    None (every other input takes the usual checks)."""
+    if not isinstance(x, np.ndarray) or x.ndim not in (rank + 1, rank + 2) or \
+            (x.ndim == rank + 2 and not batched_too):
+        return None
+    lead = x.shape[:x.ndim - rank - 1]
+    cl = bool(channels_last)
+    c = x.shape[-1] if cl else x.shape[len(lead)]
+    sp = x.shape[len(lead):-1] if cl else x.shape[len(lead) + 1:]
+    if c != 0 or 0 in sp:
+        return None
+    check_dtype(x.dtype, dtypes, op)
+    osz = int_tuple(op, "output_size", output_size, rank, allow_none=True, spread_one=False)
+    osz = tuple(sp[i] if v is None else v for i, v in enumerate(osz))
+    if min(osz) < 0:
+        raise ValueError(f"{op}: output_size must be non-negative, got {osz!r}")
+    return lead + (osz + (0,) if cl else (0,) + osz)
+
+
+def _empty_out(op, shape, dtype, out, name="out"):
+    """The empty result of ``shape``: ``out`` itself when it fits, else a new array."""
+    if out is None:
+        return np.empty(shape, dtype)
+    if not isinstance(out, np.ndarray) or out.shape != tuple(shape) or out.dtype != dtype:
+        got = (out.shape, out.dtype) if isinstance(out, np.ndarray) else type(out).__name__
+        raise ValueError(f"{op}: {name} must be an array of shape {tuple(shape)} and dtype "
+                         f"{np.dtype(dtype)}, got {got}")
+    return out
+
+
 def _adaptive_max_pool(rank, input, output_size, return_indices, channels_last, out,
                        index_dtype):
+    op = _ADAPTIVE_MAX_OPS[rank]
+    shape = _channel_free(op, rank, input, output_size, channels_last, False, MAX_DTYPES)
+    if shape is not None:
+        if not return_indices:
+            return _empty_out(op, shape, input.dtype, out)
+        vout, iout = _unpack_out(op, out, True)
+        return (_empty_out(op, shape, input.dtype, vout, "out[0] (values)"),
+                _empty_out(op, shape, _index_dtype(op, index_dtype, 0), iout,
+                           "out[1] (indices)"))
     params = (output_size, return_indices, channels_last, index_dtype)
-    return _planned(_ADAPTIVE_MAX_OPS[rank], params, input, out, _build_adaptive_max, rank)
+    return _planned(op, params, input, out, _build_adaptive_max, rank)
 
 
 def _adaptive_avg_pool(rank, input, output_size, channels_last, out):
-    return _planned(_ADAPTIVE_AVG_OPS[rank], (output_size, channels_last), input, out,
-                    _build_adaptive_avg, rank)
+    op = _ADAPTIVE_AVG_OPS[rank]
+    shape = _channel_free(op, rank, input, output_size, channels_last, rank < 3, AVG_DTYPES)
+    if shape is not None:
+        return _empty_out(op, shape, input.dtype, out)
+    return _planned(op, (output_size, channels_last), input, out, _build_adaptive_avg, rank)
 
 
 # ----------------------------------------------------------------------------- fractional
@@ -940,19 +986,18 @@ def _fractional_starts(op, samples, spatial, kernel, osz, dtype):
 
 def _fractional_size(op, rank, spatial, kernel_size, output_size, output_ratio):
     """(kernel, output size) of fractional max pooling, every check on them."""
-    k = int_tuple(op, "kernel_size", kernel_size, rank)
+    k = int_tuple(op, "kernel_size", kernel_size, rank, spread_one=False)
     positive(op, "kernel_size", k)
     if output_size is not None:
-        osz = int_tuple(op, "output_size", output_size, rank)
+        osz = int_tuple(op, "output_size", output_size, rank, spread_one=False)
         if min(osz) < 0:  # (0: an empty result, as PyTorch)
             raise ValueError(f"{op}: output_size must be non-negative, got {osz!r}")
     elif output_ratio is not None:
         if isinstance(output_ratio, (tuple, list)):
-            if len(output_ratio) not in (1, rank):
+            if len(output_ratio) != rank:
                 raise ValueError(f"{op}: output_ratio must be a number or a tuple of {rank} "
                                  f"numbers, got {tuple(output_ratio)!r}")
             ratios = tuple(check_float(op, "output_ratio", r) for r in output_ratio)
-            ratios = ratios * rank if len(ratios) == 1 else ratios
         else:
             ratios = (check_float(op, "output_ratio", output_ratio),) * rank
         for r in ratios:
@@ -1029,7 +1074,7 @@ def _unpool_size(op, rank, spatial, k, s, pads, output_size):
         osz = tuple(output_size)
         if len(osz) in (rank + 1, rank + 2):
             osz = osz[-rank:]
-        osz = int_tuple(op, "output_size", osz, rank)
+        osz = int_tuple(op, "output_size", osz, rank, spread_one=False)
         for i in range(rank):
             lo, hi = default[i] - s[i], default[i] + s[i]
             if not lo < osz[i] < hi:
@@ -1045,12 +1090,12 @@ def _unpool_size(op, rank, spatial, k, s, pads, output_size):
 
 def _unpool_geometry(op, rank, spatial, kernel_size, stride, padding, output_size):
     """Output size of max unpooling from the user's parameters."""
-    k = int_tuple(op, "kernel_size", kernel_size, rank)
+    k = int_tuple(op, "kernel_size", kernel_size, rank, spread_one=False)
     positive(op, "kernel_size", k)
     if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
         s = k
     else:
-        s = int_tuple(op, "stride", stride, rank)
+        s = int_tuple(op, "stride", stride, rank, spread_one=False)
         positive(op, "stride", s)
     pads, _ = padding_arg(op, padding, rank, k, s, (1,) * rank, spatial, half_limit=False)
     return _unpool_size(op, rank, spatial, k, s, pads, output_size)

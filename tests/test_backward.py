@@ -1149,7 +1149,8 @@ def test_windows_without_an_input_cell(nd, large):
     Its index (PyTorch's: the first tap past the input) lies past the plane, so the max
     gradient (recomputed argmax, both layouts, small and parallel kernels) is all zeros, and so
     are the average and Lp gradients; an earlier kernel added these windows' gradients at that
-    position past the plane (a heap overrun)."""
+    position past the plane (a heap overrun).  From the forward's indices, the gradient is the
+    same (an earlier scatter refused them as out of range)."""
     rng = np.random.default_rng(nd + 10 * large)
     shape = {1: ((2, 4, 2), (16, 64, 2)), 2: ((2, 4, 2, 9), (8, 64, 2, 200)),
              3: ((2, 4, 2, 9, 9), (4, 64, 2, 30, 30))}[nd][large]
@@ -1161,11 +1162,21 @@ def test_windows_without_an_input_cell(nd, large):
             x = rng.standard_normal(shape).astype(dt)
             xi = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if cl else x
             kw = dict(kernel_size=k, stride=s, padding=1, dilation=d, channels_last=cl)
-            v = getattr(fastpool, f"max_pool{nd}d")(xi, **kw)
+            v, i = getattr(fastpool, f"max_pool{nd}d")(xi, return_indices=True, **kw)
             assert np.isneginf(v).all()
+            # PyTorch's indices: the first tap at or past the input's start, past the plane
+            assert (i >= math.prod(shape[2:])).all()
             g = rng.standard_normal(v.shape).astype(dt)
-            gin = getattr(fastpool, f"max_pool{nd}d_backward")(g, xi, **kw)
+            back = getattr(fastpool, f"max_pool{nd}d_backward")
+            gin = back(g, xi, **kw)
             assert gin.shape == xi.shape and not gin.any(), (cl, dt)
+            # from the forward's own indices: the same (they name no cell); an index past
+            # where such windows' indices can reach is still an error
+            gin = back(g, xi, indices=i, **kw)
+            assert gin.shape == xi.shape and not gin.any(), (cl, dt)
+            i.reshape(-1)[-1] = 10 ** 9
+            with pytest.raises(ValueError, match="indices holds 1000000000"):
+                back(g, xi, indices=i, **kw)
             if dt == np.float16:
                 continue
             for incl in (True, False):

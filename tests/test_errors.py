@@ -414,6 +414,32 @@ def test_parameters_past_int64_are_value_errors():
             call()
 
 
+def test_one_element_tuples_as_pytorch_takes_them():
+    """PyTorch's max and average pooling spread a one-element size tuple over every dim; its
+    Lp kernel size, adaptive output sizes, fractional and unpooling sizes refuse it, and so
+    does fastpool (a ValueError naming the parameter)."""
+    x2, x3 = X(2), X(3)
+    assert fastpool.max_pool2d(x2, (2,), (2,), (1,), (1,)).shape == \
+        fastpool.max_pool2d(x2, 2, 2, 1, 1).shape
+    assert fastpool.avg_pool3d(x3, (2,)).shape == fastpool.avg_pool3d(x3, 2).shape
+    assert fastpool.lp_pool2d(x2, 2, 2, (2,)).shape == fastpool.lp_pool2d(x2, 2, 2, 2).shape
+    y, i = fastpool.max_pool2d(x2, 2, return_indices=True)
+    for call, name in ((lambda: fastpool.lp_pool2d(x2, 2, (2,)), "kernel_size"),
+                       (lambda: fastpool.adaptive_avg_pool2d(x2, (3,)), "output_size"),
+                       (lambda: fastpool.adaptive_max_pool3d(x3, (3,)), "output_size"),
+                       (lambda: fastpool.fractional_max_pool2d(x2, (2,), output_size=3),
+                        "kernel_size"),
+                       (lambda: fastpool.fractional_max_pool3d(x3, 2, output_size=(2,)),
+                        "output_size"),
+                       (lambda: fastpool.fractional_max_pool2d(x2, 2, output_ratio=(0.5,)),
+                        "output_ratio"),
+                       (lambda: fastpool.max_unpool2d(y, i, (2,)), "kernel_size"),
+                       (lambda: fastpool.max_unpool2d(y, i, 2, (2,)), "stride"),
+                       (lambda: fastpool.max_unpool2d(y, i, 2, output_size=(8,)), "output_size")):
+        with pytest.raises(ValueError, match=name):
+            call()
+
+
 def test_unpool_output_size_and_index_dtype_messages():
     x = np.zeros((1, 1, 4), np.float32)
     idx = np.zeros((1, 1, 4), np.int64)
@@ -566,6 +592,48 @@ def test_empty_batch(nd):
     xc = np.zeros((0,) + SHAPES[nd][2:] + (3,), np.float32)
     assert getattr(fastpool, f"max_pool{nd}d")(xc, 2, channels_last=True).shape == (
         (0,) + osp + (3,))
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_adaptive_inputs_without_channels(nd):
+    """PyTorch's adaptive ops take an unbatched input without channels as an empty batch (its
+    1-d and 2-d average also a batched one): an empty result of the output size, forward
+    and backward, out= honoured; the other ops (and PyTorch's) refuse such inputs."""
+    torch = pytest.importorskip("torch")
+    sp = SHAPES[nd][2:]
+    for cl in (False, True):
+        kw = {"channels_last": cl}
+        for shape, batched in (((0,) + sp, False), ((2, 0) + sp, True)):
+            if cl:
+                shape = shape[:-nd - 1] + sp + (0,)
+            x = np.zeros(shape, np.float32)
+            expect = shape[:len(shape) - nd - 1] + ((3,) * nd + (0,) if cl else (0,) + (3,) * nd)
+            t = torch.from_numpy(np.moveaxis(x, -1, len(shape) - nd - 1) if cl else x)
+            for kind in ("avg", "max"):
+                fn = getattr(fastpool, f"adaptive_{kind}_pool{nd}d")
+                tfn = getattr(torch.nn.functional, f"adaptive_{kind}_pool{nd}d")
+                try:
+                    tfn(t, 3)
+                    torch_ok = True
+                except RuntimeError:
+                    torch_ok = False
+                if not torch_ok:
+                    with pytest.raises(ValueError, match="non-zero"):
+                        fn(x, 3, **kw)
+                    continue
+                y = fn(x, 3, **kw)
+                assert y.shape == expect and y.dtype == x.dtype, (kind, shape, cl)
+                o = np.empty(expect, np.float32)
+                assert fn(x, 3, out=o, **kw) is o
+                with pytest.raises(ValueError, match="out"):
+                    fn(x, 3, out=np.empty((1,) + expect, np.float32), **kw)
+                g = getattr(fastpool, f"adaptive_{kind}_pool{nd}d_backward")(y, x, 3, **kw)
+                assert g.shape == x.shape and g.dtype == x.dtype
+                if kind == "max":
+                    v, i = fn(x, 3, return_indices=True, **kw)
+                    assert v.shape == i.shape == expect and i.dtype == np.int64
+    with pytest.raises(ValueError, match="non-zero"):
+        getattr(fastpool, f"max_pool{nd}d")(np.zeros((0,) + sp, np.float32), 2)
 
 
 @pytest.mark.parametrize("nd", [2, 3])

@@ -77,6 +77,12 @@ PF = 8192  # software prefetch distance of the scatter's streams, bytes
 def make_max_scatter(layout, parallel, direct=False):
     """grad_input[idx[o]] += grad_output[o] per plane, outputs in order (any indices).
 
+    Indices from the plane's size up to ``past`` name no cell, and their gradients go
+    nowhere: where some windows have no input cell (a dilation stepping over the input), the
+    forward gives them PyTorch's index, the first tap at or past the input's start, which can
+    lie past the plane (PyTorch's autograd then writes past the plane, into the next one in
+    memory); ``past`` bounds those (the plane's size where there are no such windows).
+
     ``direct`` (the storage type is the accumulation type: float32, float64): the sums go
     straight into the zeroed gradient plane (channels-first), which stays in cache, or the
     zeroed gradient image (channels-last tasks holding whole channel vectors), instead of
@@ -84,7 +90,7 @@ def make_max_scatter(layout, parallel, direct=False):
     DIRECT = direct
 
     if layout == CF:
-        def kernel(g, idx, gin, bad, blk, nt, zero, marker):
+        def kernel(g, idx, gin, bad, past, blk, nt, zero, marker):
             P = g.shape[0]
             OS = g.shape[1]
             S = gin.shape[1]
@@ -115,7 +121,9 @@ def make_max_scatter(layout, parallel, direct=False):
                         prefetch(idx, (p, U(o + pfi)))
                         prefetch(g, (p, U(o + pfg)))
                         i = idx[p, o]
-                        if i < 0 or i >= S:
+                        if U(i) >= U(S):
+                            if S <= i < past:  # (no cell: see the docstring)
+                                continue
                             bad[t, 0] = 1 + p
                             bad[t, 1] = i
                             ok = False
@@ -136,7 +144,7 @@ def make_max_scatter(layout, parallel, direct=False):
                     stream_upto(buf, done, -(min(P, p0 + blk) - p0) * S, gf, p0 * S, marker)
                     sfence()
     else:
-        def kernel(g, idx, gin, bad, blk, nt, zero, marker):
+        def kernel(g, idx, gin, bad, past, blk, nt, zero, marker):
             N = g.shape[0]
             OS = g.shape[1]
             C = g.shape[2]
@@ -160,6 +168,8 @@ def make_max_scatter(layout, parallel, direct=False):
                 for o in range(OS):
                     for c in range(wb):
                         i = idx[n, o, U(c0 + c)]
+                        if S <= i < past:  # (no cell: see the docstring)
+                            continue
                         if i < 0 or i >= S:
                             if ok:
                                 bad[t, 0] = 1 + n * C + c0 + c
