@@ -632,6 +632,34 @@ def test_adaptive_non_divisible_bounds():
     np.testing.assert_allclose(fastpool.adaptive_avg_pool1d(x, 4).ravel(), [1, 3, 6, 8])
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_global_average_every_plane_size(dtype):
+    """Global average pooling sums each plane in explicit vectors (``_simd.vsum_run``: whole
+    vectors into two sums, their lanes, then the rest one by one): every plane size from 1 to
+    70 cells (no whole vector, whole vectors only, an odd count of them, a remainder) against
+    the float64 mean, NaN and infinities propagating, the same bits on 1 and 2 threads."""
+    import numba
+    rng = np.random.default_rng(3)
+    tol = {np.float16: 2e-3, np.float32: 2e-6, np.float64: 1e-14}[np.dtype(dtype).type]
+    for n in range(1, 71):
+        x = (rng.standard_normal((3, 700 if n == 9 else 5, n)) * 4).astype(dtype)
+        if n in (17, 40):
+            x[0, 1, n // 2] = np.nan
+            x[1, 2, -1] = np.inf
+        got = fastpool.adaptive_avg_pool1d(x, 1)[..., 0]
+        ref = x.astype(np.float64).mean(axis=-1)
+        np.testing.assert_allclose(got.astype(np.float64), ref, rtol=tol, atol=tol,
+                                   err_msg=str(n))
+        if n == 9:  # (enough planes for the parallel kernel)
+            prev = numba.get_num_threads()
+            try:
+                numba.set_num_threads(1)
+                one = fastpool.adaptive_avg_pool1d(x, 1)
+            finally:
+                numba.set_num_threads(prev)
+            assert one.tobytes() == fastpool.adaptive_avg_pool1d(x, 1).tobytes()
+
+
 # ---------------------------------------------------------------------------------------------
 # PyTorch directly: float16 and the common float32 path
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import numpy as np
 from numba import prange
 
 from ._intrinsics import load, to_storage, flat_view, new_full
-from ._simd import (vector_lanes, vdiv, int_lanes, ipair_row, hwin32_max, hwin32_avg,
+from ._simd import (vector_lanes, vsum_run, vdiv, int_lanes, ipair_row, hwin32_max, hwin32_avg,
                     hwin22_max, fwin22_max, fwin22_avg, fwin22_maxi,
                     vcol2_max, vcol2_sum, vcol3_max, vcol3_sum, prefetch, vpair_max, vpair_pmax,
                     rows_nan, hwin31_max, hwin31_pmax, hwin51_max, hwin51_pmax, hwin71_max,
@@ -539,9 +539,12 @@ def make_global(kind, parallel):
     """Global pooling: one window covering each whole (contiguous) plane.
 
     Max: eight independent scalar lanes break the dependency chain of the NaN-propagating
-    select; they combine pairwise at the end.  Average: one running sum that the compiler may
-    reassociate (vector lanes, combined at the end); nothing else of fast-math is allowed, so
-    NaN and infinities propagate as usual and every run gives the same bits.
+    select; they combine pairwise at the end.  Average of float planes: ``_simd.vsum_run``,
+    explicit vectors in a fixed order (the compiler's loop ran a 49-cell plane as one 32-wide
+    pass, a 4-wide loop and a scalar one: 32x2048x7x7 0.93-0.96x the time, paired in one
+    process); of integer planes, one running sum that the compiler may reassociate (vector
+    lanes, combined at the end); nothing else of fast-math is allowed, so NaN and infinities
+    propagate as usual and every run gives the same bits.
     """
     MAX = kind == "max"
 
@@ -566,6 +569,8 @@ def make_global(kind, parallel):
                 for i in range(n8, n):
                     m = _pick(m, load(x[q, i], marker))
                 out[q] = to_storage(m, marker)
+            elif vector_lanes(x, marker):  # (float planes: explicit vectors, a fixed order)
+                out[q] = to_storage(divide(init + vsum_run(x, (q, 0), n, marker), n), marker)
             else:
                 s = init
                 for i in range(n):
