@@ -419,11 +419,14 @@ def _build_adaptive_max_backward(x, op, rank, params):
     return _max_plan(op, x, lay, osz, tab, _f._UNIT_DIL, taps)
 
 
-def _channel_free_backward(op, rank, grad_output, input, output_size, channels_last, batched):
+def _channel_free_backward(op, rank, grad_output, input, output_size, channels_last, avg):
     """The gradient of an input without channels that the forward took as an empty batch
-    (``functional._channel_free``): zeros of its shape; None for any other input."""
-    shape = _f._channel_free(op, rank, input, output_size, channels_last, batched,
-                             FLOAT_DTYPES)
+    (``functional._channel_free``): zeros of its shape (PyTorch's backward refuses some of
+    these); None for any other input."""
+    shape = _f._channel_free_avg(op, rank, input, output_size, channels_last) if avg else \
+        _f._channel_free(op, rank, input, output_size, channels_last, False, FLOAT_DTYPES)
+    if shape is not None and input.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: input must be a float array, got dtype {input.dtype}")
     if shape is None:
         return None
     g = _as_array(op, grad_output, "grad_output")
@@ -633,7 +636,7 @@ def _build_adaptive_avg_backward(x, op, rank, params):
 
 def _adaptive_avg_pool_backward(rank, grad_output, input, output_size, channels_last):
     res = _channel_free_backward(f"adaptive_avg_pool{rank}d_backward", rank, grad_output, input,
-                                 output_size, channels_last, rank < 3)
+                                 output_size, channels_last, True)
     if res is not None:
         return res
     return _planned(f"adaptive_avg_pool{rank}d_backward", (output_size, bool(channels_last)),

@@ -948,9 +948,20 @@ def _adaptive_max_pool(rank, input, output_size, return_indices, channels_last, 
     return _planned(op, params, input, out, _build_adaptive_max, rank)
 
 
+def _channel_free_avg(op, rank, x, output_size, channels_last):
+    """``_channel_free`` for the adaptive average: batched inputs too in 1-d and 2-d, and in
+    3-d where every output size is 1 (PyTorch's mean path takes them there)."""
+    shape = _channel_free(op, rank, x, output_size, channels_last, True, AVG_DTYPES)
+    if shape is not None and rank == 3 and x.ndim == rank + 2:
+        sp = shape[1:-1] if channels_last else shape[2:]
+        if any(v != 1 for v in sp):
+            return None
+    return shape
+
+
 def _adaptive_avg_pool(rank, input, output_size, channels_last, out):
     op = _ADAPTIVE_AVG_OPS[rank]
-    shape = _channel_free(op, rank, input, output_size, channels_last, rank < 3, AVG_DTYPES)
+    shape = _channel_free_avg(op, rank, input, output_size, channels_last)
     if shape is not None:
         return _empty_out(op, shape, input.dtype, out)
     return _planned(op, (output_size, channels_last), input, out, _build_adaptive_avg, rank)

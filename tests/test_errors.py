@@ -597,8 +597,9 @@ def test_empty_batch(nd):
 @pytest.mark.parametrize("nd", [1, 2, 3])
 def test_adaptive_inputs_without_channels(nd):
     """PyTorch's adaptive ops take an unbatched input without channels as an empty batch (its
-    1-d and 2-d average also a batched one): an empty result of the output size, forward
-    and backward, out= honoured; the other ops (and PyTorch's) refuse such inputs."""
+    1-d and 2-d average also a batched one, its 3-d average one whose output is 1 x 1 x 1):
+    an empty result of the output size, forward and backward (zeros, where PyTorch's backward
+    refuses some), out= honoured; the other ops (and PyTorch's) refuse such inputs."""
     torch = pytest.importorskip("torch")
     sp = SHAPES[nd][2:]
     for cl in (False, True):
@@ -607,30 +608,31 @@ def test_adaptive_inputs_without_channels(nd):
             if cl:
                 shape = shape[:-nd - 1] + sp + (0,)
             x = np.zeros(shape, np.float32)
-            expect = shape[:len(shape) - nd - 1] + ((3,) * nd + (0,) if cl else (0,) + (3,) * nd)
             t = torch.from_numpy(np.moveaxis(x, -1, len(shape) - nd - 1) if cl else x)
-            for kind in ("avg", "max"):
+            for kind, osz in (("avg", 3), ("max", 3), ("avg", 1)):
+                expect = shape[:len(shape) - nd - 1] + ((osz,) * nd + (0,) if cl else
+                                                        (0,) + (osz,) * nd)
                 fn = getattr(fastpool, f"adaptive_{kind}_pool{nd}d")
                 tfn = getattr(torch.nn.functional, f"adaptive_{kind}_pool{nd}d")
                 try:
-                    tfn(t, 3)
+                    tfn(t, osz)
                     torch_ok = True
                 except RuntimeError:
                     torch_ok = False
                 if not torch_ok:
                     with pytest.raises(ValueError, match="non-zero"):
-                        fn(x, 3, **kw)
+                        fn(x, osz, **kw)
                     continue
-                y = fn(x, 3, **kw)
+                y = fn(x, osz, **kw)
                 assert y.shape == expect and y.dtype == x.dtype, (kind, shape, cl)
                 o = np.empty(expect, np.float32)
-                assert fn(x, 3, out=o, **kw) is o
+                assert fn(x, osz, out=o, **kw) is o
                 with pytest.raises(ValueError, match="out"):
-                    fn(x, 3, out=np.empty((1,) + expect, np.float32), **kw)
-                g = getattr(fastpool, f"adaptive_{kind}_pool{nd}d_backward")(y, x, 3, **kw)
+                    fn(x, osz, out=np.empty((1,) + expect, np.float32), **kw)
+                g = getattr(fastpool, f"adaptive_{kind}_pool{nd}d_backward")(y, x, osz, **kw)
                 assert g.shape == x.shape and g.dtype == x.dtype
                 if kind == "max":
-                    v, i = fn(x, 3, return_indices=True, **kw)
+                    v, i = fn(x, osz, return_indices=True, **kw)
                     assert v.shape == i.shape == expect and i.dtype == np.int64
     with pytest.raises(ValueError, match="non-zero"):
         getattr(fastpool, f"max_pool{nd}d")(np.zeros((0,) + sp, np.float32), 2)
