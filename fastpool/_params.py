@@ -24,13 +24,19 @@ def _bounded(op, name, v):
     return v
 
 
+def as_sequence(value):
+    """A 0-d or 1-d integer array as a Python int or list (size parameters); else ``value``."""
+    if isinstance(value, np.ndarray) and value.ndim <= 1 and value.dtype.kind in "iu":
+        return value.tolist()
+    return value
+
+
 def int_tuple(op, name, value, rank, allow_none=False, spread_one=True):
     """An int, or a tuple/list (or 1-d integer array) of ``rank`` ints, as a tuple of
     ``rank`` Python ints, each of magnitude below 2**62.  ``spread_one``: a one-element tuple
     stands for every dim (as PyTorch's max and average pooling take it; its Lp kernel size,
     adaptive output sizes, fractional and unpooling parameters do not)."""
-    if isinstance(value, np.ndarray) and value.ndim <= 1 and value.dtype.kind in "iu":
-        value = value.tolist()
+    value = as_sequence(value)
     if _is_int(value):
         return (_bounded(op, name, int(value)),) * rank
     if allow_none and value is None:

@@ -423,10 +423,9 @@ def _channel_free_backward(op, rank, grad_output, input, output_size, channels_l
     """The gradient of an input without channels that the forward took as an empty batch
     (``functional._channel_free``): zeros of its shape (PyTorch's backward refuses some of
     these); None for any other input."""
-    shape = _f._channel_free_avg(op, rank, input, output_size, channels_last) if avg else \
+    shape = _f._channel_free_avg(op, rank, input, output_size, channels_last, FLOAT_DTYPES) \
+        if avg else \
         _f._channel_free(op, rank, input, output_size, channels_last, False, FLOAT_DTYPES)
-    if shape is not None and input.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{op}: input must be a float array, got dtype {input.dtype}")
     if shape is None:
         return None
     g = _as_array(op, grad_output, "grad_output")

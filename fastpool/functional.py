@@ -9,7 +9,7 @@ import numpy as np
 
 from . import _alloc, _dispatch
 from ._dtypes import (AVG_DTYPES, FLOAT_DTYPES, HALF, MAX_DTYPES, PLAIN, check_dtype, storage)
-from ._params import (adaptive_table, check_alloc, check_empty_windows, check_float,
+from ._params import (adaptive_table, as_sequence, check_alloc, check_empty_windows, check_float,
                       dim_table, int_tuple, padding_arg, positive, split_shape, stack_tables,
                       window_geometry, _bounded, _is_int)
 from ._runtime import launch_lock
@@ -905,7 +905,7 @@ def _channel_free(op, rank, x, output_size, channels_last, batched_too, dtypes):
     an empty batch (its 1-d and 2-d average also a batched one, ``(N, 0, *spatial)``): the
     result's shape (the output size in place of the spatial dims) for such an input, else
     None (every other input takes the usual checks)."""
-    if not isinstance(x, np.ndarray) or x.ndim not in (rank + 1, rank + 2) or \
+    if not isinstance(x, np.ndarray) or x.size or x.ndim not in (rank + 1, rank + 2) or \
             (x.ndim == rank + 2 and not batched_too):
         return None
     lead = x.shape[:x.ndim - rank - 1]
@@ -948,10 +948,10 @@ def _adaptive_max_pool(rank, input, output_size, return_indices, channels_last, 
     return _planned(op, params, input, out, _build_adaptive_max, rank)
 
 
-def _channel_free_avg(op, rank, x, output_size, channels_last):
+def _channel_free_avg(op, rank, x, output_size, channels_last, dtypes=AVG_DTYPES):
     """``_channel_free`` for the adaptive average: batched inputs too in 1-d and 2-d, and in
     3-d where every output size is 1 (PyTorch's mean path takes them there)."""
-    shape = _channel_free(op, rank, x, output_size, channels_last, True, AVG_DTYPES)
+    shape = _channel_free(op, rank, x, output_size, channels_last, True, dtypes)
     if shape is not None and rank == 3 and x.ndim == rank + 2:
         sp = shape[1:-1] if channels_last else shape[2:]
         if any(v != 1 for v in sp):
@@ -1074,9 +1074,7 @@ def _unpool_size(op, rank, spatial, k, s, pads, output_size):
     if output_size is None:
         osz = default
     else:
-        if isinstance(output_size, np.ndarray) and output_size.ndim <= 1 and \
-                output_size.dtype.kind in "iu":
-            output_size = output_size.tolist()
+        output_size = as_sequence(output_size)
         if not isinstance(output_size, (tuple, list)):
             if not _is_int(output_size):
                 raise TypeError(f"{op}: output_size must be an int or a sequence of ints, got "

@@ -495,7 +495,8 @@ def vsum_run(typingctx, src, i, n, marker):
         L = _nlanes(src, marker)
         ft = context.get_value_type(ct)
         vt = ir.VectorType(ft, L)
-        p = _pointer(context, builder, src, args[0], sig.args[1], args[1])
+        p = _elt_ptr(context, builder, src, marker,
+                     _pointer(context, builder, src, args[0], sig.args[1], args[1]))
         nn = context.cast(builder, args[2], sig.args[2], types.int64)
         nv = builder.sdiv(nn, i64(L))
         acc = [cgutils.alloca_once_value(builder, ir.Constant(vt, None)) for _ in range(2)]
@@ -503,13 +504,11 @@ def vsum_run(typingctx, src, i, n, marker):
         with cgutils.for_range(builder, half, intp=i64) as loop:
             base = builder.mul(loop.index, i64(2 * L))
             for r in range(2):
-                q = builder.gep(_elt_ptr(context, builder, src, marker, p),
-                                [builder.add(base, i64(r * L))])
+                q = builder.gep(p, [builder.add(base, i64(r * L))])
                 v = _load(context, builder, src, marker, q, L, 0)
                 builder.store(builder.fadd(builder.load(acc[r]), v), acc[r])
         with builder.if_then(builder.icmp_signed("!=", builder.mul(half, i64(2)), nv)):
-            q = builder.gep(_elt_ptr(context, builder, src, marker, p),
-                            [builder.mul(builder.sub(nv, i64(1)), i64(L))])
+            q = builder.gep(p, [builder.mul(builder.sub(nv, i64(1)), i64(L))])
             v = _load(context, builder, src, marker, q, L, 0)
             builder.store(builder.fadd(builder.load(acc[0]), v), acc[0])
         a = builder.fadd(builder.load(acc[0]), builder.load(acc[1]))
@@ -524,8 +523,7 @@ def vsum_run(typingctx, src, i, n, marker):
         tot = cgutils.alloca_once_value(builder, builder.extract_element(a, i32(0)))
         start = builder.mul(nv, i64(L))
         with cgutils.for_range(builder, builder.sub(nn, start), intp=i64) as loop:
-            q = builder.gep(_elt_ptr(context, builder, src, marker, p),
-                            [builder.add(start, loop.index)])
+            q = builder.gep(p, [builder.add(start, loop.index)])
             v = _load(context, builder, src, marker, q, 1, 0)
             builder.store(builder.fadd(builder.load(tot), builder.extract_element(v, i32(0))),
                           tot)

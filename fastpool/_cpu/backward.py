@@ -168,13 +168,12 @@ def make_max_scatter(layout, parallel, direct=False):
                 for o in range(OS):
                     for c in range(wb):
                         i = idx[n, o, U(c0 + c)]
-                        if S <= i < past:  # (no cell: see the docstring)
-                            continue
-                        if i < 0 or i >= S:
-                            if ok:
-                                bad[t, 0] = 1 + n * C + c0 + c
-                                bad[t, 1] = i
-                            ok = False
+                        if U(i) >= U(S):
+                            if not S <= i < past:  # (else no cell: see the docstring)
+                                if ok:
+                                    bad[t, 0] = 1 + n * C + c0 + c
+                                    bad[t, 1] = i
+                                ok = False
                         elif ntd:
                             buf[U(i * C + c)] += load(g[n, o, U(c)], marker)
                         elif own:
