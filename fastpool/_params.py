@@ -119,6 +119,7 @@ def same_pads(in_size, k, s, d, lower=False):
 
 def padding_arg(op, padding, rank, kernel, stride, dilation, spatial, half_limit=True):
     """Normalise ``padding`` to ((before, after), ...) and say whether ONNX rules apply."""
+    padding = as_sequence(padding)  # (integer arrays, as the other size parameters)
     if isinstance(padding, str):
         mode = padding.lower()
         if mode == "valid":

@@ -1081,17 +1081,22 @@ def _unpool_size(op, rank, spatial, k, s, pads, output_size):
                                 f"{output_size!r}")
             output_size = (output_size,) * rank
         osz = tuple(output_size)
-        if len(osz) in (rank + 1, rank + 2):
-            osz = osz[-rank:]
+        if len(osz) == rank + 2:  # (a full (N, C, *spatial) shape, as PyTorch takes it)
+            osz = osz[2:]
+        elif len(osz) != rank:
+            raise ValueError(f"{op}: output_size must have {rank} or {rank + 2} entries (the "
+                             f"spatial size, or a full (N, C, *spatial) shape), got {osz!r} "
+                             f"(length {len(osz)})")
         osz = int_tuple(op, "output_size", osz, rank, spread_one=False)
         for i in range(rank):
             lo, hi = default[i] - s[i], default[i] + s[i]
             if not lo < osz[i] < hi:
                 raise ValueError(f"{op}: output_size {osz} must be within ({lo}, {hi}) "
                                  f"exclusive in spatial dim {i} (default size {default[i]})")
-    for v in osz:
-        if v <= 0:
-            raise ValueError(f"{op}: output size {osz} must be positive (input {tuple(spatial)}, "
+    for v in osz:  # (0 along a dim: an empty result, as PyTorch gives)
+        if v < 0:
+            raise ValueError(f"{op}: output size {osz} must be non-negative (input "
+                             f"{tuple(spatial)}, "
                              f"kernel_size {tuple(k)}, stride {tuple(s)}, padding "
                              f"{tuple(p[0] if p[0] == p[1] else p for p in pads)})")
     return osz
@@ -1126,7 +1131,7 @@ def _max_unpool(rank, input, indices, kernel_size, stride, padding, output_size,
         raise ValueError(f"{op}: out must be one array")
     _check_out_overlap(op, arr, out, indices=idx)
     res, user_res = lay.allocate(op, osz, arr.dtype, out, zero=True)
-    if arr.size:
+    if arr.size and res.size:  # (an empty result: no cell for any index, nothing to write)
         xs, _ = storage(arr)
         rs, _ = storage(res)
         idx_user = lay.mem_view(idx)  # same axis order as arr's memory view (any strides)

@@ -440,6 +440,43 @@ def test_one_element_tuples_as_pytorch_takes_them():
             call()
 
 
+def test_unpool_output_size_entries_and_empty_results():
+    """``output_size`` takes the spatial size or a full (N, C, *spatial) shape, as PyTorch, and
+    refuses other lengths (an unbatched input's (C, *spatial) included); an output size of 0
+    along a dim is an empty result, as PyTorch's (with or without ``out=``); padding takes
+    integer arrays as the other size parameters do."""
+    import torch
+    import torch.nn.functional as F
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 6, 7)).astype(np.float32)  # unbatched
+    v, i = fastpool.max_pool2d(x, 2, return_indices=True)
+    tv, ti = F.max_pool2d(torch.from_numpy(x), 2, return_indices=True)
+    for osz in ((6, 7), (1, 3, 6, 7), (9, 9, 7, 7)):
+        got = fastpool.max_unpool2d(v, i, 2, output_size=osz)
+        assert np.array_equal(got, F.max_unpool2d(tv, ti, 2, output_size=osz).numpy()), osz
+    for osz in ((3, 6, 7), (7,), (1, 1, 1, 6, 7)):
+        with pytest.raises(ValueError, match=r"max_unpool2d: output_size must have 2 or 4"):
+            fastpool.max_unpool2d(v, i, 2, output_size=osz)
+    v1, i1 = fastpool.max_pool1d(x[0], 2, return_indices=True)  # unbatched (C, L) = (6, 7)
+    with pytest.raises(ValueError, match=r"max_unpool1d: output_size must have 1 or 3"):
+        fastpool.max_unpool1d(v1, i1, 2, output_size=(6, 7))
+    assert fastpool.max_unpool1d(v1, i1, 2, output_size=(1, 6, 7)).shape == (6, 7)
+    # stride 2, padding 1 over one row of windows: (1 - 1) * 2 - 2 + 2 = 0 rows
+    x4 = rng.standard_normal((2, 5, 1, 14)).astype(np.float32)
+    v4, i4 = fastpool.max_pool2d(x4, 2, None, 1, return_indices=True)
+    tv4, ti4 = F.max_pool2d(torch.from_numpy(x4), 2, None, 1, return_indices=True)
+    want = F.max_unpool2d(tv4, ti4, 2, None, 1).shape
+    assert fastpool.max_unpool2d(v4, i4, 2, None, 1).shape == tuple(want) == (2, 5, 0, 14)
+    out = np.empty((2, 5, 0, 14), np.float32)
+    assert fastpool.max_unpool2d(v4, i4, 2, None, 1, out=out) is out
+    with pytest.raises(ValueError, match=r"output size \(-8, 6\) must be non-negative"):
+        fastpool.max_unpool2d(v4, i4, 2, None, 5)
+    x2 = rng.standard_normal((1, 2, 7, 9)).astype(np.float32)
+    for pad in (np.array([1, 0]), np.array(1), np.array([1, 1], np.uint8)):
+        want = fastpool.max_pool2d(x2, 3, padding=tuple(np.broadcast_to(pad, 2).tolist()))
+        assert np.array_equal(fastpool.max_pool2d(x2, 3, padding=pad), want)
+
+
 def test_unpool_output_size_and_index_dtype_messages():
     x = np.zeros((1, 1, 4), np.float32)
     idx = np.zeros((1, 1, 4), np.int64)
