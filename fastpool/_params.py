@@ -128,8 +128,8 @@ def padding_arg(op, padding, rank, kernel, stride, dilation, spatial, half_limit
             lower = mode == "same_lower"
             return tuple(same_pads(spatial[i], kernel[i], stride[i], dilation[i], lower)
                          for i in range(rank)), True
-        raise ValueError(f"{op}: padding must be an int, a tuple, or one of 'valid', 'same', "
-                         f"'same_lower'; got {padding!r}")
+        raise ValueError(f"{op}: padding must be an int, a tuple, or one of 'valid', 'same' "
+                         f"('same_upper'), 'same_lower' (any case); got {padding!r}")
     if _is_int(padding):
         pads = (int(padding),) * rank
     elif isinstance(padding, (tuple, list)):

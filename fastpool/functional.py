@@ -511,7 +511,7 @@ def _pair_windows(tab, dil, s3, o3, padded_divisor):
     """Whether the windows are 2 x 2 at stride 2 from the plane's corner over a single depth
     row, every one whole (no padding, no partial ceil-mode window; an odd last row or column
     of the plane belongs to none).  ``padded_divisor``: an average that divides by the window's
-    extent with its padding, which must then be 2 x 2 too (a 3 x 3 window over 2 x 2 cells
+    extent with its padding, which must then be 1 x 2 x 2 too (a 3 x 3 window over 2 x 2 cells
     and a padding row and column has the cells of a pair window, not its divisor)."""
     if s3[0] != 1 or not _one_depth_row(tab, dil, o3):
         return False
@@ -521,7 +521,8 @@ def _pair_windows(tab, dil, s3, o3, padded_divisor):
             return False
         if padded_divisor and not np.all(tab[d, 2, :o.size] == 2):
             return False
-    return True
+    # (and the depth row alone: a depth-1 input padded along depth divides by more)
+    return not padded_divisor or tab[0, 2, 0] == 1
 
 
 def _tile_codes(dtype):

@@ -885,6 +885,53 @@ def test_pairs_after_padding_and_ceil_mode_drop_rule():
             atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 1, 4, 4), (2, 3, 1, 6, 10), (4, 64, 1, 8, 8),
+                                   (2, 3, 1, 9, 7), (3, 2, 2, 6, 6)])
+def test_avg3d_depth_padding_over_one_depth_row(shape):
+    """3-d average whose windows span a depth-1 input and its depth padding (ONNX pairs or
+    "same"): with ``count_include_pad`` the divisor counts the depth padding too, also where
+    the H x W windows are the 2 x 2 pairs at stride 2 (a kernel of its own for small calls,
+    which once divided by 4 there); small calls, the specialised kernel after them, both
+    layouts, against the reference."""
+    from fastpool import functional
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(np.float32)
+    xc = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    for k, pads in (((3, 2, 2), ((1, 1), (0, 0), (0, 0))), ((2, 2, 2), ((1, 0), (0, 0), (0, 0))),
+                    ((3, 2, 2), "same"), ((3, 3, 3), ((1, 1), (0, 0), (1, 0)))):
+        for incl in (True, False):
+            want = R.ref_avg_pool(x, k, (1, 2, 2), R.resolve_pads(pads, x.shape[2:], k,
+                                                                  (1, 2, 2)), False, incl)
+            functional._PLANS.clear()
+            for rep in range(3):
+                got = fastpool.avg_pool3d(x, k, (1, 2, 2), pads, count_include_pad=incl)
+                np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6,
+                                           err_msg=f"{k} {pads} {incl} call {rep}")
+            got = fastpool.avg_pool3d(xc, k, (1, 2, 2), pads, count_include_pad=incl,
+                                      channels_last=True)
+            np.testing.assert_allclose(np.moveaxis(got, -1, 1), want, rtol=1e-6, atol=1e-6)
+
+
+def test_windows_without_input_cells():
+    """Dilation past a short input with PyTorch-style padding leaves windows without an input
+    cell: max gives the dtype's lowest value (PyTorch's -inf for floats) with PyTorch's index;
+    average gives 0 when the padding counts, NaN when it does not (0 for integers)."""
+    x = np.arange(6, dtype=np.float32).reshape(1, 3, 2) + 1
+    for dt in (np.float32, np.float64, np.int8, np.uint8, np.int32):
+        got, idx = fastpool.max_pool1d(x.astype(dt), 2, 1, 1, dilation=3, return_indices=True)
+        low = -np.inf if np.dtype(dt).kind == "f" else np.iinfo(dt).min
+        assert got.dtype == dt and (got == low).all(), dt
+        tv, ti = F.max_pool1d(torch.from_numpy(x.astype(np.float64)), 2, 1, 1, dilation=3,
+                              return_indices=True)
+        assert np.array_equal(idx, ti.numpy()) and (tv.numpy() == -np.inf).all()
+    for dt in (np.float32, np.float16, np.int32):
+        xi = x.astype(dt)
+        with_pad = fastpool.avg_pool1d(xi, 2, 1, 1, count_include_pad=True, dilation=3)
+        without = fastpool.avg_pool1d(xi, 2, 1, 1, count_include_pad=False, dilation=3)
+        assert with_pad.dtype == without.dtype == dt and (with_pad == 0).all()
+        assert (np.isnan(without) if np.dtype(dt).kind == "f" else without == 0).all(), dt
+
+
 def test_fractional_window_span_limit_as_pytorch():
     """output_size + kernel_size - 1 may equal the input size in 2-d (PyTorch's 2-d op) but
     must stay below it in 3-d (PyTorch's 3-d op), forward and gradient."""
