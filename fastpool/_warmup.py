@@ -41,30 +41,87 @@ def _calls(name, rank, x, cl):
             fn(x, *a, **k, **kw)
 
 
+def _items(name, value, default):
+    """``value`` as a list: ``default`` for None, one item for a lone string (or dtype), the
+    items of any other iterable."""
+    if value is None:
+        return list(default)
+    if isinstance(value, (str, np.dtype, type)):
+        return [value]
+    try:
+        return list(value)
+    except TypeError:
+        raise TypeError(f"warmup: {name} must be a string or a sequence of them, got "
+                        f"{value!r}") from None
+
+
+def _public_ops():
+    """{public op name: its rank} for every pooling function and gradient."""
+    import fastpool
+    names = {}
+    for fam in _FORWARD:
+        for r in (1, 2, 3):
+            for suffix in ("", "_backward"):
+                name = f"{fam}{r}d{suffix}"
+                if callable(getattr(fastpool, name, None)):
+                    names[name] = r
+    return names
+
+
+def _dtypes_of(name):
+    """The input dtypes a public op takes."""
+    from ._dtypes import MAX_DTYPES, AVG_DTYPES, LP_DTYPES, FLOAT_DTYPES
+    if name.endswith("_backward"):
+        return FLOAT_DTYPES
+    if name.startswith("lp_pool"):
+        return LP_DTYPES
+    if name.startswith("avg_pool") or name.startswith("adaptive_avg_pool"):
+        return AVG_DTYPES
+    return MAX_DTYPES
+
+
 def warmup(ops=None, dtypes=None, layouts=None):
     """Compile the kernels behind ``ops`` for ``dtypes`` and ``layouts`` ahead of use.
 
     ``ops``: public names (``"max_pool2d"``, ``"avg_pool2d_backward"``, ...) or families
-    (``"max_pool"``: every rank); default every forward op.  ``dtypes``: default float32.
-    ``layouts``: ``"cf"`` (channels-first) and/or ``"cl"`` (channels-last); default both.
-    Serial and parallel variants are both compiled; with a writable cache they persist.
-    Returns the number of calls made.
+    (``"max_pool"``, ``"max_pool_backward"``: every rank); default every forward op.
+    ``dtypes``: default float32.  ``layouts``: ``"cf"`` (channels-first) and/or ``"cl"``
+    (channels-last); default both.  Each may be one item or a sequence.  Every op and dtype is
+    checked before anything compiles.  Serial and parallel variants are both compiled; with a
+    writable cache they persist.  Returns the number of calls made.
     """
-    import fastpool
+    public = _public_ops()
     names = []
-    for op in (ops if ops is not None else _FORWARD):
-        if hasattr(fastpool, op):
+    for op in _items("ops", ops, _FORWARD):
+        if not isinstance(op, str):
+            raise TypeError(f"warmup: ops must be op names (strings), got {op!r}")
+        if op in public:
             names.append(op)
-        else:
-            found = [f"{op}{r}d" for r in (1, 2, 3) if hasattr(fastpool, f"{op}{r}d")]
-            if not found:
-                raise ValueError(f"warmup: unknown op {op!r}")
-            names += found
-    dtypes = [np.dtype(d) for d in (dtypes if dtypes is not None else [np.float32])]
-    layouts = list(layouts if layouts is not None else ["cf", "cl"])
+            continue
+        fam, suffix = (op[:-len("_backward")], "_backward") if op.endswith("_backward") \
+            else (op, "")
+        found = [f"{fam}{r}d{suffix}" for r in (1, 2, 3) if f"{fam}{r}d{suffix}" in public]
+        if not found:
+            raise ValueError(f"warmup: unknown op {op!r} (ops are pooling functions such as "
+                             f"'max_pool2d', their gradients such as 'max_pool2d_backward', or "
+                             f"families such as 'max_pool')")
+        names += found
+    dts = []
+    for d in _items("dtypes", dtypes, [np.float32]):
+        try:
+            dts.append(np.dtype(d))
+        except TypeError:
+            raise TypeError(f"warmup: dtypes must be NumPy dtypes, got {d!r}") from None
+    dtypes = dts
+    layouts = _items("layouts", layouts, ["cf", "cl"])
     for lay in layouts:
         if lay not in ("cf", "cl"):
             raise ValueError(f"warmup: layouts must be 'cf' or 'cl', got {lay!r}")
+    for name in names:
+        for dt in dtypes:
+            if dt not in _dtypes_of(name):
+                raise TypeError(f"warmup: {name} does not take dtype {dt} (it takes "
+                                f"{', '.join(str(t) for t in _dtypes_of(name))})")
     saved = _f.PARALLEL_MIN_WORK
     saved_after = _f.SPECIALISE_AFTER
     calls = 0
@@ -75,7 +132,7 @@ def warmup(ops=None, dtypes=None, layouts=None):
         for threshold in (saved, 0):  # serial kernels, then parallel ones
             _f.PARALLEL_MIN_WORK = threshold
             for name in names:
-                rank = int(name.split("pool")[1][0])
+                rank = public[name]
                 for dt in dtypes:
                     for lay in layouts:
                         shape = (1, 2) + (8,) * rank

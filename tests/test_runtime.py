@@ -156,6 +156,30 @@ def test_warmup_of_a_max_gradient_compiles_the_path_from_indices():
                for par in (False, True))
 
 
+def test_warmup_arguments():
+    """One op, dtype or layout may be given alone; families take every rank (gradients too);
+    anything else is a clear error naming warmup's parameter, raised before anything
+    compiles (an op that does not take a dtype included)."""
+    from fastpool import _dispatch
+    assert fastpool.warmup(ops="max_pool1d", dtypes="float64", layouts="cf") == 2
+    assert fastpool.warmup(ops="avg_pool_backward", dtypes=np.float64, layouts="cf") == 6
+    before = _dispatch.kernel.cache_info().misses
+    for kw, err, msg in (
+            (dict(ops=["warmup"]), ValueError, "warmup: unknown op 'warmup'"),
+            (dict(ops=["release_memory"]), ValueError, "unknown op"),
+            (dict(ops=["fractional_max_pool1d"]), ValueError, "unknown op"),
+            (dict(ops=[3]), TypeError, "warmup: ops must be op names"),
+            (dict(ops=5), TypeError, "warmup: ops must be a string or a sequence"),
+            (dict(dtypes="no such type"), TypeError, "warmup: dtypes must be NumPy dtypes"),
+            (dict(layouts="xx"), ValueError, "warmup: layouts must be 'cf' or 'cl'"),
+            (dict(dtypes=[np.int32]), TypeError, "lp_pool1d does not take dtype int32"),
+            (dict(ops="max_pool_backward", dtypes=np.int8), TypeError,
+             "max_pool1d_backward does not take dtype int8")):
+        with pytest.raises(err, match=msg):
+            fastpool.warmup(**kw)
+    assert _dispatch.kernel.cache_info().misses == before  # (refused before compiling)
+
+
 def test_serial_and_parallel_variants_cache_apart():
     """Numba's cache key ignores jit options: each option set must have its own entry."""
     from fastpool._cpu import planes
