@@ -80,6 +80,8 @@ def configure():
         numba.config.THREADING_LAYER = layer
         _SERIAL_LAYER = layer == "workqueue"
         _CACHE = _cache_usable(numba)
+        if _CACHE is not False:
+            _install_locators(numba)
         THREADING_LAYER = layer
 
 
@@ -111,6 +113,66 @@ def _cache_usable(numba):
         return os.access(d, os.W_OK)
     pkg = os.path.dirname(os.path.abspath(__file__))
     return True if os.access(pkg, os.W_OK) else None  # None: let Numba try its home cache
+
+
+_PKG = os.path.dirname(os.path.abspath(__file__))
+
+
+def _kernel_sources():
+    """The files a kernel's machine code depends on: the kernels, their jitted helpers and the
+    intrinsics that emit their vector code (``_cpu/``), and the launcher."""
+    return sorted(glob.glob(os.path.join(_PKG, "_cpu", "*.py"))) + \
+        [os.path.join(_PKG, "_launch.py")]
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_digest(stamps):
+    import hashlib
+    h = hashlib.sha256()
+    for path, _ in stamps:
+        h.update(os.path.basename(path).encode() + b"\0")
+        try:
+            with open(path, "rb") as f:
+                h.update(f.read())
+        except OSError:
+            h.update(b"?")
+    return h.digest()
+
+
+def kernel_sources_digest():
+    """A hash of every kernel source file (read again when one's size or time changes)."""
+    stamps = []
+    for path in _kernel_sources():
+        try:
+            st = os.stat(path)
+            stamps.append((path, (st.st_mtime_ns, st.st_size)))
+        except OSError:
+            stamps.append((path, None))
+    return _kernel_digest(tuple(stamps))
+
+
+def _install_locators(numba):
+    """Numba keys a cached kernel on its own file's contents alone, so a kernel whose file did
+    not change kept its old machine code when an intrinsic or a helper in another file did (an
+    in-place update: a git checkout, an editable install).  fastpool's kernels get locators
+    whose stamp is the hash of every kernel source instead; other functions keep Numba's."""
+    from numba.core import caching
+    if getattr(caching.CacheImpl, "_fastpool_locators", False):
+        return
+
+    def stamp(self):
+        return kernel_sources_digest()
+    classes = []
+    for base in (caching.UserProvidedCacheLocator, caching.InTreeCacheLocator):
+        def from_function(cls, py_func, py_file, _base=base):
+            if not os.path.abspath(py_file).startswith(_PKG + os.sep):
+                return None
+            return _base.from_function.__func__(cls, py_func, py_file)
+        classes.append(type(f"Fastpool{base.__name__}", (base,),
+                            {"get_source_stamp": stamp,
+                             "from_function": classmethod(from_function)}))
+    caching.CacheImpl._locator_classes[:0] = classes
+    caching.CacheImpl._fastpool_locators = True
 
 
 def _cache_dir(numba):

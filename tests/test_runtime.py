@@ -203,6 +203,44 @@ _MISSES = """
 """
 
 
+def test_a_changed_kernel_source_invalidates_every_cached_kernel(tmp_path):
+    """Numba keys a cached kernel on its own file alone: a kernel whose file is unchanged kept
+    its old machine code when an intrinsic it inlines (another file) changed.  fastpool's
+    kernels are keyed on every kernel source: a copy of the package loads its kernels from its
+    cache on a second run, and compiles them again once any file under ``_cpu/`` changes."""
+    import shutil
+    from fastpool import _runtime
+    _runtime.configure()
+    if _runtime._CACHE is False:
+        pytest.skip("Numba's cache is disabled here")
+    pkg = tmp_path / "pkg"
+    shutil.copytree(os.path.dirname(fastpool.__file__), pkg / "fastpool",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.spec"))
+    code = textwrap.dedent("""
+        import numpy as np, fastpool
+        assert fastpool.__file__.startswith(%r), fastpool.__file__
+        fastpool.max_pool1d(np.arange(12.0).reshape(1, 2, 6), 2)
+    """ % str(pkg)) + textwrap.dedent(_MISSES)
+
+    def run():
+        env = dict(os.environ, PYTHONPATH=str(pkg))
+        env.pop("NUMBA_CACHE_DIR", None)
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=300, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        words = proc.stdout.split()
+        return int(words[words.index("hits") + 1]), int(words[words.index("missed") + 1])
+    run()  # compiles and saves
+    hits, missed = run()
+    assert hits > 0 and missed == 0, (hits, missed)
+    with open(pkg / "fastpool" / "_cpu" / "_simd.py", "a") as f:
+        f.write("\n# changed\n")
+    hits, missed = run()
+    assert missed > 0 and hits == 0, (hits, missed)  # (none of the old machine code)
+    hits, missed = run()
+    assert hits > 0 and missed == 0, (hits, missed)
+
+
 def test_second_process_loads_every_kernel_from_the_cache(tmp_path):
     """A fresh process compiles nothing that an earlier one cached: the cache key of every
     kernel is the same in every process (a kernel that closed over a jitted function would
