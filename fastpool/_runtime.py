@@ -100,6 +100,9 @@ def launch_lock():
     return _launch_lock if _SERIAL_LAYER else _NO_LOCK
 
 
+_PKG = os.path.dirname(os.path.abspath(__file__))  # the package folder
+
+
 def _cache_usable(numba):
     """Can Numba's cache locate a writable folder for this package?"""
     if os.environ.get("FASTPOOL_NO_CACHE"):
@@ -111,11 +114,7 @@ def _cache_usable(numba):
         except OSError:
             return False
         return os.access(d, os.W_OK)
-    pkg = os.path.dirname(os.path.abspath(__file__))
-    return True if os.access(pkg, os.W_OK) else None  # None: let Numba try its home cache
-
-
-_PKG = os.path.dirname(os.path.abspath(__file__))
+    return True if os.access(_PKG, os.W_OK) else None  # None: let Numba try its home cache
 
 
 def _kernel_sources():
@@ -177,8 +176,7 @@ def _install_locators(numba):
 
 def _cache_dir(numba):
     """Numba's cache folder for this package's kernels (its own, or the one the user set)."""
-    return numba.config.CACHE_DIR or os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                  "__pycache__")
+    return numba.config.CACHE_DIR or os.path.join(_PKG, "__pycache__")
 
 
 @functools.lru_cache(maxsize=None)

@@ -519,10 +519,9 @@ def _pair_windows(tab, dil, s3, o3, padded_divisor):
         o = np.arange(o3[d])
         if not (np.array_equal(tab[d, 0, :o.size], 2 * o) and np.all(tab[d, 1, :o.size] == 2)):
             return False
-        if padded_divisor and not np.all(tab[d, 2, :o.size] == 2):
-            return False
-    # (and the depth row alone: a depth-1 input padded along depth divides by more)
-    return not padded_divisor or tab[0, 2, 0] == 1
+    # (padded_divisor: the padded extent along every dim, depth too, is the window's cells)
+    return not padded_divisor or all(np.array_equal(tab[d, 2, :o3[d]], tab[d, 1, :o3[d]])
+                                     for d in range(3))
 
 
 def _tile_codes(dtype):
@@ -829,14 +828,19 @@ def _lp_pool(rank, input, norm_type, kernel_size, stride, ceil_mode, padding, di
 
 # ----------------------------------------------------------------------------- adaptive ops
 
+def _adaptive_size(op, rank, spatial, output_size):
+    """The adaptive ops' output size: ints, None keeping that dim's input size."""
+    osz = int_tuple(op, "output_size", output_size, rank, allow_none=True, spread_one=False)
+    osz = tuple(spatial[i] if v is None else v for i, v in enumerate(osz))
+    if min(osz) < 0:
+        raise ValueError(f"{op}: output_size must be non-negative, got {osz!r}")
+    return osz
+
+
 def _adaptive_params(op, rank, spatial, output_size, plane_bytes=1):
     """Output size, window tables and taps per window; ``plane_bytes`` (N*C*itemsize) lets
     the result's size be refused before any table is built."""
-    osz = int_tuple(op, "output_size", output_size, rank, allow_none=True, spread_one=False)
-    osz = tuple(spatial[i] if v is None else v for i, v in enumerate(osz))
-    for v in osz:
-        if v < 0:
-            raise ValueError(f"{op}: output_size must be non-negative, got {osz!r}")
+    osz = _adaptive_size(op, rank, spatial, output_size)
     check_alloc(op, osz, plane_bytes)
     pad3 = 3 - rank
     tabs = [adaptive_table(1, 1)] * pad3
@@ -916,10 +920,7 @@ def _channel_free(op, rank, x, output_size, channels_last, batched_too, dtypes):
     if c != 0 or 0 in sp:
         return None
     check_dtype(x.dtype, dtypes, op)
-    osz = int_tuple(op, "output_size", output_size, rank, allow_none=True, spread_one=False)
-    osz = tuple(sp[i] if v is None else v for i, v in enumerate(osz))
-    if min(osz) < 0:
-        raise ValueError(f"{op}: output_size must be non-negative, got {osz!r}")
+    osz = _adaptive_size(op, rank, sp, output_size)
     return lead + (osz + (0,) if cl else (0,) + osz)
 
 
@@ -1097,9 +1098,8 @@ def _unpool_size(op, rank, spatial, k, s, pads, output_size):
     for v in osz:  # (0 along a dim: an empty result, as PyTorch gives)
         if v < 0:
             raise ValueError(f"{op}: output size {osz} must be non-negative (input "
-                             f"{tuple(spatial)}, "
-                             f"kernel_size {tuple(k)}, stride {tuple(s)}, padding "
-                             f"{tuple(p[0] if p[0] == p[1] else p for p in pads)})")
+                             f"{tuple(spatial)}, kernel_size {tuple(k)}, stride {tuple(s)}, "
+                             f"padding {tuple(p[0] if p[0] == p[1] else p for p in pads)})")
     return osz
 
 
