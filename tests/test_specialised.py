@@ -883,6 +883,30 @@ def test_vector_rows_parallel(dtype):
     np.testing.assert_allclose(got.astype(np.float64), ref, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_streamed_1d_rows(dtype):
+    """1-d rows whose result reaches separable.ROW_STREAM_MIN_BYTES are built in a scratch row
+    and streamed out: the same bits as the plain stores of smaller calls (one batch item at a
+    time), and PyTorch's max."""
+    from fastpool._cpu import separable as S
+    rng = np.random.default_rng(11)
+    n = 4
+    W = 2 * (S.ROW_STREAM_MIN_BYTES // (n * 16 * np.dtype(dtype).itemsize)) + 7  # (odd rows)
+    x = _input(rng, (n, 16, W), dtype)
+    x.reshape(-1)[rng.choice(x.size, 64, replace=False)] = np.nan
+    for k in (3, 2):
+        got = fastpool.max_pool1d(x, k, 2)
+        assert got.nbytes >= S.ROW_STREAM_MIN_BYTES
+        ref = F.max_pool1d(torch.from_numpy(x.astype(np.float32)), k, 2).numpy().astype(dtype)
+        np.testing.assert_array_equal(got, ref)
+        np.testing.assert_array_equal(
+            _bits(got), _bits(np.concatenate([fastpool.max_pool1d(x[i:i + 1], k, 2)
+                                              for i in range(n)])))
+    got = fastpool.avg_pool1d(x, 3, 2)
+    parts = np.concatenate([fastpool.avg_pool1d(x[i:i + 1], 3, 2) for i in range(n)])
+    np.testing.assert_array_equal(_bits(got), _bits(parts))
+
+
 # Small calls of 2x2 windows at stride 2 without padding (separable.make_pairs, serial): every
 # window whole, an odd last row or column left out; float rows in vectors (the last one
 # overlapping the one before), narrower rows and integers scalar.  Bits must equal a NumPy

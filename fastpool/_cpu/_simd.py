@@ -869,21 +869,22 @@ def sfence(typingctx):
 
 
 def _emit_stream(context, builder, src, sarr, s0, dst, darr, d0, n, marker, lines=False,
-                 add=None):
+                 add=None, dty=types.int64):
     """IR of ``dst[d0:d0 + n] = src[s0:s0 + n]`` (1-d arrays of the same type, i64 indices):
     streaming vectors over the aligned middle, plain stores over the cells before and after it
     (all of them where ``dst`` is not aligned to its element size).  ``lines``: the middle is
     whole 64-byte lines, so that a line the copy shares with another one gets plain stores
     only (a line written half by streaming stores and half by plain ones costs ~150 ns).
     ``add`` (i64 ``s1``, i1 ``two``): the cells are ``(+0 + src[s0 + k])``, plus
-    ``src[s1 + k]`` where ``two`` (float arrays of one type)."""
+    ``src[s1 + k]`` where ``two`` (float arrays of one type).  ``dty``: the type of ``d0``, an
+    index of ``dst`` (a tuple of ints for an n-d ``dst`` whose last dim has unit stride)."""
     i64 = ir.IntType(64)
     elt = context.get_data_type(dst.dtype)
     isz = context.get_abi_sizeof(elt)
     L = _nlanes(dst, marker)
     vt = ir.VectorType(elt, L)
     ps = builder.bitcast(_pointer(context, builder, src, sarr, types.int64, s0), elt.as_pointer())
-    pd = builder.bitcast(_pointer(context, builder, dst, darr, types.int64, d0), elt.as_pointer())
+    pd = builder.bitcast(_pointer(context, builder, dst, darr, dty, d0), elt.as_pointer())
     a = builder.ptrtoint(pd, i64)
     A = i64(max(L * isz, 64) if lines else L * isz)
     ok = builder.icmp_unsigned("==", builder.urem(a, i64(isz)), i64(0))
@@ -943,21 +944,37 @@ def _not_streamed(sig):
 @intrinsic
 def stream_lines(typingctx, src, s0, dst, d0, n, marker):
     """``dst[d0:d0 + n] = src[s0:s0 + n]`` with streaming stores over the whole 64-byte lines
-    of the destination, plain ones over the partial lines at its two ends; True.  False, and
-    nothing copied, where the arrays' types differ (float16 results of float32 scratch): the
-    caller's plain loop then runs, decided at compile time."""
+    of the destination, plain ones over the partial lines at its two ends; True.  ``d0``: an
+    int, or a tuple of ints indexing an n-d ``dst`` whose last dim has unit stride (the cells
+    then run along that dim).  False, and nothing copied, where the arrays' types differ
+    (float16 results of float32 scratch): the caller's plain loop then runs, decided at compile
+    time."""
     if not (isinstance(src, types.Array) and isinstance(dst, types.Array)):
         return None
     if not _stream_types(src, dst, marker):
         return _not_streamed(types.boolean(src, s0, dst, d0, n, marker))
+    tup = isinstance(d0, types.BaseTuple)
 
     def codegen(context, builder, sig, args):
-        s0_, d0_, n_ = (context.cast(builder, args[k], sig.args[k], types.int64)
-                        for k in (1, 3, 4))
+        s0_, n_ = (context.cast(builder, args[k], sig.args[k], types.int64) for k in (1, 4))
+        d0_ = args[3] if tup else context.cast(builder, args[3], sig.args[3], types.int64)
         _emit_stream(context, builder, src, args[0], s0_, dst, args[2], d0_, n_, marker,
-                     lines=True)
+                     lines=True, dty=sig.args[3] if tup else types.int64)
         return context.get_constant(types.boolean, True)
     return types.boolean(src, s0, dst, d0, n, marker), codegen
+
+
+@intrinsic
+def streams(typingctx, src, dst, marker):
+    """Whether ``stream_lines(src, ..., dst, ..., marker)`` streams (True) or leaves the copy to
+    the caller (False): a constant, known at compile time."""
+    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)):
+        return None
+    ok = _stream_types(src, dst, marker)
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.boolean, ok)
+    return types.boolean(src, dst, marker), codegen
 
 
 @intrinsic

@@ -23,7 +23,7 @@ from ._simd import (vector_lanes, vsum_run, vdiv, int_lanes, ipair_row, hwin32_m
                     hwin22_max, fwin22_max, fwin22_avg, fwin22_maxi,
                     vcol2_max, vcol2_sum, vcol3_max, vcol3_sum, prefetch, vpair_max, vpair_pmax,
                     rows_nan, hwin31_max, hwin31_pmax, hwin51_max, hwin51_pmax, hwin71_max,
-                    hwin71_pmax, AHEAD, ahead_cells, line_cells)
+                    hwin71_pmax, AHEAD, ahead_cells, line_cells, stream_lines, streams, sfence)
 from .window import divide, _next_row, _rows, U, tpow
 
 BLOCK = 8  # fewest output rows per parallel task
@@ -33,6 +33,10 @@ FLAT_MAX_ROW = 48  # for scratch rows of at most this many cells
 TASKS = 512  # parallel tasks per call, at most (enough to balance the threads)
 # make_sep: rows this long prefetch PFD rows ahead, shorter ones AHEAD bytes (see make_sep)
 NEAR_ROW_BYTES = 1024
+# make_sep's 1-row windows stream their output rows (scratch row, streaming stores) for results
+# of this many bytes and more: max1d k3s2 64x256x4096 float32 0.90-0.92x the time (paired, one
+# process, 2 threads); a smaller result stays in the cache for whoever reads it next
+ROW_STREAM_MIN_BYTES = 8 << 20
 SAME_UNITS = 64  # make_same: split planes into row blocks when there are fewer planes than this
 SAME_ROWS = 16  # ... of at least this many rows
 
@@ -206,6 +210,10 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                 hi = OW
             tb = max(PADL + lo * SW - pw, 0) * Cn  # tmp offset of the first interior window
             tmp = new_full((PADL + PADR) * Cn + max(G * TS, W), init)
+            # large results of 1-row windows: each output row built in tmp and streamed out
+            # (see ROW_STREAM_MIN_BYTES)
+            nts = VROW1 and row1 and streams(tmp, out, marker) and \
+                out.size * out.itemsize >= ROW_STREAM_MIN_BYTES
             tv = tmp[tb:]  # interior windows' columns (one view per task, not per row)
             hv = new_full(Cn, init)  # one output cell of an edge column
             outf = flat_view(out)  # (flat rows only; a view per task)
@@ -320,7 +328,17 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                             # 64x256x4096 0.82-0.90x the time, average 0.91-0.95x, paired in
                             # one process on a Xeon with a 300 MB L3)
                             prefetch(x, (q, d0, h0, U(2 * jv + ahx)))
-                            if KW == 3 and not MAX:
+                            if nts:  # into the scratch row, streamed out below
+                                if KW == 3 and not MAX:
+                                    hwin32_avg(x, (q, d0, h0, U(2 * jv)), tmp, U(jv), div,
+                                               marker)
+                                elif KW == 3:
+                                    hwin32_max(x, (q, d0, h0, U(2 * jv)), tmp, U(jv), div,
+                                               marker)
+                                else:
+                                    hwin22_max(x, (q, d0, h0, U(2 * jv)), tmp, U(jv), div,
+                                               marker)
+                            elif KW == 3 and not MAX:
                                 hwin32_avg(x, (q, d0, h0, U(2 * jv)), out, (q, od, oh, U(jv)),
                                            div, marker)
                             elif KW == 3:
@@ -330,6 +348,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                                 hwin22_max(x, (q, d0, h0, U(2 * jv)), out, (q, od, oh, U(jv)),
                                            div, marker)
                             j0 += L
+                        if nts:
+                            stream_lines(tmp, 0, out, (q, od, oh, 0), OW, marker)
                         continue
                 # vertical pass: tmp[w] = reduce over the window's (z, y) rows
                 if nd == 0 or nh == 0:  # no input row (PyTorch-style padding and dilation)
@@ -491,6 +511,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                                 out[q, od, oh, ob + ch] = to_storage(m, marker) if MAX else \
                                     _lp_norm(m, div, knz, invz, p1, p2, marker) if POWER else \
                                     to_storage(divide(m, div), marker)
+            if nts:
+                sfence()
     from .._runtime import jit
     return jit(kernel, parallel=parallel, fastmath=False if MAX else {"reassoc", "contract"})
 
