@@ -260,6 +260,12 @@ def runtime_info():
         cuda = "available" if _cuda.is_available() else "no CUDA device"
     except Exception as exc:  # pragma: no cover - depends on the machine
         cuda = f"unavailable ({type(exc).__name__})"
+    cuda += "; fastpool has no CUDA kernels in this build"
+    try:
+        from importlib.metadata import version
+        dask = f"{version('dask')}: Dask arrays run block by block"
+    except Exception:
+        dask = "not installed (the dask extra)"
     return {
         "fastpool": __version__,
         "python": sys.version.split()[0],
@@ -273,6 +279,7 @@ def runtime_info():
         "cache": "enabled" if _CACHE is not False else "disabled",
         "cache_dir": cache_dir,
         "cuda": cuda,
+        "dask": dask,
         "output_cache": _output_cache(),
     }
 

@@ -32,7 +32,8 @@ def _as_array(op, x, name="input"):
         raise TypeError(f"{op}: {name} is a CUDA array; fastpool's CUDA kernels are not part of "
                         f"this build")
     if type(x).__module__.startswith("dask"):
-        raise TypeError(f"{op}: {name} is a Dask array; Dask support is not part of this build")
+        raise TypeError(f"{op}: {name} is a Dask array; fastpool.{op.split()[0]} maps Dask "
+                        f"arrays block by block")
     try:
         a = np.asarray(x)
     except Exception as exc:

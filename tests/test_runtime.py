@@ -128,6 +128,20 @@ def test_cache_fallback_when_no_locator(monkeypatch):
     assert _runtime.THREADING_LAYER is not None
 
 
+def test_info_command():
+    """``python -m fastpool info``: versions, threading layer, threads, cache folder, CUDA and
+    Dask status, one ``key : value`` line each."""
+    proc = subprocess.run([sys.executable, "-m", "fastpool", "info"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(ln.split(":", 1) for ln in proc.stdout.splitlines() if ":" in ln)
+    keys = {k.strip() for k in lines}
+    assert {"fastpool", "numpy", "numba", "threading_layer", "threads", "cache_dir", "cuda",
+            "dask"} <= keys, keys
+    assert lines[next(k for k in lines if k.strip() == "threads")].strip().isdigit()
+    assert "block by block" in lines[next(k for k in lines if k.strip() == "dask")]
+
+
 def test_import_compiles_nothing():
     code = ("import sys, fastpool; "
             "print('numba' in sys.modules, len(fastpool._dispatch.kernel.cache_info()[:]))")
