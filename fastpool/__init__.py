@@ -24,11 +24,13 @@ from .backward import (  # noqa: F401
     max_unpool1d_backward, max_unpool2d_backward, max_unpool3d_backward,
 )
 
-from . import _dask  # noqa: E402
+from . import _route  # noqa: E402
 
-# the public operators also take Dask arrays (``_dask``): the names below are those wrappers
+# the public operators also take Dask and CUDA arrays (``_route``): the names below are those
+# wrappers
 for _name in [n for n in dir() if n.endswith(("pool1d", "pool2d", "pool3d", "_backward"))]:
-    globals()[_name] = _dask.aware(globals()[_name], int(_name.split("_backward")[0][-2]), _name)
+    globals()[_name] = _route.aware(globals()[_name], int(_name.split("_backward")[0][-2]),
+                                    _name)
 del _name
 
 from ._warmup import warmup  # noqa: F401,E402

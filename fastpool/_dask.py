@@ -13,39 +13,11 @@ chunked like it along the batch and channel axes; NumPy ones are wrapped first. 
 pooling without ``random_samples`` draws them from NumPy's global generator when the graph is
 built, as the NumPy call would, so that every block and every recomputation agree.
 """
-import functools
-import inspect
-import sys
-
 import numpy as np
 
 # arguments laid out like the input (same ndim, batch and channel axes)
 _LIKE_INPUT = ("grad_output", "input", "indices")
 _SAMPLES = ("random_samples", "_random_samples")
-
-
-def aware(fn, rank, name):
-    """``fn`` (the public NumPy operator ``name`` of ``rank`` spatial dims), taking Dask arrays
-    too; the wrapper is meant to be published as ``fastpool.<name>``."""
-    sig = inspect.signature(fn)
-
-    modules = sys.modules
-
-    @functools.wraps(fn)
-    def op(*args, **kwargs):
-        m = modules.get("dask.array")  # (a dict lookup per call while Dask is not imported)
-        if m is not None:
-            A = m.Array
-            for a in args:
-                if isinstance(a, A):
-                    return _run(op, fn, sig, rank, args, kwargs)
-            for a in kwargs.values():
-                if isinstance(a, A):
-                    return _run(op, fn, sig, rank, args, kwargs)
-        return fn(*args, **kwargs)
-    op.__module__ = "fastpool"  # (tasks pickle it as fastpool.<name>)
-    op.__qualname__ = name
-    return op
 
 
 def _stand_in(v, n_ax, c_ax, batched):
@@ -60,7 +32,7 @@ def _stand_in(v, n_ax, c_ax, batched):
     return np.zeros(shape, v.dtype)
 
 
-def _run(op, fn, sig, rank, args, kwargs):
+def run(op, fn, sig, rank, args, kwargs):
     import dask.array as da
     from dask import delayed
 

@@ -260,7 +260,8 @@ def runtime_info():
         cuda = "available" if _cuda.is_available() else "no CUDA device"
     except Exception as exc:  # pragma: no cover - depends on the machine
         cuda = f"unavailable ({type(exc).__name__})"
-    cuda += "; fastpool has no CUDA kernels in this build"
+    cuda += ("; fastpool's CUDA kernels: max, average, Lp and adaptive max/average pooling "
+             "(forward)")
     try:
         from importlib.metadata import version
         dask = f"{version('dask')}: Dask arrays run block by block"

@@ -1,0 +1,42 @@
+"""The public operators: NumPy arrays straight to ``functional`` / ``backward``, Dask arrays
+block by block (``_dask``), CUDA arrays to the GPU kernels (``_cuda``)."""
+import functools
+import inspect
+import sys
+
+import numpy as np
+
+from . import _cuda, _dask
+
+
+def aware(fn, rank, name):
+    """``fn`` (the public NumPy operator ``name`` of ``rank`` spatial dims), taking Dask and
+    CUDA arrays too; the wrapper is meant to be published as ``fastpool.<name>``."""
+    sig = inspect.signature(fn)
+    modules = sys.modules
+    ndarray = np.ndarray
+    is_cuda = _cuda.is_cuda
+
+    @functools.wraps(fn)
+    def op(*args, **kwargs):
+        m = modules.get("dask.array")  # (a dict lookup per call while Dask is not imported)
+        if m is not None:
+            A = m.Array
+            for a in args:
+                if isinstance(a, A):
+                    return _dask.run(op, fn, sig, rank, args, kwargs)
+            for a in kwargs.values():
+                if isinstance(a, A):
+                    return _dask.run(op, fn, sig, rank, args, kwargs)
+        a0 = args[0] if args else kwargs.get("grad_output", kwargs.get("input"))
+        if not isinstance(a0, ndarray) and is_cuda(a0):
+            try:
+                bound = sig.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"{name}: {exc}") from None
+            bound.apply_defaults()
+            return _cuda.run(name, rank, dict(bound.arguments))
+        return fn(*args, **kwargs)
+    op.__module__ = "fastpool"  # (Dask tasks pickle it as fastpool.<name>)
+    op.__qualname__ = name
+    return op
