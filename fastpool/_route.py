@@ -14,7 +14,7 @@ def aware(fn, rank, name):
     CUDA arrays too; the wrapper is meant to be published as ``fastpool.<name>``."""
     sig = inspect.signature(fn)
     modules = sys.modules
-    ndarray = np.ndarray
+    plain = frozenset((np.ndarray, int, float, tuple, list, str, type(None)))
     is_cuda = _cuda.is_cuda
 
     @functools.wraps(fn)
@@ -28,8 +28,10 @@ def aware(fn, rank, name):
             for a in kwargs.values():
                 if isinstance(a, A):
                     return _dask.run(op, fn, sig, rank, args, kwargs)
+        # (the arrays come first: grad_output and input, or input and indices)
         a0 = args[0] if args else kwargs.get("grad_output", kwargs.get("input"))
-        if not isinstance(a0, ndarray) and is_cuda(a0):
+        a1 = args[1] if len(args) > 1 else kwargs.get("input")
+        if (type(a0) not in plain and is_cuda(a0)) or (type(a1) not in plain and is_cuda(a1)):
             try:
                 bound = sig.bind(*args, **kwargs)
             except TypeError as exc:

@@ -260,8 +260,7 @@ def runtime_info():
         cuda = "available" if _cuda.is_available() else "no CUDA device"
     except Exception as exc:  # pragma: no cover - depends on the machine
         cuda = f"unavailable ({type(exc).__name__})"
-    cuda += ("; fastpool's CUDA kernels: max, average, Lp and adaptive max/average pooling "
-             "(forward)")
+    cuda += "; fastpool runs CUDA arrays with numba.cuda kernels (simulator-tested)"
     try:
         from importlib.metadata import version
         dask = f"{version('dask')}: Dask arrays run block by block"
