@@ -2,15 +2,17 @@
 ``test_cuda.py`` in a process of its own with ``NUMBA_ENABLE_CUDASIM=1`` (the variable must be
 set before Numba is imported).  The simulator runs each thread in Python, so inputs are tiny.
 Results are checked against the NumPy operators (themselves checked against PyTorch) and
-PyTorch."""
+PyTorch.  On a machine with a GPU the same file runs on the device:
+``python -m pytest tests/sim_cuda.py`` without the variable."""
 import os
 
 import numpy as np
 import pytest
 
-assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run through tests/test_cuda.py"
-
 from numba import cuda  # noqa: E402
+
+assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or cuda.is_available(), \
+    "no GPU: run through tests/test_cuda.py (the simulator)"
 
 import fastpool  # noqa: E402
 
@@ -40,7 +42,7 @@ def _same(got, want, exact):
         for g, w in zip(got, want):
             _same(g, w, True)
         return
-    assert type(got).__name__ == "FakeCUDAArray"
+    assert type(got).__name__ in ("FakeCUDAArray", "DeviceNDArray")
     g = got.copy_to_host()
     assert g.shape == want.shape and g.dtype == want.dtype
     if exact or want.dtype.kind != "f":
