@@ -97,6 +97,7 @@ class Workload:
     bwd_indices: bool = True
     quick: bool = False
     tag: str = ""
+    device: str = "cpu"  # "cuda": PyTorch CUDA tensors in and out (fastpool's CUDA kernels)
 
     # -- derived ------------------------------------------------------------------------------
     @property
@@ -144,6 +145,8 @@ class Workload:
         dt = {"float32": "f32", "float64": "f64", "uint8": "u8", "float16": "f16"}.get(
             self.dtype, self.dtype)
         parts = [desc, shape, dt, self.layout]
+        if self.device != "cpu":
+            parts.append(self.device)
         if self.tag:
             parts.append(self.tag)
         return " ".join(parts)
@@ -191,7 +194,8 @@ def _tup(v, d):
 
 def _w(op, dims, shape, quick=False, layouts=("nchw",), **kw):
     params = dict(kw)
-    extra = {k: params.pop(k) for k in ("dtype", "pass_", "bwd_indices", "tag") if k in params}
+    extra = {k: params.pop(k) for k in ("dtype", "pass_", "bwd_indices", "tag", "device")
+             if k in params}
     quick_layouts = quick if isinstance(quick, tuple) else (layouts if quick else ())
     return [Workload(op, dims, tuple(shape), tuple(sorted(params.items())), layout=lay,
                      quick=lay in quick_layouts, **extra) for lay in layouts]
@@ -227,6 +231,14 @@ def _build_table() -> list:
             count_include_pad=False, layouts=BOTH, pass_="bwd")
     t += _w("adaptive_avg", 2, (16, 256, 30, 30), output_size=7, pass_="bwd")
     t += _w("global_avg", 2, (32, 2048, 7, 7), output_size=1, pass_="bwd")
+    # GPU: PyTorch CUDA tensors in and out, against PyTorch on the same device (rows skipped
+    # where there is none); no memory floor (the copy probe measures the host's memory)
+    t += _w("max", 2, (32, 64, 112, 112), kernel_size=3, stride=2, padding=1, layouts=BOTH,
+            device="cuda")
+    t += _w("avg", 2, (32, 64, 56, 56), kernel_size=3, stride=2, padding=1,
+            count_include_pad=False, device="cuda")
+    t += _w("max", 2, (32, 64, 112, 112), kernel_size=3, stride=2, padding=1, pass_="bwd",
+            bwd_indices=True, device="cuda")
     return t
 
 
@@ -313,12 +325,56 @@ def fastpool_missing(w: Workload, fp) -> str | None:
     return None
 
 
+def cuda_device() -> str | None:
+    """Why the CUDA rows cannot run here (no PyTorch CUDA device), else None."""
+    try:
+        import torch
+    except ImportError:
+        return "no PyTorch to carry CUDA arrays"
+    try:
+        return None if torch.cuda.is_available() else "no CUDA device"
+    except Exception as e:  # pragma: no cover - depends on the machine
+        return f"no CUDA device ({type(e).__name__})"
+
+
+def _build_fastpool_cuda(d: RowData, kw: dict) -> Candidate:
+    """fastpool on PyTorch CUDA tensors (its CUDA kernels), synchronised after each call."""
+    import torch
+    w, fp = d.w, d.fp
+    f = getattr(fp, w.fastpool_name)
+    x = torch.from_numpy(d.x).cuda()
+
+    def host(t):
+        return d.logical(t.cpu().numpy())
+    if w.pass_ == "fwd":
+        def fn():
+            out = f(x, **kw)
+            torch.cuda.synchronize()
+            return out
+
+        def to_numpy(out):
+            return (host(out[0]), host(out[1])) if isinstance(out, tuple) else host(out)
+        return Candidate("fastpool", fn, to_numpy)
+    g = torch.from_numpy(d.g).cuda()
+    kw.pop("return_indices", None)
+    if w.op == "max" and w.bwd_indices:
+        kw["indices"] = getattr(fp, w.fastpool_forward_name)(x, return_indices=True, **kw)[1]
+
+    def fnb():
+        out = f(g, x, **kw)
+        torch.cuda.synchronize()
+        return out
+    return Candidate("fastpool", fnb, host)
+
+
 def _build_fastpool(d: RowData, threads: int) -> Candidate:
     w, fp = d.w, d.fp
-    why = fastpool_missing(w, fp)
+    why = fastpool_missing(w, fp) or (cuda_device() if w.device == "cuda" else None)
     if why:
         raise Unsupported(why)
     kw = _fp_forward_kwargs(w)
+    if w.device == "cuda":
+        return _build_fastpool_cuda(d, kw)
     if w.pass_ == "fwd":
         f = getattr(fp, w.fastpool_name)
         x = d.x
@@ -372,19 +428,29 @@ def _build_torch(d: RowData, threads: int) -> Candidate:
     w = d.w
     f = _torch_fn(w, F)
     kw = _torch_kwargs(w)
+    gpu = w.device == "cuda"
+    if gpu and cuda_device():
+        raise Unsupported(cuda_device())
 
     def tens(a):
         t = torch.from_numpy(a)
+        t = t.cuda() if gpu else t
         return torch.movedim(t, -1, 1) if w.channels_last else t
 
     def to_np(t):
-        return t.detach().numpy()
+        return t.detach().cpu().numpy()
+
+    def sync():
+        if gpu:
+            torch.cuda.synchronize()
 
     if w.pass_ == "fwd":
         xt = tens(d.x)
 
         def fn():
-            return f(xt, **kw)
+            out = f(xt, **kw)
+            sync()
+            return out
 
         def to_numpy(out):
             if isinstance(out, tuple):
@@ -400,7 +466,9 @@ def _build_torch(d: RowData, threads: int) -> Candidate:
         assert y.is_contiguous(memory_format=_torch_cl(torch, w.dims)), "torch output layout"
 
     def fn():
-        return torch.autograd.grad(y, xt, gt, retain_graph=True)[0]
+        out = torch.autograd.grad(y, xt, gt, retain_graph=True)[0]
+        sync()
+        return out
     return Candidate("torch", fn, to_np, note="autograd")
 
 
@@ -416,6 +484,8 @@ _ONNX_TYPES = {"float32": 1, "uint8": 2, "int8": 3, "uint16": 4, "int16": 5, "in
 
 def _build_onnxruntime(d: RowData, threads: int) -> Candidate:
     w = d.w
+    if w.device != "cpu":
+        raise Unsupported("CPU only here")
     if w.pass_ == "bwd":
         raise Unsupported("no backward")
     if w.channels_last:
@@ -491,6 +561,8 @@ def _build_onnxruntime(d: RowData, threads: int) -> Candidate:
 
 def _build_jax(d: RowData, threads: int) -> Candidate:
     w = d.w
+    if w.device != "cpu":
+        raise Unsupported("CPU only here")
     if w.pass_ == "bwd":
         raise Unsupported("backward compared with torch autograd only")
     if w.op == "adaptive_avg":
@@ -969,7 +1041,8 @@ def run_row(w: Workload, fp, peers: list, threads: int, rounds: int, min_sample:
                            "params": w.kw, "candidates": {}, "notes": []}
     read, written = w.traffic()
     rec["bytes_read"], rec["bytes_written"] = read, written
-    why = fastpool_missing(w, fp)
+    rec["device"] = w.device
+    why = fastpool_missing(w, fp) or (cuda_device() if w.device == "cuda" else None)
     if why:
         rec["skipped"] = why
         if progress:
@@ -1030,7 +1103,7 @@ def run_row(w: Workload, fp, peers: list, threads: int, rounds: int, min_sample:
         wait_idle(idle_wait)
     timed = list(live)
     entries = {c.name: rec["candidates"][c.name] for c, _ in live}
-    if copy is not None and live and copy_method in copy.methods:
+    if copy is not None and live and copy_method in copy.methods and w.device == "cpu":
         # (one copy a sample: 256 MB take longer than min_sample)
         timed.append((Candidate("copy", copy.methods[copy_method], lambda o: None), 1))
         rec["copy"] = entries["copy"] = {"method": copy_method, "bytes": copy.nbytes,
@@ -1110,6 +1183,8 @@ def _busy(rec) -> str:
 def row_gbps(rec: dict, result: dict) -> float | None:
     """The copy bandwidth behind a row's memory floor: the copy timed in the row's own rounds,
     else (older results, ``--no-row-copy``) the one measured at the start of the run."""
+    if rec.get("device", "cpu") != "cpu":  # (the copy measures the host's memory)
+        return None
     c = rec.get("copy", {}).get("gbps")
     if c and np.isfinite(c):
         return c
