@@ -108,12 +108,44 @@ def _kernel(kind, idt, cv, acc, dtype):
 cuda = None  # numba.cuda, imported on the first CUDA call (a global: the simulator swaps it)
 
 
+def _cell():
+    """Device function ``cell(t, a)``: the (n, c, z, y, w) of flat cell ``t`` of 5-d ``a``."""
+    if "cell" not in _KERNELS:
+        global cuda
+        from numba import cuda
+
+        @cuda.jit(device=True)
+        def cell(t, a):
+            w = t % a.shape[4]
+            r = t // a.shape[4]
+            y = r % a.shape[3]
+            r = r // a.shape[3]
+            z = r % a.shape[2]
+            r = r // a.shape[2]
+            return r // a.shape[1], r % a.shape[1], z, y, w
+
+        @cuda.jit(device=True)
+        def clear(a, pl, v):
+            """Plane ``pl`` (= n * C + c) of 5-d ``a`` set to ``v``; returns (n, c)."""
+            n = pl // a.shape[1]
+            c = pl % a.shape[1]
+            for z in range(a.shape[2]):
+                for y in range(a.shape[3]):
+                    for w in range(a.shape[4]):
+                        a[n, c, z, y, w] = v
+            return n, c
+        _KERNELS["cell"] = cell
+        _KERNELS["clear"] = clear
+    return _KERNELS["cell"]
+
+
 def _make(kind, idt, CV, ACC, OUT):
     global cuda
     from numba import cuda
     MAX = kind == "max"
     LP = kind == "lp"
     IDX = idt is not None
+    cell = _cell()
     IT = np.dtype(idt if IDX else np.int64).type
     INT = np.dtype(ACC).kind != "f"
 
@@ -132,20 +164,9 @@ def _make(kind, idt, CV, ACC, OUT):
         t = cuda.grid(1)
         if t >= total:
             return
-        C = out.shape[1]
-        OD = out.shape[2]
-        OH = out.shape[3]
-        OW = out.shape[4]
         H = x.shape[3]
         W = x.shape[4]
-        ow = t % OW
-        r = t // OW
-        oh = r % OH
-        r = r // OH
-        od = r % OD
-        r = r // OD
-        c = r % C
-        n = r // C
+        n, c, od, oh, ow = cell(t, out)
         d0 = tab[0, 0, od]
         nd = tab[0, 1, od]
         h0 = tab[1, 0, oh]
@@ -213,6 +234,8 @@ def _more_kernels():
         return _KERNELS
     global cuda
     from numba import cuda
+    cell = _cell()
+    clear = _KERNELS["clear"]
 
     @cuda.jit
     def unpool(x, idx, out, bad, planes):
@@ -221,17 +244,10 @@ def _more_kernels():
         pl = cuda.grid(1)
         if pl >= planes:
             return
-        C = x.shape[1]
-        n = pl // C
-        c = pl % C
-        D = out.shape[2]
+        n, c = clear(out, pl, 0)
         H = out.shape[3]
         W = out.shape[4]
-        S = D * H * W
-        for z in range(D):
-            for y in range(H):
-                for w in range(W):
-                    out[n, c, z, y, w] = 0
+        S = out.shape[2] * H * W
         for z in range(x.shape[2]):
             for y in range(x.shape[3]):
                 for w in range(x.shape[4]):
@@ -255,18 +271,8 @@ def _more_kernels():
         t = cuda.grid(1)
         if t >= total:
             return
-        W = gin.shape[4]
-        H = gin.shape[3]
-        D = gin.shape[2]
-        C = gin.shape[1]
-        w = t % W
-        r = t // W
-        y = r % H
-        r = r // H
-        z = r % D
-        r = r // D
-        n = r // C
-        c = r % C
+        n, c, z, y, w = cell(t, gin)
+        r = n * gin.shape[1] + c
         GH = g.shape[3]
         GW = g.shape[4]
         j = idx[n, c, z, y, w]
@@ -293,6 +299,8 @@ def _typed(name, *types_):
         return _KERNELS[key]
     global cuda
     from numba import cuda
+    cell = _cell()
+    clear = _KERNELS["clear"]
     if name == "scatter":
         (ACC,) = types_
 
@@ -303,17 +311,10 @@ def _typed(name, *types_):
             pl = cuda.grid(1)
             if pl >= planes:
                 return
-            C = g.shape[1]
-            n = pl // C
-            c = pl % C
-            D = acc.shape[2]
+            n, c = clear(acc, pl, ACC(0))
             H = acc.shape[3]
             W = acc.shape[4]
-            S = D * H * W
-            for z in range(D):
-                for y in range(H):
-                    for w in range(W):
-                        acc[n, c, z, y, w] = ACC(0)
+            S = acc.shape[2] * H * W
             for od in range(g.shape[2]):
                 for oh in range(g.shape[3]):
                     for ow in range(g.shape[4]):
@@ -333,17 +334,8 @@ def _typed(name, *types_):
         def kern(src, dst, total):  # dst (5-d) = src as dst's type
             t = cuda.grid(1)
             if t < total:
-                W = src.shape[4]
-                H = src.shape[3]
-                D = src.shape[2]
-                C = src.shape[1]
-                w = t % W
-                r = t // W
-                y = r % H
-                r = r // H
-                z = r % D
-                r = r // D
-                dst[r // C, r % C, z, y, w] = OUT(src[r // C, r % C, z, y, w])
+                n, c, z, y, w = cell(t, src)
+                dst[n, c, z, y, w] = OUT(src[n, c, z, y, w])
     else:
         CV, OUT, IT = types_
 
@@ -353,20 +345,9 @@ def _typed(name, *types_):
             t = cuda.grid(1)
             if t >= total:
                 return
-            C = out.shape[1]
-            OD = out.shape[2]
-            OH = out.shape[3]
-            OW = out.shape[4]
             H = x.shape[3]
             W = x.shape[4]
-            ow = t % OW
-            r = t // OW
-            oh = r % OH
-            r = r // OH
-            od = r % OD
-            r = r // OD
-            c = r % C
-            n = r // C
+            n, c, od, oh, ow = cell(t, out)
             d0 = starts[n, c, 0, od]
             h0 = starts[n, c, 1, oh]
             w0 = starts[n, c, 2, ow]
@@ -396,6 +377,7 @@ def _gather_kernel(kind, ACC, OUT):
     from numba import cuda
     LP = kind == "lp"
     ADA = kind == "adaptive"
+    cell = _cell()
 
     @cuda.jit(device=True)
     def tpow(v, e):
@@ -443,18 +425,7 @@ def _gather_kernel(kind, ACC, OUT):
         t = cuda.grid(1)
         if t >= total:
             return
-        W = gin.shape[4]
-        H = gin.shape[3]
-        D = gin.shape[2]
-        C = gin.shape[1]
-        w = t % W
-        r = t // W
-        y = r % H
-        r = r // H
-        z = r % D
-        r = r // D
-        n = r // C
-        c = r % C
+        n, c, z, y, w = cell(t, gin)
         OD = g.shape[2]
         OH = g.shape[3]
         OW = g.shape[4]
@@ -711,17 +682,7 @@ def _starts(op, f, p, N, C, rank, spatial, k, osp, dtype, batched):
     samples = p.get("random_samples")
     if samples is None:
         samples = p.get("_random_samples")
-    if samples is None:
-        samples = np.random.random_sample(shape)
-    else:
-        if is_cuda(samples):
-            samples = _device(op, samples).copy_to_host()  # (a few numbers a plane)
-        samples = np.asarray(samples)
-        if samples.dtype.kind != "f":
-            raise TypeError(f"{op}: random_samples must be a float array, got {samples.dtype}")
-        if samples.shape != shape:
-            raise ValueError(f"{op}: random_samples must have shape {shape}, got "
-                             f"{samples.shape}")
-        if samples.size and not (np.all(samples >= 0) and np.all(samples < 1)):
-            raise ValueError(f"{op}: random_samples must lie in [0, 1)")
+    if samples is not None and is_cuda(samples):
+        samples = _device(op, samples).copy_to_host()  # (a few numbers a plane)
+    samples = f._samples(op, samples, shape)
     return np.ascontiguousarray(f._fractional_starts(op, samples, spatial, k, osp, dtype))

@@ -1031,6 +1031,21 @@ def _fractional_size(op, rank, spatial, kernel_size, output_size, output_ratio):
     return k, osz
 
 
+def _samples(op, random_samples, shape):
+    """Fractional pooling's samples, checked (a float array of ``shape`` in [0, 1)), or drawn
+    from NumPy's global generator when None."""
+    if random_samples is None:
+        return np.random.random_sample(shape)
+    samples = _as_array(op, random_samples, "random_samples")
+    if samples.dtype.kind != "f":
+        raise TypeError(f"{op}: random_samples must be a float array, got {samples.dtype}")
+    if samples.shape != shape:
+        raise ValueError(f"{op}: random_samples must have shape {shape}, got {samples.shape}")
+    if samples.size and not (np.all(samples >= 0) and np.all(samples < 1)):
+        raise ValueError(f"{op}: random_samples must lie in [0, 1)")
+    return samples
+
+
 def _fractional_max_pool(rank, input, kernel_size, output_size, output_ratio, return_indices,
                          random_samples, channels_last):
     op = f"fractional_max_pool{rank}d"
@@ -1038,17 +1053,7 @@ def _fractional_max_pool(rank, input, kernel_size, output_size, output_ratio, re
     spatial = lay.spatial
     k, osz = _fractional_size(op, rank, spatial, kernel_size, output_size, output_ratio)
     shape = (lay.n if lay.batched else 1, lay.c, rank)
-    if random_samples is None:
-        samples = np.random.random_sample(shape)
-    else:
-        samples = _as_array(op, random_samples, "random_samples")
-        if samples.dtype.kind != "f":
-            raise TypeError(f"{op}: random_samples must be a float array, got {samples.dtype}")
-        if samples.shape != shape:
-            raise ValueError(f"{op}: random_samples must have shape {shape}, got "
-                             f"{samples.shape}")
-        if samples.size and not (np.all(samples >= 0) and np.all(samples < 1)):
-            raise ValueError(f"{op}: random_samples must lie in [0, 1)")
+    samples = _samples(op, random_samples, shape)
     starts = _fractional_starts(op, samples, spatial, k, osz, arr.dtype)
     res, _ = lay.allocate(op, osz, arr.dtype, None)
     if return_indices:
