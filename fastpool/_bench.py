@@ -429,8 +429,9 @@ def _build_torch(d: RowData, threads: int) -> Candidate:
     f = _torch_fn(w, F)
     kw = _torch_kwargs(w)
     gpu = w.device == "cuda"
-    if gpu and cuda_device():
-        raise Unsupported(cuda_device())
+    why = cuda_device() if gpu else None
+    if why:
+        raise Unsupported(why)
 
     def tens(a):
         t = torch.from_numpy(a)

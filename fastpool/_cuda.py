@@ -134,9 +134,41 @@ def _cell():
                     for w in range(a.shape[4]):
                         a[n, c, z, y, w] = v
             return n, c
+        @cuda.jit(device=True)
+        def at(j, a):
+            """The (z, y, w) of flat in-plane position ``j`` of 5-d ``a``."""
+            hw = a.shape[3] * a.shape[4]
+            z = j // hw
+            r = j - z * hw
+            y = r // a.shape[4]
+            return z, y, r - y * a.shape[4]
         _KERNELS["cell"] = cell
         _KERNELS["clear"] = clear
+        _KERNELS["at"] = at
     return _KERNELS["cell"]
+
+
+def _tpow(ACC):
+    """Device function ``tpow(v, e)``: ``v ** e`` in ``ACC`` with PyTorch's special cases
+    (``_cpu/window.tpow``) for the exponents Lp pooling meets most."""
+    key = ("tpow", np.dtype(ACC).name)
+    if key not in _KERNELS:
+        global cuda
+        from numba import cuda
+
+        @cuda.jit(device=True)
+        def tpow(v, e):
+            if e == 2.0:
+                return v * v
+            if e == 3.0:
+                return v * v * v
+            if e == 0.5:
+                return math.sqrt(v)
+            if e == 1.0:
+                return v
+            return v ** ACC(e)
+        _KERNELS[key] = tpow
+    return _KERNELS[key]
 
 
 def _make(kind, idt, CV, ACC, OUT):
@@ -146,18 +178,9 @@ def _make(kind, idt, CV, ACC, OUT):
     LP = kind == "lp"
     IDX = idt is not None
     cell = _cell()
+    tpow = _tpow(ACC)
     IT = np.dtype(idt if IDX else np.int64).type
     INT = np.dtype(ACC).kind != "f"
-
-    @cuda.jit(device=True)
-    def tpow(v, e):
-        if e == 2.0:
-            return v * v
-        if e == 3.0:
-            return v * v * v
-        if e == 0.5:
-            return math.sqrt(v)
-        return v ** ACC(e)
 
     @cuda.jit
     def kernel(x, out, idx, tab, dil, divmode, dov, init, p, knz, total):
@@ -236,6 +259,7 @@ def _more_kernels():
     from numba import cuda
     cell = _cell()
     clear = _KERNELS["clear"]
+    at = _KERNELS["at"]
 
     @cuda.jit
     def unpool(x, idx, out, bad, planes):
@@ -245,9 +269,7 @@ def _more_kernels():
         if pl >= planes:
             return
         n, c = clear(out, pl, 0)
-        H = out.shape[3]
-        W = out.shape[4]
-        S = out.shape[2] * H * W
+        S = out.shape[2] * out.shape[3] * out.shape[4]
         for z in range(x.shape[2]):
             for y in range(x.shape[3]):
                 for w in range(x.shape[4]):
@@ -259,11 +281,8 @@ def _more_kernels():
         for z in range(x.shape[2]):
             for y in range(x.shape[3]):
                 for w in range(x.shape[4]):
-                    j = idx[n, c, z, y, w]
-                    a = j // (H * W)
-                    r = j - a * (H * W)
-                    b = r // W
-                    out[n, c, a, b, r - b * W] = x[n, c, z, y, w]
+                    a, b, e = at(idx[n, c, z, y, w], out)
+                    out[n, c, a, b, e] = x[n, c, z, y, w]
 
     @cuda.jit
     def unpool_back(g, idx, gin, bad, total):
@@ -272,19 +291,14 @@ def _more_kernels():
         if t >= total:
             return
         n, c, z, y, w = cell(t, gin)
-        r = n * gin.shape[1] + c
-        GH = g.shape[3]
-        GW = g.shape[4]
         j = idx[n, c, z, y, w]
-        if j < 0 or j >= g.shape[2] * GH * GW:
-            bad[r, 0] = 1
-            bad[r, 1] = j
+        if j < 0 or j >= g.shape[2] * g.shape[3] * g.shape[4]:
+            bad[n * gin.shape[1] + c, 0] = 1
+            bad[n * gin.shape[1] + c, 1] = j
             gin[n, c, z, y, w] = 0
             return
-        a = j // (GH * GW)
-        q = j - a * (GH * GW)
-        b = q // GW
-        gin[n, c, z, y, w] = g[n, c, a, b, q - b * GW]
+        a, b, e = at(j, g)
+        gin[n, c, z, y, w] = g[n, c, a, b, e]
 
     _KERNELS.update(unpool=unpool, unpool_back=unpool_back)
     return _KERNELS
@@ -301,6 +315,7 @@ def _typed(name, *types_):
     from numba import cuda
     cell = _cell()
     clear = _KERNELS["clear"]
+    at = _KERNELS["at"]
     if name == "scatter":
         (ACC,) = types_
 
@@ -312,9 +327,7 @@ def _typed(name, *types_):
             if pl >= planes:
                 return
             n, c = clear(acc, pl, ACC(0))
-            H = acc.shape[3]
-            W = acc.shape[4]
-            S = acc.shape[2] * H * W
+            S = acc.shape[2] * acc.shape[3] * acc.shape[4]
             for od in range(g.shape[2]):
                 for oh in range(g.shape[3]):
                     for ow in range(g.shape[4]):
@@ -323,10 +336,8 @@ def _typed(name, *types_):
                             bad[pl, 0] = 1
                             bad[pl, 1] = j
                             return
-                        z = j // (H * W)
-                        r = j - z * (H * W)
-                        y = r // W
-                        acc[n, c, z, y, r - y * W] += ACC(g[n, c, od, oh, ow])
+                        z, y, w = at(j, acc)
+                        acc[n, c, z, y, w] += ACC(g[n, c, od, oh, ow])
     elif name == "convert":
         (OUT,) = types_
 
@@ -378,18 +389,7 @@ def _gather_kernel(kind, ACC, OUT):
     LP = kind == "lp"
     ADA = kind == "adaptive"
     cell = _cell()
-
-    @cuda.jit(device=True)
-    def tpow(v, e):
-        if e == 2.0:
-            return v * v
-        if e == 3.0:
-            return v * v * v
-        if e == 0.5:
-            return math.sqrt(v)
-        if e == 1.0:
-            return v
-        return v ** ACC(e)
+    tpow = _tpow(ACC)
 
     @cuda.jit(device=True)
     def span(i, dim, geo, O):
@@ -618,7 +618,7 @@ def run(name, rank, p):
     g = arrs.get("grad_output")
     if g is None:
         raise TypeError(f"{op}: grad_output must be a CUDA array like input")
-    want = user(osp) if fam != "max_unpool" else user(osp)
+    want = user(osp)
     if tuple(g.shape) != want:
         raise ValueError(f"{op}: grad_output has shape {tuple(g.shape)}, expected {want} (the "
                          f"shape of the forward output)")
