@@ -320,8 +320,10 @@ def _typed(name, *types_):
         (ACC,) = types_
 
         @cuda.jit
-        def kern(g, idx, acc, bad, planes):
-            """Per plane, in output order: acc[idx[o]] += g[o] (acc zeroed first); an index
+        def kern(g, idx, acc, bad, past, planes):
+            """Per plane, in output order: acc[idx[o]] += g[o] (acc zeroed first).  Indices
+            from the plane's size up to ``past`` name no cell (windows without an input cell:
+            PyTorch's index of their first tap past the input) and add nothing; any other
             outside the plane: bad[plane] = (1, index), nothing added from there on."""
             pl = cuda.grid(1)
             if pl >= planes:
@@ -332,10 +334,12 @@ def _typed(name, *types_):
                 for oh in range(g.shape[3]):
                     for ow in range(g.shape[4]):
                         j = idx[n, c, od, oh, ow]
-                        if j < 0 or j >= S:
+                        if j < 0 or j >= past:
                             bad[pl, 0] = 1
                             bad[pl, 1] = j
                             return
+                        if j >= S:
+                            continue
                         z, y, w = at(j, acc)
                         acc[n, c, z, y, w] += ACC(g[n, c, od, oh, ow])
     elif name == "convert":
@@ -544,6 +548,7 @@ def run(name, rank, p):
     geo[:, 1] = 1
     geo[:, 3] = 1
     tab = dil = None
+    past = math.prod(spatial)  # (the max gradient's bound on indices that name no cell)
     if fam in ("max_pool", "avg_pool", "lp_pool"):
         kind = fam.split("_")[0]
         if kind == "lp":
@@ -559,6 +564,11 @@ def run(name, rank, p):
             divmode, knumel = 1, math.prod(k)
         for i in range(rank):
             geo[3 - rank + i] = (k[i], s_[i], pads[i][0], d_[i])
+        if kind == "max":
+            from .backward import _past_plane
+            pad3 = (1,) * (3 - rank)
+            past = _past_plane(tab, dil, pad3 + tuple(spatial),
+                               pad3 + tuple(int(v) for v in osp), pad3 + tuple(k))
     elif fam.startswith("adaptive"):
         kind = fam.split("_")[1]
         osp, tab, _ = f._adaptive_params(op, rank, spatial, p["output_size"])
@@ -657,7 +667,7 @@ def run(name, rank, p):
         gacc = gin if np.dtype(acc) == dtype else cuda.device_array(tuple(x.shape), acc)
         bad = cuda.to_device(np.zeros((max(planes, 1), 2), np.int64))
         _launch(_typed("scatter", acc), planes, five(g), five(idx), five(gacc), bad,
-                np.int64(planes))
+                np.int64(past), np.int64(planes))
         _bad(op, bad, "indices", math.prod(spatial), "the input plane's cells")
         if gacc is not gin:
             _launch(_typed("convert", dtype), cells, five(gacc), five(gin), np.int64(cells))

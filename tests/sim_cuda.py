@@ -258,3 +258,17 @@ def test_gradient_errors():
         fastpool.max_unpool2d(g, cuda.to_device(bad), 2)
     with pytest.raises(ValueError, match="random_samples"):
         fastpool.fractional_max_pool2d_backward(g, dx, 2, output_size=3)
+
+
+def test_max_gradient_of_windows_without_input_cells():
+    """With dilation stepping over the input, a window without an input cell has PyTorch's
+    index of its first tap past the input, which may lie past the plane: its gradient goes
+    nowhere, as on the CPU (with the forward's indices or without)."""
+    x = np.array([[[-3.1], [-0.09]]])  # (H, W, C) = (1, 2, 1), channels last
+    v, i = fastpool.max_pool2d(x, 2, 2, 1, 2, True, True, channels_last=True)
+    assert (i >= 2).all()  # (past the plane of 2 cells)
+    g = np.ones_like(v)
+    want = fastpool.max_pool2d_backward(g, x, 2, 2, 1, 2, True, channels_last=True)
+    for kw in ({}, {"indices": cuda.to_device(i)}):
+        _same(fastpool.max_pool2d_backward(cuda.to_device(g), cuda.to_device(x), 2, 2, 1, 2,
+                                           True, channels_last=True, **kw), want, True)
