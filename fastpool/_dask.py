@@ -32,17 +32,13 @@ def _stand_in(v, n_ax, c_ax, batched):
     return np.zeros(shape, v.dtype)
 
 
-def run(op, fn, sig, rank, args, kwargs):
+def run(op, fn, rank, p):
+    """The lazy result of public operator ``op`` (NumPy operator ``fn``) for the bound
+    arguments ``p`` (defaults applied), some of them Dask arrays."""
     import dask.array as da
     from dask import delayed
 
     name = op.__qualname__
-    try:
-        bound = sig.bind(*args, **kwargs)
-    except TypeError as exc:
-        raise TypeError(f"{name}: {exc}") from None
-    bound.apply_defaults()
-    p = dict(bound.arguments)
     if p.get("out") is not None:
         raise TypeError(f"{name}: out= is not supported for Dask arrays (the result is a lazy "
                         f"Dask array)")

@@ -17,27 +17,28 @@ def aware(fn, rank, name):
     plain = frozenset((np.ndarray, int, float, tuple, list, str, type(None)))
     is_cuda = _cuda.is_cuda
 
+    def arguments(args, kwargs):
+        """The call's arguments by name, defaults applied."""
+        try:
+            bound = sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{name}: {exc}") from None
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
     @functools.wraps(fn)
     def op(*args, **kwargs):
         m = modules.get("dask.array")  # (a dict lookup per call while Dask is not imported)
         if m is not None:
             A = m.Array
-            for a in args:
-                if isinstance(a, A):
-                    return _dask.run(op, fn, sig, rank, args, kwargs)
-            for a in kwargs.values():
-                if isinstance(a, A):
-                    return _dask.run(op, fn, sig, rank, args, kwargs)
+            if any(isinstance(a, A) for a in args) or \
+                    any(isinstance(a, A) for a in kwargs.values()):
+                return _dask.run(op, fn, rank, arguments(args, kwargs))
         # (the arrays come first: grad_output and input, or input and indices)
         a0 = args[0] if args else kwargs.get("grad_output", kwargs.get("input"))
         a1 = args[1] if len(args) > 1 else kwargs.get("input")
         if (type(a0) not in plain and is_cuda(a0)) or (type(a1) not in plain and is_cuda(a1)):
-            try:
-                bound = sig.bind(*args, **kwargs)
-            except TypeError as exc:
-                raise TypeError(f"{name}: {exc}") from None
-            bound.apply_defaults()
-            return _cuda.run(name, rank, dict(bound.arguments))
+            return _cuda.run(name, rank, arguments(args, kwargs))
         return fn(*args, **kwargs)
     op.__module__ = "fastpool"  # (Dask tasks pickle it as fastpool.<name>)
     op.__qualname__ = name
