@@ -867,7 +867,10 @@ RING_CASES = [((2, 5, 17, 13), 3, 2, 1, 1, np.float32), ((1, 3, 20, 9), (4, 2), 
               ((1, 3, 7, 6, 5), 3, 2, 1, 1, np.float32), ((2, 17, 25, 31), 5, 3, 2, 1,
                                                           np.float32),
               # depth 1 padded to two output depth slices: the ring runs along D
-              ((1, 3, 1, 7, 5), (2, 3, 3), (1, 2, 2), 1, 1, np.float64)]
+              ((1, 3, 1, 7, 5), (2, 3, 3), (1, 2, 2), 1, 1, np.float64),
+              # channel vectors (_simd.vring_add, 16 channels) and the channels after them
+              ((1, 40, 11, 9), 3, 2, 1, 1, np.float64), ((1, 16, 12, 10), 2, 1, 0, 1,
+                                                         np.float16)]
 
 
 @pytest.mark.parametrize("case", RING_CASES)
@@ -914,6 +917,39 @@ def test_channels_last_ring_of_rows(case, monkeypatch):
     with pytest.raises(ValueError, match="indices holds"):
         back(to_layout(g, "cl")[0], to_layout(x, "cl")[0], k, s, p, d, True,
              indices=to_layout(idx, "cl")[0], channels_last=True)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("C", [20, 37])
+def test_channels_last_scatter_of_channel_vectors(dt, C):
+    """The channels-last scatter from indices (fractional pooling's windows have no table) adds
+    16 channels at a time as a gather, an add and a scatter, then the rest one by one: the
+    gradient of the NumPy reference (np.add.at in output order) and the channels-first
+    scatter's bits, also where one lane's index lies elsewhere in its plane; an index out of
+    range in a vector's lane is reported with its plane (n * C + c) and value."""
+    rng = np.random.default_rng(C)
+    N, H, W = 3, 13, 11
+    x = rng.standard_normal((N, C, H, W)).astype(dt)
+    s = rng.random((N, C, 2))
+    kw = dict(output_size=(6, 5), random_samples=s)
+    _, idx = fastpool.fractional_max_pool2d(x, 2, return_indices=True, **kw)
+    g = rng.standard_normal(idx.shape).astype(dt)
+    idx = idx.copy()
+    idx[1, 5, 2, 3] = (idx[1, 5, 2, 3] + 40) % (H * W)  # (channel 5: a vector lane)
+    ref = np.zeros((N * C, H * W))
+    for pl, (gi, ii) in enumerate(zip(g.reshape(N * C, -1).astype(np.float64),
+                                      idx.reshape(N * C, -1))):
+        np.add.at(ref[pl], ii, gi)
+    back = fastpool.fractional_max_pool2d_backward
+    got = back(to_layout(g, "cl")[0], to_layout(x, "cl")[0], 2, indices=to_layout(idx, "cl")[0],
+               channels_last=True, **kw)
+    close(from_layout(got, "cl", x), ref.reshape(x.shape), dt)
+    cf = back(g, x, 2, indices=idx, **kw)
+    assert np.ascontiguousarray(from_layout(got, "cl", x)).tobytes() == cf.tobytes()
+    idx[2, 9, 4, 1] = H * W + 7
+    with pytest.raises(ValueError, match=rf"holds {H * W + 7} in plane {2 * C + 9}\b"):
+        back(to_layout(g, "cl")[0], to_layout(x, "cl")[0], 2, indices=to_layout(idx, "cl")[0],
+             channels_last=True, **kw)
 
 
 def test_unbatched_and_public_names():

@@ -38,7 +38,8 @@ from numba.extending import overload, register_jitable
 
 from ._intrinsics import load, to_storage, new_empty, flat_view, new_full, new_zeros
 from ._simd import (prefetch, sfence, stream_lines, stream_sum, stream_upto, vcol1_sum,
-                    vcol2_sum, vcol_pair, vdiv, vector_lanes, vspread)
+                    vcol2_sum, vcol_pair, vdiv, vector_lanes, vspread, vring_add,
+                    RING_LANES)
 from .._runtime import jit
 from .window import CF, CL, U, tpow, lp_share
 
@@ -166,7 +167,30 @@ def make_max_scatter(layout, parallel, direct=False):
                 # (no prefetches: channels-first's, issued per output cell for its channels'
                 # lines, took 1.14-1.27x the time here)
                 for o in range(OS):
-                    for c in range(wb):
+                    # channels RING_LANES at a time as a gather, add and scatter (distinct
+                    # channels: no two lanes meet); a vector with an index out of range added
+                    # its others and has that one looked at below
+                    cv = 0
+                    while cv + RING_LANES <= wb:
+                        if ntd:
+                            okv = vring_add(buf, idx, (n, o, cv), g, (n, o, cv), 0, S, 0, S, C,
+                                            cv, marker)
+                        elif own:
+                            okv = vring_add(gn, idx, (n, o, cv), g, (n, o, cv), 0, S, 0, S, C,
+                                            cv, marker)
+                        else:
+                            okv = vring_add(buf, idx, (n, o, c0 + cv), g, (n, o, c0 + cv), 0, S,
+                                            0, S, wb, cv, marker)
+                        if not okv:
+                            for c in range(cv, cv + RING_LANES):
+                                i = idx[n, o, U(c0 + c)]
+                                if U(i) >= U(S) and not S <= i < past:
+                                    if ok:
+                                        bad[t, 0] = 1 + n * C + c0 + c
+                                        bad[t, 1] = i
+                                    ok = False
+                        cv += RING_LANES
+                    for c in range(cv, wb):
                         i = idx[n, o, U(c0 + c)]
                         if U(i) >= U(S):
                             if not S <= i < past:  # (else no cell: see the docstring)
@@ -231,7 +255,15 @@ def make_max_ring(layout, parallel):
                 lim = min(RRW, S - off)
                 hc = head * RW
                 for o in range(orow * ORW, (orow + 1) * ORW):
-                    for c in range(C):
+                    # channels RING_LANES at a time as a gather, add and scatter (distinct
+                    # channels: no two lanes meet), the rest one by one
+                    cv = 0
+                    while cv + RING_LANES <= C:
+                        if not vring_add(ring, idx, (n, o, cv), g, (n, o, cv), off, lim, hc,
+                                         RRW, C, cv, marker):
+                            ok = False
+                        cv += RING_LANES
+                    for c in range(cv, C):
                         j = idx[n, o, c] - off
                         if U(j) >= U(lim):
                             ok = False
