@@ -37,7 +37,7 @@ _FACTORIES = {
     # ... serial, without the int32-position loops: small calls start on it
     ("cl_lean", "cpu"): ("._cpu.channels_last", "make_cl", (True,)),
     ("fractional_max", "cpu"): ("._cpu.planes", "make_fractional_max", ()),
-    ("max_unpool", "cpu"): ("._cpu.planes", "make_unpool", ()),
+    ("max_unpool", "cpu"): ("._cpu.planes", "make_unpool", ()),  # (layout: "cf" or "cl")
     # gradients (fastpool.backward); "max_backward" serves every max-type op via its indices
     ("max_backward", "cpu"): ("._cpu.backward", "make_max_scatter", ()),
     ("max_backward_gather", "cpu"): ("._cpu.backward", "make_max_gather", ()),

@@ -1122,6 +1122,11 @@ def _unpool_geometry(op, rank, spatial, kernel_size, stride, padding, output_siz
     return _unpool_size(op, rank, spatial, k, s, pads, output_size)
 
 
+# Channels-first unpooling results of this many bytes and more (float) are built plane by plane
+# in scratch and streamed out: the output is mostly written, and a plain store reads its line
+_UNPOOL_STREAM_MIN = 8 << 20
+
+
 def _max_unpool(rank, input, indices, kernel_size, stride, padding, output_size, channels_last,
                 out):
     op = f"max_unpool{rank}d"
@@ -1137,24 +1142,35 @@ def _max_unpool(rank, input, indices, kernel_size, stride, padding, output_size,
     if isinstance(out, (tuple, list)):
         raise ValueError(f"{op}: out must be one array")
     _check_out_overlap(op, arr, out, indices=idx)
-    res, user_res = lay.allocate(op, osz, arr.dtype, out, zero=True)
-    if arr.size and res.size:  # (an empty result: no cell for any index, nothing to write)
+    T = math.prod(osz)
+    run = arr.size > 0 and T > 0  # (else no cell for any index, nothing to write)
+    res, user_res = lay.allocate(op, osz, arr.dtype, out, zero=not run)
+    if run:
         xs, _ = storage(arr)
         rs, _ = storage(res)
-        idx_user = lay.mem_view(idx)  # same axis order as arr's memory view (any strides)
+        S = math.prod(lay.spatial)
+        # flat views per plane (channels-first) or image (channels-last) of the memory layout;
+        # the indices in that memory order too (a copy only where they are not)
+        im = np.ascontiguousarray(lay.mem_view(idx))
         if lay.mem == CL:
-            idx5 = np.moveaxis(idx_user.reshape((idx_user.shape[0],) + lay.canon(lay.spatial) +
-                                                (idx_user.shape[-1],)), -1, 1)
+            views = (xs.reshape(lay.n, S, lay.c), im.reshape(lay.n, S, lay.c),
+                     rs.reshape(lay.n, T, lay.c))
+            blk, nt = 1, False
         else:
-            idx5 = idx_user.reshape(idx_user.shape[:2] + lay.canon(lay.spatial))
+            P = lay.n * lay.c
+            views = (xs.reshape(P, S), im.reshape(P, S), rs.reshape(P, T))
+            from ._launch import _threads
+            blk = max(1, min(-(-P // (4 * _threads())), (1 << 14) // T))
+            nt = rs.dtype.kind == "f" and res.nbytes >= _UNPOOL_STREAM_MIN
         bad = np.zeros((lay.n * lay.c, 2), dtype=np.int64)
-        kern = _dispatch.kernel("max_unpool", "cpu", "any", _parallel(arr.size * 2))
+        kern = _dispatch.kernel("max_unpool", "cpu", lay.mem, _parallel(arr.size + T * lay.n *
+                                                                        lay.c))
         with launch_lock():
-            kern(lay.logical5(xs, lay.spatial), idx5, lay.logical5(rs, osz), bad)
+            kern(*views, bad, blk, nt, np.zeros(1, rs.dtype)[0])
         if bad[:, 0].any():
             pl = int(np.argmax(bad[:, 0]))
             raise ValueError(f"{op}: indices holds {int(bad[pl, 1])} in plane {pl}, outside the "
-                             f"output plane of {math.prod(osz)} cells (output size {osz})")
+                             f"output plane of {T} cells (output size {osz})")
     return user_res if user_res is not None else lay.user_view(res)
 
 

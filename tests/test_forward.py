@@ -532,6 +532,37 @@ def test_max_unpool(seed):
     assert_values(from_layout(res, layout, nd), ref, dtype, info, exact=True)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int8, np.uint16, np.float64])
+def test_max_unpool_channel_vectors_and_streamed_planes(dtype):
+    """Channels-last unpooling stores 16 channels at a time (one scatter), then the rest one by
+    one; channels-first float results of 8 MiB and more are built plane by plane in scratch
+    and streamed out.  Both give the reference's values (later cells win), whatever the index
+    type; an index out of range in a vector's lane is reported with its plane (n * C + c)."""
+    rng = np.random.default_rng(int(np.dtype(dtype).num))
+    N, C, sp, osz = 2, 37, (7, 9), (15, 19)
+    x = make_input(rng, (N, C) + sp, dtype, nan=False)
+    idx = rng.integers(0, math.prod(osz), x.shape)
+    idx[..., 0] = idx[..., -1]  # (duplicates: the later cell wins)
+    for it in (np.int64, np.int32, np.uint16):
+        ref = R.ref_max_unpool(x, idx.astype(np.int64), osz)
+        xl, cl = to_layout(x, "cl")
+        il, _ = to_layout(idx.astype(it), "cl")
+        got = fastpool.max_unpool2d(xl, il, 2, output_size=osz, channels_last=True)
+        assert_values(from_layout(got, "cl", 2), ref, dtype, f"cl {it}", exact=True)
+    bad = idx.copy()
+    bad[1, 20, 3, 4] = math.prod(osz) + 9
+    with pytest.raises(ValueError, match=rf"holds {math.prod(osz) + 9} in plane {C + 20}\b"):
+        fastpool.max_unpool2d(to_layout(x, "cl")[0], to_layout(bad, "cl")[0], 2,
+                              output_size=osz, channels_last=True)
+    # channels-first, a result past 8 MiB for float32 and float64
+    x = make_input(rng, (4, 64, 32, 64), dtype, nan=False)
+    osz = (64, 128)
+    idx = rng.integers(0, math.prod(osz), x.shape)
+    idx[..., 1] = idx[..., 0]
+    got = fastpool.max_unpool2d(x, idx, 2, output_size=osz)
+    assert_values(got, R.ref_max_unpool(x, idx, osz), dtype, "cf", exact=True)
+
+
 def test_max_unpool_roundtrip_with_fastpool_indices():
     rng = np.random.default_rng(7)
     x = make_input(rng, (2, 3, 9, 8), np.float32, nan=False, special=False)

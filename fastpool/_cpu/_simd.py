@@ -1039,6 +1039,85 @@ def stream_upto(typingctx, src, done, have, dst, d0, marker):
 RING_LANES = 16
 
 
+def _sfx(t):
+    """An LLVM intrinsic's name suffix of vector type ``t`` (elements float, double or int)."""
+    e = t.element
+    es = "f32" if isinstance(e, ir.FloatType) else "f64" if isinstance(e, ir.DoubleType) \
+        else f"i{e.width}"
+    return f"v{t.count}{es}.v{t.count}p0"
+
+
+def _gather(builder, ptrs, mask, vt, align):
+    """``llvm.masked.gather``: the lanes of ``vt`` at ``ptrs`` where ``mask``, else zero."""
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vt, [ptrs.type, ir.IntType(32), mask.type, vt]),
+        "llvm.masked.gather." + _sfx(vt))
+    return builder.call(fn, [ptrs, ir.IntType(32)(align), mask, ir.Constant(vt, None)])
+
+
+def _scatter(builder, v, ptrs, mask, align):
+    """``llvm.masked.scatter``: the lanes of ``v`` to ``ptrs`` where ``mask``."""
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [v.type, ptrs.type, ir.IntType(32),
+                                                        mask.type]),
+        "llvm.masked.scatter." + _sfx(v.type))
+    builder.call(fn, [v, ptrs, ir.IntType(32)(align), mask])
+
+
+def _lane_pointers(context, builder, arrty, arr, cell, L):
+    """Pointers to ``arr[cell[l]]`` (a 1-d array, ``cell`` an <L x i64> vector)."""
+    i64 = ir.IntType(64)
+    et = context.get_data_type(arrty.dtype)
+    base = builder.ptrtoint(_pointer(context, builder, arrty, arr, types.intp,
+                                     context.get_constant(types.intp, 0)), i64)
+    size = context.get_abi_sizeof(et)
+    return builder.inttoptr(
+        builder.add(_splat(builder, base, L), builder.mul(cell, ir.Constant(cell.type,
+                                                                            [size] * L))),
+        ir.VectorType(et.as_pointer(), L)), size
+
+
+def _index_vector(context, builder, arrty, ptr, L):
+    """``L`` consecutive indices from ``ptr`` as <L x i64> (signed or unsigned types)."""
+    ity = context.get_data_type(arrty.dtype)
+    iv = builder.load(builder.bitcast(ptr, ir.VectorType(ity, L).as_pointer()), align=1)
+    if ity.width < 64:
+        ext = builder.sext if arrty.dtype.signed else builder.zext
+        iv = ext(iv, ir.VectorType(ir.IntType(64), L))
+    return iv
+
+
+@intrinsic
+def vscatter_set(typingctx, dst, idx, at, src, sat, C, c, T):
+    """Max unpooling's stores for ``RING_LANES`` channels ``c ..`` of one input cell
+    (channels-last): lane ``l`` takes ``i = idx[at + l]`` and, where ``0 <= i < T``, stores
+    ``src[sat + l]`` to ``dst[i * C + c + l]`` (one scatter: distinct channels, so no two
+    lanes meet)."""
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array) and
+            dst.dtype == src.dtype and isinstance(idx, types.Array) and
+            isinstance(idx.dtype, types.Integer) and dst.ndim == 1):
+        return None
+    L = RING_LANES
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        v64 = ir.VectorType(i64, L)
+        iv = _index_vector(context, builder, sig.args[1],
+                           _pointer(context, builder, sig.args[1], args[1], sig.args[2],
+                                    args[2]), L)
+        cc, cl, tt = (_splat(builder, context.cast(builder, args[k], sig.args[k], types.int64),
+                             L) for k in (5, 6, 7))
+        ok = builder.icmp_unsigned("<", iv, tt)
+        cell = builder.add(builder.add(builder.mul(iv, cc), cl), ir.Constant(v64, list(range(L))))
+        ptrs, size = _lane_pointers(context, builder, sig.args[0], args[0], cell, L)
+        et = context.get_data_type(sig.args[3].dtype)
+        ps = _pointer(context, builder, sig.args[3], args[3], sig.args[4], args[4])
+        v = builder.load(builder.bitcast(ps, ir.VectorType(et, L).as_pointer()), align=1)
+        _scatter(builder, v, ptrs, ok, size)
+        return context.get_dummy_value()
+    return types.void(dst, idx, at, src, sat, C, c, T), codegen
+
+
 @intrinsic
 def vring_add(typingctx, ring, idx, at, g, gat, off, lim, hc, wrap, C, c, marker):
     """``make_max_ring``'s adds for ``RING_LANES`` channels ``c ..`` of one output cell, as a
@@ -1058,16 +1137,12 @@ def vring_add(typingctx, ring, idx, at, g, gat, off, lim, hc, wrap, C, c, marker
         i64 = ir.IntType(64)
         v64 = ir.VectorType(i64, L)
         ft = context.get_value_type(sig.args[0].dtype)
-        size = 4 if sig.args[0].dtype == types.float32 else 8
-        ity = context.get_data_type(sig.args[1].dtype)
-        pi = _pointer(context, builder, sig.args[1], args[1], sig.args[2], args[2])
-        iv = builder.load(builder.bitcast(pi, ir.VectorType(ity, L).as_pointer()), align=1)
-        if ity.width < 64:
-            iv = builder.sext(iv, v64)
+        iv = _index_vector(context, builder, sig.args[1],
+                           _pointer(context, builder, sig.args[1], args[1], sig.args[2],
+                                    args[2]), L)
 
         def splat(k):
-            x = context.cast(builder, args[k], sig.args[k], types.int64)
-            return _splat(builder, x, L)
+            return _splat(builder, context.cast(builder, args[k], sig.args[k], types.int64), L)
         j = builder.sub(iv, splat(5))
         ok = builder.icmp_unsigned("<", j, splat(6))
         q = builder.add(j, splat(7))
@@ -1075,24 +1150,11 @@ def vring_add(typingctx, ring, idx, at, g, gat, off, lim, hc, wrap, C, c, marker
         q = builder.select(builder.icmp_signed(">=", q, w), builder.sub(q, w), q)
         cell = builder.add(builder.add(builder.mul(q, splat(9)), splat(10)),
                            ir.Constant(v64, list(range(L))))
-        base = builder.ptrtoint(_pointer(context, builder, sig.args[0], args[0], types.intp,
-                                         context.get_constant(types.intp, 0)), i64)
-        ptrs = builder.inttoptr(builder.add(_splat(builder, base, L),
-                                            builder.mul(cell, ir.Constant(v64, [size] * L))),
-                                ir.VectorType(ft.as_pointer(), L))
-        vt = ir.VectorType(ft, L)
-        i32 = ir.IntType(32)
-        sfx = f"v{L}{'f32' if size == 4 else 'f64'}.v{L}p0"
-        gth = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vt, [ptrs.type, i32, ok.type, vt]),
-            f"llvm.masked.gather.{sfx}")
-        sct = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [vt, ptrs.type, i32, ok.type]),
-            f"llvm.masked.scatter.{sfx}")
-        old = builder.call(gth, [ptrs, i32(size), ok, ir.Constant(vt, None)])
+        ptrs, size = _lane_pointers(context, builder, sig.args[0], args[0], cell, L)
+        old = _gather(builder, ptrs, ok, ir.VectorType(ft, L), size)
         gp = _pointer(context, builder, sig.args[3], args[3], sig.args[4], args[4])
-        new = builder.fadd(old, _load(context, builder, sig.args[3], marker, gp, L, 0))
-        builder.call(sct, [new, ptrs, i32(size), ok])
+        _scatter(builder, builder.fadd(old, _load(context, builder, sig.args[3], marker, gp, L,
+                                                  0)), ptrs, ok, size)
         return builder.icmp_signed("==", builder.bitcast(ok, ir.IntType(L)),
                                    ir.Constant(ir.IntType(L), -1))
     return types.boolean(ring, idx, at, g, gat, off, lim, hc, wrap, C, c, marker), codegen

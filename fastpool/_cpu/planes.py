@@ -1,12 +1,18 @@
 """Kernels whose geometry differs per (n, c) plane: fractional max pooling and max unpooling.
 
-They take logical ``(N, C, D, H, W)`` views of any strides (both memory layouts arrive as
-views), and run in parallel over planes.
+Fractional pooling takes logical ``(N, C, D, H, W)`` views of any strides (both memory layouts
+arrive as views); unpooling flat views of either layout.  Both run in parallel over planes
+(unpooling channels-last: over images).
 """
+import numpy as np
 from numba import prange
 
-from ._intrinsics import load, to_storage
+from ._intrinsics import load, to_storage, new_full, flat_view
+from ._simd import stream_lines, sfence, vscatter_set, RING_LANES
+from .._dtypes import PLAIN
 from .._runtime import jit
+
+U = np.uint64  # (an unsigned index: no negative-index handling, which blocks vectorisation)
 
 
 def make_fractional_max(layout, parallel):
@@ -45,40 +51,81 @@ def make_fractional_max(layout, parallel):
 
 
 def make_unpool(layout, parallel):
-    """Scatter ``x`` into zeroed ``out`` at per-plane flat ``idx``; later cells win ties.
+    """Max unpooling: ``out`` (zeroed here) gets ``x`` at each plane's flat ``idx``; later
+    cells win ties.  Views are C-contiguous and flat per plane: channels-first ``x``, ``idx``
+    ``(P, S)`` and ``out`` ``(P, T)``; channels-last ``(N, S, C)`` and ``(N, T, C)``.  The
+    output cell of index ``i`` is then ``p * T + i`` or ``(n * T + i) * C + c``: no division.
 
-    ``bad`` (planes, 2) receives (1, index) for each plane holding an out-of-range index;
-    nothing is written to such a plane.
-    """
-
-    def kernel(x, idx, out, bad):
-        N = x.shape[0]
-        C = x.shape[1]
-        ID = x.shape[2]
-        IH = x.shape[3]
-        IW = x.shape[4]
-        OH = out.shape[3]
-        OW = out.shape[4]
-        total = out.shape[2] * OH * OW
-        for pl in prange(N * C):
-            n = pl // C
-            c = pl - n * C
-            ok = True
-            for z in range(ID):
-                for y in range(IH):
-                    for w in range(IW):
-                        i = idx[n, c, z, y, w]
-                        if (i < 0 or i >= total) and ok:
-                            bad[pl, 0] = 1
-                            bad[pl, 1] = i
-                            ok = False
-            if ok:
-                for z in range(ID):
-                    for y in range(IH):
-                        for w in range(IW):
-                            i = idx[n, c, z, y, w]
-                            oz = i // (OH * OW)
-                            r = i - oz * (OH * OW)
-                            oy = r // OW
-                            out[n, c, oz, oy, r - oy * OW] = x[n, c, z, y, w]
+    ``bad`` (planes, 2) receives (1, index) for the first out-of-range index of each plane
+    holding one (channels-last: the image's planes then stay zero).  ``nt`` (channels-first,
+    float): each plane is built in scratch and streamed out over its whole lines.  ``zero``:
+    0 in ``out``'s type.  Channels-last stores ``RING_LANES`` channels at a time
+    (``_simd.vscatter_set``: one scatter)."""
+    if layout == "cf":
+        def kernel(x, idx, out, bad, blk, nt, zero):
+            P = x.shape[0]
+            S = x.shape[1]
+            T = out.shape[1]
+            for t in prange((P + blk - 1) // blk):
+                buf = new_full(T if nt else 1, zero)
+                of = flat_view(out)
+                for p in range(t * blk, min(P, (t + 1) * blk)):
+                    miss = 0
+                    for s in range(S):
+                        miss += 1 if U(idx[p, s]) >= U(T) else 0
+                    if miss:
+                        for s in range(S):
+                            if U(idx[p, s]) >= U(T):
+                                bad[p, 0] = 1
+                                bad[p, 1] = idx[p, s]
+                                break
+                    if nt:
+                        if not miss:
+                            for s in range(S):
+                                buf[U(idx[p, s])] = x[p, s]
+                        if not stream_lines(buf, 0, of, p * T, T, PLAIN):
+                            for j in range(T):
+                                of[U(p * T + j)] = buf[j]
+                        if not miss:
+                            for s in range(S):
+                                buf[U(idx[p, s])] = zero
+                    else:
+                        for j in range(T):
+                            out[p, j] = zero
+                        if not miss:
+                            for s in range(S):
+                                out[p, U(idx[p, s])] = x[p, s]
+                if nt:
+                    sfence()
+    else:
+        def kernel(x, idx, out, bad, blk, nt, zero):
+            N = x.shape[0]
+            S = x.shape[1]
+            C = x.shape[2]
+            T = out.shape[1]
+            for n in prange(N):
+                xf = flat_view(x[max(n, 0)])
+                jf = flat_view(idx[max(n, 0)])
+                miss = 0
+                for j in range(S * C):
+                    miss += 1 if U(jf[j]) >= U(T) else 0
+                if miss:
+                    for c in range(C):
+                        for s in range(S):
+                            if U(jf[U(s * C + c)]) >= U(T):
+                                bad[n * C + c, 0] = 1
+                                bad[n * C + c, 1] = jf[U(s * C + c)]
+                                break
+                of = flat_view(out[max(n, 0)])
+                for j in range(T * C):
+                    of[j] = zero
+                if miss:
+                    continue
+                for s in range(S):
+                    cv = 0
+                    while cv + RING_LANES <= C:
+                        vscatter_set(of, jf, s * C + cv, xf, s * C + cv, C, cv, T)
+                        cv += RING_LANES
+                    for c in range(cv, C):
+                        of[U(jf[U(s * C + c)] * C + c)] = xf[U(s * C + c)]
     return jit(kernel, parallel=parallel)
