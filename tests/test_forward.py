@@ -532,6 +532,31 @@ def test_max_unpool(seed):
     assert_values(from_layout(res, layout, nd), ref, dtype, info, exact=True)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_long_one_row_windows_scan_in_vectors(dtype):
+    """Adaptive and global max pooling of long rows scan each window in vectors whose lanes
+    keep their own first max / last NaN, merged: the in-order scan's bits (the reference's),
+    signed zeros and NaN payloads included, and its index."""
+    rng = np.random.default_rng(np.dtype(dtype).num)
+    L = 203  # (windows of 29-30 cells: vectors, then a scalar tail)
+    x = -np.abs(rng.standard_normal((2, 3, L))).astype(dtype)
+    z = rng.random(x.shape)
+    x[z < 0.15] = 0.0
+    x[z < 0.07] = -0.0  # (maxima of both zeros, either first)
+    x[0, 0, 40:50] = np.nan
+    bits = x.view(np.uint16 if dtype == np.float16 else
+                  np.uint32 if dtype == np.float32 else np.uint64)
+    bits[0, 0, 40:50] |= np.arange(1, 11, dtype=bits.dtype)  # (NaNs of distinct payloads)
+    for o in (1, 7):
+        ref_v, ref_i = R.ref_adaptive_max_pool(x, o)
+        v, i = fastpool.adaptive_max_pool1d(x, o, return_indices=True)
+        np.testing.assert_array_equal(i, ref_i)
+        assert v.tobytes() == ref_v.tobytes(), (o, v, ref_v)
+        assert fastpool.adaptive_max_pool1d(x, o).tobytes() == ref_v.tobytes()
+    # global: the window is the whole plane
+    assert fastpool.max_pool1d(x, L).tobytes() == R.ref_adaptive_max_pool(x, 1)[0].tobytes()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int8, np.uint16, np.float64])
 def test_max_unpool_channel_vectors_and_streamed_planes(dtype):
     """Channels-last unpooling stores 16 channels at a time (one scatter), then the rest one by

@@ -1158,3 +1158,73 @@ def vring_add(typingctx, ring, idx, at, g, gat, off, lim, hc, wrap, C, c, marker
         return builder.icmp_signed("==", builder.bitcast(ok, ir.IntType(L)),
                                    ir.Constant(ir.IntType(L), -1))
     return types.boolean(ring, idx, at, g, gat, off, lim, hc, wrap, C, c, marker), codegen
+
+
+@intrinsic
+def vrun_argmax(typingctx, src, i, n, marker):
+    """The first maximum / last NaN of the run ``src[i] .. src[i + n - 1]`` (a float array, ``i``
+    an index or a tuple of them, the run unit-stride; ``n`` at least a vector) and its offset in the run, as scanning it in order with
+    ``v > m or v != v`` finds them: each lane of a vector keeps its own over the run's vectors,
+    the lanes are merged (a larger value, an equal one at a smaller offset, a NaN at a larger
+    one), then the cells after the last whole vector are scanned in order.  Integer arrays: a
+    typing only (never called: the caller tests ``vector_lanes`` first)."""
+    if not isinstance(src, types.Array) or (src.ndim != 1 and src.layout != "C"):
+        return None
+    if not _float(src, marker):
+        def nothing(context, builder, sig, args):
+            return context.make_tuple(builder, sig.return_type, [
+                context.get_constant(sig.return_type[0], 0),
+                context.get_constant(types.int64, 0)])
+        return types.Tuple((src.dtype, types.int64))(src, i, n, marker), nothing
+    ct = _compute(src, marker)[0]
+    rty = types.Tuple((ct, types.int64))
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        i32 = ir.IntType(32)
+        L = _nlanes(src, marker)
+        v64 = ir.VectorType(i64, L)
+        p = _elt_ptr(context, builder, src, marker,
+                     _pointer(context, builder, src, args[0], sig.args[1], args[1]))
+        nn = context.cast(builder, args[2], sig.args[2], types.int64)
+        nv = builder.sdiv(nn, i64(L))
+        m = cgutils.alloca_once_value(builder, _load(context, builder, src, marker, p, L, 0))
+        pos = cgutils.alloca_once_value(builder, ir.Constant(v64, list(range(L))))
+        with cgutils.for_range(builder, builder.sub(nv, i64(1)), intp=i64) as loop:
+            k = builder.add(loop.index, i64(1))
+            q = builder.gep(p, [builder.mul(k, i64(L))])
+            v = _load(context, builder, src, marker, q, L, 0)
+            mv = builder.load(m)
+            take = builder.or_(builder.fcmp_ordered(">", v, mv),
+                               builder.fcmp_unordered("uno", v, v))
+            builder.store(builder.select(take, v, mv), m)
+            at = builder.add(_splat(builder, builder.mul(k, i64(L)), L),
+                             ir.Constant(v64, list(range(L))))
+            builder.store(builder.select(take, at, builder.load(pos)), pos)
+        mv, pv = builder.load(m), builder.load(pos)
+        bm = cgutils.alloca_once_value(builder, builder.extract_element(mv, i32(0)))
+        bp = cgutils.alloca_once_value(builder, builder.extract_element(pv, i32(0)))
+        for lane in range(1, L):  # (the lanes merged: offsets are distinct)
+            v = builder.extract_element(mv, i32(lane))
+            c = builder.extract_element(pv, i32(lane))
+            a, ai = builder.load(bm), builder.load(bp)
+            nan_v = builder.fcmp_unordered("uno", v, v)
+            num_a = builder.fcmp_ordered("ord", a, a)
+            take = builder.or_(builder.or_(
+                builder.fcmp_ordered(">", v, a),
+                builder.and_(builder.fcmp_ordered("==", v, a),
+                             builder.icmp_signed("<", c, ai))),
+                builder.and_(nan_v, builder.or_(num_a, builder.icmp_signed(">", c, ai))))
+            builder.store(builder.select(take, v, a), bm)
+            builder.store(builder.select(take, c, ai), bp)
+        start = builder.mul(nv, i64(L))
+        with cgutils.for_range(builder, builder.sub(nn, start), intp=i64) as loop:
+            k = builder.add(start, loop.index)
+            v = builder.extract_element(
+                _load(context, builder, src, marker, builder.gep(p, [k]), 1, 0), i32(0))
+            a = builder.load(bm)
+            take = builder.or_(builder.fcmp_ordered(">", v, a), builder.fcmp_unordered("uno", v, v))
+            builder.store(builder.select(take, v, a), bm)
+            builder.store(builder.select(take, k, builder.load(bp)), bp)
+        return context.make_tuple(builder, rty, [builder.load(bm), builder.load(bp)])
+    return rty(src, i, n, marker), codegen

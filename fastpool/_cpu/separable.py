@@ -23,7 +23,8 @@ from ._simd import (vector_lanes, vsum_run, vdiv, int_lanes, ipair_row, hwin32_m
                     hwin22_max, fwin22_max, fwin22_avg, fwin22_maxi,
                     vcol2_max, vcol2_sum, vcol3_max, vcol3_sum, prefetch, vpair_max, vpair_pmax,
                     rows_nan, hwin31_max, hwin31_pmax, hwin51_max, hwin51_pmax, hwin71_max,
-                    hwin71_pmax, AHEAD, ahead_cells, line_cells, stream_lines, streams, sfence)
+                    hwin71_pmax, AHEAD, ahead_cells, line_cells, stream_lines, streams, sfence,
+                    vrun_argmax)
 from .window import divide, _next_row, _rows, U, tpow
 
 BLOCK = 8  # fewest output rows per parallel task
@@ -482,6 +483,13 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                                 div = dov
                             else:
                                 div = fdh * tab[2, 1, ow]
+                            if not CLAST and MAX and dw == 1 and vector_lanes(tmp, marker) \
+                                    and tab[2, 1, ow] >= 2 * vector_lanes(tmp, marker):
+                                # long windows (adaptive pooling): the in-order scan's bits in
+                                # vectors (_simd.vrun_argmax)
+                                m, _ = vrun_argmax(tmp, max(w0, 0), tab[2, 1, ow], marker)
+                                out[q, od, oh, max(ow, 0)] = to_storage(m, marker)
+                                continue
                             if not CLAST:  # one cell: a scalar accumulator
                                 m = init
                                 for c in range(tab[2, 1, ow]):
@@ -560,8 +568,9 @@ def _pick(m, v):
 def make_global(kind, parallel):
     """Global pooling: one window covering each whole (contiguous) plane.
 
-    Max: eight independent scalar lanes break the dependency chain of the NaN-propagating
-    select; they combine pairwise at the end.  Average of float planes: ``_simd.vsum_run``,
+    Max of float planes: ``_simd.vrun_argmax``, the in-order scan's bits in vectors; of integer
+    planes, eight independent scalar lanes break the dependency chain, combined pairwise at
+    the end.  Average of float planes: ``_simd.vsum_run``,
     explicit vectors in a fixed order (the compiler's loop ran a 49-cell plane as one 32-wide
     pass, a 4-wide loop and a scalar one: 32x2048x7x7 0.93-0.96x the time, paired in one
     process); of integer planes, one running sum that the compiler may reassociate (vector
@@ -575,8 +584,20 @@ def make_global(kind, parallel):
         n = x.shape[1]
         n8 = n - n % 8
         for q in prange(P):
-            if MAX:
-                # eight scalar lanes stay in registers
+            if MAX and vector_lanes(x, marker) and n >= 2 * vector_lanes(x, marker):
+                # float planes: vectors whose lanes each keep their first max / last NaN and
+                # its offset, merged so as to give the in-order scan's bits (a maximum of +0.0
+                # tied with -0.0, several NaNs); eight scalar lanes merged pairwise (below) took
+                # the wrong zero or NaN there
+                m, _ = vrun_argmax(x, (q, 0), n, marker)
+                out[q] = to_storage(m, marker)
+            elif MAX and vector_lanes(x, marker):
+                m = init
+                for i in range(n):
+                    m = _pick(m, load(x[q, i], marker))
+                out[q] = to_storage(m, marker)
+            elif MAX:
+                # integer planes: eight scalar lanes stay in registers
                 a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = init
                 for i in range(0, n8, 8):
                     a0 = _pick(a0, load(x[q, i], marker))

@@ -15,7 +15,7 @@ from numba.extending import overload, register_jitable
 
 from ._intrinsics import load, to_storage, new_empty, flat_view, new_full, new_zeros
 from ._simd import (prefetch, sfence, stream_upto, vector_lanes, vtile_col, vtile_merge3,
-                    vtile_rows3, line_cells)
+                    vtile_rows3, line_cells, vrun_argmax)
 from .._runtime import jit
 
 U = np.uint64  # (an unsigned index: no negative-index handling, which blocks vectorisation)
@@ -196,6 +196,7 @@ def make_max(layout, parallel, KD, KH, KW, SW, backward=False):
             sv = tv[xb:]  # interior windows' columns (views made once per task, not per row)
             si = tr[xb:]
             LINE = line_cells(x)  # elements per cache line (a constant)
+            VL = vector_lanes(tv, marker)
             q, od, oh = _rows(t * blk, OD, OH)
             for r in range(t * blk, min(nrows, (t + 1) * blk)):
                 if r > t * blk:  # next output row: counted on, no divisions
@@ -275,17 +276,32 @@ def make_max(layout, parallel, KD, KH, KW, SW, backward=False):
                     for w in range(W):
                         tv[w] = load(x[q, d0, h0, w], marker)
                         ti[w] = base0 + w
+                # windows over one row, of two vectors and more, unit-stride (adaptive pooling
+                # of long rows): (tv, ti) hold the row and its positions, in order, so the
+                # row's scan runs in vectors (_simd.vrun_argmax: ~10x a scalar scan's speed)
+                one = (nd * nh == 1 or (DIRECT and full)) and not (full and not DIRECT)
+                runs = VL > 0 and dw == 1 and one
                 for seg in range(2):
                     for ow in range(0 if seg == 0 else ehi, elo if seg == 0 else OW):
                         w0 = tab[2, 0, ow]
                         m = init
                         mi = base0 + w0
-                        for c in range(tab[2, 1, ow]):
-                            w = w0 + c * dw
-                            if full and not DIRECT:
-                                m, mi = _merge(m, mi, tv[w], base0 + tr[w])
-                            else:
-                                m, mi = _merge(m, mi, tv[w], ti[w])
+                        if runs and tab[2, 1, ow] >= 2 * VL:
+                            m, off = vrun_argmax(tv, w0, tab[2, 1, ow], marker)
+                            mi = ti[w0 + off]
+                        elif one and dw == 1:  # (in order: the row's own first max rule)
+                            for w in range(w0, w0 + tab[2, 1, ow]):
+                                v = tv[w]
+                                take = (v > m) | (v != v)
+                                m = v if take else m
+                                mi = ti[w] if take else mi
+                        else:
+                            for c in range(tab[2, 1, ow]):
+                                w = w0 + c * dw
+                                if full and not DIRECT:
+                                    m, mi = _merge(m, mi, tv[w], base0 + tr[w])
+                                else:
+                                    m, mi = _merge(m, mi, tv[w], ti[w])
                         if BWD:
                             cp[ow] = mi
                         else:
