@@ -272,6 +272,9 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
     sep = None if wspec is None else (k3, wspec[1], wspec[2], wspec[3])
     consts, lo, hi, pw = _f._sep_args(sep, lay.spatial[-1], osp[-1], par_rec)
     pos = _POS32 if cells < 2 ** 31 else _POS64
+    # (the channels-last recompute kernel with the 3x3x3 window as constants ran 4-5x slower
+    # than table-driven, 4x32x32x64x64 k3s2p1 145-174 ms against 34: it stays table-driven)
+    rconsts = consts[:3] if consts[0] <= 2 else (0, 0, 0)
     # channels-first 3x3 (padding 1) and 2x2 windows at stride 2 tiling even planes: a kernel
     # that writes each input row once from the windows' argmax codes (32x64x112x112 k3s2p1:
     # 0.65x the time; 16x128x112x112 k2s2: 0.82x)
@@ -360,7 +363,7 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
                          init, acc, marker)
                 return lay.user_view(res)
             kern = _dispatch.kernel("max_backward_recompute", "cpu", lay.mem, par_rec,
-                                    *consts[:3])
+                                    *rconsts)
             with launch_lock():
                 kern(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
                      _bits(res).reshape(xshape), tab, dil, lo, hi, pw, pos,
