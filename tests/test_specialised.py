@@ -18,7 +18,7 @@ CASES = [
     (2, 3, 2, 1, False), (2, 3, 2, 0, True), (2, 2, 2, 0, False), (2, 2, 2, 1, True),
     (2, 3, 1, 1, False), (2, 5, 1, 2, False), (1, 3, 2, 0, False), (1, 3, 2, 1, True),
     (1, 2, 2, 0, True), (3, 2, 2, 0, False), (3, 2, 2, 1, True), (3, 3, 2, 1, False),
-    (3, 3, 2, 0, True),
+    (3, 3, 2, 0, True), (3, 3, 1, 1, False), (3, 3, 1, 0, True),
 ]
 SPATIAL = {1: (23,), 2: (13, 11), 3: (7, 9, 10)}
 POOL = {1: (fastpool.max_pool1d, fastpool.avg_pool1d, F.max_pool1d, F.avg_pool1d),
@@ -85,8 +85,8 @@ def test_hot_window_small(case, channels_last, all_hot_serial):
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["cf", "cl"])
 @pytest.mark.parametrize("case", [(2, 3, 2, 1, False), (2, 2, 2, 0, True), (3, 3, 2, 1, False),
-                                  (3, 3, 2, 0, True)],
-                         ids=["k3s2p1", "k2s2-ceil", "3d-k3s2p1", "3d-k3s2-ceil"])
+                                  (3, 3, 2, 0, True), (3, 3, 1, 1, False)],
+                         ids=["k3s2p1", "k2s2-ceil", "3d-k3s2p1", "3d-k3s2-ceil", "3d-k3s1p1"])
 def test_hot_window_parallel(case, channels_last):
     """Inputs above the parallel threshold: the parallel specialised kernels (3-d: the
     gradient too, with and without the forward's indices)."""
