@@ -1159,8 +1159,8 @@ def _max_unpool(rank, input, indices, kernel_size, stride, padding, output_size,
         else:
             P = lay.n * lay.c
             views = (xs.reshape(P, S), im.reshape(P, S), rs.reshape(P, T))
-            from ._launch import _threads
-            blk = max(1, min(-(-P // (4 * _threads())), (1 << 14) // T))
+            from .backward import _plane_block  # (a circular import at the top)
+            blk = _plane_block(P, T)
             nt = rs.dtype.kind == "f" and res.nbytes >= _UNPOOL_STREAM_MIN
         bad = np.zeros((lay.n * lay.c, 2), dtype=np.int64)
         kern = _dispatch.kernel("max_unpool", "cpu", lay.mem, _parallel(arr.size + T * lay.n *

@@ -211,6 +211,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                 hi = OW
             tb = max(PADL + lo * SW - pw, 0) * Cn  # tmp offset of the first interior window
             tmp = new_full((PADL + PADR) * Cn + max(G * TS, W), init)
+            VT = vector_lanes(tmp, marker)  # (0: integer rows)
             # large results of 1-row windows: each output row built in tmp and streamed out
             # (see ROW_STREAM_MIN_BYTES)
             nts = VROW1 and row1 and streams(tmp, out, marker) and \
@@ -483,8 +484,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                                 div = dov
                             else:
                                 div = fdh * tab[2, 1, ow]
-                            if not CLAST and MAX and dw == 1 and vector_lanes(tmp, marker) \
-                                    and tab[2, 1, ow] >= 2 * vector_lanes(tmp, marker):
+                            if not CLAST and MAX and dw == 1 and VT and \
+                                    tab[2, 1, ow] >= 2 * VT:
                                 # long windows (adaptive pooling): the in-order scan's bits in
                                 # vectors (_simd.vrun_argmax)
                                 m, _ = vrun_argmax(tmp, max(w0, 0), tab[2, 1, ow], marker)
@@ -583,15 +584,16 @@ def make_global(kind, parallel):
         P = x.shape[0]
         n = x.shape[1]
         n8 = n - n % 8
+        VL = vector_lanes(x, marker)  # (0: integer planes)
         for q in prange(P):
-            if MAX and vector_lanes(x, marker) and n >= 2 * vector_lanes(x, marker):
+            if MAX and VL and n >= 2 * VL:
                 # float planes: vectors whose lanes each keep their first max / last NaN and
                 # its offset, merged so as to give the in-order scan's bits (a maximum of +0.0
                 # tied with -0.0, several NaNs); eight scalar lanes merged pairwise (below) took
                 # the wrong zero or NaN there
                 m, _ = vrun_argmax(x, (q, 0), n, marker)
                 out[q] = to_storage(m, marker)
-            elif MAX and vector_lanes(x, marker):
+            elif MAX and VL:
                 m = init
                 for i in range(n):
                     m = _pick(m, load(x[q, i], marker))

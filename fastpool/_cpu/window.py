@@ -279,8 +279,8 @@ def make_max(layout, parallel, KD, KH, KW, SW, backward=False):
                 # windows over one row, of two vectors and more, unit-stride (adaptive pooling
                 # of long rows): (tv, ti) hold the row and its positions, in order, so the
                 # row's scan runs in vectors (_simd.vrun_argmax: ~10x a scalar scan's speed)
-                one = (nd * nh == 1 or (DIRECT and full)) and not (full and not DIRECT)
-                runs = VL > 0 and dw == 1 and one
+                one = dw == 1 and (DIRECT if full else nd * nh == 1)
+                runs = one and VL > 0
                 for seg in range(2):
                     for ow in range(0 if seg == 0 else ehi, elo if seg == 0 else OW):
                         w0 = tab[2, 0, ow]
@@ -289,7 +289,7 @@ def make_max(layout, parallel, KD, KH, KW, SW, backward=False):
                         if runs and tab[2, 1, ow] >= 2 * VL:
                             m, off = vrun_argmax(tv, w0, tab[2, 1, ow], marker)
                             mi = ti[w0 + off]
-                        elif one and dw == 1:  # (in order: the row's own first max rule)
+                        elif one:  # (in order: the row's own first max rule)
                             for w in range(w0, w0 + tab[2, 1, ow]):
                                 v = tv[w]
                                 take = (v > m) | (v != v)
