@@ -94,6 +94,21 @@ def _channel_block(n, c, cells, itemsize):
     return cb
 
 
+def _mean_cover(inv, s3):
+    """The mean number of windows covering an input cell (``inv`` of ``_inverse``)."""
+    return math.prod(float(inv[d, 1, :s3[d]].mean()) if s3[d] else 1.0 for d in range(3))
+
+
+def _whole_images(n, cover):
+    """Channels-last max gradient from indices, overlapping windows: one task per image (the
+    ring or the scatter, one thread an image) rather than channel blocks (the gather, which
+    reads every covering window's index of every cell: ~``cover`` times the ring's work, at
+    most ~3.5x measured)?  Whole images win where the rounds of images they take over the
+    threads cost less than that."""
+    t = _threads()
+    return -(-n // t) * t / max(n, 1) < min(cover, 3.5)
+
+
 def _row_block(rows, cells):
     """Rows per task of a gather kernel: ~16K cells, and several tasks per thread."""
     return max(1, min(-(-rows // (4 * _threads())), (1 << 14) // max(1, cells)))
@@ -178,9 +193,14 @@ _POS32 = np.zeros(1, np.int32)
 _POS64 = np.zeros(1, np.int64)
 
 
-# the most bytes of a channels-last max gradient's ring of rows (make_max_ring): well within
-# a core's L2
-_RING_BYTES = 1 << 20
+# the most bytes of a channels-last max gradient's ring of rows (make_max_ring): about a
+# core's L2 and more (4x32x32x64x64 k3s2p1, a ring of 1.5 MB: 4.1 ms against 7.2-9.4 with the
+# scatter; k3s1p1 15.7 against 29.5)
+_RING_BYTES = 1 << 22
+# the fewest bytes of a float32/float64 gradient that takes the ring (see _max_plan)
+_RING_MIN_BYTES = STREAM_MIN_BYTES
+# the most channels for which disjoint windows take the ring rather than the gather
+_RING_DISJOINT_C = 64
 
 
 def _ring_rows(tab, dil, sp3, op3):
@@ -267,6 +287,11 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
         # k3s2p1: 0.83x the time, 6 of 7 shapes 0.75-0.94x); the gather stays for disjoint
         # windows (16x128x56x56 k2s2: the scatter took 1.22x) and split channel blocks
         overlap = any(bool((inv[d, 1, :s3[d]] > 1).any()) for d in range(3))
+        # the ring (whole images) for overlapping windows, and for disjoint ones over short
+        # channel vectors, where the gather's work per cell is mostly its loop's own
+        # (16x64x56x56 k2s2: 0.84-0.90x the time, 64x32x56x56 0.70x, 4x32x32x64x64 0.45x;
+        # 16x128x56x56 1.09x, 8x256x28x28 1.2x: the gather stays there)
+        ringed = overlap or lay.c <= _RING_DISJOINT_C
     # without indices, hot windows as constants: channels-first runs the forward argmax
     # kernel's scan in backward mode, channels-last the recompute kernel (KD, KH, KW)
     sep = None if wspec is None else (k3, wspec[1], wspec[2], wspec[3])
@@ -285,14 +310,27 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
     # (_cpu/backward.py, make_max_recompute_pairs)
     pairs = _pair_pads(tab, dil, sp3, op3) if lay.mem == CL and tab is not None else None
     # channels-last from indices, whole channel blocks: a ring of the input rows that the
-    # windows reach (make_max_ring), else the scatter's image of scratch
-    whole = lay.mem == CL and _channel_block(lay.n, lay.c, cells, acc.itemsize) == lay.c
-    ring = _ring_rows(tab, dil, sp3, op3) if whole and tab is not None else None
+    # windows reach (make_max_ring), else the scatter into the image's own gradient
+    # (also past the scratch bound where images make enough tasks, or the gather would cost
+    # more: then the ring, or for float32/float64 the scatter into the gradient itself)
+    res_bytes = math.prod(mshape) * dtype.itemsize
+    ring = _ring_rows(tab, dil, sp3, op3) if lay.mem == CL and tab is not None else None
     if ring is not None and ring[1] * ring[2] * lay.c * acc.itemsize > _RING_BYTES:
         ring = None
+    whole = lay.mem == CL and (
+        _channel_block(lay.n, lay.c, cells, acc.itemsize) == lay.c or
+        (gather and ringed and (ring is not None or dtype != np.float16) and
+         _whole_images(lay.n, max(2.0, _mean_cover(inv, s3)))))
+    # (gradients that stay in the cache, float32/float64: the scatter straight into the zeroed
+    # gradient, which has no ring to write out and clear; 2x24x19x33x47 k3s1p1 0.77x the time,
+    # 2x64x56x56 k3s2p1 0.89x)
+    ring = ring if whole and (dtype == np.float16 or res_bytes >= _RING_MIN_BYTES) else None
+    # (whole images past the scratch bound: the scatter adds into the zeroed gradient itself)
+    nt_scatter = _streamed(res_bytes) and \
+        not (whole and cells * lay.c * acc.itemsize > _CL_BUFFER_BYTES)
     # (split channel blocks: the gather, which writes whole rows; the ring's rows would be
     # strided runs, and took 1.5-2x the time on images of 64 x 56 x 56 and more)
-    gather_first = gather and not (overlap and whole)
+    gather_first = gather and not (ringed and whole)
     if tiled:
         kdims = (lay.n * lay.c, sp3[1], sp3[2], op3[1], op3[2])
         codes = _f._tile_codes(acc.dtype)
@@ -307,7 +345,7 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
             blk = _plane_block(lay.n * lay.c, cells)
             ntask = -(-(lay.n * lay.c) // blk)
         else:
-            blk = _channel_block(lay.n, lay.c, cells, acc.itemsize)
+            blk = lay.c if whole else _channel_block(lay.n, lay.c, cells, acc.itemsize)
             ntask = lay.n * -(-lay.c // blk)
         bad = np.zeros((ntask, 2), np.int64)
         kern = _dispatch.kernel("max_backward", "cpu", lay.mem, par_idx,
@@ -315,7 +353,8 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
         with launch_lock():
             kern(_flat(lay, _bits(gm), osp), _flat(lay, im, osp),
                  _flat(lay, _bits(res), lay.spatial), bad, past, blk,
-                 dtype != np.float16 and _streamed(res), acc, marker)
+                 dtype != np.float16 and (nt_scatter if lay.mem == CL else _streamed(res)),
+                 acc, marker)
         _raise_bad(op, bad, "indices", cells, f"the input plane of {lay.spatial}")
 
     # small calls of the channels-first scan run the kernel for every window; a hot window

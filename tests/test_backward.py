@@ -822,20 +822,33 @@ def test_indices_outside_their_window_still_scatter():
         close(from_layout(got, layout, x), ref, np.float64, what=layout)
 
 
-@pytest.mark.parametrize("case", [((0, 32, 9, 10), 3, 2, 1, "max_backward_ring"),
-                                  ((1, 64, 9, 10), 3, 2, 1, "max_backward_gather"),
-                                  ((0, 32, 8, 10), 2, 2, 0, "max_backward_gather")])
+# (images: a multiple of the thread count, or one image planned as for 4 threads (split
+# channel blocks); the smallest gradient for the ring, or None for the default)
+@pytest.mark.parametrize("case", [
+    ((4, 32, 9, 10), 3, 2, 1, 0, "max_backward_ring"),
+    # a gradient that stays in the cache: the scatter straight into it
+    ((4, 32, 9, 10), 3, 2, 1, None, "max_backward"),
+    # fewer images than tasks wanted, overlapping windows: whole images all the same
+    ((1, 32, 9, 10), 3, 2, 1, 0, "max_backward_ring"),
+    ((-1, 64, 9, 10), 3, 2, 1, 0, "max_backward_gather"),
+    # disjoint windows: the ring over short channel vectors, the gather over long ones
+    ((4, 32, 8, 10), 2, 2, 0, 0, "max_backward_ring"),
+    ((4, 80, 8, 10), 2, 2, 0, 0, "max_backward_gather")])
 def test_channels_last_backward_from_indices_kernels(case, monkeypatch):
-    """Channels-last gradients from indices: overlapping windows scatter whole channel vectors
-    in output order through a ring of rows; split channel blocks and disjoint windows gather
-    over the covering windows.  Both give PyTorch's gradient and the channels-first scatter's
-    bits."""
+    """Channels-last gradients from indices: whole images scatter channel vectors in output
+    order, through a ring of rows or straight into the gradient; split channel blocks and
+    disjoint windows over long channel vectors gather over the covering windows.  All give
+    PyTorch's gradient and the channels-first scatter's bits."""
     from fastpool import backward as B
     from fastpool import functional
     import numba
-    shape, k, s, p, kernel = case
-    # (N 0: enough images for whole channel blocks, four tasks per thread)
-    shape = (shape[0] or 4 * numba.get_num_threads(),) + shape[1:]
+    shape, k, s, p, ring_min, kernel = case
+    threads = numba.get_num_threads()
+    if shape[0] < 0:  # (planned as for 4 threads: one image splits into channel blocks)
+        monkeypatch.setattr(B, "_threads", lambda: 4)
+    shape = (abs(shape[0]) * (threads if shape[0] > 1 else 1),) + shape[1:]
+    if ring_min is not None:
+        monkeypatch.setattr(B, "_RING_MIN_BYTES", ring_min)
     calls = []
     real = B._dispatch.kernel
     monkeypatch.setattr(B._dispatch, "kernel", lambda op, *a: calls.append(op) or real(op, *a))
@@ -850,6 +863,8 @@ def test_channels_last_backward_from_indices_kernels(case, monkeypatch):
     gc, _ = to_layout(g, "cl")
     ic, _ = to_layout(it.numpy(), "cl")
     got = fastpool.max_pool2d_backward(gc, xc, k, s, p, indices=ic, channels_last=True)
+    if kernel == "max_backward_ring" and shape[0] == 1 and threads > 2:
+        kernel = "max_backward_gather"  # (one image of many threads' tasks: split)
     assert calls[-1] == kernel, calls
     cf = fastpool.max_pool2d_backward(g, x, k, s, p, indices=it.numpy())
     close(from_layout(got, "cl", x), ref, np.float32)
@@ -884,6 +899,7 @@ def test_channels_last_ring_of_rows(case, monkeypatch):
     shape, k, s, p, d, dt = case
     shape = (4 * numba.get_num_threads() * shape[0],) + shape[1:]  # (whole channel blocks)
     nd = len(shape) - 2
+    monkeypatch.setattr(B, "_RING_MIN_BYTES", 0)  # (the ring also for gradients this small)
     calls = []
     real = B._dispatch.kernel
     monkeypatch.setattr(B._dispatch, "kernel", lambda op, *a: calls.append(op) or real(op, *a))
