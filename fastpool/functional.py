@@ -352,7 +352,7 @@ def _tables(op, spatial, k, s, pads, d, osp, onnx):
 # everything else runs the table-driven kernels, which handle any geometry.
 _HOT_WINDOWS = frozenset({
     (1, 3, 3, 2), (1, 2, 2, 2), (1, 3, 3, 1), (1, 5, 5, 1), (1, 1, 3, 2), (1, 1, 2, 2),
-    (2, 2, 2, 2), (3, 3, 3, 2), (3, 3, 3, 1),
+    (2, 2, 2, 2), (3, 3, 3, 2), (3, 3, 3, 1), (1, 1, 3, 1), (1, 1, 5, 1),
 })
 _HOT_SERIAL = frozenset({(1, 3, 3, 2), (1, 2, 2, 2)})
 

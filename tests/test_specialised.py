@@ -18,7 +18,8 @@ CASES = [
     (2, 3, 2, 1, False), (2, 3, 2, 0, True), (2, 2, 2, 0, False), (2, 2, 2, 1, True),
     (2, 3, 1, 1, False), (2, 5, 1, 2, False), (1, 3, 2, 0, False), (1, 3, 2, 1, True),
     (1, 2, 2, 0, True), (3, 2, 2, 0, False), (3, 2, 2, 1, True), (3, 3, 2, 1, False),
-    (3, 3, 2, 0, True), (3, 3, 1, 1, False), (3, 3, 1, 0, True),
+    (3, 3, 2, 0, True), (3, 3, 1, 1, False), (3, 3, 1, 0, True), (1, 3, 1, 1, False),
+    (1, 3, 1, 0, True), (1, 5, 1, 2, False), (1, 5, 1, 1, True),
 ]
 SPATIAL = {1: (23,), 2: (13, 11), 3: (7, 9, 10)}
 POOL = {1: (fastpool.max_pool1d, fastpool.avg_pool1d, F.max_pool1d, F.avg_pool1d),
@@ -85,28 +86,34 @@ def test_hot_window_small(case, channels_last, all_hot_serial):
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["cf", "cl"])
 @pytest.mark.parametrize("case", [(2, 3, 2, 1, False), (2, 2, 2, 0, True), (3, 3, 2, 1, False),
-                                  (3, 3, 2, 0, True), (3, 3, 1, 1, False)],
-                         ids=["k3s2p1", "k2s2-ceil", "3d-k3s2p1", "3d-k3s2-ceil", "3d-k3s1p1"])
+                                  (3, 3, 2, 0, True), (3, 3, 1, 1, False), (1, 3, 1, 1, False),
+                                  (1, 5, 1, 2, True), (1, 2, 2, 0, False)],
+                         ids=["k3s2p1", "k2s2-ceil", "3d-k3s2p1", "3d-k3s2-ceil", "3d-k3s1p1",
+                              "1d-k3s1p1", "1d-k5s1p2-ceil", "1d-k2s2"])
 def test_hot_window_parallel(case, channels_last):
-    """Inputs above the parallel threshold: the parallel specialised kernels (3-d: the
+    """Inputs above the parallel threshold: the parallel specialised kernels (1-d and 3-d: the
     gradient too, with and without the forward's indices)."""
     rank, k, s, p, ceil = case
     rng = np.random.default_rng(7)
-    x = _input(rng, (3, 16, 61, 67) if rank == 2 else (2, 12, 13, 15, 18))
+    x = _input(rng, {1: (3, 16, 1601), 2: (3, 16, 61, 67), 3: (2, 12, 13, 15, 18)}[rank])
+    if rank == 1:  # (1-d rows of random floats too: the argmax's select taken at random)
+        x[1] = rng.standard_normal(x.shape[1:]).astype(x.dtype)
     assert x.size >= fpf.PARALLEL_MIN_WORK
     _check(x, rank, k, s, p, ceil, channels_last)
-    if rank == 3:
+    if rank != 2:
+        pool = F.max_pool3d if rank == 3 else F.max_pool1d
         xt = torch.from_numpy(x).requires_grad_()
-        yt = F.max_pool3d(xt, k, s, p, 1, ceil)
+        yt = pool(xt, k, s, p, 1, ceil)
         g = rng.standard_normal(yt.shape).astype(np.float32)
         ref = torch.autograd.grad(yt, xt, torch.from_numpy(g))[0].numpy()
         fwd = (lambda a: np.ascontiguousarray(np.moveaxis(a, 1, -1))) if channels_last else \
             (lambda a: a)
         back = (lambda a: np.moveaxis(a, -1, 1)) if channels_last else (lambda a: a)
-        _, i = fastpool.max_pool3d(fwd(x), k, s, p, 1, ceil, True, channels_last=channels_last)
+        fpool, fback = (fastpool.max_pool3d, fastpool.max_pool3d_backward) if rank == 3 else \
+            (fastpool.max_pool1d, fastpool.max_pool1d_backward)
+        _, i = fpool(fwd(x), k, s, p, 1, ceil, True, channels_last=channels_last)
         for kw in ({}, {"indices": i}):
-            got = fastpool.max_pool3d_backward(fwd(g), fwd(x), k, s, p, 1, ceil,
-                                               channels_last=channels_last, **kw)
+            got = fback(fwd(g), fwd(x), k, s, p, 1, ceil, channels_last=channels_last, **kw)
             np.testing.assert_allclose(back(got), ref, rtol=1e-6, atol=1e-6)
 
 
