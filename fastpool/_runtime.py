@@ -60,6 +60,27 @@ def _choose_layer(numba):
     return "workqueue"
 
 
+def _last_level_cache_bytes():
+    """The largest CPU cache's size in bytes (Linux sysfs), or 0 where it is not known."""
+    best = 0
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            with open(path) as f:
+                text = f.read().strip().upper()
+            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+            best = max(best, int(text.rstrip("KMG")) * mult)
+        except (OSError, ValueError):
+            continue
+    return best
+
+
+# Results of at least this many bytes are written with streaming (non-temporal) stores where a
+# kernel can (gradients, channels-first unpooling): 8 MiB, or a sixteenth of the last-level
+# cache where that is more.  Smaller results stay in the cache for the next operation: on a
+# Xeon with a 480 MB L3 (a virtual machine's share of it), plain stores took 0.60-0.93x the
+# time of streaming ones on 13-26 MB gradients, and 1.2-1.85x on 103 MB ones.
+STREAM_MIN_BYTES = max(8 << 20, _last_level_cache_bytes() // 16)
+
 THREADING_LAYER = None  # set by configure()
 # workqueue is not thread safe: parallel launches from several Python threads are serialised.
 _SERIAL_LAYER = False

@@ -20,7 +20,7 @@ import numpy as np
 from . import _alloc, _dispatch
 from . import functional as _f
 from ._dtypes import FLOAT_DTYPES, HALF, PLAIN
-from ._runtime import launch_lock
+from ._runtime import STREAM_MIN_BYTES as _STREAM_MIN_BYTES, launch_lock
 from .functional import (CF, CL, _adaptive_params, _as_array, _avg_divisor, _fractional_size,
                          _layout, _parallel, _planned, _unpool_geometry, _window, _zero)
 
@@ -117,8 +117,9 @@ def _row_block(rows, cells):
 # Gradients of at least this many bytes are written with streaming (non-temporal) stores
 # where a kernel builds its task's rows in scratch first: a plain store reads each line it
 # fills (the gradient is mostly written, little read), a streaming one does not.  Smaller
-# results are left in the cache for the next operation.
-STREAM_MIN_BYTES = 8 << 20
+# results are left in the cache for the next operation (8 MiB, or a sixteenth of the
+# last-level cache where that is more: see _runtime).
+STREAM_MIN_BYTES = _STREAM_MIN_BYTES
 
 
 # Plane sizes (bytes) whose adaptive average gradient is streamed (STREAM_MIN_BYTES and more):
@@ -325,6 +326,11 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
     # gradient, which has no ring to write out and clear; 2x24x19x33x47 k3s1p1 0.77x the time,
     # 2x64x56x56 k3s2p1 0.89x)
     ring = ring if whole and (dtype == np.float16 or res_bytes >= _RING_MIN_BYTES) else None
+    # channels-first scatter: streamed through scratch where outputs are at least an eighth
+    # of the cells; sparser ones (adaptive windows) zero the gradient and add into it (the
+    # zeroing is a memset, itself streaming when large: 16x64x112x112 adaptive 5x5 0.61x the
+    # time, 32x64x112x112 0.75x)
+    nt_planes = _streamed(res_bytes) and 8 * gsize >= lay.n * lay.c * cells
     # (whole images past the scratch bound: the scatter adds into the zeroed gradient itself)
     nt_scatter = _streamed(res_bytes) and \
         not (whole and cells * lay.c * acc.itemsize > _CL_BUFFER_BYTES)
@@ -353,7 +359,7 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
         with launch_lock():
             kern(_flat(lay, _bits(gm), osp), _flat(lay, im, osp),
                  _flat(lay, _bits(res), lay.spatial), bad, past, blk,
-                 dtype != np.float16 and (nt_scatter if lay.mem == CL else _streamed(res)),
+                 dtype != np.float16 and (nt_scatter if lay.mem == CL else nt_planes),
                  acc, marker)
         _raise_bad(op, bad, "indices", cells, f"the input plane of {lay.spatial}")
 

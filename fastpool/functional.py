@@ -12,7 +12,7 @@ from ._dtypes import (AVG_DTYPES, FLOAT_DTYPES, HALF, MAX_DTYPES, PLAIN, check_d
 from ._params import (adaptive_table, as_sequence, check_alloc, check_empty_windows, check_float,
                       dim_table, int_tuple, padding_arg, positive, split_shape, stack_tables,
                       window_geometry, _bounded, _is_int)
-from ._runtime import launch_lock
+from ._runtime import STREAM_MIN_BYTES, launch_lock
 
 CF, CL = "cf", "cl"
 # below this many window taps a call runs the serial kernel: a parallel launch costs more
@@ -1124,7 +1124,8 @@ def _unpool_geometry(op, rank, spatial, kernel_size, stride, padding, output_siz
 
 # Channels-first unpooling results of this many bytes and more (float) are built plane by plane
 # in scratch and streamed out: the output is mostly written, and a plain store reads its line
-_UNPOOL_STREAM_MIN = 8 << 20
+# (see _runtime.STREAM_MIN_BYTES)
+_UNPOOL_STREAM_MIN = STREAM_MIN_BYTES
 
 
 def _max_unpool(rank, input, indices, kernel_size, stride, padding, output_size, channels_last,

@@ -992,7 +992,8 @@ STREAMED = [("avg", 2, 5, 13, 14, np.float32, True), ("avg", 1, 7, 56, 56, np.fl
             ("lp", 2, 6, 12, 10, np.float32, True), ("avg1d", 3, 9, 1, 37, np.float32, True),
             ("idx", 2, 5, 13, 14, np.float32, True), ("idx", 2, 9, 30, 30, np.float64, True),
             ("idx", 1, 4, 7, 9, np.float32, False), ("idxcl", 2, 16, 13, 14, np.float32, True),
-            ("idxcl", 3, 5, 9, 11, np.float64, True), ("reccl", 2, 12, 13, 13, np.float32, True),
+            ("idxcl", 3, 5, 9, 11, np.float64, True), ("idxclsc", 2, 16, 13, 14, np.float32, True),
+            ("idxclsc", 3, 5, 9, 11, np.float64, True), ("reccl", 2, 12, 13, 13, np.float32, True),
             ("reccl", 3, 5, 11, 9, np.float64, True), ("reccl", 2, 6, 9, 14, np.float16, True),
             ("reccl2", 2, 9, 12, 10, np.float32, True), ("ada", 2, 5, 40, 41, np.float32, True),
             ("ada", 3, 4, 29, 28, np.float64, True), ("ada", 1, 3, 45, 50, np.float32, False),
@@ -1030,8 +1031,10 @@ def test_streamed_gradients(case, monkeypatch):
     g.reshape(-1)[::5] = -0.0
     if op.startswith("idx"):
         _, ind = fastpool.max_pool2d(x, 3, 2, 1, return_indices=True)
-    if op == "idxcl":  # channels-last: tasks of whole images, each one run of the gradient
+    if op.startswith("idxcl"):  # channels-last: tasks of whole images, each one run of the
+        # gradient; the ring of rows (idxcl) or the scatter (idxclsc)
         xc, gc, ic = (np.ascontiguousarray(np.moveaxis(a, 1, -1)) for a in (x, g, ind))
+        monkeypatch.setattr(B, "_RING_MIN_BYTES", 1 << 62 if op == "idxclsc" else 0)
     if op == "ada":
         ga = rng.standard_normal((N, C, 7, 6)).astype(dtype)
     if op == "avgclgap":
@@ -1059,7 +1062,7 @@ def test_streamed_gradients(case, monkeypatch):
             return fastpool.adaptive_avg_pool2d_backward(ga, x, (7, 6))
         if op == "idx":
             return fastpool.max_pool2d_backward(g, x, 3, 2, 1, indices=ind)
-        if op == "idxcl":
+        if op.startswith("idxcl"):
             return np.moveaxis(fastpool.max_pool2d_backward(gc, xc, 3, 2, 1, indices=ic,
                                                             channels_last=True), -1, 1)
         if op.startswith("reccl"):

@@ -558,7 +558,7 @@ def test_long_one_row_windows_scan_in_vectors(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int8, np.uint16, np.float64])
-def test_max_unpool_channel_vectors_and_streamed_planes(dtype):
+def test_max_unpool_channel_vectors_and_streamed_planes(dtype, monkeypatch):
     """Channels-last unpooling stores 16 channels at a time (one scatter), then the rest one by
     one; channels-first float results of 8 MiB and more are built plane by plane in scratch
     and streamed out.  Both give the reference's values (later cells win), whatever the index
@@ -579,7 +579,11 @@ def test_max_unpool_channel_vectors_and_streamed_planes(dtype):
     with pytest.raises(ValueError, match=rf"holds {math.prod(osz) + 9} in plane {C + 20}\b"):
         fastpool.max_unpool2d(to_layout(x, "cl")[0], to_layout(bad, "cl")[0], 2,
                               output_size=osz, channels_last=True)
-    # channels-first, a result past 8 MiB for float32 and float64
+    # channels-first, a result past 8 MiB for float32 and float64 (the bound as on a machine
+    # whose last-level cache is at most 128 MiB)
+    from fastpool import functional as fpf
+    monkeypatch.setattr(fpf, "_UNPOOL_STREAM_MIN", 8 << 20)
+    monkeypatch.setattr(fpf, "_PLANS", {})
     x = make_input(rng, (4, 64, 32, 64), dtype, nan=False)
     osz = (64, 128)
     idx = rng.integers(0, math.prod(osz), x.shape)

@@ -292,3 +292,20 @@ def test_start_up_collects_once_in_a_small_heap(max_blocks, expect):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[-1] == expect
+
+
+def test_last_level_cache_size_from_sysfs(tmp_path, monkeypatch):
+    """The streaming-store bound follows the largest cache that sysfs lists (8 MiB at least);
+    unreadable or odd entries are skipped."""
+    from fastpool import _runtime
+    files = []
+    for i, text in enumerate(["48K\n", "2048K\n", "491520K\n", "junk\n"]):
+        f = tmp_path / f"index{i}_size"
+        f.write_text(text)
+        files.append(str(f))
+    files.append(str(tmp_path / "missing"))
+    monkeypatch.setattr(_runtime.glob, "glob", lambda pattern: files)
+    assert _runtime._last_level_cache_bytes() == 491520 << 10
+    monkeypatch.setattr(_runtime.glob, "glob", lambda pattern: [])
+    assert _runtime._last_level_cache_bytes() == 0
+    assert _runtime.STREAM_MIN_BYTES >= 8 << 20
