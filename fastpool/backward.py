@@ -318,10 +318,12 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
     ring = _ring_rows(tab, dil, sp3, op3) if lay.mem == CL and tab is not None else None
     if ring is not None and ring[1] * ring[2] * lay.c * acc.itemsize > _RING_BYTES:
         ring = None
+    # (fractional windows, which have no tables: the scatter, whole images as for overlapping
+    # windows; 2x24x19x33x47 0.57x the time of channel blocks)
     whole = lay.mem == CL and (
         _channel_block(lay.n, lay.c, cells, acc.itemsize) == lay.c or
-        (gather and ringed and (ring is not None or dtype != np.float16) and
-         _whole_images(lay.n, max(2.0, _mean_cover(inv, s3)))))
+        ((ringed if gather else tab is None) and (ring is not None or dtype != np.float16) and
+         _whole_images(lay.n, max(2.0, _mean_cover(inv, s3) if gather else 2.0))))
     # (gradients that stay in the cache, float32/float64: the scatter straight into the zeroed
     # gradient, which has no ring to write out and clear; 2x24x19x33x47 k3s1p1 0.77x the time,
     # 2x64x56x56 k3s2p1 0.89x)
