@@ -1016,3 +1016,35 @@ def test_fractional_window_span_limit_as_pytorch():
     want = F.fractional_max_pool2d(torch.from_numpy(x2), 2, output_size=(5, 5),
                                    _random_samples=torch.from_numpy(s2))
     np.testing.assert_array_equal(got, want.numpy())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_channels_last_one_row_windows_read_the_input_row(dtype):
+    """Channels-last rows of table-driven 1-row windows (adaptive pooling, windows that are not
+    hot) skip the vertical pass and reduce straight from the input row: PyTorch's values
+    (max exact, NaN included; average to rounding), parallel sizes, 1-d and 2-d."""
+    rng = np.random.default_rng(5)
+    x1 = rng.standard_normal((4, 40, 1001)).astype(dtype)
+    x1[1, 3, 17] = np.nan
+    x2 = rng.standard_normal((3, 24, 6, 401)).astype(dtype)
+    x2[2, 5, 3, 100] = np.nan
+    cases = [(x1, lambda a, cl: fastpool.adaptive_max_pool1d(a, 7, channels_last=cl),
+              lambda t: F.adaptive_max_pool1d(t, 7)),
+             (x1, lambda a, cl: fastpool.adaptive_avg_pool1d(a, 7, channels_last=cl),
+              lambda t: F.adaptive_avg_pool1d(t, 7)),
+             (x1, lambda a, cl: fastpool.max_pool1d(a, 4, 3, 1, ceil_mode=True, channels_last=cl),
+              lambda t: F.max_pool1d(t, 4, 3, 1, ceil_mode=True)),
+             (x1, lambda a, cl: fastpool.avg_pool1d(a, 4, 3, 1, True, False, channels_last=cl),
+              lambda t: F.avg_pool1d(t, 4, 3, 1, True, False)),
+             (x2, lambda a, cl: fastpool.adaptive_max_pool2d(a, (6, 9), channels_last=cl),
+              lambda t: F.adaptive_max_pool2d(t, (6, 9))),
+             (x2, lambda a, cl: fastpool.adaptive_avg_pool2d(a, (6, 9), channels_last=cl),
+              lambda t: F.adaptive_avg_pool2d(t, (6, 9)))]
+    for i, (x, ours, theirs) in enumerate(cases):
+        xl, cl = to_layout(x, "cl")
+        got = np.moveaxis(ours(xl, cl), -1, 1)
+        ref = theirs(T(x)).numpy()
+        if i % 2 == 0:
+            np.testing.assert_array_equal(got, ref, err_msg=str(i))
+        else:
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6, err_msg=str(i))

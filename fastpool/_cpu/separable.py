@@ -354,9 +354,14 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                             stream_lines(tmp, 0, out, (q, od, oh, 0), OW, marker)
                         continue
                 # vertical pass: tmp[w] = reduce over the window's (z, y) rows
+                # (channels-last table-driven rows of 1-row windows: none, the horizontal pass
+                # reads the input row itself, the same values in the same order)
+                d1 = CLAST and not SPEC and not POWER and not flat and nd == 1 and nh == 1
                 if nd == 0 or nh == 0:  # no input row (PyTorch-style padding and dilation)
                     for w in range(TW):
                         tmp[gb + w] = init
+                elif d1:
+                    pass
                 elif SPEC and nd == KD and nh == KH:
                     w0 = 0
                     if VCOL and (WIDE or (L > 0 and xunit and TW >= L)):
@@ -507,6 +512,15 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                                 hv[ch] = init
                             for c in range(tab[2, 1, ow]):
                                 cb = max((w0 + c * dw) * Cn, 0)
+                                if d1:  # (as the vertical pass would have stored them)
+                                    for ch in range(Cn):
+                                        v = load(x[q, d0, h0, U(cb + ch)], marker)
+                                        if MAX:
+                                            m = hv[ch]
+                                            hv[ch] = v if ((v > m) | (v != v)) else m
+                                        else:
+                                            hv[ch] += init + v
+                                    continue
                                 for ch in range(Cn):
                                     v = tmp[cb + ch]
                                     if MAX:
