@@ -1020,9 +1020,10 @@ def test_fractional_window_span_limit_as_pytorch():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_channels_last_one_row_windows_read_the_input_row(dtype):
-    """Channels-last rows of table-driven 1-row windows (adaptive pooling, windows that are not
-    hot) skip the vertical pass and reduce straight from the input row: PyTorch's values
-    (max exact, NaN included; average to rounding), parallel sizes, 1-d and 2-d."""
+    """Channels-last rows of 1-row windows (adaptive pooling, windows that are not hot, and the
+    average's hot windows) skip the vertical pass and reduce straight from the input row:
+    PyTorch's values (max exact, NaN included; average to rounding), parallel sizes, 1-d and
+    2-d."""
     rng = np.random.default_rng(5)
     x1 = rng.standard_normal((4, 40, 1001)).astype(dtype)
     x1[1, 3, 17] = np.nan
@@ -1036,6 +1037,15 @@ def test_channels_last_one_row_windows_read_the_input_row(dtype):
               lambda t: F.max_pool1d(t, 4, 3, 1, ceil_mode=True)),
              (x1, lambda a, cl: fastpool.avg_pool1d(a, 4, 3, 1, True, False, channels_last=cl),
               lambda t: F.avg_pool1d(t, 4, 3, 1, True, False)),
+             # hot windows' interior columns too (average: the scratch row is unpadded)
+             (x1, lambda a, cl: fastpool.max_pool1d(a, 3, 2, 1, channels_last=cl),
+              lambda t: F.max_pool1d(t, 3, 2, 1)),
+             (x1, lambda a, cl: fastpool.avg_pool1d(a, 3, 2, 1, False, False, channels_last=cl),
+              lambda t: F.avg_pool1d(t, 3, 2, 1, False, False)),
+             (x1, lambda a, cl: fastpool.max_pool1d(a, 3, 1, 1, channels_last=cl),
+              lambda t: F.max_pool1d(t, 3, 1, 1)),
+             (x1, lambda a, cl: fastpool.avg_pool1d(a, 3, 1, 1, channels_last=cl),
+              lambda t: F.avg_pool1d(t, 3, 1, 1)),
              (x2, lambda a, cl: fastpool.adaptive_max_pool2d(a, (6, 9), channels_last=cl),
               lambda t: F.adaptive_max_pool2d(t, (6, 9))),
              (x2, lambda a, cl: fastpool.adaptive_avg_pool2d(a, (6, 9), channels_last=cl),

@@ -354,9 +354,9 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                             stream_lines(tmp, 0, out, (q, od, oh, 0), OW, marker)
                         continue
                 # vertical pass: tmp[w] = reduce over the window's (z, y) rows
-                # (channels-last table-driven rows of 1-row windows: none, the horizontal pass
-                # reads the input row itself, the same values in the same order)
-                d1 = CLAST and not SPEC and not POWER and not flat and nd == 1 and nh == 1
+                # (channels-last rows of 1-row windows, the scratch row unpadded: none, the
+                # horizontal pass reads the input row itself, the same values in the same order)
+                d1 = CLAST and not PADT and not POWER and not flat and nd == 1 and nh == 1
                 if nd == 0 or nh == 0:  # no input row (PyTorch-style padding and dilation)
                     for w in range(TW):
                         tmp[gb + w] = init
@@ -418,7 +418,23 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                 # horizontal pass, written out finished: specialised interior, table-driven edges
                 if hi > lo:
                     div = dov if (divmode == 0 and not POWER) else fdh * KW
-                    if CLAST:  # C-vectors: unit-stride loops over the channels
+                    if CLAST and d1:  # (the input row in place of tmp: see d1)
+                        for j in range(hi - lo):
+                            xb = tb + j * SW * Cn
+                            ob = max((lo + j) * Cn, 0)
+                            for ch in range(Cn):
+                                m = load(x[q, d0, h0, U(xb + ch)], marker)
+                                if not MAX:
+                                    m = init + m
+                                for c in range(1, KW):
+                                    v = load(x[q, d0, h0, U(xb + c * Cn + ch)], marker)
+                                    if MAX:
+                                        m = v if ((v > m) | (v != v)) else m
+                                    else:
+                                        m += init + v
+                                out[q, od, oh, ob + ch] = to_storage(m, marker) if MAX else \
+                                    to_storage(divide(m, div), marker)
+                    elif CLAST:  # C-vectors: unit-stride loops over the channels
                         for j in range(hi - lo):
                             tj = tmp[tb + j * SW * Cn:]  # a view of task-local scratch
                             ob = max((lo + j) * Cn, 0)
