@@ -100,10 +100,10 @@ def _mean_cover(inv, s3):
 
 
 def _whole_images(n, cover):
-    """Channels-last max gradient from indices, overlapping windows: one task per image (the
-    ring or the scatter, one thread an image) rather than channel blocks (the gather, which
-    reads every covering window's index of every cell: ~``cover`` times the ring's work, at
-    most ~3.5x measured)?  Whole images win where the rounds of images they take over the
+    """Channels-last max gradient from indices: one task per image (the ring or the scatter,
+    one thread an image) rather than channel blocks (the gather, which reads every covering
+    window's index of every cell: ~``cover`` times the ring's work, at most ~3.5x measured;
+    the split scatter, ~2x)?  Whole images win where the rounds of images they take over the
     threads cost less than that."""
     t = _threads()
     return -(-n // t) * t / max(n, 1) < min(cover, 3.5)
@@ -311,19 +311,19 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
     # (_cpu/backward.py, make_max_recompute_pairs)
     pairs = _pair_pads(tab, dil, sp3, op3) if lay.mem == CL and tab is not None else None
     # channels-last from indices, whole channel blocks: a ring of the input rows that the
-    # windows reach (make_max_ring), else the scatter into the image's own gradient
-    # (also past the scratch bound where images make enough tasks, or the gather would cost
-    # more: then the ring, or for float32/float64 the scatter into the gradient itself)
+    # windows reach (make_max_ring), else the scatter into the image's own gradient.  Also
+    # past the scratch bound, where images make enough tasks or the alternative costs more
+    # (the ring, or for float32/float64 the scatter into the gradient itself): the gather for
+    # windows with tables (ringed ones), the split scatter for fractional windows, which have
+    # none (2x24x19x33x47: 0.57x the time of channel blocks)
     res_bytes = math.prod(mshape) * dtype.itemsize
-    ring = _ring_rows(tab, dil, sp3, op3) if lay.mem == CL and tab is not None else None
+    ring = _ring_rows(tab, dil, sp3, op3) if gather else None
     if ring is not None and ring[1] * ring[2] * lay.c * acc.itemsize > _RING_BYTES:
         ring = None
-    # (fractional windows, which have no tables: the scatter, whole images as for overlapping
-    # windows; 2x24x19x33x47 0.57x the time of channel blocks)
     whole = lay.mem == CL and (
         _channel_block(lay.n, lay.c, cells, acc.itemsize) == lay.c or
-        ((ringed if gather else tab is None) and (ring is not None or dtype != np.float16) and
-         _whole_images(lay.n, max(2.0, _mean_cover(inv, s3) if gather else 2.0))))
+        ((not gather or ringed) and (ring is not None or dtype != np.float16) and
+         _whole_images(lay.n, max(2.0, _mean_cover(inv, s3)) if gather else 2.0)))
     # (gradients that stay in the cache, float32/float64: the scatter straight into the zeroed
     # gradient, which has no ring to write out and clear; 2x24x19x33x47 k3s1p1 0.77x the time,
     # 2x64x56x56 k3s2p1 0.89x)
@@ -332,10 +332,10 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
     # of the cells; sparser ones (adaptive windows) zero the gradient and add into it (the
     # zeroing is a memset, itself streaming when large: 16x64x112x112 adaptive 5x5 0.61x the
     # time, 32x64x112x112 0.75x)
-    nt_planes = _streamed(res_bytes) and 8 * gsize >= lay.n * lay.c * cells
+    streamed = _streamed(res_bytes)
+    nt_planes = streamed and 8 * gsize >= lay.n * lay.c * cells
     # (whole images past the scratch bound: the scatter adds into the zeroed gradient itself)
-    nt_scatter = _streamed(res_bytes) and \
-        not (whole and cells * lay.c * acc.itemsize > _CL_BUFFER_BYTES)
+    nt_scatter = streamed and not (whole and cells * lay.c * acc.itemsize > _CL_BUFFER_BYTES)
     # (split channel blocks: the gather, which writes whole rows; the ring's rows would be
     # strided runs, and took 1.5-2x the time on images of 64 x 56 x 56 and more)
     gather_first = gather and not (ringed and whole)
