@@ -37,3 +37,7 @@ from ._warmup import warmup  # noqa: F401,E402
 from ._alloc import release_memory, set_output_cache  # noqa: F401,E402
 
 __all__ = [n for n in dir() if not n.startswith("_")]
+
+# Numba's one-time start-up now, not inside the first pooling call (``_runtime.start``)
+from . import _runtime  # noqa: E402
+_runtime.start()

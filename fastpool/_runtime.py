@@ -7,8 +7,10 @@ does not look) and selected before the first parallel call.  Without TBB the ``w
 layer is used and parallel launches are serialised by a lock (see ``launch_lock``); a forked
 child then still works because workqueue keeps no state across fork.
 
-Nothing here imports Numba until the first kernel is built (``configure``), so that
-``import fastpool`` stays fast.
+``import fastpool`` runs ``start``: Numba's import, the threading layer's choice and the
+loading of Numba's CPU registries, the one-time cost that would otherwise fall inside the first
+pooling call of a process.  No kernel compiles and no thread starts there.
+``FASTPOOL_LAZY_START=1`` leaves all of it to the first kernel (``configure``).
 """
 import ctypes
 import functools
@@ -106,6 +108,38 @@ def configure():
             _install_locators(numba)
         THREADING_LAYER = layer
         _settle_gc()
+
+
+START_S = None  # seconds that ``start`` took at import, or None where it did not run
+START_ERROR = None  # what stopped ``start`` (the first kernel raises it again), or None
+
+
+def _lazy_start() -> bool:
+    return os.environ.get("FASTPOOL_LAZY_START", "").strip().lower() not in (
+        "", "0", "false", "no", "off")
+
+
+def start():
+    """The runtime's one-time start-up, at ``import fastpool``: ``configure`` (Numba's import,
+    the threading layer, the cache), then Numba's CPU typing and target registries, which a
+    process otherwise loads at its first kernel (~100 ms, more where SciPy is installed:
+    Numba's registries import it to look for BLAS).  A kernel's first call with a warm cache
+    then only loads its machine code.  Skipped with ``FASTPOOL_LAZY_START=1``; an error here
+    is kept (``START_ERROR``) and raised again by the first kernel, not by the import."""
+    global START_S, START_ERROR
+    if _lazy_start():
+        return
+    import time
+    t0 = time.perf_counter()
+    try:
+        configure()
+        from numba.core.registry import cpu_target
+        cpu_target.typing_context.refresh()
+        cpu_target.target_context.refresh()
+    except Exception as e:  # (configure runs again, and raises, at the first kernel)
+        START_ERROR = f"{type(e).__name__}: {e}"
+        return
+    START_S = time.perf_counter() - t0
 
 
 # A full collection at start-up only below this many allocated memory blocks (Python plus

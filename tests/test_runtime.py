@@ -142,12 +142,48 @@ def test_info_command():
     assert "block by block" in lines[next(k for k in lines if k.strip() == "dask")]
 
 
-def test_import_compiles_nothing():
-    code = ("import sys, fastpool; "
-            "print('numba' in sys.modules, len(fastpool._dispatch.kernel.cache_info()[:]))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+def test_import_starts_the_runtime_but_compiles_and_launches_nothing():
+    """``import fastpool`` runs Numba's one-time start-up (so that a first pooling call only
+    loads its kernel) but compiles no kernel and starts no thread: a process forked after the
+    import is as safe as one forked before it.  ``FASTPOOL_LAZY_START=1`` leaves even Numba's
+    import to the first kernel."""
+    code = ("import sys, threading, fastpool; "
+            "from numba.np.ufunc import parallel; "
+            "print('numba' in sys.modules, fastpool._dispatch.kernel.cache_info().currsize, "
+            "parallel._is_initialized, threading.active_count(), "
+            "fastpool._runtime.THREADING_LAYER, fastpool._runtime.START_S is not None, "
+            "'numba.np.arraymath' in sys.modules)")
+    env = dict(os.environ)
+    env.pop("FASTPOOL_LAZY_START", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split()[0] == "False"  # numba is not even imported
+    numba_in, kernels, launched, threads, layer, started, registries = proc.stdout.split()
+    assert (numba_in, kernels, launched, threads, started, registries) == (
+        "True", "0", "False", "1", "True", "True"), proc.stdout
+    assert layer in ("tbb", "workqueue", "omp"), layer
+    code = "import sys, fastpool; print('numba' in sys.modules, fastpool._runtime.START_S)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(env, FASTPOOL_LAZY_START="1"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "None"]  # numba is not even imported
+
+
+def test_a_failed_start_is_raised_by_the_first_kernel_not_the_import(monkeypatch):
+    """What stops the start-up at import is kept, and the import goes on; ``configure`` (the
+    first kernel's) raises it."""
+    from fastpool import _runtime
+
+    def fail():
+        raise ImportError("fastpool: FASTPOOL_THREADING_LAYER=tbb but TBB could not be loaded")
+    monkeypatch.setattr(_runtime, "configure", fail)
+    monkeypatch.setattr(_runtime, "START_S", None)
+    monkeypatch.setattr(_runtime, "START_ERROR", None)
+    monkeypatch.delenv("FASTPOOL_LAZY_START", raising=False)
+    _runtime.start()  # does not raise
+    assert _runtime.START_S is None
+    assert _runtime.START_ERROR.startswith("ImportError: fastpool: FASTPOOL_THREADING_LAYER=tbb")
+    with pytest.raises(ImportError, match="TBB could not be loaded"):
+        _runtime.configure()
 
 
 def test_warmup_compiles_requested_kernels():
@@ -289,7 +325,8 @@ def test_start_up_collects_once_in_a_small_heap(max_blocks, expect):
         _runtime.configure()
         print(any(full))
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, FASTPOOL_LAZY_START="1"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[-1] == expect
 
