@@ -123,11 +123,15 @@ STREAM_MIN_BYTES = _STREAM_MIN_BYTES
 
 
 # Plane sizes (bytes) whose adaptive average gradient is streamed (STREAM_MIN_BYTES and more):
-# the kernel then builds its task's planes in scratch, which smaller planes did not repay
-# (paired A/B, 2 threads: 13x13 float32 1.20x the time, 30x30 float32 0.99-1.08x, 30x30
-# float64 0.83x, 56x56 float32 0.71x; float16, whose conversions already cost more than the
-# memory, 63x61 1.13x); larger ones would make the scratch outgrow the cache
-_ADAPTIVE_STREAM_PLANES = (6 << 10, 256 << 10)
+# the kernel then builds its task's planes in scratch; larger planes would make the scratch
+# outgrow the cache.  Every smaller plane repays it once the gradient is past
+# STREAM_MIN_BYTES (paired A/B, 2 threads, float32 gradients of 40 MB / 120 MB / 1.2 GB, time
+# relative to plain stores: 30x30 planes 0.56 / 0.49 / 0.49, 20x20 0.48 / 0.59 / 0.45, 13x13
+# 0.78 / 0.64 / 0.59, 9x9 0.70 / 0.66 / 0.64, 4x4 0.91 / 0.88 / 0.90; float64 3x3 0.80 /
+# 0.87 / 0.91).  Below that bound, where the gradient stays in the cache, small planes lost
+# (13x13 float32 1.20x the time); float16, whose conversions already cost more than the
+# memory, is not streamed (63x61 1.13x)
+_ADAPTIVE_STREAM_PLANES = (0, 256 << 10)
 
 
 def _adaptive_streamed(nbytes, plane_bytes, dtype):

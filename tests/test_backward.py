@@ -997,6 +997,7 @@ STREAMED = [("avg", 2, 5, 13, 14, np.float32, True), ("avg", 1, 7, 56, 56, np.fl
             ("reccl", 3, 5, 11, 9, np.float64, True), ("reccl", 2, 6, 9, 14, np.float16, True),
             ("reccl2", 2, 9, 12, 10, np.float32, True), ("ada", 2, 5, 40, 41, np.float32, True),
             ("ada", 3, 4, 29, 28, np.float64, True), ("ada", 1, 3, 45, 50, np.float32, False),
+            ("ada", 3, 7, 13, 13, np.float32, True), ("ada", 2, 5, 9, 11, np.float64, True),
             ("avgcl", 2, 12, 13, 14, np.float32, True), ("avgcl", 3, 5, 9, 11, np.float64, True),
             ("avgcl", 2, 6, 10, 7, np.float16, True),
             ("avgclgap", 2, 9, 14, 13, np.float32, True),
