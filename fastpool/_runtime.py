@@ -122,9 +122,9 @@ def _lazy_start() -> bool:
 def start():
     """The runtime's one-time start-up, at ``import fastpool``: ``configure`` (Numba's import,
     the threading layer, the cache), then Numba's CPU typing and target registries, which a
-    process otherwise loads at its first kernel (~100 ms, more where SciPy is installed:
-    Numba's registries import it to look for BLAS).  A kernel's first call with a warm cache
-    then only loads its machine code.  Skipped with ``FASTPOOL_LAZY_START=1``; an error here
+    process otherwise loads at its first kernel (~100-150 ms; Numba's BLAS probe, which would
+    import SciPy's linear algebra, is left to first use: ``_blas_probe_deferred``).  A
+    kernel's first call with a warm cache then only loads its machine code.  Skipped with ``FASTPOOL_LAZY_START=1``; an error here
     is kept (``START_ERROR``) and raised again by the first kernel, not by the import."""
     global START_S, START_ERROR
     if _lazy_start():
@@ -134,12 +134,71 @@ def start():
     try:
         configure()
         from numba.core.registry import cpu_target
-        cpu_target.typing_context.refresh()
-        cpu_target.target_context.refresh()
+        with _blas_probe_deferred():
+            cpu_target.typing_context.refresh()
+            cpu_target.target_context.refresh()
     except Exception as e:  # (configure runs again, and raises, at the first kernel)
         START_ERROR = f"{type(e).__name__}: {e}"
         return
     START_S = time.perf_counter() - t0
+
+
+class _DeferredBlasProbe:
+    """Stands for Numba's ``numba.np.arraymath._HAVE_BLAS`` (is SciPy's BLAS importable?) until
+    something asks: the probe then runs once, as Numba's import would have run it."""
+
+    def __init__(self, probe):
+        self._probe = probe
+        self._value = None
+
+    def __bool__(self):
+        if self._value is None:
+            self._value = bool(self._probe())
+        return self._value
+
+    def __repr__(self):
+        return f"<BLAS probe deferred: {'not run yet' if self._value is None else self._value}>"
+
+
+class _blas_probe_deferred:
+    """While Numba's registries load: its ``arraymath`` module probes for BLAS at import by
+    importing ``scipy.linalg`` (100-250 ms on a 2-core EPYC, with ``numpy.f2py`` behind it),
+    for one inner-product helper of ``np.cov``-like overloads that fastpool never uses.  The
+    probe is answered "not yet" during the import and ``_HAVE_BLAS`` becomes a
+    ``_DeferredBlasProbe`` that runs it on first use, so a Numba function of the user's that
+    needs it sees the same answer.  Does nothing where SciPy's BLAS is already imported,
+    ``arraymath`` already loaded, or Numba's layout is not the one expected."""
+
+    def __enter__(self):
+        self._linalg = self._stub = None
+        if "numba.np.arraymath" in sys.modules or "scipy.linalg.cython_blas" in sys.modules:
+            return self
+        try:
+            from numba.np import linalg
+        except Exception:
+            return self
+        real = getattr(linalg, "ensure_blas", None)
+        if not callable(real):
+            return self
+
+        def not_yet():
+            raise ImportError("BLAS probe deferred by fastpool")
+
+        self._linalg, self._real, self._stub = linalg, real, not_yet
+        linalg.ensure_blas = not_yet
+        return self
+
+    def __exit__(self, *exc):
+        if self._stub is None:
+            return False
+        self._linalg.ensure_blas = self._real
+        am = sys.modules.get("numba.np.arraymath")
+        if am is not None and getattr(am, "ensure_blas", None) is self._stub:
+            am.ensure_blas = self._real
+            if am.__dict__.get("_HAVE_BLAS") is False and callable(
+                    am.__dict__.get("_check_blas")):
+                am._HAVE_BLAS = _DeferredBlasProbe(am._check_blas)
+        return False
 
 
 # A full collection at start-up only below this many allocated memory blocks (Python plus

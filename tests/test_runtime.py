@@ -168,6 +168,49 @@ def test_import_starts_the_runtime_but_compiles_and_launches_nothing():
     assert proc.stdout.split() == ["False", "None"]  # numba is not even imported
 
 
+_BLAS_CODE = """
+import importlib.util, sys
+{pre}
+import fastpool
+import numpy as np
+import numba
+from numba.np import arraymath
+scipy_linalg_at_import = "scipy.linalg" in sys.modules
+have_blas = bool(arraymath._HAVE_BLAS)
+
+@numba.njit
+def corr(a, b):
+    return np.correlate(a, b)
+
+rng = np.random.default_rng(4)
+a, b = rng.standard_normal(37), rng.standard_normal(5)
+ok = np.allclose(corr(a, b), np.correlate(a, b), rtol=1e-12, atol=1e-12)
+print(scipy_linalg_at_import, have_blas, importlib.util.find_spec("scipy") is not None, ok,
+      "scipy.linalg" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("scipy_first", [False, True])
+def test_start_defers_numbas_blas_probe_and_keeps_its_answer(scipy_first):
+    """The start-up loads Numba's registries without its import-time BLAS probe (which imports
+    SciPy's linear algebra); a Numba function that needs the probe's answer later gets the one
+    Numba's own import would have given, and computes the same values.  A process that imported
+    SciPy's BLAS first keeps Numba's usual probe."""
+    pre = ("try:\n    import scipy.linalg.cython_blas\nexcept ImportError:\n    pass"
+           if scipy_first else "")
+    env = dict(os.environ)
+    env.pop("FASTPOOL_LAZY_START", None)
+    proc = subprocess.run([sys.executable, "-c", _BLAS_CODE.format(pre=pre)],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    at_import, have_blas, have_scipy, ok, linalg_after = proc.stdout.split()
+    assert have_blas == have_scipy, proc.stdout  # the probe's answer: is SciPy's BLAS there?
+    assert ok == "True"
+    if not scipy_first:
+        assert at_import == "False", "import fastpool imported scipy.linalg"
+    assert linalg_after == have_scipy  # the probe ran (and imported it) when it was asked
+
+
 def test_a_failed_start_is_raised_by_the_first_kernel_not_the_import(monkeypatch):
     """What stops the start-up at import is kept, and the import goes on; ``configure`` (the
     first kernel's) raises it."""
