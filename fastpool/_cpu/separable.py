@@ -136,6 +136,16 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
     PFD = 4
     PFV = SW == 2 and PAR
     VFUSE = FUSEK and KH == 2 and KW == 2 and SW == 2 and not POWER and PAR
+    # channels-last fused rows: a prefetch of each output cell's window columns KH rows below
+    # (the next output row's window at stride KH): max k2s2 (16, 128, 112, 112), past a 32 MB
+    # L3 on a 2-core EPYC, 0.65-0.80x the time, a copy-like kernel 0.75x (2 rows below; 4 rows:
+    # 0.80-1.0x)
+    PFC = FUSEC and PAR
+    # channels-first 3-d windows (KD > 1): the vertical pass, a compiler loop, prefetches each
+    # of the window's rows AHEAD bytes on (later rows of the same depth slices): max k2s2
+    # (4, 32, 32, 64, 64) past a 32 MB L3, 2-core EPYC, paired in one process, 0.85x the time
+    # (channels-last rows, 8 KiB here: 1.05x, so not there)
+    PF3 = SPEC and KD > 1 and PAR and not POWER and not CLAST
     # channels-last max of 3-row windows too: its vertical pass is the same elementwise
     # reduction of rows (W * C long).  On a 2-core Xeon, the kernel alone, paired in one
     # process: max k3s2p1 (32, 64, 112, 112) 0.87-0.91x the time; 2-row windows (k2s2) and the
@@ -302,6 +312,10 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                         for j in range(j0, OW):
                             xb = max(j * SW * Cn, 0)
                             ob = max(j * Cn, 0)
+                            if PFC:  # the window's columns KH rows below (see PFC)
+                                for b in range(KH):
+                                    for k in range(0, KW * Cn, line_cells(x)):
+                                        prefetch(x, (q, d0, h0 + (KH + b) * dh, U(xb + k)))
                             for ch in range(Cn):
                                 m = load(x[q, d0, h0, U(xb + ch)], marker)
                                 if not MAX:
@@ -364,6 +378,11 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                     pass
                 elif SPEC and nd == KD and nh == KH:
                     w0 = 0
+                    if PF3:  # each window row's cells AHEAD bytes on (see PF3)
+                        for a in range(KD):
+                            for b in range(KH):
+                                for w in range(0, TW, line_cells(x)):
+                                    prefetch(x, (q, d0 + a * dd, h0 + b * dh, U(w + ahx)))
                     if VCOL and (WIDE or (L > 0 and xunit and TW >= L)):
                         while w0 < TW:  # (the last vector ends at TW: no scalar tail)
                             wv = min(w0, TW - L)
