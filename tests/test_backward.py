@@ -751,6 +751,81 @@ def test_max_backward_tiled(case, monkeypatch):
     assert got.tobytes() == ref.tobytes() and np.isnan(got[0, 0, :2, :2]).sum() == 1
 
 
+def test_channel_blocks_of_channels_last_tasks(monkeypatch):
+    """Channels-last tasks take whole images unless there are fewer images than threads; then
+    one block per thread of at least _CL_MIN_RUN_BYTES (a multiple of 8 channels), never
+    splitting where the runs would be shorter; the scratch bound splits in multiples of 8."""
+    from fastpool import backward as B
+    for threads in (1, 2, 3, 4, 8):
+        monkeypatch.setattr(B, "_threads", lambda t=threads: t)
+        for n in (1, 2, 3, 5, 9):
+            for c in (1, 7, 24, 32, 64, 100, 256, 1000):
+                for itemsize in (2, 4, 8):
+                    cells = 12544
+                    cb = B._channel_block(n, c, cells, itemsize)
+                    assert 1 <= cb <= c
+                    bound = B._CL_BUFFER_BYTES // (cells * itemsize)
+                    if cb < c:
+                        assert cb % 8 == 0, (threads, n, c, itemsize, cb)
+                    k = -(-threads // n)  # blocks per image, one per thread
+                    if n >= threads or c // k * itemsize < B._CL_MIN_RUN_BYTES:
+                        # no thread to feed, or runs too short: only the scratch bound splits
+                        assert cb == (c if bound >= c else max(8, bound // 8 * 8)), \
+                            (threads, n, c, itemsize, cb)
+                    elif cb < min(c, max(8, bound // 8 * 8)):
+                        assert cb * itemsize >= B._CL_MIN_RUN_BYTES
+                        assert n * -(-c // cb) >= threads  # every thread has a task
+
+
+@pytest.mark.parametrize("kind", ["rec2", "rec3d", "rec_pairs", "avg", "lp", "idx"])
+def test_split_channel_blocks_give_whole_images_bits(kind, monkeypatch):
+    """Tasks of part of an image's channels (forced: as if for 4 threads, any run length) give
+    the bits of whole-image tasks and PyTorch's values, channels-last gradients of every
+    kernel that takes channel blocks."""
+    from fastpool import backward as B
+    from fastpool import functional
+    rng = np.random.default_rng(len(kind))
+    sp = (7, 9, 10) if kind == "rec3d" else (11, 13)
+    x = rng.integers(-3, 4, (1, 24) + sp).astype(np.float32)  # ties
+    x[0, 3, 0, 0] = np.nan
+    k, s, p = (2, 2, 0) if kind in ("rec2", "rec3d") else (3, 2, 1)
+    r = len(sp)
+    pool = getattr(F, f"{'avg' if kind == 'avg' else 'max'}_pool{r}d")
+    if kind == "lp":
+        yt = F.lp_pool2d(T(np.abs(x) + 1), 2, k, s)
+    else:
+        yt = pool(T(x), k, s, p)
+    g = rng.standard_normal(yt.shape).astype(np.float32)
+    xc, _ = to_layout(x, "cl")
+    gc, _ = to_layout(g, "cl")
+
+    def run():
+        monkeypatch.setattr(functional, "_PLANS", {})
+        if kind == "avg":
+            return fastpool.avg_pool2d_backward(gc, xc, k, s, p, channels_last=True)
+        if kind == "lp":
+            return fastpool.lp_pool2d_backward(gc, np.abs(xc) + 1, 2, k, s, channels_last=True)
+        fn = getattr(fastpool, f"max_pool{r}d_backward")
+        if kind == "idx":
+            _, idx = getattr(fastpool, f"max_pool{r}d")(xc, k, s, p, return_indices=True,
+                                                        channels_last=True)
+            return fn(gc, xc, k, s, p, indices=idx, channels_last=True)
+        return fn(gc, xc, k, s, p, channels_last=True)
+
+    whole = run()
+    monkeypatch.setattr(B, "_threads", lambda: 4)
+    monkeypatch.setattr(B, "_CL_MIN_RUN_BYTES", 4)
+    assert B._channel_block(1, 24, math.prod(sp), 4) == 8
+    split = run()
+    assert split.tobytes() == whole.tobytes(), kind
+    xt = T(np.abs(x) + 1 if kind == "lp" else x).requires_grad_()
+    if kind == "lp":
+        F.lp_pool2d(xt, 2, k, s).backward(T(g))
+    else:
+        pool(xt, k, s, p).backward(T(g))
+    close(from_layout(split, "cl", x), xt.grad.numpy(), np.float32, what=kind)
+
+
 def test_float16_accumulates_in_float32():
     """Many overlapping windows add into one cell: the sum is kept in float32 and rounded to
     float16 once (a float16 running sum would drift)."""
@@ -823,14 +898,15 @@ def test_indices_outside_their_window_still_scatter():
 
 
 # (images: a multiple of the thread count, or one image planned as for 4 threads (split
-# channel blocks); the smallest gradient for the ring, or None for the default)
+# channel blocks of 32, runs of 128 bytes: 32 channels stay whole); the smallest gradient for
+# the ring, or None for the default)
 @pytest.mark.parametrize("case", [
     ((4, 32, 9, 10), 3, 2, 1, 0, "max_backward_ring"),
     # a gradient that stays in the cache: the scatter straight into it
     ((4, 32, 9, 10), 3, 2, 1, None, "max_backward"),
     # fewer images than tasks wanted, overlapping windows: whole images all the same
     ((1, 32, 9, 10), 3, 2, 1, 0, "max_backward_ring"),
-    ((-1, 64, 9, 10), 3, 2, 1, 0, "max_backward_gather"),
+    ((-1, 128, 9, 10), 3, 2, 1, 0, "max_backward_gather"),
     # disjoint windows: the ring over short channel vectors, the gather over long ones
     ((4, 32, 8, 10), 2, 2, 0, 0, "max_backward_ring"),
     ((4, 80, 8, 10), 2, 2, 0, 0, "max_backward_gather")])
@@ -863,8 +939,6 @@ def test_channels_last_backward_from_indices_kernels(case, monkeypatch):
     gc, _ = to_layout(g, "cl")
     ic, _ = to_layout(it.numpy(), "cl")
     got = fastpool.max_pool2d_backward(gc, xc, k, s, p, indices=ic, channels_last=True)
-    if kernel == "max_backward_ring" and shape[0] == 1 and threads > 2:
-        kernel = "max_backward_gather"  # (one image of many threads' tasks: split)
     assert calls[-1] == kernel, calls
     cf = fastpool.max_pool2d_backward(g, x, k, s, p, indices=it.numpy())
     close(from_layout(got, "cl", x), ref, np.float32)

@@ -37,8 +37,8 @@ from numba import prange
 from numba.extending import overload, register_jitable
 
 from ._intrinsics import load, to_storage, new_empty, flat_view, new_full, new_zeros
-from ._simd import (prefetch, sfence, stream_lines, stream_sum, stream_upto, vcol1_sum,
-                    vcol2_sum, vcol_pair, vdiv, vector_lanes, vspread, vring_add,
+from ._simd import (prefetch, line_cells, sfence, stream_lines, stream_sum, stream_upto,
+                    vcol1_sum, vcol2_sum, vcol_pair, vdiv, vector_lanes, vspread, vring_add,
                     RING_LANES)
 from .._runtime import jit
 from .window import CF, CL, U, tpow, lp_share
@@ -371,6 +371,9 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
     assert layout == CL
     SPEC = KW > 0
     KT = KD * KH * KW
+    # full windows prefetch their columns in the two input rows below the window (the rows a
+    # later output row reads first; the hardware prefetcher alone left the loads waiting)
+    PFR = SPEC and parallel
 
     def kernel(g, x, gin, tab, dil, lo, hi, pw, ptype, blk, nt, init, zero, marker):
         N = g.shape[0]
@@ -451,6 +454,14 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
                     w0 = tab[2, 0, ow]
                     nw = tab[2, 1, ow]
                     if full_rows and nw == KW:
+                        if PFR:  # the window's columns in the two rows below it (see PFR)
+                            for a in range(KD):
+                                for b in range(2):
+                                    for k in range(KW):
+                                        for c in range(0, wb, line_cells(x)):
+                                            prefetch(x, (n, U(d0 + a * dd),
+                                                         U(h0 + (KH + b) * dh),
+                                                         U(w0 + k * dw), U(c0 + c)))
                         for c in range(wb):
                             m = load(x[n, U(d0), U(h0), U(w0), U(c0 + c)], marker)
                             ti = np.int32(0)
