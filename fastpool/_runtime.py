@@ -124,8 +124,9 @@ def start():
     the threading layer, the cache), then Numba's CPU typing and target registries, which a
     process otherwise loads at its first kernel (~100-150 ms; Numba's BLAS probe, which would
     import SciPy's linear algebra, is left to first use: ``_blas_probe_deferred``).  A
-    kernel's first call with a warm cache then only loads its machine code.  Skipped with ``FASTPOOL_LAZY_START=1``; an error here
-    is kept (``START_ERROR``) and raised again by the first kernel, not by the import."""
+    kernel's first call with a warm cache then only loads its machine code.  Skipped with
+    ``FASTPOOL_LAZY_START=1``; an error here is kept (``START_ERROR``) and raised again by the
+    first kernel, not by the import."""
     global START_S, START_ERROR
     if _lazy_start():
         return
