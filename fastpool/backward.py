@@ -244,6 +244,22 @@ def _ring_rows(tab, dil, sp3, op3):
     return np.append(lo, n), R, math.prod(sp3[a + 1:]), math.prod(op3[a + 1:])
 
 
+def _depth_ring(tab, dil, sp3, op3):
+    """Depth slices in the ring of the channels-last recompute kernel (``make_max_recompute``)
+    for 3-d problems, or 0 (the whole plane as scratch): the most slices held at once, from the
+    lowest first slice of the windows still to come to the last slice touched so far.  0 where
+    a window has no input cell (its gradient goes to an aliased position), where the input
+    has one slice, or where the ring would hold every slice."""
+    D, OD = sp3[0], op3[0]
+    if D <= 1 or OD == 0 or any(bool((tab[d, 1, :op3[d]] == 0).any()) for d in range(3)):
+        return 0
+    first = np.asarray(tab[0, 0, :OD], np.int64)
+    last = first + (np.asarray(tab[0, 1, :OD], np.int64) - 1) * int(dil[0])
+    md = np.minimum.accumulate(first[::-1])[::-1]
+    rbd = int((np.minimum(np.maximum.accumulate(last), D - 1) - md + 1).max())
+    return rbd if rbd < D else 0
+
+
 def _past_plane(tab, dil, sp3, op3, k3):
     """The scatter's bound on indices past the plane that name no cell: where some window has
     no input cell along a dim, its forward index (PyTorch's) takes there the first tap at or
@@ -366,6 +382,11 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
         tspec = (tiled, True) if tiled == 3 and op3[2] >= lanes(acc.itemsize) else (tiled,)
 
     past = _past_plane(tab, dil, sp3, op3, k3)
+    # the recompute kernel's scratch: a ring of depth slices (3-d), else the whole plane (the
+    # channel block's bound counts the whole plane for 1-d / 2-d too, though the kernel then
+    # holds a ring of rows)
+    rbd = _depth_ring(tab, dil, sp3, op3) if lay.mem == CL and tab is not None else 0
+    rec_cells = rbd * sp3[1] * sp3[2] if rbd else cells
 
     def scatter(gm, im, res):
         if lay.mem == CF:
@@ -433,8 +454,8 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
             with launch_lock():
                 kern(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
                      _bits(res).reshape(xshape), tab, dil, lo, hi, pw, pos,
-                     _channel_block(lay.n, lay.c, cells, acc.itemsize), _streamed(res), init,
-                     acc, marker)
+                     _channel_block(lay.n, lay.c, rec_cells, acc.itemsize), _streamed(res),
+                     rbd, init, acc, marker)
             return lay.user_view(res)
         if indices is None:
             indices = forward(lay.user_view(lay.input_mem(x)), samples)

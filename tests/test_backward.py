@@ -618,6 +618,52 @@ def test_channels_last_max_backward_without_indices_geometries():
         close(from_layout(got, "cl", x), ref, np.float64, what=f"{k} {s} {d} {pads} {sp}")
 
 
+@pytest.mark.parametrize("mode", ["plain", "streamed", "split"])
+def test_channels_last_recompute_depth_ring(mode, monkeypatch):
+    """3-d channels-last max backward without indices sums into a ring of depth slices, each
+    written out (streamed, or plain stores, or per channel block) once no later window touches
+    it: random kernels, strides (gaps too), dilation, padding and ceil mode, many ties and NaN,
+    hot windows and tables; PyTorch's gradient and the channels-first kernel's bits."""
+    from fastpool import backward as B
+    from fastpool import functional
+    if mode == "streamed":
+        monkeypatch.setattr(B, "STREAM_MIN_BYTES", 0)
+    if mode == "split":
+        monkeypatch.setattr(B, "_threads", lambda: 4)
+        monkeypatch.setattr(B, "_CL_MIN_RUN_BYTES", 4)
+    monkeypatch.setattr(functional, "_PLANS", {})
+    rng = np.random.default_rng(["plain", "streamed", "split"].index(mode) + 71)
+    rings = 0
+    for case in range(10):
+        k = tuple(int(v) for v in rng.integers(1, 4, 3))
+        s = tuple(int(v) for v in rng.integers(1, 4, 3))
+        d = tuple(int(v) for v in rng.integers(1, 3, 3)) if case % 3 == 2 else (1, 1, 1)
+        p = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
+        if case < 2:  # the hot 2x2x2 stride-2 window
+            k, s, d, p = (2, 2, 2), (2, 2, 2), (1, 1, 1), (0, 0, 0)
+        sp = tuple(int(v) for v in rng.integers(5, 11, 3))
+        if any(n + 2 * pp < dd * (kk - 1) + 1 for n, pp, dd, kk in zip(sp, p, d, k)):
+            continue
+        ceil_mode = bool(case % 4 == 3)
+        x = rng.integers(-2, 3, (2, 16) + sp).astype(np.float32)  # ties
+        x.reshape(-1)[::37] = np.nan
+        yt = F.max_pool3d(T(x), k, s, p, d, ceil_mode)
+        g = rng.standard_normal(yt.shape).astype(np.float32)
+        xc, _ = to_layout(x, "cl")
+        gc, _ = to_layout(g, "cl")
+        got = fastpool.max_pool3d_backward(gc, xc, k, s, p, d, ceil_mode, channels_last=True)
+        got = np.ascontiguousarray(from_layout(got, "cl", x))
+        cf = fastpool.max_pool3d_backward(g, x, k, s, p, d, ceil_mode)
+        what = f"{k} {s} {d} {p} {sp} {ceil_mode}"
+        assert got.tobytes() == cf.tobytes(), what
+        close(got, torch_grad(lambda t: F.max_pool3d(t, k, s, p, d, ceil_mode), x, g),
+              np.float32, what=what)
+        _, _, _, _, osp, tab, dil = functional._window(
+            "max_pool3d", 3, sp, k, s, p, d, ceil_mode)
+        rings += B._depth_ring(tab, dil, sp, tuple(osp)) > 0
+    assert rings >= 5  # (most geometries hold a ring, not the whole plane)
+
+
 # (spatial, kernel, stride, pad, dtype): the hot windows (compiled as constants)
 RECOMPUTE_HOT = [((9, 10), 3, 2, 1, np.float32), ((9, 10), 3, 2, 1, np.float64),
                  ((9, 10), 3, 2, 1, np.float16), ((8, 10), 2, 2, 0, np.float32),

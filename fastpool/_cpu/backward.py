@@ -362,7 +362,9 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
     Scratch: for 1-d and 2-d problems a ring of the input rows that windows still touch (row y
     in slot y % RB, RB rows of W * wb cells, about the rows one window spans), each row written
     out and zeroed as soon as no later window touches it, so the scratch stays in cache; for
-    3-d problems the whole plane, written out at the end.
+    3-d problems a ring of ``rbd`` depth slices alike (slice z in slot z % rbd, each H * W * wb
+    cells, written out once no later window touches it; ``backward._depth_ring``), or with
+    ``rbd`` 0 the whole plane, written out at the end.
 
     ``KD, KH, KW`` (0: none): a hot window compiled as constants; its full windows keep each
     channel's running (max, tap number) in registers over the unrolled taps, one vectorised
@@ -375,7 +377,7 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
     # later output row reads first; the hardware prefetcher alone left the loads waiting)
     PFR = SPEC and parallel
 
-    def kernel(g, x, gin, tab, dil, lo, hi, pw, ptype, blk, nt, init, zero, marker):
+    def kernel(g, x, gin, tab, dil, lo, hi, pw, ptype, blk, nt, rbd, init, zero, marker):
         N = g.shape[0]
         OD = g.shape[1]
         OH = g.shape[2]
@@ -406,7 +408,14 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
             if tab[1, 1, oh] > 0:
                 ml = max(ml, tab[1, 0, oh] + (tab[1, 1, oh] - 1) * dh, tab[1, 0, oh] + aw)
             RB = max(RB, min(ml, H - 1) - mh[oh] + 1)
-        RB = RB if ring else D * H  # scratch rows
+        dring = not ring and rbd > 0  # the ring of depth slices
+        RD = max(rbd, 1)
+        # depth ring: before depth row od the slices below md[od] (the lowest first slice of any
+        # window from od on) are finished
+        md = new_full(OD + 1, D)
+        for od in range(OD - 1, -1, -1):
+            md[od] = min(md[od + 1], tab[0, 0, od])
+        RB = RB if ring else (RD * H if dring else D * H)  # scratch rows
         nb = (C + blk - 1) // blk
         for t in prange(N * nb):
             n, c0, wb = cl_task(t, nb, blk, C)
@@ -417,10 +426,27 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
             tap = new_zeros(wb if SPEC else 1, np.int32)  # full windows: each channel's argmax tap
             rs = new_zeros(max(KT, 1), np.int64)  # full windows: scratch row of each (a, b)
             gnf = flat_view(gin[max(n, 0)])
-            nf = 0  # ring: rows below nf are written out
+            nf = 0  # ring: rows below nf are written out (depth ring: slices)
             for r in range(OD * OH + 1):
                 od = r // OH
                 oh = r - od * OH
+                if dring and oh == 0:  # (a new depth row of windows, or the end)
+                    # the slices no later window touches are finished: written out, zeroed
+                    upto = D if r == OD * OH else md[od]
+                    for z in range(nf, upto):
+                        sb = (z % RD) * H * RW
+                        if nt and wb == C and stream_lines(buf, sb, gnf, z * H * RW, H * RW,
+                                                           marker):
+                            for i in range(H * RW):
+                                buf[U(sb + i)] = zero
+                            continue
+                        for y in range(H):
+                            for w in range(W):
+                                for c in range(wb):
+                                    k = sb + (y * W + w) * wb + c
+                                    gin[n, z, y, w, U(c0 + c)] = to_storage(buf[U(k)], marker)
+                                    buf[U(k)] = zero
+                    nf = max(nf, upto)
                 # ring: the rows no later window touches are finished (all of them at the end)
                 upto = H if r == OD * OH else mh[oh]
                 if ring:
@@ -449,7 +475,8 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
                     for a in range(KD):
                         for b in range(KH):
                             y = h0 + b * dh
-                            rs[a * KH + b] = y % RB if ring else (d0 + a * dd) * H + y
+                            rs[a * KH + b] = y % RB if ring else \
+                                ((d0 + a * dd) % RD) * H + y if dring else (d0 + a * dd) * H + y
                 for ow in range(OW):
                     w0 = tab[2, 0, ow]
                     nw = tab[2, 1, ow]
@@ -515,8 +542,11 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
                         if ring:  # (one plane row per input row)
                             y = pos // W
                             pos = (y % RB) * W + pos - y * W
+                        elif dring:  # (every window has a cell in the input: see rbd)
+                            z = pos // (H * W)
+                            pos = (z % RD) * (H * W) + pos - z * (H * W)
                         buf[U(pos * wb + c)] += load(g[n, od, oh, ow, U(c0 + c)], marker)
-            if ring:
+            if ring or dring:
                 if nt and wb == C:
                     sfence()
                 continue
