@@ -14,7 +14,6 @@ pooling call of a process.  No kernel compiles and no thread starts there.
 """
 import ctypes
 import functools
-import gc
 import glob
 import os
 import sys
@@ -107,7 +106,6 @@ def configure():
         if _CACHE is not False:
             _install_locators(numba)
         THREADING_LAYER = layer
-        _settle_gc()
 
 
 START_S = None  # seconds that ``start`` took at import, or None where it did not run
@@ -138,6 +136,9 @@ def start():
         with _blas_probe_deferred():
             cpu_target.typing_context.refresh()
             cpu_target.target_context.refresh()
+        # NumPy's masked arrays, which NumPy loads on first use and Numba's typing of every
+        # array asks for (``np.ma.MaskedArray``): 15-20 ms of a first kernel call otherwise
+        import numpy.ma  # noqa: F401
     except Exception as e:  # (configure runs again, and raises, at the first kernel)
         START_ERROR = f"{type(e).__name__}: {e}"
         return
@@ -200,24 +201,6 @@ class _blas_probe_deferred:
                     am.__dict__.get("_check_blas")):
                 am._HAVE_BLAS = _DeferredBlasProbe(am._check_blas)
         return False
-
-
-# A full collection at start-up only below this many allocated memory blocks (Python plus
-# Numba: ~220k; PyTorch too: ~680k, a 100 ms collection): in a larger heap Numba's objects are
-# too few to set off one of the collector's own, and one here would cost more (10M blocks:
-# 0.5 s)
-_COLLECT_MAX_BLOCKS = 2_000_000
-
-
-def _settle_gc():
-    """Importing Numba leaves ~50-100k new objects that the cyclic collector counts as pending
-    long-lived ones; the first kernels loaded from the cache then added enough to set off a
-    full collection inside the first pooling call (30-50 ms of a 56-94 ms first call of a large
-    max_pool2d with a warm cache, against 23-38 ms without it).  One full collection here, as
-    part of the start-up, resets that count (the collector's own over the start-up and first
-    call: 36 ms in all against 67)."""
-    if sys.getallocatedblocks() < _COLLECT_MAX_BLOCKS:
-        gc.collect()
 
 
 class _NoLock:
