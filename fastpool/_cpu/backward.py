@@ -242,6 +242,7 @@ def make_max_ring(layout, parallel):
         H = S // RW  # (the outer dim: S = H * RW)
         RS = RW * C  # cells of a ring row
         RRW = R * RW
+        po = max(1, PF // max(C * idx.itemsize, 1))  # output cells ahead
         for n in prange(N):
             ring = new_full(R * RS, zero)
             gn = flat_view(gin[n])
@@ -255,6 +256,12 @@ def make_max_ring(layout, parallel):
                 lim = min(RRW, S - off)
                 hc = head * RW
                 for o in range(orow * ORW, (orow + 1) * ORW):
+                    # the indices and gradients PF bytes of indices on (one stream each: the
+                    # hardware prefetcher alone left the loads waiting)
+                    for c in range(0, C, line_cells(idx)):
+                        prefetch(idx, (n, o + po, U(c)))
+                    for c in range(0, C, line_cells(g)):
+                        prefetch(g, (n, o + po, U(c)))
                     # channels RING_LANES at a time as a gather, add and scatter (distinct
                     # channels: no two lanes meet), the rest one by one
                     cv = 0
@@ -336,6 +343,16 @@ def make_max_gather(layout, parallel):
                     pos = (z * H + y) * W + w
                     for c in range(C):
                         acc[c] = zero
+                    if zn > 0 and yn > 0 and wn > 0:
+                        # the indices and gradients of the output row below the first covering
+                        # window's (the rows a later input row gathers from)
+                        od = ilist[0, U(zs)]
+                        oh = ilist[1, U(ys)] + 1
+                        ow = ilist[2, U(ws)]
+                        for c in range(0, C, line_cells(idx)):
+                            prefetch(idx, (n, U(od), U(oh), U(ow), U(c)))
+                        for c in range(0, C, line_cells(g)):
+                            prefetch(g, (n, U(od), U(oh), U(ow), U(c)))
                     for i in range(zn):
                         od = ilist[0, U(zs + i)]
                         for j in range(yn):
