@@ -627,7 +627,7 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
             else:
                 from ._cpu.separable import fused_rows, wide_rows
                 fonly = kind in ("max", "avg") and \
-                    fused_rows(tab, *consts, lay.canon(osp), lo, hi, lay.mem == CL)
+                    fused_rows(tab, *consts, lay.canon(osp), lo, hi, lay.mem == CL, kind == "max")
                 wide = not fonly and kind in ("max", "avg") and lay.mem == CF and \
                     consts[2] > 0 and x.flags.c_contiguous and \
                     wide_rows(kind, dtype, lay.spatial[-1], osp[-1], lo, hi)

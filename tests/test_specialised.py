@@ -802,6 +802,48 @@ def test_wide_rows_kernels(case, dtype, monkeypatch):
     _check_avg_ref(rng.standard_normal(x.shape).astype(dtype), k, s, ((p, p), (p, p)))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.uint8])
+def test_channels_last_fused_rows_3d_max(dtype, monkeypatch):
+    """Channels-last 3-d max over non-overlapping windows in the parallel kernel: every output
+    C-vector reduces its 2x2x2 taps from the input in row-major order (the bits of PyTorch's
+    scan: ties of -0.0 / +0.0 keep the first, NaN wins), the kernel of fused rows alone;
+    padded rows take the scratch-row passes.  The 3-d average keeps its separable passes."""
+    monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(fpf, "_PLANS", {})
+    made = _spy_kernels(monkeypatch)
+    rng = np.random.default_rng(np.dtype(dtype).itemsize + 90)
+    for shape, pad in (((2, 5, 7, 9, 13), 0), ((1, 16, 4, 8, 30), 0), ((2, 3, 5, 7, 11), 1)):
+        x = _any_input(rng, shape, dtype)
+        if np.dtype(dtype).kind == "f":
+            flat = x.reshape(-1)
+            flat[rng.choice(flat.size, flat.size // 4, replace=False)] = -0.0
+            flat[rng.choice(flat.size, flat.size // 4, replace=False)] = 0.0
+            flat[rng.choice(flat.size, 5, replace=False)] = np.nan
+        xcl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+        got = np.moveaxis(fastpool.max_pool3d(xcl, 2, 2, pad, channels_last=True), -1, 1)
+        flags = [m for m in made if m[0] == "separable"][-1][8:]
+        assert flags[:2] == (True, True) if pad == 0 else flags[:2] in ((True,), (True, False)),\
+            (shape, pad, flags)
+        want = torch.from_numpy(x.astype(np.float32) if dtype == np.float16 else x)
+        if np.dtype(dtype).kind in "iu":
+            want = want.to(torch.float64)
+        want = F.max_pool3d(want, 2, 2, pad).numpy().astype(dtype)
+        np.testing.assert_array_equal(got, want)
+        if pad == 0 and np.dtype(dtype).kind == "f":
+            ct = np.float32 if dtype == np.float16 else dtype
+            D, H, W = (n // 2 * 2 for n in shape[2:])
+            taps = [x[:, :, a:D:2, b:H:2, c:W:2].astype(ct)
+                    for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+            m = taps[0]
+            for v in taps[1:]:
+                m = np.where((v > m) | np.isnan(v), v, m)
+            np.testing.assert_array_equal(_bits(got), _bits(m.astype(dtype)))
+    fastpool.avg_pool3d(np.ascontiguousarray(np.moveaxis(_any_input(rng, (1, 4, 4, 6, 8),
+                                                                    np.float32), 1, -1)),
+                        2, 2, channels_last=True)
+    assert [m for m in made if m[0] == "separable"][-1][8:10] in ((True,), (True, False))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.uint8, np.int16])
 def test_channels_last_fused_rows(dtype, monkeypatch):
     """Channels-last max and average over non-overlapping windows in the parallel kernel:

@@ -96,8 +96,10 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
     # is whole reduce each output C-vector from the input in row-major tap order (as the
     # channels-first fused rows), no scratch row (max k2s2 (16, 128, 112, 112) 0.88x the time,
     # paired in one process; and the bits of PyTorch's scan where a window holds both zeros,
-    # which the separable passes did not keep)
-    FUSEC = SPEC and CLAST and not POWER and KW == SW and KD == 1
+    # which the separable passes did not keep).  3-d windows too for max (4x32x64x64x32 k2s2
+    # on a 2-core EPYC 0.95x the time); the average keeps its separable passes there (1.17x,
+    # and their order of additions)
+    FUSEC = SPEC and CLAST and not POWER and KW == SW and (KD == 1 or MAX)
     FONLY = (FUSEK or FUSEC) and fused_only
     INTEGER = bool(integer)
     WIDE = bool(wide) and not CLAST and not INTEGER
@@ -313,9 +315,11 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                             xb = max(j * SW * Cn, 0)
                             ob = max(j * Cn, 0)
                             if PFC:  # the window's columns KH rows below (see PFC)
-                                for b in range(KH):
-                                    for k in range(0, KW * Cn, line_cells(x)):
-                                        prefetch(x, (q, d0, h0 + (KH + b) * dh, U(xb + k)))
+                                for a in range(KD):
+                                    for b in range(KH):
+                                        for k in range(0, KW * Cn, line_cells(x)):
+                                            prefetch(x, (q, d0 + a * dd, h0 + (KH + b) * dh,
+                                                         U(xb + k)))
                             for ch in range(Cn):
                                 m = load(x[q, d0, h0, U(xb + ch)], marker)
                                 if not MAX:
@@ -575,16 +579,16 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
     return jit(kernel, parallel=parallel, fastmath=False if MAX else {"reassoc", "contract"})
 
 
-def fused_rows(tab, KD, KH, KW, SW, out3, lo, hi, channels_last=False):
+def fused_rows(tab, KD, KH, KW, SW, out3, lo, hi, channels_last=False, is_max=False):
     """Does every output row of a ``make_sep`` kernel (KD, KH, KW, SW) with interior columns
     [lo, hi) and output ``out3`` = (OD, OH, OW) take the fused path, so that ``fused_only``
     applies: whole windows along D and H in every row, every column interior, and
     channels-first rows too long for the flat groups (scratch rows ``OW * SW`` over
     FLAT_MAX_ROW)?  (Max and average kernels.)"""
     OD, OH, OW = out3
-    return KW > 0 and KW == SW and KD == 1 and lo == 0 and hi == OW and \
-        (channels_last or OW * SW > FLAT_MAX_ROW) and bool(np.all(tab[0, 1, :OD] == KD)) and \
-        bool(np.all(tab[1, 1, :OH] == KH))
+    return KW > 0 and KW == SW and (KD == 1 or (channels_last and is_max)) and lo == 0 and \
+        hi == OW and (channels_last or OW * SW > FLAT_MAX_ROW) and \
+        bool(np.all(tab[0, 1, :OD] == KD)) and bool(np.all(tab[1, 1, :OH] == KH))
 
 
 def wide_rows(kind, dtype, W, OW, lo, hi):
