@@ -802,6 +802,18 @@ def test_wide_rows_kernels(case, dtype, monkeypatch):
     _check_avg_ref(rng.standard_normal(x.shape).astype(dtype), k, s, ((p, p), (p, p)))
 
 
+def _zeros_and_nan(rng, shape, dtype):
+    """A random input whose float cells are a quarter -0.0, a quarter +0.0 and five NaN, and
+    its channels-last copy."""
+    x = _any_input(rng, shape, dtype)
+    if np.dtype(dtype).kind == "f":
+        flat = x.reshape(-1)
+        flat[rng.choice(flat.size, flat.size // 4, replace=False)] = -0.0
+        flat[rng.choice(flat.size, flat.size // 4, replace=False)] = 0.0
+        flat[rng.choice(flat.size, 5, replace=False)] = np.nan
+    return x, np.ascontiguousarray(np.moveaxis(x, 1, -1))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.uint8])
 def test_channels_last_fused_rows_3d_max(dtype, monkeypatch):
     """Channels-last 3-d max over non-overlapping windows in the parallel kernel: every output
@@ -813,13 +825,7 @@ def test_channels_last_fused_rows_3d_max(dtype, monkeypatch):
     made = _spy_kernels(monkeypatch)
     rng = np.random.default_rng(np.dtype(dtype).itemsize + 90)
     for shape, pad in (((2, 5, 7, 9, 13), 0), ((1, 16, 4, 8, 30), 0), ((2, 3, 5, 7, 11), 1)):
-        x = _any_input(rng, shape, dtype)
-        if np.dtype(dtype).kind == "f":
-            flat = x.reshape(-1)
-            flat[rng.choice(flat.size, flat.size // 4, replace=False)] = -0.0
-            flat[rng.choice(flat.size, flat.size // 4, replace=False)] = 0.0
-            flat[rng.choice(flat.size, 5, replace=False)] = np.nan
-        xcl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+        x, xcl = _zeros_and_nan(rng, shape, dtype)
         got = np.moveaxis(fastpool.max_pool3d(xcl, 2, 2, pad, channels_last=True), -1, 1)
         flags = [m for m in made if m[0] == "separable"][-1][8:]
         assert flags[:2] == (True, True) if pad == 0 else flags[:2] in ((True,), (True, False)),\
@@ -857,13 +863,7 @@ def test_channels_last_fused_rows(dtype, monkeypatch):
     rng = np.random.default_rng(np.dtype(dtype).itemsize + 40)
     for shape, pad, ceil in (((2, 5, 9, 13), 0, False), ((1, 16, 8, 30), 0, False),
                              ((2, 3, 7, 11), 1, False), ((1, 7, 9, 9), 0, True)):
-        x = _any_input(rng, shape, dtype)
-        if np.dtype(dtype).kind == "f":
-            flat = x.reshape(-1)
-            flat[rng.choice(flat.size, flat.size // 4, replace=False)] = -0.0
-            flat[rng.choice(flat.size, flat.size // 4, replace=False)] = 0.0
-            flat[rng.choice(flat.size, 5, replace=False)] = np.nan
-        xcl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+        x, xcl = _zeros_and_nan(rng, shape, dtype)
         got = np.moveaxis(fastpool.max_pool2d(xcl, 2, 2, pad, ceil_mode=ceil,
                                               channels_last=True), -1, 1)
         # (channels_last, fused_only, ...): the kernel of fused rows alone for whole windows
