@@ -136,6 +136,10 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
     # whose time is mostly the call's fixed cost, and without them a serial kernel's first
     # call in a fresh process compiles in 1.6-1.8 s instead of 2.0-2.6 s (max k3s2p1)
     PFD = 4
+    # (fused 2x2 rows: float32 16x128x112x112, 448-byte rows, on a 2-core EPYC with a 32 MB
+    # L3, paired in one process: 8 rows below 0.86-0.91x the time of 4, 16 rows 0.87-0.95x;
+    # float64, 896-byte rows: 8 rows 0.89-1.07x: FUSE_AHEAD bytes of rows)
+    FUSE_AHEAD = 3584
     PFV = SW == 2 and PAR
     VFUSE = FUSEK and KH == 2 and KW == 2 and SW == 2 and not POWER and PAR
     # channels-last fused rows: a prefetch of each output cell's window columns KH rows below
@@ -208,6 +212,9 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
             # division by it stayed inside the vector loops)
             ahx = ahead_cells(x)
             aho = ahead_cells(out)
+            # the fused 2x2 rows' prefetch: PFD rows below, or FUSE_AHEAD bytes of rows where
+            # that is more
+            pff = max(PFD, FUSE_AHEAD // max(W * x.itemsize, 1))
             if PFV:  # (pruned from the serial kernels, as the prefetches)
                 if W * x.itemsize < NEAR_ROW_BYTES:
                     pfr = max(PFD, AHEAD // max(W * x.itemsize, 1))
@@ -300,8 +307,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                                 jv = min(j0, OW - L)
                                 r0 = (q, d0, h0, U(2 * jv))
                                 r1 = (q, d0, h0 + dh, U(2 * jv))
-                                prefetch(x, (q, d0, h0 + PFD * dh, U(2 * jv)))
-                                prefetch(x, (q, d0, h0 + (PFD + 1) * dh, U(2 * jv)))
+                                prefetch(x, (q, d0, h0 + pff * dh, U(2 * jv)))
+                                prefetch(x, (q, d0, h0 + (pff + 1) * dh, U(2 * jv)))
                                 if x.itemsize >= 4:  # the output line a store reads, ahead
                                     prefetch(out, (q, od, oh, U(jv + aho)))
                                 if MAX:
