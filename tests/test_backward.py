@@ -645,10 +645,11 @@ def test_channels_last_recompute_depth_ring(mode, monkeypatch):
         if any(n + 2 * pp < dd * (kk - 1) + 1 for n, pp, dd, kk in zip(sp, p, d, k)):
             continue
         ceil_mode = bool(case % 4 == 3)
-        x = rng.integers(-2, 3, (2, 16) + sp).astype(np.float32)  # ties
+        dtype = (np.float32, np.float64, np.float16)[case % 3]
+        x = rng.integers(-2, 3, (2, 16) + sp).astype(dtype)  # ties
         x.reshape(-1)[::37] = np.nan
-        yt = F.max_pool3d(T(x), k, s, p, d, ceil_mode)
-        g = rng.standard_normal(yt.shape).astype(np.float32)
+        yt = F.max_pool3d(T(x.astype(np.float32)), k, s, p, d, ceil_mode)
+        g = rng.standard_normal(yt.shape).astype(dtype)
         xc, _ = to_layout(x, "cl")
         gc, _ = to_layout(g, "cl")
         got = fastpool.max_pool3d_backward(gc, xc, k, s, p, d, ceil_mode, channels_last=True)
@@ -657,7 +658,7 @@ def test_channels_last_recompute_depth_ring(mode, monkeypatch):
         what = f"{k} {s} {d} {p} {sp} {ceil_mode}"
         assert got.tobytes() == cf.tobytes(), what
         close(got, torch_grad(lambda t: F.max_pool3d(t, k, s, p, d, ceil_mode), x, g),
-              np.float32, what=what)
+              dtype, what=what)
         _, _, _, _, osp, tab, dil = functional._window(
             "max_pool3d", 3, sp, k, s, p, d, ceil_mode)
         rings += B._depth_ring(tab, dil, sp, tuple(osp)) > 0
