@@ -377,9 +377,10 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
     if tiled:
         kdims = (lay.n * lay.c, sp3[1], sp3[2], op3[1], op3[2])
         codes = _f._tile_codes(acc.dtype)
-        from ._cpu._simd import lanes
+        from ._cpu._simd import tile_lanes_for
         # (K = 3, a vector of windows per row or more: the kernel without scalar loops)
-        tspec = (tiled, True) if tiled == 3 and op3[2] >= lanes(acc.itemsize) else (tiled,)
+        tspec = (tiled, True) if tiled == 3 and op3[2] >= tile_lanes_for(acc.itemsize) \
+            else (tiled,)
 
     past = _past_plane(tab, dil, sp3, op3, k3)
     # the recompute kernel's scratch: a ring of depth slices (3-d), else the whole plane (the

@@ -751,7 +751,8 @@ TILED = [(2, 3, 8, 10, np.float32, 3), (1, 2, 2, 2, np.float32, 3), (3, 5, 14, 6
          (2, 4, 6, 4, np.float16, 3), (1, 3, 2, 12, np.float32, 3), (3, 2, 10, 2, np.float64, 3),
          (2, 80, 32, 26, np.float32, 3), (2, 40, 22, 30, np.float16, 3),
          (2, 3, 9, 10, np.float32, 3), (2, 3, 8, 11, np.float64, 3), (1, 2, 7, 7, np.float16, 3),
-         (2, 6, 10, 18, np.float64, 3),
+         (2, 6, 10, 18, np.float64, 3), (2, 8, 12, 36, np.float32, 3),
+         (2, 4, 10, 40, np.float64, 3), (1, 3, 8, 66, np.float16, 3),
          (2, 3, 8, 10, np.float32, 2), (1, 2, 2, 2, np.float64, 2), (3, 5, 6, 14, np.float16, 2),
          (2, 80, 26, 32, np.float32, 2), (2, 3, 9, 10, np.float32, 2), (1, 2, 8, 7, np.float64, 2)]
 
@@ -782,7 +783,8 @@ def test_max_backward_tiled(case, monkeypatch):
     tiled = [c for c in calls if c[0] == "max_backward_tiled"]
     assert bool(tiled) == (H % 2 == 0 and W % 2 == 0), calls
     if tiled:  # (K = 3 rows of at least a vector of windows: the kernel without scalar loops)
-        lanes = 4 if dtype == np.float64 else 8
+        from fastpool._cpu._simd import tile_lanes_for
+        lanes = tile_lanes_for(8 if dtype == np.float64 else 4)
         K = tiled[-1][4]  # (a 2 x 2 plane's one window is also a clipped 3 x 3 one)
         assert tiled[-1][5:] == ((True,) if K == 3 and W // 2 >= lanes else ()), tiled
     ref = R.ref_max_pool_backward(g, x, (k, k), (2, 2), [(p, p), (p, p)], (1, 1), False)

@@ -14,8 +14,8 @@ from numba import prange
 from numba.extending import overload, register_jitable
 
 from ._intrinsics import load, to_storage, new_empty, flat_view, new_full, new_zeros
-from ._simd import (prefetch, sfence, stream_upto, vector_lanes, vtile_col, vtile_merge3,
-                    vtile_rows3, line_cells, vrun_argmax)
+from ._simd import (prefetch, sfence, stream_upto, vector_lanes, tile_lanes, vtile_col,
+                    vtile_merge3, vtile_rows3, line_cells, vrun_argmax)
 from .._runtime import jit
 
 U = np.uint64  # (an unsigned index: no negative-index handling, which blocks vectorisation)
@@ -359,7 +359,7 @@ def _tiled_columns(xf, V, A, q, H, W, OH, RS, off, pad, cz, marker):
     r0 = c3 if pad else c0
     r1 = c6 if pad else c3
     LINE = line_cells(xf)  # elements per cache line (a constant)
-    VL = vector_lanes(xf, marker)
+    VL = tile_lanes(xf, marker)
     for oh in range(OH):
         vb = oh * RS + off
         rb = (q * H + (max(2 * oh - 1, 0) if pad else 2 * oh)) * W
@@ -446,7 +446,7 @@ def make_max_backward_tiled(layout, parallel, K, wide=False):
         cbig = cz[9]  # padding columns: never the first maximum, never a NaN
         cm1 = cz[10]  # no window (the row past the last)
         NC = (OH + 1) * CS + 1
-        VL = vector_lanes(cz, marker)  # windows per vector (the accumulation type's lanes)
+        VL = tile_lanes(cz, marker)  # windows per vector (the accumulation type's lanes)
         bp = max(1, P // TASKS) if PAR else max(P, 1)
         ntask = (P + bp - 1) // bp
         for t in prange(ntask):
