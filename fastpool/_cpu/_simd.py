@@ -64,14 +64,15 @@ def lanes(compute_bytes):
     return BYTES // compute_bytes
 
 
-def _avx512():
-    """Whether the code Numba emits may use AVX-512 (F and BW; it compiles for the host)."""
+def _host_has(*features):
+    """Whether the code Numba emits may use all these CPU features (``"avx2"``, ...): it
+    compiles for the host unless told a CPU."""
     from numba.core import config
     if config.CPU_NAME not in (None, "host"):
         return False
     from llvmlite import binding
-    feats = binding.get_host_cpu_features().flatten().split(",")
-    return "+avx512f" in feats and "+avx512bw" in feats
+    have = binding.get_host_cpu_features().flatten().split(",")
+    return all("+" + f in have for f in features)
 
 
 # The tiled 3x3 / 2x2 max kernels (``vtile_col``, ``vtile_merge3``, ``vtile_rows3``) work in
@@ -79,7 +80,7 @@ def _avx512():
 # is compute-bound (its three passes over each plane), took 0.89x the time with them on a
 # 2-core EPYC (32x64x112x112 float32, paired in one process); the other kernels keep 32-byte
 # vectors (0.98-1.09x with 64 there).
-TILE_BYTES = 64 if _avx512() else BYTES
+TILE_BYTES = 64 if _host_has("avx512f", "avx512bw") else BYTES
 
 
 def tile_lanes_for(compute_bytes):
@@ -828,12 +829,8 @@ def vdiv(typingctx, src, i, dens, j, dst, k, marker):
 
 
 def _avx2():
-    """Whether the code Numba emits may use AVX2 (it compiles for the host unless told a CPU)."""
-    from numba.core import config
-    if config.CPU_NAME not in (None, "host"):
-        return False
-    from llvmlite import binding
-    return "+avx2" in binding.get_host_cpu_features().flatten().split(",")
+    """Whether the code Numba emits may use AVX2."""
+    return _host_has("avx2")
 
 
 def _permute(builder, v, iv, L):

@@ -425,14 +425,13 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
             if tab[1, 1, oh] > 0:
                 ml = max(ml, tab[1, 0, oh] + (tab[1, 1, oh] - 1) * dh, tab[1, 0, oh] + aw)
             RB = max(RB, min(ml, H - 1) - mh[oh] + 1)
-        dring = not ring and rbd > 0  # the ring of depth slices
-        RD = max(rbd, 1)
+        dring = not ring and rbd > 0  # the ring of depth slices (every window has a cell)
         # depth ring: before depth row od the slices below md[od] (the lowest first slice of any
         # window from od on) are finished
         md = new_full(OD + 1, D)
         for od in range(OD - 1, -1, -1):
             md[od] = min(md[od + 1], tab[0, 0, od])
-        RB = RB if ring else (RD * H if dring else D * H)  # scratch rows
+        RB = RB if ring else (rbd * H if dring else D * H)  # scratch rows
         nb = (C + blk - 1) // blk
         for t in prange(N * nb):
             n, c0, wb = cl_task(t, nb, blk, C)
@@ -443,44 +442,34 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
             tap = new_zeros(wb if SPEC else 1, np.int32)  # full windows: each channel's argmax tap
             rs = new_zeros(max(KT, 1), np.int64)  # full windows: scratch row of each (a, b)
             gnf = flat_view(gin[max(n, 0)])
-            nf = 0  # ring: rows below nf are written out (depth ring: slices)
+            # rings: plane rows (z * H + y) below nf are written out; row z * H + y lives in
+            # slot (z * H + y) % RB (the depth ring: slices z % rbd)
+            nf = 0
             for r in range(OD * OH + 1):
                 od = r // OH
                 oh = r - od * OH
-                if dring and oh == 0:  # (a new depth row of windows, or the end)
-                    # the slices no later window touches are finished: written out, zeroed
-                    upto = D if r == OD * OH else md[od]
-                    for z in range(nf, upto):
-                        sb = (z % RD) * H * RW
-                        if nt and wb == C and stream_lines(buf, sb, gnf, z * H * RW, H * RW,
-                                                           marker):
-                            for i in range(H * RW):
-                                buf[U(sb + i)] = zero
-                            continue
-                        for y in range(H):
-                            for w in range(W):
-                                for c in range(wb):
-                                    k = sb + (y * W + w) * wb + c
-                                    gin[n, z, y, w, U(c0 + c)] = to_storage(buf[U(k)], marker)
-                                    buf[U(k)] = zero
-                    nf = max(nf, upto)
-                # ring: the rows no later window touches are finished (all of them at the end)
-                upto = H if r == OD * OH else mh[oh]
+                # the rows no later window touches are finished (all of them at the end): the
+                # ring of rows at every output row, the depth ring's whole slices at each new
+                # depth row of windows
+                upto = nf
                 if ring:
-                    for y in range(nf, upto):
-                        sb = (y % RB) * RW
-                        # (nt, whole channel vectors: the row is one run of gin) streamed out
-                        # over its whole lines; the ends of the row plain
-                        if nt and wb == C and stream_lines(buf, sb, gnf, y * RW, RW, marker):
-                            for i in range(RW):
-                                buf[U(sb + i)] = zero
-                            continue
-                        for w in range(W):
-                            for c in range(wb):
-                                gin[n, 0, y, w, U(c0 + c)] = to_storage(buf[U(sb + w * wb + c)],
-                                                                        marker)
-                                buf[U(sb + w * wb + c)] = zero
-                    nf = max(nf, upto)
+                    upto = H if r == OD * OH else mh[oh]
+                elif dring and oh == 0:
+                    upto = (D if r == OD * OH else md[od]) * H
+                for y in range(nf, upto):
+                    sb = (y % RB) * RW
+                    # (nt, whole channel vectors: the row is one run of gin) streamed out over
+                    # its whole lines; the ends of the row plain
+                    if nt and wb == C and stream_lines(buf, sb, gnf, y * RW, RW, marker):
+                        for i in range(RW):
+                            buf[U(sb + i)] = zero
+                        continue
+                    for w in range(W):
+                        for c in range(wb):
+                            gnf[U((y * W + w) * C + c0 + c)] = to_storage(
+                                buf[U(sb + w * wb + c)], marker)
+                            buf[U(sb + w * wb + c)] = zero
+                nf = max(nf, upto)
                 if r == OD * OH:
                     break
                 d0 = tab[0, 0, od]
@@ -492,8 +481,8 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
                     for a in range(KD):
                         for b in range(KH):
                             y = h0 + b * dh
-                            rs[a * KH + b] = y % RB if ring else \
-                                ((d0 + a * dd) % RD) * H + y if dring else (d0 + a * dd) * H + y
+                            # (the whole plane: RB = D * H, the remainder is the row)
+                            rs[a * KH + b] = ((d0 + a * dd) * H + y) % RB
                 for ow in range(OW):
                     w0 = tab[2, 0, ow]
                     nw = tab[2, 1, ow]
@@ -556,12 +545,9 @@ def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
                                     mi[c] = pos if take else mi[c]
                     for c in range(wb):
                         pos = mi[c]
-                        if ring:  # (one plane row per input row)
+                        if ring or dring:  # (the plane row's slot)
                             y = pos // W
                             pos = (y % RB) * W + pos - y * W
-                        elif dring:  # (every window has a cell in the input: see rbd)
-                            z = pos // (H * W)
-                            pos = (z % RD) * (H * W) + pos - z * (H * W)
                         buf[U(pos * wb + c)] += load(g[n, od, oh, ow, U(c0 + c)], marker)
             if ring or dring:
                 if nt and wb == C:
