@@ -696,6 +696,41 @@ def test_channels_last_recompute_hot_windows(case):
     close(got, torch_grad(lambda t: fwd(t, k, s, p), x, g), dtype)
 
 
+@pytest.mark.parametrize("case", [((9, 8), 5, 1, 2, np.float32), ((7, 11), 5, 1, 2, np.float64),
+                                  ((6, 10), 5, 1, 2, np.float16),
+                                  ((4, 6, 7), (1, 5, 5), 1, (0, 2, 2), np.float32)],
+                         ids=["f32", "f64", "f16", "3d"])
+def test_channels_last_recompute_large_hot_windows(case, monkeypatch):
+    """Hot windows of more than 9 taps in the parallel recompute kernel scan tap by tap over
+    the channels and add each channel's gradient to its argmax cell: ties, NaN and -0.0
+    gradients, PyTorch's gradient and the channels-first kernel's bits."""
+    from fastpool import _dispatch, functional
+    monkeypatch.setattr(functional, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(functional, "_PLANS", {})
+    used = []
+    real = _dispatch.kernel
+    monkeypatch.setattr(_dispatch, "kernel", lambda op, *a: used.append((op,) + a) or real(op, *a))
+    sp, k, s, p, dtype = case
+    rng = np.random.default_rng(sum(sp) + len(sp))
+    nd = len(sp)
+    x = rng.integers(-2, 3, (2, 24) + sp).astype(dtype)  # ties
+    x.reshape(-1)[::29] = np.nan
+    fwd = getattr(F, f"max_pool{nd}d")
+    yt = fwd(T(x.astype(np.float32)), k, s, p)
+    g = rng.standard_normal(yt.shape).astype(dtype)
+    g.reshape(-1)[::5] = -0.0
+    xc, _ = to_layout(x, "cl")
+    gc, _ = to_layout(g, "cl")
+    got = getattr(fastpool, f"max_pool{nd}d_backward")(gc, xc, k, s, p, channels_last=True)
+    rec = [u for u in used if u[0] == "max_backward_recompute"]
+    kk = (k,) * nd if isinstance(k, int) else k
+    assert rec and rec[-1][3] is True and math.prod(rec[-1][4:]) == math.prod(kk) > 9, rec
+    cf = getattr(fastpool, f"max_pool{nd}d_backward")(g, x, k, s, p)
+    got = np.ascontiguousarray(from_layout(got, "cl", x))
+    assert got.tobytes() == cf.tobytes()
+    close(got, torch_grad(lambda t: fwd(t, k, s, p), x, g), dtype)
+
+
 @pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
 def test_channels_last_recompute_pairs(split, monkeypatch):
     """Channels-last max backward without indices for 3x3 windows at stride 2 (left pads 0 or
