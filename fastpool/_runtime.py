@@ -75,6 +75,17 @@ def _last_level_cache_bytes():
     return best
 
 
+def host_is_amd():
+    """Whether Numba compiles for an AMD core (its CPU name, the host's unless
+    ``NUMBA_CPU_NAME`` says another: ``znver4``, ...)."""
+    from numba.core import config
+    name = config.CPU_NAME
+    if name in (None, "host"):
+        from llvmlite import binding
+        name = binding.get_host_cpu_name()
+    return str(name).startswith(("znver", "bdver", "btver", "amdfam"))
+
+
 # Results of at least this many bytes are written with streaming (non-temporal) stores where a
 # kernel can (gradients, channels-first unpooling): 8 MiB, or a sixteenth of the last-level
 # cache where that is more.  Smaller results stay in the cache for the next operation: on a

@@ -20,7 +20,8 @@ import numpy as np
 from . import _alloc, _dispatch
 from . import functional as _f
 from ._dtypes import FLOAT_DTYPES, HALF, PLAIN
-from ._runtime import STREAM_MIN_BYTES as _STREAM_MIN_BYTES, launch_lock
+from ._runtime import STREAM_MIN_BYTES as _STREAM_MIN_BYTES, host_is_amd as _host_is_amd, \
+    launch_lock
 from .functional import (CF, CL, _adaptive_params, _as_array, _avg_divisor, _fractional_size,
                          _layout, _parallel, _planned, _unpool_geometry, _window, _zero)
 
@@ -145,13 +146,23 @@ STREAM_MIN_BYTES = _STREAM_MIN_BYTES
 # 0.78 / 0.64 / 0.59, 9x9 0.70 / 0.66 / 0.64, 4x4 0.91 / 0.88 / 0.90; float64 3x3 0.80 /
 # 0.87 / 0.91).  Below that bound, where the gradient stays in the cache, small planes lost
 # (13x13 float32 1.20x the time); float16, whose conversions already cost more than the
-# memory, is not streamed (63x61 1.13x)
-_ADAPTIVE_STREAM_PLANES = (0, 256 << 10)
+# memory, is not streamed (63x61 1.13x).  On a 2-core AMD EPYC (Zen) the kernel's plain stores
+# were faster at every size, so there nothing is streamed: 16x256x30x30 -> 7 float32 in the
+# bench's rounds 0.90-1.29x the memory floor against 1.55-1.58x streamed; paired in one
+# process, time plain / streamed 0.55-0.66 (14.7 MB), 0.47 (16x64x56x56 -> 7, 12.8 MB), 0.83
+# (59 MB), 0.78 (236 MB).  (Streaming only whole 64-byte lines changed nothing there.)
+# None: decided by the host (_host_planes); a tuple (lo, hi) sets the range.
+_ADAPTIVE_STREAM_PLANES = None
+
+
+@functools.lru_cache(maxsize=None)
+def _host_planes():
+    return (1, 0) if _host_is_amd() else (0, 256 << 10)
 
 
 def _adaptive_streamed(nbytes, plane_bytes, dtype):
-    return _streamed(nbytes) and dtype != np.float16 and \
-        _ADAPTIVE_STREAM_PLANES[0] <= plane_bytes <= _ADAPTIVE_STREAM_PLANES[1]
+    lo, hi = _ADAPTIVE_STREAM_PLANES or _host_planes()
+    return _streamed(nbytes) and dtype != np.float16 and lo <= plane_bytes <= hi
 
 
 def _streamed(res):

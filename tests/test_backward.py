@@ -1318,6 +1318,8 @@ def test_sum_backward_cases_channels_first(streamed, monkeypatch):
     from fastpool import functional
     monkeypatch.setattr(B, "_parallel", lambda work: True)
     monkeypatch.setattr(B, "STREAM_MIN_BYTES", 0 if streamed else 1 << 62)
+    # (the adaptive kernel's streamed planes too, on hosts that would not stream them)
+    monkeypatch.setattr(B, "_ADAPTIVE_STREAM_PLANES", (0, 256 << 10))
     monkeypatch.setattr(functional, "_PLANS", {})
     rng = np.random.default_rng(31 + streamed)
     cases = [  # (H, W), kernel, stride, padding, ceil, count_include_pad, divisor_override, dil
