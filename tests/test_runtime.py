@@ -366,3 +366,24 @@ def test_last_level_cache_size_from_sysfs(tmp_path, monkeypatch):
     monkeypatch.setattr(_runtime.glob, "glob", lambda pattern: [])
     assert _runtime._last_level_cache_bytes() == 0
     assert _runtime.STREAM_MIN_BYTES >= 8 << 20
+
+
+def test_host_is_amd_follows_numbas_cpu_name(monkeypatch):
+    """The adaptive average gradient streams its planes except on AMD cores: the CPU name
+    Numba compiles for decides (NUMBA_CPU_NAME where set, else the host's)."""
+    from numba.core import config
+    from llvmlite import binding
+    from fastpool import _runtime, backward as B
+    for name, amd in (("znver4", True), ("znver5", True), ("skylake-avx512", False),
+                      ("sapphirerapids", False)):
+        monkeypatch.setattr(config, "CPU_NAME", name)
+        assert _runtime.host_is_amd() is amd
+        B._host_planes.cache_clear()
+        try:
+            lo, hi = B._host_planes()
+            assert (lo <= hi) is not amd
+            assert B._adaptive_streamed(64 << 20, 3600, np.dtype(np.float32)) is not amd
+        finally:
+            B._host_planes.cache_clear()
+    monkeypatch.setattr(config, "CPU_NAME", None)
+    assert _runtime.host_is_amd() is binding.get_host_cpu_name().startswith("znver")
