@@ -850,6 +850,40 @@ def test_channels_last_fused_rows_3d_max(dtype, monkeypatch):
     assert [m for m in made if m[0] == "separable"][-1][8:10] in ((True,), (True, False))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int16])
+def test_channels_first_fused_rows_3d_max(dtype, monkeypatch):
+    """Channels-first 2x2x2 max at stride 2 in the parallel kernel: rows whose windows are all
+    whole reduce vectors of outputs from their four input rows (two depth slices, two rows)
+    in row-major tap order, the last vector overlapping the one before (odd widths); ties of
+    -0.0 / +0.0 keep the first, NaN wins.  Dilation along depth and rows, padding and ceil
+    mode (partial windows: the separable passes), integers (the scalar fused loop)."""
+    monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(fpf, "_PLANS", {})
+    made = _spy_kernels(monkeypatch)
+    rng = np.random.default_rng(np.dtype(dtype).itemsize + 190)
+    cases = (((2, 3, 5, 7, 37), {}), ((1, 4, 4, 6, 64), {}),
+             ((2, 2, 7, 9, 50), {"dilation": (2, 2, 1)}),
+             ((1, 3, 5, 5, 41), {"ceil_mode": True}), ((1, 2, 4, 6, 36), {"padding": 1}))
+    for shape, kw in cases:
+        x, _ = _zeros_and_nan(rng, shape, dtype)
+        got = fastpool.max_pool3d(x, 2, 2, **kw)
+        assert [m for m in made if m[0] == "separable"][-1][1:6] == ("cpu", "max", True, 2, 2)
+        want = torch.from_numpy(x.astype(np.float32) if dtype == np.float16 else x)
+        if np.dtype(dtype).kind in "iu":
+            want = want.to(torch.float64)
+        want = F.max_pool3d(want, 2, 2, **kw).numpy().astype(dtype)
+        np.testing.assert_array_equal(got, want, err_msg=f"{shape} {kw}")
+        if not kw and np.dtype(dtype).kind == "f":
+            ct = np.float32 if dtype == np.float16 else dtype
+            D, H, W = (n // 2 * 2 for n in shape[2:])
+            taps = [x[:, :, a:D:2, b:H:2, c:W:2].astype(ct)
+                    for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+            m = taps[0]
+            for v in taps[1:]:
+                m = np.where((v > m) | np.isnan(v), v, m)
+            np.testing.assert_array_equal(_bits(got), _bits(m.astype(dtype)))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.uint8, np.int16])
 def test_channels_last_fused_rows(dtype, monkeypatch):
     """Channels-last max and average over non-overlapping windows in the parallel kernel:

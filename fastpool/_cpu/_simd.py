@@ -420,6 +420,21 @@ fwin22_max = _two_rows(2, 2, "max")
 fwin22_avg = _two_rows(2, 2, "avg")
 
 
+def _four_rows(K, S, op):
+    gen = _codegen(K, S, 4, op)
+
+    def typer(typingctx, src, i0, i1, i2, i3, dst, j, div, marker):
+        if not _typed(src, dst, marker):
+            return None
+        return types.void(src, i0, i1, i2, i3, dst, j, div, marker), gen
+    typer.__name__ = f"fwin{K}{S}x4_{op}"
+    return intrinsic(typer)
+
+
+# 2 x 2 x 2 windows at stride 2: the four rows (depth, row) in row-major order
+fwin22x4_max = _four_rows(2, 2, "max")
+
+
 @intrinsic
 def vcol_pair(typingctx, src, i0, i1, dst, j0, j1, marker):
     """Two rows at once from two source rows: ``dst[j0 + o] = +0 + src[i0 + o]`` and ``dst[j1 +
