@@ -387,3 +387,44 @@ def test_host_is_amd_follows_numbas_cpu_name(monkeypatch):
             B._host_planes.cache_clear()
     monkeypatch.setattr(config, "CPU_NAME", None)
     assert _runtime.host_is_amd() is binding.get_host_cpu_name().startswith("znver")
+
+
+_OPTIONAL_CODE = """
+import sys
+{pre}
+import fastpool, numba
+print("scipy" in sys.modules, "yaml" in sys.modules, numba.config.DISABLE_PERFORMANCE_WARNINGS)
+with open(".numba_config.yaml", "w") as f:
+    f.write("disable_performance_warnings: 1\\n")
+numba.config.reload_config()
+print(numba.config.DISABLE_PERFORMANCE_WARNINGS)
+import scipy, yaml
+print(scipy.__version__ > "1", callable(yaml.safe_load))
+"""
+
+
+@pytest.mark.parametrize("case", ["fresh", "config_file", "imported_first"])
+def test_numbas_optional_imports_are_deferred_and_its_config_file_still_read(case, tmp_path):
+    """Numba's import loads SciPy (a version check) and PyYAML (for a ``.numba_config.yaml``
+    in the working directory); fastpool's start-up defers both.  A config file present at
+    import, or written later and read by ``numba.config.reload_config``, is still read, and
+    both import normally afterwards; already imported, they are left as they are."""
+    pytest.importorskip("scipy")
+    pytest.importorskip("yaml")
+    if case == "config_file":
+        (tmp_path / ".numba_config.yaml").write_text("disable_performance_warnings: 1\n")
+    pre = "import scipy, yaml" if case == "imported_first" else ""
+    env = dict(os.environ)
+    env.pop("FASTPOOL_LAZY_START", None)
+    env.pop("NUMBA_DISABLE_PERFORMANCE_WARNINGS", None)
+    proc = subprocess.run([sys.executable, "-c", _OPTIONAL_CODE.format(pre=pre)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    first, later, after = proc.stdout.strip().splitlines()
+    have_scipy, have_yaml, value = first.split()
+    assert have_scipy == str(case == "imported_first")
+    assert have_yaml == str(case != "fresh")  # (read for the file at import)
+    assert value == ("1" if case == "config_file" else "0")
+    assert later == "1"  # the file written after the import, read on reload
+    assert after == "True True"
+    assert "YAML" not in proc.stderr
