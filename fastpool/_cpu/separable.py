@@ -26,6 +26,7 @@ from ._simd import (vector_lanes, vsum_run, vdiv, int_lanes, ipair_row, hwin32_m
                     hwin71_pmax, AHEAD, ahead_cells, line_cells, stream_lines, streams, sfence,
                     vrun_argmax)
 from .window import divide, _next_row, _rows, U, tpow
+from .._runtime import host_is_amd
 
 BLOCK = 8  # fewest output rows per parallel task
 FLAT_ROWS = 16  # rows finished together by the flat horizontal pass, at most
@@ -146,6 +147,10 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
     # L3, paired in one process: 8 rows below 0.86-0.91x the time of 4, 16 rows 0.87-0.95x;
     # float64, 896-byte rows: 8 rows 0.89-1.07x: FUSE_AHEAD bytes of rows)
     FUSE_AHEAD = 3584
+    # (the output prefetch: not on AMD cores, where the same rows took 0.91-0.96x the time
+    # without it, float32 and float64, 448- and 896-byte rows, paired in one process; the
+    # stride-1 rows of make_same keep theirs: 0.97-1.03x)
+    OPF = not host_is_amd()
     PFV = SW == 2 and PAR
     VFUSE = FUSEK and KH == 2 and KW == 2 and SW == 2 and not POWER and PAR
     # channels-last fused rows: a prefetch of each output cell's window columns KH rows below
@@ -318,8 +323,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                                 if VF3:  # (and the second depth slice's rows)
                                     prefetch(x, (q, d0 + dd, h0 + pff * dh, U(2 * jv)))
                                     prefetch(x, (q, d0 + dd, h0 + (pff + 1) * dh, U(2 * jv)))
-                                if x.itemsize >= 4:  # the output line a store reads, ahead
-                                    prefetch(out, (q, od, oh, U(jv + aho)))
+                                if OPF and x.itemsize >= 4:  # the output line a store
+                                    prefetch(out, (q, od, oh, U(jv + aho)))  # reads, ahead
                                 if VF3:
                                     fwin22x4_max(x, r0, r1, (q, d0 + dd, h0, U(2 * jv)),
                                                  (q, d0 + dd, h0 + dh, U(2 * jv)), out,
