@@ -21,6 +21,14 @@ PARALLEL_MIN_WORK = 1 << 16
 # s), and move on to the window's specialised kernel (2.3-4 s to compile) once it is compiled
 # or cached, or after this many calls of the plan
 SPECIALISE_AFTER = 256
+# large calls of other regular windows (each of KD, KH, KW and the stride along W at most
+# WARM_MAX, dilation 1 along W) start on the table-driven kernel too and move on to their
+# specialised one after this many calls of the plan (or on the first, where it is compiled
+# or cached): float32 16x128x112x112 / 64x256x4096 on a 2-core EPYC, max 2x1 windows 28.6 ->
+# 5.1-5.6 ms, 3x3 at stride 3 10.6 -> 5.5 ms, 1-d k4s4 58 -> 9-13 ms (PyTorch 29 ms), k2s1 147
+# -> 27 ms (PyTorch 79 ms); ~1-2 s to compile each
+SPECIALISE_AFTER_LARGE = 3
+WARM_MAX = 7
 
 
 # ----------------------------------------------------------------------------- arrays, layouts
@@ -262,11 +270,12 @@ def _parallel(work):
     return work >= PARALLEL_MIN_WORK
 
 
-def _move_on(calls, kern, argv):
-    """Does a small call's plan, ``calls`` calls old, move on to the specialised ``kern`` now:
-    after SPECIALISE_AFTER calls, or on its first call when ``kern`` is at hand (compiled in
-    this process, or in the cache)?"""
-    return calls >= SPECIALISE_AFTER or (calls == 0 and _dispatch.ready(kern, argv))
+def _move_on(calls, kern, argv, after=None):
+    """Does a plan, ``calls`` calls old, move on to the specialised ``kern`` now: after
+    ``after`` calls (SPECIALISE_AFTER: a small call's plan), or on its first call when
+    ``kern`` is at hand (compiled in this process, or in the cache)?"""
+    return calls >= (SPECIALISE_AFTER if after is None else after) or \
+        (calls == 0 and _dispatch.ready(kern, argv))
 
 
 def _check_out_overlap(op, x, *outs, indices=None):
@@ -357,20 +366,35 @@ _HOT_WINDOWS = frozenset({
 _HOT_SERIAL = frozenset({(1, 3, 3, 2), (1, 2, 2, 2)})
 
 
-def _sep_args(wspec, width, out_width, parallel, kind="max"):
+def _sep_args(wspec, width, out_width, parallel, kind="max", warm=False):
     """Specialisation constants (KD, KH, KW, SW) and the interior columns [lo, hi).
 
     ``wspec`` is (kernel3, stride_w, dilation_w, pad_before_w) with ``kernel3`` the window in
-    canonical rank 3, or None for adaptive windows.
+    canonical rank 3, or None for adaptive windows.  ``warm``: any regular window of a large
+    call (each constant at most WARM_MAX), not only the hot ones.
     """
     if wspec is None or kind == "lp":
         return (0, 0, 0, 0), 0, 0, 0
     k3, s, d, pw = wspec
     key = k3 + (s,)
-    if d != 1 or key not in (_HOT_WINDOWS if parallel else _HOT_SERIAL):
+    hot = key in (_HOT_WINDOWS if parallel else _HOT_SERIAL) or \
+        (warm and parallel and max(key) <= WARM_MAX)
+    if d != 1 or not hot:
         return (0, 0, 0, 0), 0, 0, 0
     lo, hi = _interior(width, out_width, k3[2], s, pw)
     return key, lo, hi, pw
+
+
+def _sep_kernel(kind, parallel, consts, tab, lay, osp, lo, hi, x, dtype):
+    """The parallel-capable separable kernel of ``consts`` (make_sep), with the flags the
+    geometry allows (fused rows alone, wide rows)."""
+    from ._cpu.separable import fused_rows, wide_rows
+    fonly = kind in ("max", "avg") and \
+        fused_rows(tab, *consts, lay.canon(osp), lo, hi, lay.mem == CL, kind == "max")
+    wide = not fonly and kind in ("max", "avg") and lay.mem == CF and consts[2] > 0 and \
+        x.flags.c_contiguous and wide_rows(kind, dtype, lay.spatial[-1], osp[-1], lo, hi)
+    return _dispatch.kernel("separable", "cpu", kind, parallel, *consts,
+                            *_sep_flags(lay.mem == CL, fonly, dtype, wide))
 
 
 def _sep_flags(channels_last, fused_only, dtype, wide=False):
@@ -553,6 +577,7 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
     oshape = lay.kernel_shape(osp)
     with_idx = return_indices  # the kernel takes an index array
     later = None  # (kernel, args) to move on to (see the separable kernels below)
+    after = None  # after how many calls (None: SPECIALISE_AFTER)
     if same is not None and not return_indices and lay.mem == CF and x.flags.c_contiguous and \
             dtype.kind == "f" and lay.canon(lay.spatial)[-1] >= _LANES[dtype.itemsize]:
         # stride-1 "same" max, float planes at least a vector wide: explicit vectors, rows in
@@ -625,14 +650,16 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
                 kern = _dispatch.kernel("small", "cpu", kind, False, lay.mem == CL)
                 args = (tab, dil, k3[2], sw, pw) + args[5:]
             else:
-                from ._cpu.separable import fused_rows, wide_rows
-                fonly = kind in ("max", "avg") and \
-                    fused_rows(tab, *consts, lay.canon(osp), lo, hi, lay.mem == CL, kind == "max")
-                wide = not fonly and kind in ("max", "avg") and lay.mem == CF and \
-                    consts[2] > 0 and x.flags.c_contiguous and \
-                    wide_rows(kind, dtype, lay.spatial[-1], osp[-1], lo, hi)
-                kern = _dispatch.kernel("separable", "cpu", kind, parallel, *consts,
-                                        *_sep_flags(lay.mem == CL, fonly, dtype, wide))
+                kern = _sep_kernel(kind, parallel, consts, tab, lay, osp, lo, hi, x, dtype)
+                if consts == (0, 0, 0, 0) and parallel:
+                    # other regular windows: their specialised kernel later (see
+                    # SPECIALISE_AFTER_LARGE)
+                    wc, wlo, whi, wpw = _sep_args(wspec, lay.spatial[-1], osp[-1], parallel,
+                                                  kind, warm=True)
+                    if wc != (0, 0, 0, 0):
+                        later = (_sep_kernel(kind, parallel, wc, tab, lay, osp, wlo, whi, x,
+                                             dtype), (tab, dil, wlo, whi, wpw) + args[5:])
+                        after = SPECIALISE_AFTER_LARGE
     elif lay.mem == CF and x.flags.c_contiguous and dtype.kind == "f" and \
             _pair_windows(tab, dil, lay.canon(lay.spatial), lay.canon(osp), False):
         # 2x2 windows at stride 2 without padding, with indices: vectors of values and
@@ -710,7 +737,7 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
             arrays = (xin, rk, ires.reshape(oshape)) if with_idx else (xin, rk)
             nxt = later
             if nxt is not None:
-                if _move_on(calls, nxt[0], arrays + nxt[1]):
+                if _move_on(calls, nxt[0], arrays + nxt[1], after):
                     cur = nxt + (None,)
                     later = None
                 calls += 1

@@ -739,7 +739,7 @@ FUSED_ONLY = [  # (shape, kernel, pads per dim, ceil, fused only?); stride = ker
     ((2, 3, 9, 64), (2, 2), ((1, 1), (0, 0)), False, False),  # padding along H
     ((2, 3, 9, 64), (2, 2), ((0, 0), (1, 0)), False, False),  # ... along W
     ((2, 3, 9, 40), (2, 2), ((0, 0), (0, 0)), False, False),  # 20 outputs: the flat groups
-    ((2, 2, 6, 75), (3, 3), ((0, 0), (0, 0)), False, False),  # not a hot window: tables
+    ((2, 2, 6, 75), (3, 3), ((0, 0), (0, 0)), False, False),  # not a hot window: tables first
     ((3, 4, 77), (2,), ((0, 0),), False, True),               # 1-d
 ]
 
@@ -758,11 +758,12 @@ def test_fused_only_kernels(case, dtype, monkeypatch):
     got = pool(x, k, k, pads, ceil_mode=ceil)
     want = ref_max_pool(x, k, k, list(pads), ceil_mode=ceil)[0]
     np.testing.assert_array_equal(_bits(got), _bits(want))
+    # (the plan's first kernel: one outside the hot set is followed by its specialised one)
     sep = [m for m in made if m[0] == "separable"]
-    assert sep and sep[-1][3], made  # (parallel)
-    flags = sep[-1][8:]  # (channels_last, fused_only, integer), trailing defaults left out
-    assert (flags[1:2] == (True,)) == fonly, (case, sep[-1])
-    assert (flags[2:3] == (True,)) == (np.dtype(dtype).kind in "iu"), (case, sep[-1])
+    assert sep and sep[0][3], made  # (parallel)
+    flags = sep[0][8:]  # (channels_last, fused_only, integer), trailing defaults left out
+    assert (flags[1:2] == (True,)) == fonly, (case, sep[0])
+    assert (flags[2:3] == (True,)) == (np.dtype(dtype).kind in "iu"), (case, sep[0])
     if np.dtype(dtype).kind not in "iu":
         _check_avg_ref(x, k, k, pads, ceil)
 
@@ -1179,3 +1180,59 @@ def test_vspread_intrinsic(avx2, monkeypatch):
                     pick = np.where(ok, src[s0 + np.clip(idx[1], 0, n - 1)], dtype(0))
                     want = (np.zeros_like(old) if first else old) + pick
                     assert dst.tobytes() == want.tobytes(), (dtype, n, first, s0, avx2)
+
+
+# other regular windows of large calls: (rank, kernel, stride, padding, ceil_mode, layout)
+WARM_CASES = [
+    (1, 4, 4, 0, False, "cf"), (1, 2, 1, 0, False, "cf"), (2, (2, 1), (2, 1), 0, False, "cf"),
+    (2, 4, 4, 1, True, "cf"), (2, 3, 3, 1, False, "cl"), (2, (1, 3), (1, 3), 0, True, "cf"),
+    (3, (2, 1, 2), (2, 1, 2), 0, False, "cl"), (2, (5, 3), (2, 3), (2, 1), False, "cf"),
+    (3, (2, 2, 1), (2, 2, 1), 0, True, "cf"),
+]
+
+
+@pytest.mark.parametrize("case", WARM_CASES, ids=[f"w{i}" for i in range(len(WARM_CASES))])
+def test_large_calls_move_on_to_specialised_kernels_of_other_windows(case, monkeypatch):
+    """A large call of a regular window outside the hot set starts on the table-driven kernel
+    and moves on to its specialised one (after SPECIALISE_AFTER_LARGE calls; here at once):
+    max (NaN and ties of -0.0 / +0.0, against PyTorch and the table-driven kernel) and
+    average (against PyTorch, and as close to the table-driven kernel as its order of
+    additions allows), odd sizes, padding and ceil mode, both layouts."""
+    rank, k, s, p, ceil, layout = case
+    monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0)
+    made = _spy_kernels(monkeypatch)
+    rng = np.random.default_rng(rank * 100 + len(made) + WARM_CASES.index(case))
+    shape = {1: (2, 3, 41), 2: (2, 5, 13, 19), 3: (1, 3, 5, 9, 14)}[rank]
+    x, xcl = _zeros_and_nan(rng, shape, np.float32)
+    fmax, favg, tmax, tavg = POOL[rank]
+    cl = layout == "cl"
+    xin = xcl if cl else x
+
+    def run(fn):
+        got = fn(xin)
+        return np.ascontiguousarray(np.moveaxis(got, -1, 1)) if cl else got
+    kw = dict(padding=p, ceil_mode=ceil)
+    results = {}
+    for after in (10 ** 9, 0):  # the table-driven kernel, then the specialised one at once
+        monkeypatch.setattr(fpf, "SPECIALISE_AFTER_LARGE", after)
+        monkeypatch.setattr(fpf, "_PLANS", {})
+        made.clear()
+        m = run(lambda a: fmax(a, k, s, channels_last=cl, **kw))
+        v = run(lambda a: favg(a, k, s, channels_last=cl, count_include_pad=False, **kw))
+        consts = [t[4:8] for t in made if t[0] == "separable"]
+        results[after] = (m, v, consts)
+    m0, v0, c0 = results[10 ** 9]
+    m1, v1, c1 = results[0]
+    assert (0, 0, 0, 0) in c0 and any(c != (0, 0, 0, 0) for c in c1), (c0, c1)
+    want = tmax(torch.from_numpy(x), k, s, **kw).numpy()
+    np.testing.assert_array_equal(m1, want)  # (values: NaN where PyTorch's, -0.0 == +0.0)
+    np.testing.assert_array_equal(m0, m1)
+    x2 = np.where(np.isnan(x), 1.0, x).astype(np.float32)
+    want = tavg(torch.from_numpy(x2), k, s, count_include_pad=False, **kw).numpy()
+    np.testing.assert_array_equal(np.isnan(v1), np.isnan(v0))
+    np.testing.assert_allclose(v1, v0, rtol=1e-6, atol=1e-6, equal_nan=True)
+    monkeypatch.setattr(fpf, "_PLANS", {})
+    xa = np.ascontiguousarray(np.moveaxis(x2, 1, -1)) if cl else x2
+    got = favg(xa, k, s, channels_last=cl, count_include_pad=False, **kw)
+    got = np.moveaxis(got, -1, 1) if cl else got
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

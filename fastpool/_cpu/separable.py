@@ -98,7 +98,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
     # 0.91-0.94x, in the cache (N = 1) 0.86x; without the second slice's prefetch 1.0-1.1x
     VF3 = SPEC and not CLAST and MAX and not integer and KD == 2 and KH == 2 and KW == 2 and \
         SW == 2 and PAR
-    FUSEK = SPEC and not CLAST and KW == SW and (KD == 1 or VF3)
+    FUSEK = SPEC and not CLAST and (VF3 or fuses_channels_first(KD, KH, KW, SW, MAX))
     # channels-last max / average of non-overlapping windows along W: rows whose every window
     # is whole reduce each output C-vector from the input in row-major tap order (as the
     # channels-first fused rows), no scratch row (max k2s2 (16, 128, 112, 112) 0.88x the time,
@@ -604,6 +604,22 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
     return jit(kernel, parallel=parallel, fastmath=False if MAX else {"reassoc", "contract"})
 
 
+# Taps of the channels-first windows whose rows fuse (``fuses_channels_first``): beyond them
+# the scalar loop over each output's taps lost to the separable passes, whose vertical pass
+# the compiler vectorises (float32 16x128x112x112 on a 2-core EPYC: max k4s4 41.9 ms fused,
+# 8.5-12.3 ms in passes, k3s3 5.5 against 7.6-8.1 ms; average k3s3 6.5 against 4.4-5.7 ms,
+# 1-d k4s4 7.8 against 10.9-15.3 ms)
+FUSE_TAPS_MAX = 9
+FUSE_TAPS_AVG = 4
+
+
+def fuses_channels_first(KD, KH, KW, SW, is_max):
+    """Do a channels-first kernel's rows of (KD, KH, KW, SW) windows fuse (one depth slice,
+    non-overlapping along W, few taps)?  (The 2x2x2 max windows fuse too, in make_sep.)"""
+    return KW > 0 and KW == SW and KD == 1 and \
+        KH * KW <= (FUSE_TAPS_MAX if is_max else FUSE_TAPS_AVG)
+
+
 def fused_rows(tab, KD, KH, KW, SW, out3, lo, hi, channels_last=False, is_max=False):
     """Does every output row of a ``make_sep`` kernel (KD, KH, KW, SW) with interior columns
     [lo, hi) and output ``out3`` = (OD, OH, OW) take the fused path, so that ``fused_only``
@@ -611,8 +627,9 @@ def fused_rows(tab, KD, KH, KW, SW, out3, lo, hi, channels_last=False, is_max=Fa
     channels-first rows too long for the flat groups (scratch rows ``OW * SW`` over
     FLAT_MAX_ROW)?  (Max and average kernels.)"""
     OD, OH, OW = out3
-    return KW > 0 and KW == SW and (KD == 1 or (channels_last and is_max)) and lo == 0 and \
-        hi == OW and (channels_last or OW * SW > FLAT_MAX_ROW) and \
+    fuses = KW > 0 and KW == SW and (KD == 1 or is_max) if channels_last else \
+        fuses_channels_first(KD, KH, KW, SW, is_max)
+    return fuses and lo == 0 and hi == OW and (channels_last or OW * SW > FLAT_MAX_ROW) and \
         bool(np.all(tab[0, 1, :OD] == KD)) and bool(np.all(tab[1, 1, :OH] == KH))
 
 
