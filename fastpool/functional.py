@@ -21,14 +21,17 @@ PARALLEL_MIN_WORK = 1 << 16
 # s), and move on to the window's specialised kernel (2.3-4 s to compile) once it is compiled
 # or cached, or after this many calls of the plan
 SPECIALISE_AFTER = 256
-# large calls of other regular windows (each of KD, KH, KW and the stride along W at most
-# WARM_MAX, dilation 1 along W) start on the table-driven kernel too and move on to their
-# specialised one after this many calls of the plan (or on the first, where it is compiled
-# or cached): float32 16x128x112x112 / 64x256x4096 on a 2-core EPYC, max 2x1 windows 28.6 ->
-# 5.1-5.6 ms, 3x3 at stride 3 10.6 -> 5.5 ms, 1-d k4s4 58 -> 9-13 ms (PyTorch 29 ms), k2s1 147
-# -> 27 ms (PyTorch 79 ms); ~1-2 s to compile each
+# large calls of other regular windows (KD and KH at most WARM_MAX, KW and the stride along
+# W at most WARM_MAX_W, dilation 1 along W) start on the table-driven kernel too and move on
+# to their specialised one after this many calls of the plan (or on the first, where it is
+# compiled or cached): float32 16x128x112x112 / 64x256x4096 on a 2-core EPYC, max 2x1
+# windows 28.6 -> 5.1-5.6 ms, 3x3 at stride 3 10.6 -> 5.5 ms, 1-d k4s4 58 -> 9-13 ms (PyTorch
+# 29 ms), k2s1 147 -> 27 ms (PyTorch 79 ms); ~1-2 s to compile each
 SPECIALISE_AFTER_LARGE = 3
 WARM_MAX = 7
+# (along W: 1-d 64x128x1024 float32 max k8s8 7.1 -> 1.3-1.5 ms, PyTorch 1.6-1.9 ms; k16s16
+# 10.6 -> 1.2 ms, k32s32 6.7 -> 1.2 ms: separable.row_factors)
+WARM_MAX_W = 32
 
 
 # ----------------------------------------------------------------------------- arrays, layouts
@@ -371,14 +374,14 @@ def _sep_args(wspec, width, out_width, parallel, kind="max", warm=False):
 
     ``wspec`` is (kernel3, stride_w, dilation_w, pad_before_w) with ``kernel3`` the window in
     canonical rank 3, or None for adaptive windows.  ``warm``: any regular window of a large
-    call (each constant at most WARM_MAX), not only the hot ones.
+    call (WARM_MAX, WARM_MAX_W), not only the hot ones.
     """
     if wspec is None or kind == "lp":
         return (0, 0, 0, 0), 0, 0, 0
     k3, s, d, pw = wspec
     key = k3 + (s,)
     hot = key in (_HOT_WINDOWS if parallel else _HOT_SERIAL) or \
-        (warm and parallel and max(key) <= WARM_MAX)
+        (warm and parallel and max(k3[:2]) <= WARM_MAX and max(k3[2], s) <= WARM_MAX_W)
     if d != 1 or not hot:
         return (0, 0, 0, 0), 0, 0, 0
     lo, hi = _interior(width, out_width, k3[2], s, pw)

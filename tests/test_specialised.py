@@ -1188,6 +1188,10 @@ WARM_CASES = [
     (2, 4, 4, 1, True, "cf"), (2, 3, 3, 1, False, "cl"), (2, (1, 3), (1, 3), 0, True, "cf"),
     (3, (2, 1, 2), (2, 1, 2), 0, False, "cl"), (2, (5, 3), (2, 3), (2, 1), False, "cf"),
     (3, (2, 2, 1), (2, 2, 1), 0, True, "cf"),
+    # wide 1-row windows: two stages (16 = 8 x 2, 12 = 4 x 3, 24 = 8 x 3), a prime width (the
+    # passes), ceil mode's partial window, a strided batch of rows
+    (1, 16, 16, 0, False, "cf"), (1, 12, 12, 0, True, "cf"), (1, 11, 11, 0, False, "cf"),
+    (2, (1, 24), (1, 24), 0, False, "cf"), (1, 32, 32, 3, True, "cf"),
 ]
 
 
@@ -1202,7 +1206,7 @@ def test_large_calls_move_on_to_specialised_kernels_of_other_windows(case, monke
     monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0)
     made = _spy_kernels(monkeypatch)
     rng = np.random.default_rng(rank * 100 + len(made) + WARM_CASES.index(case))
-    shape = {1: (2, 3, 41), 2: (2, 5, 13, 19), 3: (1, 3, 5, 9, 14)}[rank]
+    shape = {1: (2, 3, 203), 2: (2, 5, 13, 99), 3: (1, 3, 5, 9, 14)}[rank]
     x, xcl = _zeros_and_nan(rng, shape, np.float32)
     fmax, favg, tmax, tavg = POOL[rank]
     cl = layout == "cl"

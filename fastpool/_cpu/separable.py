@@ -99,6 +99,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
     VF3 = SPEC and not CLAST and MAX and not integer and KD == 2 and KH == 2 and KW == 2 and \
         SW == 2 and PAR
     FUSEK = SPEC and not CLAST and (VF3 or fuses_channels_first(KD, KH, KW, SW, MAX))
+    F1, F2 = row_factors(KD, KH, KW, SW) if FUSEK else (KW, 1)
     # channels-last max / average of non-overlapping windows along W: rows whose every window
     # is whole reduce each output C-vector from the input in row-major tap order (as the
     # channels-first fused rows), no scratch row (max k2s2 (16, 128, 112, 112) 0.88x the time,
@@ -334,6 +335,32 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                                 else:
                                     fwin22_avg(x, r0, r1, out, (q, od, oh, U(jv)), div, marker)
                                 j0 += L
+                        if F2 > 1:
+                            # wide 1-row windows in two stages (see row_factors): groups of F1
+                            # taps into the scratch row, then F2 of those per output
+                            for j2 in range(OW * F2):
+                                xb = max(j2 * F1, 0)
+                                m = load(x[q, d0, h0, U(xb)], marker)
+                                if not MAX:
+                                    m = init + m
+                                for c in range(1, F1):
+                                    v = load(x[q, d0, h0, U(xb + c)], marker)
+                                    if MAX:
+                                        m = v if ((v > m) | (v != v)) else m
+                                    else:
+                                        m += v
+                                tmp[j2] = m
+                            for j in range(OW):
+                                m = tmp[j * F2]
+                                for c in range(1, F2):
+                                    v = tmp[j * F2 + c]
+                                    if MAX:
+                                        m = v if ((v > m) | (v != v)) else m
+                                    else:
+                                        m += v
+                                out[q, od, oh, U(j)] = to_storage(m, marker) if MAX else \
+                                    to_storage(divide(m, div), marker)
+                            continue
                         # the rest of the row (channels-last: all of it), unit-stride loops
                         # over the channels (channels-first: one)
                         for j in range(j0, OW):
@@ -611,13 +638,34 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
 # 1-d k4s4 7.8 against 10.9-15.3 ms)
 FUSE_TAPS_MAX = 9
 FUSE_TAPS_AVG = 4
+# (1-row windows fuse up to this many taps: 1-d 64x128x1024 float32 k8s8, max 1.27-1.50 ms
+# fused against 1.50 in passes, PyTorch 1.67-1.92 ms; average 0.88 against 2.13, PyTorch 5-6
+# ms; at 16 taps the passes won: max 5.1 against 6.6 ms, average 3.1 against 4.5 ms)
+FUSE_ROW_TAPS = 8
+
+
+def row_factors(KD, KH, KW, SW):
+    """(F1, F2) for the fused 1-row windows wider than FUSE_ROW_TAPS: KW = F1 * F2, each at
+    most FUSE_ROW_TAPS (F1 a power of two where one serves: 12 as 4 x 3, max 1.4 against 2.1
+    ms as 6 x 2), reduced in two stages (groups of F1 taps, then F2 of those); (KW, 1) for the
+    others, (0, 0) where KW has no such factors.  The compiler
+    vectorises a fused loop over up to 8 taps, not over 16: 1-d 64x128x1024 float32 max k16s16
+    4.5-5.1 ms in passes, 6.6 ms fused, PyTorch 1.7-2.2 ms."""
+    if not (KD == 1 and KH == 1 and KW == SW and KW > FUSE_ROW_TAPS):
+        return KW, 1
+    for f1 in (8, 4, 2) + tuple(range(FUSE_ROW_TAPS, 1, -1)):
+        if f1 <= FUSE_ROW_TAPS and KW % f1 == 0 and KW // f1 <= FUSE_ROW_TAPS:
+            return f1, KW // f1
+    return 0, 0
 
 
 def fuses_channels_first(KD, KH, KW, SW, is_max):
     """Do a channels-first kernel's rows of (KD, KH, KW, SW) windows fuse (one depth slice,
-    non-overlapping along W, few taps)?  (The 2x2x2 max windows fuse too, in make_sep.)"""
+    non-overlapping along W, few taps, or 1-row windows in two stages: row_factors)?  (The
+    2x2x2 max windows fuse too, in make_sep.)"""
     return KW > 0 and KW == SW and KD == 1 and \
-        KH * KW <= (FUSE_TAPS_MAX if is_max else FUSE_TAPS_AVG)
+        (KH * KW <= (FUSE_TAPS_MAX if is_max else FUSE_TAPS_AVG) or
+         (KH == 1 and row_factors(KD, KH, KW, SW)[0] > 0))
 
 
 def fused_rows(tab, KD, KH, KW, SW, out3, lo, hi, channels_last=False, is_max=False):
