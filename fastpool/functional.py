@@ -381,11 +381,25 @@ def _sep_args(wspec, width, out_width, parallel, kind="max", warm=False):
     k3, s, d, pw = wspec
     key = k3 + (s,)
     hot = key in (_HOT_WINDOWS if parallel else _HOT_SERIAL) or \
-        (warm and parallel and max(k3[:2]) <= WARM_MAX and max(k3[2], s) <= WARM_MAX_W)
+        (warm and parallel and max(k3[:2]) <= WARM_MAX and max(k3[2], s) <= WARM_MAX_W and
+         _warm_window(key, kind))
     if d != 1 or not hot:
         return (0, 0, 0, 0), 0, 0, 0
     lo, hi = _interior(width, out_width, k3[2], s, pw)
     return key, lo, hi, pw
+
+
+def _warm_window(key, kind):
+    """Is a regular window outside the hot set worth its specialised kernel?  Not windows of
+    several rows that do not overlap along W and whose rows do not fuse (too many taps): there
+    the specialised passes lost to the table-driven kernel (float32 16x64x112x112 on a 2-core
+    EPYC, paired in one process: max 5x5 at stride 5 1.39x the time, 7x7 1.35x, average 7x7
+    1.43x, 4x4 0.93-1.09x; 4x32x32x64x64 max 4x4x4 5.4x), where overlapping windows gained
+    (max 4x4 at stride 2 0.34x, 2x2 at stride 1 0.17x, 1-d k7s3 0.30x, k31s31 0.57x)."""
+    from ._cpu.separable import fuses_channels_first
+    KD, KH, KW, SW = key
+    return not (KW == SW and KD * KH > 1 and
+                not fuses_channels_first(KD, KH, KW, SW, kind == "max"))
 
 
 def _sep_kernel(kind, parallel, consts, tab, lay, osp, lo, hi, x, dtype):
