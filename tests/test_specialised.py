@@ -1246,3 +1246,46 @@ def test_large_calls_move_on_to_specialised_kernels_of_other_windows(case, monke
     got = favg(xa, k, s, channels_last=cl, count_include_pad=False, **kw)
     got = np.moveaxis(got, -1, 1) if cl else got
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["cf", "cl"])
+def test_adaptive_windows_of_one_size_and_wide_1d_averages(layout, monkeypatch):
+    """Adaptive windows where every input size is a multiple of the output size are a regular
+    window (stride the window): large channels-first calls take the separable kernels of that
+    window (hot, or moving on); 1-d averages of two window sizes up to 16 take the two-size
+    adaptive kernel; with indices, and channels-last, the usual kernels.  Against PyTorch
+    (values, NaN, indices)."""
+    monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(fpf, "SPECIALISE_AFTER_LARGE", 0)
+    monkeypatch.setattr(fpf, "_PLANS", {})
+    made = _spy_kernels(monkeypatch)
+    rng = np.random.default_rng(77 if layout == "cf" else 78)
+    cl = layout == "cl"
+    cases = [((2, 3, 96), 6, ("separable", (1, 1, 16, 16))),   # 16 = 8 x 2, two stages
+             ((2, 3, 90), 10, ("separable", (1, 1, 9, 9))),    # 9 = 3 x 3
+             ((2, 3, 14, 22), (7, 11), ("separable", (1, 2, 2, 2))),  # the hot 2x2
+             ((2, 3, 203), 17, ("adaptive", None))]            # windows of 11 and 12
+    for shape, osz, (want_kernel, consts) in cases:
+        x, xcl = _zeros_and_nan(rng, shape, np.float32)
+        nd = len(shape) - 2
+        xin = xcl if cl else x
+        tx = torch.from_numpy(x)
+        for kind in ("max", "avg"):
+            made.clear()
+            fn = getattr(fastpool, f"adaptive_{kind}_pool{nd}d")
+            got = fn(xin, osz, channels_last=cl)
+            got = np.moveaxis(got, -1, 1) if cl else got
+            want = getattr(F, f"adaptive_{kind}_pool{nd}d")(tx, osz).numpy()
+            if kind == "max":
+                np.testing.assert_array_equal(got, want)
+            else:
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
+            names = [(m[0], m[4:8] if m[0] == "separable" else None) for m in made]
+            if not cl and (kind == "avg" or want_kernel == "separable"):
+                assert (want_kernel, consts) in names, (shape, osz, kind, names)
+        vals, idx = getattr(fastpool, f"adaptive_max_pool{nd}d")(xin, osz, True, channels_last=cl)
+        tv, ti = getattr(F, f"adaptive_max_pool{nd}d")(tx, osz, True)
+        vals = np.moveaxis(vals, -1, 1) if cl else vals
+        idx = np.moveaxis(idx, -1, 1) if cl else idx
+        np.testing.assert_array_equal(vals, tv.numpy())
+        np.testing.assert_array_equal(idx, ti.numpy())
