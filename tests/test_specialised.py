@@ -803,6 +803,19 @@ def test_wide_rows_kernels(case, dtype, monkeypatch):
     _check_avg_ref(rng.standard_normal(x.shape).astype(dtype), k, s, ((p, p), (p, p)))
 
 
+def _row_major_max_2x2x2(x):
+    """2x2x2 / stride 2 max windows of a float (N, C, D, H, W) input scanned row-major: the
+    NaN-propagating first max, in the compute type (float32 for float16)."""
+    ct = np.float32 if x.dtype == np.float16 else x.dtype.type
+    D, H, W = (n // 2 * 2 for n in x.shape[2:])
+    taps = [x[:, :, a:D:2, b:H:2, c:W:2].astype(ct)
+            for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+    m = taps[0]
+    for v in taps[1:]:
+        m = np.where((v > m) | np.isnan(v), v, m)
+    return m.astype(x.dtype)
+
+
 def _zeros_and_nan(rng, shape, dtype):
     """A random input whose float cells are a quarter -0.0, a quarter +0.0 and five NaN, and
     its channels-last copy."""
@@ -837,14 +850,7 @@ def test_channels_last_fused_rows_3d_max(dtype, monkeypatch):
         want = F.max_pool3d(want, 2, 2, pad).numpy().astype(dtype)
         np.testing.assert_array_equal(got, want)
         if pad == 0 and np.dtype(dtype).kind == "f":
-            ct = np.float32 if dtype == np.float16 else dtype
-            D, H, W = (n // 2 * 2 for n in shape[2:])
-            taps = [x[:, :, a:D:2, b:H:2, c:W:2].astype(ct)
-                    for a in (0, 1) for b in (0, 1) for c in (0, 1)]
-            m = taps[0]
-            for v in taps[1:]:
-                m = np.where((v > m) | np.isnan(v), v, m)
-            np.testing.assert_array_equal(_bits(got), _bits(m.astype(dtype)))
+            np.testing.assert_array_equal(_bits(got), _bits(_row_major_max_2x2x2(x)))
     fastpool.avg_pool3d(np.ascontiguousarray(np.moveaxis(_any_input(rng, (1, 4, 4, 6, 8),
                                                                     np.float32), 1, -1)),
                         2, 2, channels_last=True)
@@ -875,14 +881,7 @@ def test_channels_first_fused_rows_3d_max(dtype, monkeypatch):
         want = F.max_pool3d(want, 2, 2, **kw).numpy().astype(dtype)
         np.testing.assert_array_equal(got, want, err_msg=f"{shape} {kw}")
         if not kw and np.dtype(dtype).kind == "f":
-            ct = np.float32 if dtype == np.float16 else dtype
-            D, H, W = (n // 2 * 2 for n in shape[2:])
-            taps = [x[:, :, a:D:2, b:H:2, c:W:2].astype(ct)
-                    for a in (0, 1) for b in (0, 1) for c in (0, 1)]
-            m = taps[0]
-            for v in taps[1:]:
-                m = np.where((v > m) | np.isnan(v), v, m)
-            np.testing.assert_array_equal(_bits(got), _bits(m.astype(dtype)))
+            np.testing.assert_array_equal(_bits(got), _bits(_row_major_max_2x2x2(x)))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.uint8, np.int16])

@@ -345,19 +345,12 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                                     m = init + m
                                 for c in range(1, F1):
                                     v = load(x[q, d0, h0, U(xb + c)], marker)
-                                    if MAX:
-                                        m = v if ((v > m) | (v != v)) else m
-                                    else:
-                                        m += v
+                                    m = _pick(m, v) if MAX else m + v
                                 tmp[j2] = m
                             for j in range(OW):
                                 m = tmp[j * F2]
                                 for c in range(1, F2):
-                                    v = tmp[j * F2 + c]
-                                    if MAX:
-                                        m = v if ((v > m) | (v != v)) else m
-                                    else:
-                                        m += v
+                                    m = _pick(m, tmp[j * F2 + c]) if MAX else m + tmp[j * F2 + c]
                                 out[q, od, oh, U(j)] = to_storage(m, marker) if MAX else \
                                     to_storage(divide(m, div), marker)
                             continue
