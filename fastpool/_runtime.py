@@ -180,7 +180,8 @@ def start():
     """The runtime's one-time start-up, at ``import fastpool``: ``configure`` (Numba's import,
     the threading layer, the cache), then Numba's CPU typing and target registries, which a
     process otherwise loads at its first kernel (~100-150 ms; Numba's BLAS probe, which would
-    import SciPy's linear algebra, is left to first use: ``_blas_probe_deferred``).  A
+    import SciPy's linear algebra, is left to first use: ``_blas_probe_deferred``), and the
+    kernel modules.  A
     kernel's first call with a warm cache then only loads its machine code.  Skipped with
     ``FASTPOOL_LAZY_START=1``; an error here is kept (``START_ERROR``) and raised again by the
     first kernel, not by the import."""
@@ -198,6 +199,13 @@ def start():
         # NumPy's masked arrays, which NumPy loads on first use and Numba's typing of every
         # array asks for (``np.ma.MaskedArray``): 15-20 ms of a first kernel call otherwise
         import numpy.ma  # noqa: F401
+        # fastpool's kernel modules (their factories and intrinsics, nothing compiled) and
+        # what Numba's first parallel launch imports (multiprocessing, for its start-up lock):
+        # 16 alternated fresh processes, warm cache, the bench's max_pool2d_backward NHWC
+        # large, first call 37 -> 25 ms median, import +22 ms
+        import multiprocessing.synchronize  # noqa: F401
+        from ._cpu import window, separable, backward, small  # noqa: F401
+        from . import _launch, _cache_lock  # noqa: F401
     except Exception as e:  # (configure runs again, and raises, at the first kernel)
         START_ERROR = f"{type(e).__name__}: {e}"
         return
