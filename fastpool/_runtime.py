@@ -158,7 +158,7 @@ class _optional_imports_deferred:
 
     def __exit__(self, *exc):
         for name in self.blocked:
-            if name in sys.modules and sys.modules[name] is None:
+            if sys.modules.get(name, 0) is None:
                 del sys.modules[name]
         config = sys.modules.get("numba.core.config")
         if "yaml" in self.blocked and config is not None and \
