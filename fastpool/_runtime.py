@@ -136,6 +136,63 @@ class _LazyYaml:
         return yaml.safe_load(stream)
 
 
+class _MetadataStandIn(type(sys)):
+    """Stands for ``importlib.metadata`` where Numba's ``entrypoints`` module imports it (the
+    standard library's module costs 20-35 ms of a 0.5 s import on a 2-core EPYC, for its email
+    parser): the real module is imported when an attribute is first asked for."""
+
+    def __getattr__(self, name):
+        import importlib
+        if sys.modules.get("importlib.metadata") is self:
+            del sys.modules["importlib.metadata"]
+        return getattr(importlib.import_module("importlib.metadata"), name)
+
+
+def _may_have_numba_extensions():
+    """Could ``importlib.metadata.entry_points()`` hold a ``numba_extensions`` entry point?
+    False only where every distribution it would see is a ``*.dist-info``/``*.egg-info``
+    folder in a folder on ``sys.path`` and none of their ``entry_points.txt`` mentions the
+    group (a few ms, against the import and a scan of every distribution's metadata)."""
+    from importlib.machinery import PathFinder
+    for finder in sys.meta_path:
+        if finder is not PathFinder and getattr(finder, "find_distributions", None) is not None:
+            return True  # distributions found some other way
+    for entry in sys.path:
+        if not isinstance(entry, str):
+            return True
+        try:
+            listing = os.scandir(entry or ".")
+        except FileNotFoundError:
+            continue
+        except OSError:  # a zip file (or a folder that cannot be read)
+            return True
+        with listing:
+            for item in listing:
+                if not item.name.lower().endswith((".dist-info", ".egg-info")):
+                    continue
+                try:
+                    with open(os.path.join(item.path, "entry_points.txt"), "rb") as f:
+                        if b"numba_extensions" in f.read():
+                            return True
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                except OSError:
+                    return True
+    return False
+
+
+def _skip_empty_extension_scan():
+    """Numba's ``entrypoints.init_all`` (run as its registries load) imports
+    ``importlib.metadata`` and calls every ``numba_extensions`` entry point; where there is
+    none (``_may_have_numba_extensions``), mark it done, as it would have marked itself."""
+    ep = sys.modules.get("numba.core.entrypoints")
+    if ep is None or ep.__dict__.get("_already_initialized") is not False or \
+            not isinstance(ep.__dict__.get("importlib_metadata"), _MetadataStandIn):
+        return
+    if not _may_have_numba_extensions():
+        ep._already_initialized = True
+
+
 class _optional_imports_deferred:
     """While Numba itself is imported: its ``__init__`` imports SciPy only to check its
     version, and its config module imports PyYAML only to read a ``.numba_config.yaml`` from
@@ -143,10 +200,13 @@ class _optional_imports_deferred:
     they are installed).  Neither is loaded then: each is marked missing in ``sys.modules``
     for the duration (never one already imported; not PyYAML where that file exists), and
     afterwards Numba's config gets ``_LazyYaml``, which imports PyYAML when Numba reads such
-    a file later (``numba.config.reload_config``)."""
+    a file later (``numba.config.reload_config``).  ``importlib.metadata``, where it is not
+    imported yet, is a ``_MetadataStandIn`` for the duration (``sys.modules`` holds the real
+    module, or none, afterwards)."""
 
     def __enter__(self):
         self.blocked = []
+        self.metadata = None
         if "numba" in sys.modules:
             return self
         for name in ("scipy", "yaml"):
@@ -154,12 +214,17 @@ class _optional_imports_deferred:
                 continue
             sys.modules[name] = None
             self.blocked.append(name)
+        if "importlib.metadata" not in sys.modules:
+            self.metadata = sys.modules["importlib.metadata"] = \
+                _MetadataStandIn("importlib.metadata")
         return self
 
     def __exit__(self, *exc):
         for name in self.blocked:
             if sys.modules.get(name, 0) is None:
                 del sys.modules[name]
+        if self.metadata is not None and sys.modules.get("importlib.metadata") is self.metadata:
+            del sys.modules["importlib.metadata"]
         config = sys.modules.get("numba.core.config")
         if "yaml" in self.blocked and config is not None and \
                 config.__dict__.get("_HAVE_YAML") is False and "yaml" not in config.__dict__:
@@ -193,6 +258,7 @@ def start():
     try:
         configure()
         from numba.core.registry import cpu_target
+        _skip_empty_extension_scan()
         with _blas_probe_deferred():
             cpu_target.typing_context.refresh()
             cpu_target.target_context.refresh()

@@ -428,3 +428,59 @@ def test_numbas_optional_imports_are_deferred_and_its_config_file_still_read(cas
     assert later == "1"  # the file written after the import, read on reload
     assert after == "True True"
     assert "YAML" not in proc.stderr
+
+
+_EXTENSION_CODE = """
+import sys
+{pre}
+import fastpool, numba, numpy as np
+from numba.core import entrypoints
+print("importlib.metadata" in sys.modules, entrypoints._already_initialized)
+import fake_numba_ext
+print(fake_numba_ext.CALLS)
+numba.njit(lambda a: a.sum())(np.arange(4))  # Numba compiles as usual
+print(fake_numba_ext.CALLS)
+import importlib.metadata
+print(type(sys.modules["importlib.metadata"]).__name__, importlib.metadata.version("numpy"),
+      len(importlib.metadata.entry_points(group="numba_extensions")))
+"""
+
+
+@pytest.mark.parametrize("case", ["no_extension", "extension", "imported_first"])
+def test_numbas_extension_scan_is_skipped_only_where_there_is_no_extension(case, tmp_path):
+    """Numba's registries call every ``numba_extensions`` entry point once, through
+    ``importlib.metadata``; fastpool's start-up leaves that module unimported where no
+    installed distribution declares the group, and a distribution that does (a folder on
+    ``sys.path``) still has its entry point called once, at import.  ``importlib.metadata``
+    imports normally afterwards, already imported it is left as it is."""
+    pkg = tmp_path / "site"
+    pkg.mkdir()
+    (pkg / "fake_numba_ext.py").write_text("CALLS = 0\ndef init():\n    global CALLS\n"
+                                           "    CALLS += 1\n")
+    dist = pkg / "fake_numba_ext-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-numba-ext\n"
+                                   "Version: 0.1\n")
+    if case == "extension":
+        (dist / "entry_points.txt").write_text("[numba_extensions]\ninit = fake_numba_ext:init\n")
+    else:
+        (dist / "entry_points.txt").write_text("[console_scripts]\nfake = fake_numba_ext:init\n")
+    pre = "import importlib.metadata" if case == "imported_first" else ""
+    env = dict(os.environ)
+    env.pop("FASTPOOL_LAZY_START", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(pkg)] + [p for p in sys.path if p])
+    proc = subprocess.run([sys.executable, "-c", _EXTENSION_CODE.format(pre=pre)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    have_metadata, initialised = lines[0].split()
+    assert initialised == "True"
+    calls = "1" if case == "extension" else "0"
+    assert lines[1] == calls and lines[2] == calls
+    kind, numpy_version, groups = lines[3].split()
+    assert kind == "module" and numpy_version == np.__version__
+    assert groups == ("1" if case == "extension" else "0")
+    if case == "no_extension":
+        assert have_metadata == "False"
+    if case == "imported_first":
+        assert have_metadata == "True"
