@@ -405,11 +405,15 @@ def _warm_window(key, kind):
 def _sep_kernel(kind, parallel, consts, tab, lay, osp, lo, hi, x, dtype):
     """The parallel-capable separable kernel of ``consts`` (make_sep), with the flags the
     geometry allows (fused rows alone, wide rows)."""
-    from ._cpu.separable import fused_rows, wide_rows
+    from ._cpu.separable import fused_rows, wide_rows, rowwise_rows
     fonly = kind in ("max", "avg") and \
         fused_rows(tab, *consts, lay.canon(osp), lo, hi, lay.mem == CL, kind == "max")
-    wide = not fonly and kind in ("max", "avg") and lay.mem == CF and consts[2] > 0 and \
-        x.flags.c_contiguous and wide_rows(kind, dtype, lay.spatial[-1], osp[-1], lo, hi)
+    if lay.mem == CL:  # max rows folded in turn (make_sep's CLROW)
+        wide = parallel and consts[2] > 0 and consts[2] == consts[3] and \
+            rowwise_rows(kind, dtype, lay.c, osp[-1])
+    else:
+        wide = not fonly and kind in ("max", "avg") and consts[2] > 0 and \
+            x.flags.c_contiguous and wide_rows(kind, dtype, lay.spatial[-1], osp[-1], lo, hi)
     return _dispatch.kernel("separable", "cpu", kind, parallel, *consts,
                             *_sep_flags(lay.mem == CL, fonly, dtype, wide))
 

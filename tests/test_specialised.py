@@ -838,12 +838,14 @@ def test_channels_last_fused_rows_3d_max(dtype, monkeypatch):
     monkeypatch.setattr(fpf, "_PLANS", {})
     made = _spy_kernels(monkeypatch)
     rng = np.random.default_rng(np.dtype(dtype).itemsize + 90)
-    for shape, pad in (((2, 5, 7, 9, 13), 0), ((1, 16, 4, 8, 30), 0), ((2, 3, 5, 7, 11), 1)):
+    for shape, pad in (((2, 5, 7, 9, 13), 0), ((1, 16, 4, 8, 30), 0), ((2, 3, 5, 7, 11), 1),
+                       ((1, 64, 5, 4, 9), 0), ((1, 64, 4, 5, 7), 1)):
         x, xcl = _zeros_and_nan(rng, shape, dtype)
         got = np.moveaxis(fastpool.max_pool3d(xcl, 2, 2, pad, channels_last=True), -1, 1)
         flags = [m for m in made if m[0] == "separable"][-1][8:]
         assert flags[:2] == (True, True) if pad == 0 else flags[:2] in ((True,), (True, False)),\
             (shape, pad, flags)
+        assert (flags[3:4] == (True,)) == (shape[1] * np.dtype(dtype).itemsize >= 64)
         want = torch.from_numpy(x.astype(np.float32) if dtype == np.float16 else x)
         if np.dtype(dtype).kind in "iu":
             want = want.to(torch.float64)
@@ -896,7 +898,8 @@ def test_channels_last_fused_rows(dtype, monkeypatch):
     made = _spy_kernels(monkeypatch)
     rng = np.random.default_rng(np.dtype(dtype).itemsize + 40)
     for shape, pad, ceil in (((2, 5, 9, 13), 0, False), ((1, 16, 8, 30), 0, False),
-                             ((2, 3, 7, 11), 1, False), ((1, 7, 9, 9), 0, True)):
+                             ((2, 3, 7, 11), 1, False), ((1, 7, 9, 9), 0, True),
+                             ((2, 64, 7, 10), 0, False), ((1, 64, 7, 9), 0, True)):
         x, xcl = _zeros_and_nan(rng, shape, dtype)
         got = np.moveaxis(fastpool.max_pool2d(xcl, 2, 2, pad, ceil_mode=ceil,
                                               channels_last=True), -1, 1)
@@ -904,6 +907,9 @@ def test_channels_last_fused_rows(dtype, monkeypatch):
         flags = [m for m in made if m[0] == "separable"][-1][8:]
         assert flags[:2] == (True, pad == 0 and not ceil) or \
             (flags == (True,) and (pad or ceil)), (shape, pad, ceil, flags)
+        # C-vectors of a cache line or more: the window's rows folded in turn (wide)
+        rowwise = shape[1] * np.dtype(dtype).itemsize >= 64
+        assert (flags[3:4] == (True,)) == rowwise, (shape, flags)
         want = torch.from_numpy(x.astype(np.float32) if dtype == np.float16 else x)
         if np.dtype(dtype).kind in "iu":
             want = want.to(torch.float64)

@@ -39,6 +39,9 @@ NEAR_ROW_BYTES = 1024
 # of this many bytes and more: max1d k3s2 64x256x4096 float32 0.90-0.92x the time (paired, one
 # process, 2 threads); a smaller result stays in the cache for whoever reads it next
 ROW_STREAM_MIN_BYTES = 8 << 20
+# make_sep's channels-last max rows (CLROW): output rows of at most this many bytes, which stay
+# in a core's cache while the window's input rows are folded into them
+CL_ROWWISE_BYTES = 256 << 10
 SAME_UNITS = 64  # make_same: split planes into row blocks when there are fewer planes than this
 SAME_ROWS = 16  # ... of at least this many rows
 
@@ -65,7 +68,10 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
 
     ``wide`` (channels-first float rows, unit-stride, whose input rows and interior output
     columns are each at least a vector wide: see ``wide_rows``): the vertical and horizontal
-    vectors cover every row, so the kernel holds no scalar loops after them.
+    vectors cover every row, so the kernel holds no scalar loops after them.  Channels-last
+    max of non-overlapping windows along W (C-vectors of a cache line or more, output rows
+    that stay in the cache: see ``rowwise_rows``): whole rows fold the window's input rows in
+    turn (``CLROW``).
 
     The loops index the input and output directly instead of taking per-row views: a view costs
     two atomic updates of the array's reference count, which every thread shares, and that cost
@@ -160,6 +166,17 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
     # L3 on a 2-core EPYC, 0.65-0.80x the time, a copy-like kernel 0.75x (2 rows below; 4 rows:
     # 0.80-1.0x)
     PFC = FUSEC and PAR
+    # channels-last max of those windows, output rows of at most CL_ROWWISE_BYTES: the window's
+    # input rows one after another, each row's KW-tap maxima folded into the output row (still
+    # in the cache) as the row-major scan would fold them, and the input prefetched AHEAD
+    # bytes on along the row being read: one input stream at a time, in memory order where the
+    # window's rows are adjacent (max k2s2 (16, 128, 112, 112) on a 2-core EPYC, paired in one
+    # process: 0.72-0.86x the time of the output cells' row-major taps with PFC's prefetches;
+    # float64 0.83x, float16 0.90x, 3-d (4, 32, 64, 64, 32) 0.88x).  The plan asks for it
+    # (``wide``, see ``rowwise_rows``) where the C-vectors are a cache line or more: 3 channels
+    # took 1.19-1.40x the time, 16 float32 channels 0.98x; and a kernel that merely holds
+    # these loops ran the cell loop below 1.06x slower (3 float32 channels)
+    CLROW = FUSEC and MAX and PAR and bool(wide)
     # channels-first 3-d windows (KD > 1): the vertical pass, a compiler loop, prefetches each
     # of the window's rows AHEAD bytes on (later rows of the same depth slices): max k2s2
     # (4, 32, 32, 64, 64) past a 32 MB L3, 2-core EPYC, paired in one process, 0.85x the time
@@ -242,7 +259,8 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                 lo = 0
                 hi = OW
             tb = max(PADL + lo * SW - pw, 0) * Cn  # tmp offset of the first interior window
-            tmp = new_full((PADL + PADR) * Cn + max(G * TS, W), init)
+            # (rows that are all fused use no scratch row but the two-stage rows' tmp[0:OW*F2])
+            tmp = new_full(OW * F2 if FONLY else (PADL + PADR) * Cn + max(G * TS, W), init)
             VT = vector_lanes(tmp, marker)  # (0: integer rows)
             # large results of 1-row windows: each output row built in tmp and streamed out
             # (see ROW_STREAM_MIN_BYTES)
@@ -354,6 +372,38 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                                     m = _pick(m, tmp[j * F2 + c]) if MAX else m + tmp[j * F2 + c]
                                 out[q, od, oh, U(j)] = to_storage(m, marker) if MAX else \
                                     to_storage(divide(m, div), marker)
+                            continue
+                        if CLROW:
+                            # (see CLROW) the window's rows in turn, row-major
+                            for i0 in range(KD * KH):
+                                xa = d0 + (i0 // KH) * dd
+                                xh = h0 + (i0 % KH) * dh
+                                for j in range(OW):
+                                    xb = max(j * SW * Cn, 0)
+                                    ob = max(j * Cn, 0)
+                                    for k in range(0, KW * Cn, line_cells(x)):
+                                        prefetch(x, (q, xa, xh, U(xb + k + ahx)))
+                                    if i0 == 0:
+                                        for ch in range(Cn):
+                                            m = load(x[q, xa, xh, U(xb + ch)], marker)
+                                            for c in range(1, KW):
+                                                v = load(x[q, xa, xh, U(xb + c * Cn + ch)],
+                                                         marker)
+                                                m = v if ((v > m) | (v != v)) else m
+                                            out[q, od, oh, U(ob + ch)] = to_storage(m, marker)
+                                    else:
+                                        for ch in range(Cn):
+                                            m = load(x[q, xa, xh, U(xb + ch)], marker)
+                                            for c in range(1, KW):
+                                                v = load(x[q, xa, xh, U(xb + c * Cn + ch)],
+                                                         marker)
+                                                m = v if ((v > m) | (v != v)) else m
+                                            # the rows before: kept unless this row's maximum
+                                            # is greater or NaN (the scan's first maximum, its
+                                            # last NaN)
+                                            m0 = load(out[q, od, oh, U(ob + ch)], marker)
+                                            out[q, od, oh, U(ob + ch)] = to_storage(
+                                                m if ((m > m0) | (m != m)) else m0, marker)
                             continue
                         # the rest of the row (channels-last: all of it), unit-stride loops
                         # over the channels (channels-first: one)
@@ -673,6 +723,14 @@ def fused_rows(tab, KD, KH, KW, SW, out3, lo, hi, channels_last=False, is_max=Fa
         fuses_channels_first(KD, KH, KW, SW, is_max)
     return fuses and lo == 0 and hi == OW and (channels_last or OW * SW > FLAT_MAX_ROW) and \
         bool(np.all(tab[0, 1, :OD] == KD)) and bool(np.all(tab[1, 1, :OH] == KH))
+
+
+def rowwise_rows(kind, dtype, C, OW):
+    """Channels-last rows of ``OW`` output cells of ``C`` channels for ``make_sep``'s
+    ``wide`` (``CLROW``): max, C-vectors of a cache line or more, output rows of at most
+    ``CL_ROWWISE_BYTES``.  (The plan also needs a parallel kernel of fused rows, KW == SW.)"""
+    size = np.dtype(dtype).itemsize
+    return kind == "max" and C * size >= 64 and OW * C * size <= CL_ROWWISE_BYTES
 
 
 def wide_rows(kind, dtype, W, OW, lo, hi):
