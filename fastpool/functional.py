@@ -427,11 +427,11 @@ def _sep_flags(channels_last, fused_only, dtype, wide=False):
     return flags
 
 
-def _interior(width, out_width, k, s, pw):
-    """The columns [lo, hi) whose windows (k taps, stride s, left pad pw, dilation 1) lie
+def _interior(width, out_width, k, s, pw, d=1):
+    """The columns [lo, hi) whose windows (k taps d apart, stride s, left pad pw) lie
     wholly inside a row of ``width``."""
-    lo = -(-pw // s)
-    return lo, max(lo, min(out_width, (width - k + pw) // s + 1))
+    lo = min(-(-pw // s), out_width)
+    return lo, max(lo, min(out_width, (width - (k - 1) * d - 1 + pw) // s + 1))
 
 
 # (KH, KW) of the flat max kernels: stride-1 windows that keep the size, on planes of at most
@@ -666,6 +666,10 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
             c = lay.c if lay.mem == CL else 1
             xshape, oshape = xshape[:3] + (xshape[3] * c,), oshape[:3] + (oshape[3] * c,)
             consts, lo, hi, pw = _sep_args(wspec, lay.spatial[-1], osp[-1], parallel, kind)
+            if consts == (0, 0, 0, 0) and wspec is not None and lay.mem == CF:
+                # the table-driven kernel's whole windows (make_sep's TABLE_RUNS)
+                lo, hi = _interior(lay.spatial[-1], osp[-1], wspec[0][2], wspec[1], wspec[3],
+                                   wspec[2])
             args = (tab, dil, lo, hi, pw, divmode, dov, init, float(p), knumel, c, marker)
             if not parallel and wspec is not None:
                 # small calls of regular windows: one kernel for every window (_cpu/small.py);

@@ -1294,3 +1294,62 @@ def test_adaptive_windows_of_one_size_and_wide_1d_averages(layout, monkeypatch):
         idx = np.moveaxis(idx, -1, 1) if cl else idx
         np.testing.assert_array_equal(vals, tv.numpy())
         np.testing.assert_array_equal(idx, ti.numpy())
+
+
+def _scan_1d(x, k, s, p, d, kind):
+    """1-d windows (k taps d apart, stride s, padding p each side, floor mode) scanned in tap
+    order over their cells inside the row: the NaN-propagating first max, or the sum from
+    +0.0 over the cell count (``count_include_pad=False``), in the compute type."""
+    ct = np.float32 if x.dtype == np.float16 else x.dtype.type
+    W = x.shape[-1]
+    OW = (W + 2 * p - d * (k - 1) - 1) // s + 1
+    out = np.empty(x.shape[:-1] + (OW,), ct)
+    for o in range(OW):
+        cells = [o * s - p + c * d for c in range(k) if 0 <= o * s - p + c * d < W]
+        if kind == "max":
+            m = x[..., cells[0]].astype(ct)
+            for w in cells[1:]:
+                v = x[..., w].astype(ct)
+                m = np.where((v > m) | np.isnan(v), v, m)
+        else:
+            m = np.zeros(x.shape[:-1], ct)
+            for w in cells:
+                m = m + x[..., w].astype(ct)
+            m = m / ct(len(cells))
+        out[..., o] = m
+    return out.astype(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64, np.int16])
+def test_table_driven_rows_of_dilated_windows(dtype, monkeypatch):
+    """Windows dilated along W run the table-driven kernel, whose whole windows reduce in
+    vectors of outputs (strides 1 to 4, 1-row windows without padding straight from the
+    input row) or tap by tap (other strides, integers): the bits of an in-order scan (max:
+    NaN wins, ties of -0.0 / +0.0 keep the first; average: the sum from +0 over the cell
+    count), PyTorch's max, for widths that are no multiple of a vector."""
+    monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(fpf, "_PLANS", {})
+    made = _spy_kernels(monkeypatch)
+    rng = np.random.default_rng(np.dtype(dtype).itemsize + 300)
+    floats = np.dtype(dtype).kind == "f"
+    for W, k, s, d, p in ((37, 3, 1, 2, 0), (100, 3, 2, 2, 1), (61, 5, 3, 3, 2), (90, 2, 4, 3, 0),
+                          (45, 3, 5, 2, 1), (29, 4, 2, 5, 2), (200, 3, 3, 2, 0)):
+        x, _ = _zeros_and_nan(rng, (2, 3, W), dtype)
+        got = fastpool.max_pool1d(x, k, s, p, d)
+        assert [m for m in made if m[0] == "separable"][-1][4:8] == (0, 0, 0, 0)
+        want = torch.from_numpy(x.astype(np.float32) if dtype == np.float16 else x)
+        if not floats:
+            want = want.to(torch.float64)
+        want = F.max_pool1d(want, k, s, p, d).numpy().astype(dtype)
+        np.testing.assert_array_equal(got, want, err_msg=f"{W} {k} {s} {d} {p}")
+        np.testing.assert_array_equal(_bits(got), _bits(_scan_1d(x, k, s, p, d, "max")))
+        x2 = np.ascontiguousarray(np.stack([x[:, :, :W - 3]] * 3, axis=2))  # 2-d: 3 rows
+        got2 = fastpool.max_pool2d(x2, (2, k), (1, s), (1, p), (2, d))
+        np.testing.assert_array_equal(got2, F.max_pool2d(
+            torch.from_numpy(x2.astype(np.float32 if floats else np.float64)), (2, k), (1, s),
+            (1, p), (2, d)).numpy().astype(dtype))
+        if floats:
+            xa = rng.standard_normal((2, 3, W)).astype(dtype)
+            xa.reshape(-1)[rng.choice(xa.size, xa.size // 4, replace=False)] = -0.0
+            a = fastpool.avg_pool1d(xa, k, s, p, count_include_pad=False, dilation=d)
+            np.testing.assert_array_equal(_bits(a), _bits(_scan_1d(xa, k, s, p, d, "avg")))

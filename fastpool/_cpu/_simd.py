@@ -435,6 +435,124 @@ def _four_rows(K, S, op):
 fwin22x4_max = _four_rows(2, 2, "max")
 
 
+def _every(builder, vs, S, L):
+    """Lanes 0, S, 2S, ... of the S consecutive L-lane vectors ``vs``: one L-lane vector."""
+    if S == 1:
+        return vs[0]
+    i32v = ir.VectorType(ir.IntType(32), L)
+    w = builder.shuffle_vector(vs[0], vs[1], ir.Constant(
+        i32v, [o * S if o * S < 2 * L else 0 for o in range(L)]))
+    for r in range(2, S):  # the lanes whose tap lies in the r-th vector
+        w = builder.shuffle_vector(w, vs[r], ir.Constant(
+            i32v, [L + o * S - r * L if r * L <= o * S < (r + 1) * L else o
+                   for o in range(L)]))
+    return w
+
+
+def _loads_at(context, builder, arrty, marker, ptr, off, S, L):
+    """The S consecutive L-lane vectors (compute type) from ``ptr`` + ``off`` cells (``off``
+    an i64 value)."""
+    half = _half(arrty, marker)
+    elt = ir.IntType(16) if half else context.get_data_type(arrty.dtype)
+    p = builder.gep(builder.bitcast(ptr, elt.as_pointer()), [off])
+    return [_load(context, builder, arrty, marker, p, L, r * L) for r in range(S)]
+
+
+def _window_run(S, op):
+    """``vwin{S}_{op}(src, i, n, dw, dst, j, div, marker)``: ``dst[j + o]`` (a vector of L
+    outputs) reduces ``src[i + S * o + c * dw]`` over the taps c < n in tap order (n >= 1 and
+    dw at run time; src must hold ``S * L`` cells from each tap's first): windows S apart,
+    dilated by dw.  ``op``: "max" (the NaN-propagating first max) or "avg" (the sum from +0,
+    over ``div``)."""
+    def codegen(context, builder, sig, args):
+        src, dst, marker = sig.args[0], sig.args[4], sig.args[-1]
+        if not (_float(src, marker) and _float(dst, marker)):
+            return context.get_dummy_value()  # (integer arrays: never called)
+        cty = _compute(src, marker)[0]
+        L = _nlanes(src, marker)
+        i64 = ir.IntType(64)
+        p = _pointer(context, builder, src, args[0], sig.args[1], args[1])
+        n = context.cast(builder, args[2], sig.args[2], types.int64)
+        dw = context.cast(builder, args[3], sig.args[3], types.int64)
+        m = _every(builder, _loads_at(context, builder, src, marker, p, i64(0), S, L), S, L)
+        if op != "max":
+            m = builder.fadd(ir.Constant(m.type, None), m)
+        acc = cgutils.alloca_once_value(builder, m)
+        with cgutils.for_range(builder, builder.sub(n, i64(1))) as loop:
+            off = builder.mul(builder.add(loop.index, i64(1)), dw)
+            v = _every(builder, _loads_at(context, builder, src, marker, p, off, S, L), S, L)
+            a = builder.load(acc)
+            builder.store(builder.select(_takes(builder, v, a), v, a) if op == "max"
+                          else builder.fadd(a, v), acc)
+        m = builder.load(acc)
+        if op != "max":
+            m = builder.fdiv(m, _splat(builder, context.cast(builder, args[6], sig.args[6], cty),
+                                       L))
+        q = _pointer(context, builder, dst, args[4], sig.args[5], args[5])
+        _store(context, builder, dst, marker, q, m, L)
+        return context.get_dummy_value()
+
+    def typer(typingctx, src, i, n, dw, dst, j, div, marker):
+        if not _typed(src, dst, marker):
+            return None
+        return types.void(src, i, n, dw, dst, j, div, marker), codegen
+    typer.__name__ = f"vwin{S}_{op}"
+    return intrinsic(typer)
+
+
+vwin1_max = _window_run(1, "max")
+vwin1_avg = _window_run(1, "avg")
+vwin2_max = _window_run(2, "max")
+vwin2_avg = _window_run(2, "avg")
+vwin3_max = _window_run(3, "max")
+vwin3_avg = _window_run(3, "avg")
+vwin4_max = _window_run(4, "max")
+vwin4_avg = _window_run(4, "avg")
+
+
+def _strided(S, op):
+    """``vstep{S}_{op}(src, i, acc, j, marker)``: ``acc[j + o]`` (a vector of L cells of the
+    compute type) combined with ``src[i + S * o]``, o < L: the taps of windows S apart, from
+    S consecutive vectors of ``src`` (it must hold ``S * L`` cells from ``i``).  ``op``:
+    "max" (the NaN-propagating first max's rule, the tap second) or "sum"."""
+    def codegen(context, builder, sig, args):
+        src, acc, marker = sig.args[0], sig.args[2], sig.args[-1]
+        if not (_float(src, marker) and _float(acc, marker)):
+            return context.get_dummy_value()  # (integer arrays: never called)
+        L = _nlanes(src, marker)
+        p = _pointer(context, builder, src, args[0], sig.args[1], args[1])
+        vs = [_load(context, builder, src, marker, p, L, r * L) for r in range(S)]
+        i32v = ir.VectorType(ir.IntType(32), L)
+        w = builder.shuffle_vector(vs[0], vs[1], ir.Constant(
+            i32v, [o * S if o * S < 2 * L else 0 for o in range(L)]))
+        for r in range(2, S):  # the lanes whose tap lies in the r-th vector
+            w = builder.shuffle_vector(w, vs[r], ir.Constant(
+                i32v, [L + o * S - r * L if r * L <= o * S < (r + 1) * L else o
+                       for o in range(L)]))
+        q = _pointer(context, builder, acc, args[2], sig.args[3], args[3])
+        a = _load(context, builder, acc, marker, q, L, 0)
+        if w.type != a.type:
+            return context.get_dummy_value()  # (compute types differ: never called)
+        m = builder.select(_takes(builder, w, a), w, a) if op == "max" else builder.fadd(a, w)
+        _store(context, builder, acc, marker, q, m, L)
+        return context.get_dummy_value()
+
+    def typer(typingctx, src, i, acc, j, marker):
+        if not _typed(src, acc, marker):
+            return None
+        return types.void(src, i, acc, j, marker), codegen
+    typer.__name__ = f"vstep{S}_{op}"
+    return intrinsic(typer)
+
+
+vstep2_max = _strided(2, "max")
+vstep2_sum = _strided(2, "sum")
+vstep3_max = _strided(3, "max")
+vstep3_sum = _strided(3, "sum")
+vstep4_max = _strided(4, "max")
+vstep4_sum = _strided(4, "sum")
+
+
 @intrinsic
 def vcol_pair(typingctx, src, i0, i1, dst, j0, j1, marker):
     """Two rows at once from two source rows: ``dst[j0 + o] = +0 + src[i0 + o]`` and ``dst[j1 +
