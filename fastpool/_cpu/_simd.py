@@ -458,6 +458,14 @@ def _loads_at(context, builder, arrty, marker, ptr, off, S, L):
     return [_load(context, builder, arrty, marker, p, L, r * L) for r in range(S)]
 
 
+def _no_unroll(module):
+    """New loop metadata ``!{self, !{"llvm.loop.unroll.disable"}}`` (a loop's own ID)."""
+    md = module.add_metadata([ir.MetaDataString(module, "llvm.loop.unroll.disable")])
+    loop = ir.MDValue(module, [md], name=str(len(module.metadata)))
+    loop.operands = (loop, md)
+    return loop
+
+
 def _window_run(S, op):
     """``vwin{S}_{op}(src, i, n, dw, dst, j, div, marker)``: ``dst[j + o]`` (a vector of L
     outputs) reduces ``src[i + S * o + c * dw]`` over the taps c < n in tap order (n >= 1 and
@@ -477,14 +485,29 @@ def _window_run(S, op):
         m = _every(builder, _loads_at(context, builder, src, marker, p, i64(0), S, L), S, L)
         if op != "max":
             m = builder.fadd(ir.Constant(m.type, None), m)
-        acc = cgutils.alloca_once_value(builder, m)
-        with cgutils.for_range(builder, builder.sub(n, i64(1))) as loop:
-            off = builder.mul(builder.add(loop.index, i64(1)), dw)
-            v = _every(builder, _loads_at(context, builder, src, marker, p, off, S, L), S, L)
-            a = builder.load(acc)
-            builder.store(builder.select(_takes(builder, v, a), v, a) if op == "max"
-                          else builder.fadd(a, v), acc)
-        m = builder.load(acc)
+        # the taps 1 .. n - 1: a loop that LLVM is told not to unroll (its copies, in every
+        # caller, were most of a kernel's compile time)
+        head = builder.basic_block
+        cond = builder.append_basic_block("vwin.cond")
+        body = builder.append_basic_block("vwin.body")
+        done = builder.append_basic_block("vwin.done")
+        builder.branch(cond)
+        builder.position_at_end(cond)
+        c = builder.phi(i64)
+        acc = builder.phi(m.type)
+        c.add_incoming(i64(1), head)
+        acc.add_incoming(m, head)
+        builder.cbranch(builder.icmp_signed("<", c, n), body, done)
+        builder.position_at_end(body)
+        v = _every(builder, _loads_at(context, builder, src, marker, p, builder.mul(c, dw), S,
+                                      L), S, L)
+        nxt = builder.select(_takes(builder, v, acc), v, acc) if op == "max" else \
+            builder.fadd(acc, v)
+        c.add_incoming(builder.add(c, i64(1)), builder.basic_block)
+        acc.add_incoming(nxt, builder.basic_block)
+        builder.branch(cond).set_metadata("llvm.loop", _no_unroll(builder.module))
+        builder.position_at_end(done)
+        m = acc
         if op != "max":
             m = builder.fdiv(m, _splat(builder, context.cast(builder, args[6], sig.args[6], cty),
                                        L))
@@ -506,51 +529,6 @@ vwin2_max = _window_run(2, "max")
 vwin2_avg = _window_run(2, "avg")
 vwin3_max = _window_run(3, "max")
 vwin3_avg = _window_run(3, "avg")
-vwin4_max = _window_run(4, "max")
-vwin4_avg = _window_run(4, "avg")
-
-
-def _strided(S, op):
-    """``vstep{S}_{op}(src, i, acc, j, marker)``: ``acc[j + o]`` (a vector of L cells of the
-    compute type) combined with ``src[i + S * o]``, o < L: the taps of windows S apart, from
-    S consecutive vectors of ``src`` (it must hold ``S * L`` cells from ``i``).  ``op``:
-    "max" (the NaN-propagating first max's rule, the tap second) or "sum"."""
-    def codegen(context, builder, sig, args):
-        src, acc, marker = sig.args[0], sig.args[2], sig.args[-1]
-        if not (_float(src, marker) and _float(acc, marker)):
-            return context.get_dummy_value()  # (integer arrays: never called)
-        L = _nlanes(src, marker)
-        p = _pointer(context, builder, src, args[0], sig.args[1], args[1])
-        vs = [_load(context, builder, src, marker, p, L, r * L) for r in range(S)]
-        i32v = ir.VectorType(ir.IntType(32), L)
-        w = builder.shuffle_vector(vs[0], vs[1], ir.Constant(
-            i32v, [o * S if o * S < 2 * L else 0 for o in range(L)]))
-        for r in range(2, S):  # the lanes whose tap lies in the r-th vector
-            w = builder.shuffle_vector(w, vs[r], ir.Constant(
-                i32v, [L + o * S - r * L if r * L <= o * S < (r + 1) * L else o
-                       for o in range(L)]))
-        q = _pointer(context, builder, acc, args[2], sig.args[3], args[3])
-        a = _load(context, builder, acc, marker, q, L, 0)
-        if w.type != a.type:
-            return context.get_dummy_value()  # (compute types differ: never called)
-        m = builder.select(_takes(builder, w, a), w, a) if op == "max" else builder.fadd(a, w)
-        _store(context, builder, acc, marker, q, m, L)
-        return context.get_dummy_value()
-
-    def typer(typingctx, src, i, acc, j, marker):
-        if not _typed(src, acc, marker):
-            return None
-        return types.void(src, i, acc, j, marker), codegen
-    typer.__name__ = f"vstep{S}_{op}"
-    return intrinsic(typer)
-
-
-vstep2_max = _strided(2, "max")
-vstep2_sum = _strided(2, "sum")
-vstep3_max = _strided(3, "max")
-vstep3_sum = _strided(3, "sum")
-vstep4_max = _strided(4, "max")
-vstep4_sum = _strided(4, "sum")
 
 
 @intrinsic

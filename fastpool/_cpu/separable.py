@@ -24,9 +24,7 @@ from ._simd import (vector_lanes, vsum_run, vdiv, int_lanes, ipair_row, hwin32_m
                     vcol2_max, vcol2_sum, vcol3_max, vcol3_sum, prefetch, vpair_max, vpair_pmax,
                     rows_nan, hwin31_max, hwin31_pmax, hwin51_max, hwin51_pmax, hwin71_max,
                     hwin71_pmax, AHEAD, ahead_cells, line_cells, stream_lines, streams, sfence,
-                    vrun_argmax, vstep2_max, vstep2_sum, vstep3_max, vstep3_sum, vstep4_max,
-                    vstep4_sum, vwin1_max, vwin1_avg, vwin2_max, vwin2_avg, vwin3_max, vwin3_avg,
-                    vwin4_max, vwin4_avg)
+                    vrun_argmax, vwin1_max, vwin1_avg, vwin2_max, vwin2_avg, vwin3_max, vwin3_avg)
 from .window import divide, _next_row, _rows, U, tpow
 from .._runtime import host_is_amd
 
@@ -90,13 +88,15 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
     CLAST = channels_last
     # table-driven channels-first rows (windows dilated along W, Lp, regular windows of large
     # calls before their specialised kernel): the whole windows of a regular window, [owlo,
-    # owhi) from the plan, in vectors of outputs (float max and average at strides 1 to 4:
+    # owhi) from the plan, in vectors of outputs (float max and average at strides 1 to 3:
     # _vwin_run; 1-row windows over an unpadded row read the input row, no vertical pass) or
     # tap by tap over the row (_table_run), instead of a scalar loop over each window's taps.
     # Float32 on a 2-core EPYC, interleaved in one process: max1d (16, 256, 4096) k3s1
     # dilation 2 19.2 -> 3.6 ms (PyTorch 21 ms), k3s2 d2 11.7 -> 2.6 ms (PyTorch 3.5 ms), k5s3
     # d3 p2 13.2 -> 3.7 ms (3.9 ms); max2d (16, 64, 112, 112) k3s1 d2 p1 14.5 -> 4.2 ms;
-    # avg1d k3s2 d2 12.8 -> 2.3 ms
+    # avg1d k3s2 d2 12.8 -> 2.3 ms.  (The vectors' tap loop is not unrolled, and strides of 4
+    # or more take the scalar loop: a first call of max1d k3s1 d2 compiled in 2.5-3.0 s, not
+    # 3.3-4.1 s; 1.8-1.9 s before the vectors.)
     TABLE_RUNS = not SPEC and not CLAST
     # non-overlapping windows along W (channels-first, specialised): a task's rows can be
     # finished together, one flat loop over several rows' cells, when no column is an edge
@@ -283,11 +283,11 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
             tv = tmp[tb:]  # interior windows' columns (one view per task, not per row)
             hv = new_full(Cn, init)  # one output cell of an edge column
             # (TABLE_RUNS: the whole windows' running maxima or sums; float max and average
-            # windows at strides 1 to 4 in vectors of outputs (_simd.vwin*), 1-row windows
+            # windows at strides 1 to 3 in vectors of outputs (_simd.vwin*), 1-row windows
             # over an unpadded row straight from the input row, without the vertical pass)
             acc = new_full(OW if (TABLE_RUNS and hi > lo) else 1, init)
             tst = tab[2, 0, lo + 1] - tab[2, 0, lo] if (TABLE_RUNS and hi - lo > 1) else 1
-            tvec = TABLE_RUNS and not POWER and hi > lo and VT > 0 and ounit and 1 <= tst <= 4
+            tvec = TABLE_RUNS and not POWER and hi > lo and VT > 0 and ounit and 1 <= tst <= 3
             tdir = tvec and xunit and lo == 0 and hi == OW
             outf = flat_view(out)  # (flat rows only; a view per task)
             rl = 0  # rows in the current flat group
@@ -563,18 +563,25 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                     st = tab[2, 0, lo + 1] - tab[2, 0, lo] if hi - lo > 1 else 1
                     nj = hi - lo
                     div = dov if (divmode == 0 and not POWER) else fdh * K
-                    if tvec:
+                    if tvec and MAX:
                         if tdir and nd == 1 and nh == 1:  # (the input row: see tdir)
-                            _vwin_run(x[q, d0, h0], w0, st, nj, K, dw, out[q, od, oh], lo, div,
-                                      MAX, init, marker, marker)
+                            _vwin_run_max(x[q, d0, h0], w0, st, nj, K, dw, out[q, od, oh], lo,
+                                          div, init, marker, marker)
                         else:
-                            _vwin_run(tmp, w0, st, nj, K, dw, out[q, od, oh], lo, div, MAX,
-                                      init, None, marker)
+                            _vwin_run_max(tmp, w0, st, nj, K, dw, out[q, od, oh], lo, div,
+                                          init, None, marker)
+                    elif tvec:
+                        if tdir and nd == 1 and nh == 1:
+                            _vwin_run_avg(x[q, d0, h0], w0, st, nj, K, dw, out[q, od, oh], lo,
+                                          div, init, marker, marker)
+                        else:
+                            _vwin_run_avg(tmp, w0, st, nj, K, dw, out[q, od, oh], lo, div,
+                                          init, None, marker)
                     else:
                         if st == 1:  # (the compiler's vectors at unit stride)
-                            _table_run(tmp, acc, w0, 1, nj, K, dw, MAX, init, marker)
+                            _table_run(tmp, acc, w0, 1, nj, K, dw, MAX, init)
                         else:
-                            _table_run(tmp, acc, w0, st, nj, K, dw, MAX, init, marker)
+                            _table_run(tmp, acc, w0, st, nj, K, dw, MAX, init)
                         for j in range(nj):
                             m = acc[j]
                             out[q, od, oh, lo + j] = to_storage(m, marker) if MAX else \
@@ -800,111 +807,86 @@ def _lp_norm(m, div, knz, invz, p1, p2, marker):
     return to_storage(np.sqrt(s) if p2 else (s if p1 else s ** invz), marker)
 
 
-@_jit_inline
-def _vwin_run(src, w0, st, nj, K, dw, dst, lo, div, is_max, init, smarker, marker):
-    """``dst[lo + j]``, j < nj: windows of K taps dw apart from ``src[w0 + st * j]`` (a row;
-    ``smarker`` its storage), max or average (over ``div``), st from 1 to 4: vectors of
-    outputs (_simd.vwin*, one loop per stride), the last one ending at nj (it may overlap
-    the one before: the same outputs written twice) while their taps' st * L cells lie in the
-    row; the rest scalar."""
-    L = vector_lanes(src, smarker)
-    last = w0 + (K - 1) * dw
-    n = src.size
-    j0 = 0
-    if st == 1:
-        while j0 < nj:
-            jv = min(j0, nj - L)
-            if jv < 0 or last + jv + L > n:
-                break
-            if is_max:
-                vwin1_max(src, U(w0 + jv), K, dw, dst, U(lo + jv), div, marker)
-            else:
-                vwin1_avg(src, U(w0 + jv), K, dw, dst, U(lo + jv), div, marker)
-            j0 += L
-    elif st == 2:
-        while j0 < nj:
-            jv = min(j0, nj - L)
-            if jv < 0 or last + 2 * (jv + L) > n:
-                break
-            if is_max:
-                vwin2_max(src, U(w0 + 2 * jv), K, dw, dst, U(lo + jv), div, marker)
-            else:
-                vwin2_avg(src, U(w0 + 2 * jv), K, dw, dst, U(lo + jv), div, marker)
-            j0 += L
-    elif st == 3:
-        while j0 < nj:
-            jv = min(j0, nj - L)
-            if jv < 0 or last + 3 * (jv + L) > n:
-                break
-            if is_max:
-                vwin3_max(src, U(w0 + 3 * jv), K, dw, dst, U(lo + jv), div, marker)
-            else:
-                vwin3_avg(src, U(w0 + 3 * jv), K, dw, dst, U(lo + jv), div, marker)
-            j0 += L
-    else:
-        while j0 < nj:
-            jv = min(j0, nj - L)
-            if jv < 0 or last + 4 * (jv + L) > n:
-                break
-            if is_max:
-                vwin4_max(src, U(w0 + 4 * jv), K, dw, dst, U(lo + jv), div, marker)
-            else:
-                vwin4_avg(src, U(w0 + 4 * jv), K, dw, dst, U(lo + jv), div, marker)
-            j0 += L
-    for j in range(j0, nj):
-        b = w0 + j * st
-        m = load(src[U(b)], smarker)
-        if not is_max:
-            m = init + m
-        for c in range(1, K):
-            v = load(src[U(b + c * dw)], smarker)
-            if is_max:
-                m = v if ((v > m) | (v != v)) else m
-            else:
-                m += v
-        dst[U(lo + j)] = to_storage(m, marker) if is_max else to_storage(divide(m, div), marker)
+def _vwin_runner(is_max):
+    """``_vwin_run_max`` / ``_vwin_run_avg``: one kernel's op alone (its compile time)."""
+
+    def run(src, w0, st, nj, K, dw, dst, lo, div, init, smarker, marker):
+        """``dst[lo + j]``, j < nj: windows of K taps dw apart from ``src[w0 + st * j]``
+        (a row; ``smarker`` its storage), max or average (over ``div``), st from 1 to 3:
+        vectors of outputs (_simd.vwin*, one loop per stride), the last one ending at nj (it
+        may overlap the one before: the same outputs written twice) while their taps' st * L
+        cells lie in the row; the rest scalar."""
+        L = vector_lanes(src, smarker)
+        last = w0 + (K - 1) * dw
+        n = src.size
+        j0 = 0
+        if st == 1:
+            while j0 < nj:
+                jv = min(j0, nj - L)
+                if jv < 0 or last + jv + L > n:
+                    break
+                if is_max:
+                    vwin1_max(src, U(w0 + jv), K, dw, dst, U(lo + jv), div, marker)
+                else:
+                    vwin1_avg(src, U(w0 + jv), K, dw, dst, U(lo + jv), div, marker)
+                j0 += L
+        elif st == 2:
+            while j0 < nj:
+                jv = min(j0, nj - L)
+                if jv < 0 or last + 2 * (jv + L) > n:
+                    break
+                if is_max:
+                    vwin2_max(src, U(w0 + 2 * jv), K, dw, dst, U(lo + jv), div, marker)
+                else:
+                    vwin2_avg(src, U(w0 + 2 * jv), K, dw, dst, U(lo + jv), div, marker)
+                j0 += L
+        else:
+            while j0 < nj:
+                jv = min(j0, nj - L)
+                if jv < 0 or last + 3 * (jv + L) > n:
+                    break
+                if is_max:
+                    vwin3_max(src, U(w0 + 3 * jv), K, dw, dst, U(lo + jv), div, marker)
+                else:
+                    vwin3_avg(src, U(w0 + 3 * jv), K, dw, dst, U(lo + jv), div, marker)
+                j0 += L
+        for j in range(j0, nj):
+            b = w0 + j * st
+            m = load(src[U(b)], smarker)
+            if not is_max:
+                m = init + m
+            for c in range(1, K):
+                v = load(src[U(b + c * dw)], smarker)
+                if is_max:
+                    m = v if ((v > m) | (v != v)) else m
+                else:
+                    m += v
+            dst[U(lo + j)] = to_storage(m, marker) if is_max else to_storage(divide(m, div), marker)
+    return _jit_inline(run)
+
+
+_vwin_run_max = _vwin_runner(True)
+_vwin_run_avg = _vwin_runner(False)
 
 
 @_jit_inline
-def _table_run(tmp, acc, w0, st, nj, K, dw, is_max, zero, marker):
+def _table_run(tmp, acc, w0, st, nj, K, dw, is_max, zero):
     """``acc[j]`` reduces ``tmp[w0 + j * st + c * dw]`` over the taps c < K, in tap order
     (max: NaN-propagating, the first max; sums from ``zero``, +0), for j < nj: one loop over
-    j per tap, which the compiler vectorises at stride 1; strides 2 to 4 in explicit vectors
-    (_simd.vstep*), others scalar.  (Unsigned indices: no negative-index handling, which
-    made gathers.)"""
+    j per tap, which the compiler vectorises at unit stride.  (Unsigned indices: no
+    negative-index handling, which made gathers.)"""
     for j in range(nj):
         v = tmp[U(w0 + j * st)]
         acc[U(j)] = v if is_max else zero + v
-    L = vector_lanes(tmp, marker) if 2 <= st <= 4 else 0
     for c in range(1, K):
         b = w0 + c * dw
-        j = 0
-        if L > 0:
-            # whole vectors whose S * L cells lie in tmp (the rest below, scalar: a sum must
-            # not add a tap twice)
-            while j + L <= nj and b + st * (j + L) <= tmp.size:
-                if st == 2:
-                    if is_max:
-                        vstep2_max(tmp, U(b + 2 * j), acc, U(j), marker)
-                    else:
-                        vstep2_sum(tmp, U(b + 2 * j), acc, U(j), marker)
-                elif st == 3:
-                    if is_max:
-                        vstep3_max(tmp, U(b + 3 * j), acc, U(j), marker)
-                    else:
-                        vstep3_sum(tmp, U(b + 3 * j), acc, U(j), marker)
-                elif is_max:
-                    vstep4_max(tmp, U(b + 4 * j), acc, U(j), marker)
-                else:
-                    vstep4_sum(tmp, U(b + 4 * j), acc, U(j), marker)
-                j += L
-        for i in range(j, nj):
-            v = tmp[U(b + i * st)]
+        for j in range(nj):
+            v = tmp[U(b + j * st)]
             if is_max:
-                m = acc[U(i)]
-                acc[U(i)] = v if ((v > m) | (v != v)) else m
+                m = acc[U(j)]
+                acc[U(j)] = v if ((v > m) | (v != v)) else m
             else:
-                acc[U(i)] += v
+                acc[U(j)] += v
 
 
 @_jit_inline
