@@ -1353,3 +1353,36 @@ def test_table_driven_rows_of_dilated_windows(dtype, monkeypatch):
             xa.reshape(-1)[rng.choice(xa.size, xa.size // 4, replace=False)] = -0.0
             a = fastpool.avg_pool1d(xa, k, s, p, count_include_pad=False, dilation=d)
             np.testing.assert_array_equal(_bits(a), _bits(_scan_1d(xa, k, s, p, d, "avg")))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_specialised_rows_at_strides_2_and_3_in_vectors(dtype, monkeypatch):
+    """Specialised channels-first windows at strides 2 and 3 that the fixed-window vectors do
+    not cover (4 or 5 taps, or fewer taps than the stride) reduce their interior columns in
+    vectors of outputs, 1-row windows over an unpadded row straight from the input row (not
+    the short rows of the flat groups): the bits of an in-order scan
+    (max: NaN wins, ties of -0.0 / +0.0 keep the first; average: the sum from +0 over the
+    cell count), PyTorch's max in 2-d, padded edges included."""
+    keys = {(1, 1, 4, 3), (1, 1, 5, 2), (1, 4, 4, 3), (1, 5, 5, 2), (1, 1, 2, 3), (1, 2, 2, 3)}
+    monkeypatch.setattr(fpf, "_HOT_WINDOWS", fpf._HOT_WINDOWS | keys)
+    monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(fpf, "_PLANS", {})
+    made = _spy_kernels(monkeypatch)
+    rng = np.random.default_rng(np.dtype(dtype).itemsize + 400)
+    for W, k, s, p in ((101, 4, 3, 0), (64, 4, 3, 2), (77, 5, 2, 0), (40, 5, 2, 2), (19, 4, 3, 1),
+                       (23, 2, 3, 0), (61, 2, 3, 1)):  # (short rows: the flat groups)
+        x, _ = _zeros_and_nan(rng, (2, 3, W), dtype)
+        got = fastpool.max_pool1d(x, k, s, p)
+        assert [m for m in made if m[0] == "separable"][-1][4:8] == (1, 1, k, s)
+        np.testing.assert_array_equal(_bits(got), _bits(_scan_1d(x, k, s, p, 1, "max")))
+        xa = rng.standard_normal((2, 3, W)).astype(dtype)
+        xa.reshape(-1)[rng.choice(xa.size, xa.size // 4, replace=False)] = -0.0
+        a = fastpool.avg_pool1d(xa, k, s, p, count_include_pad=False)
+        np.testing.assert_array_equal(_bits(a), _bits(_scan_1d(xa, k, s, p, 1, "avg")))
+        x2, _ = _zeros_and_nan(rng, (1, 2, k + 4, W), dtype)
+        got2 = fastpool.max_pool2d(x2, k, s, p)
+        assert [m for m in made if m[0] == "separable"][-1][4:8] == (1, k, k, s)
+        want = F.max_pool2d(torch.from_numpy(x2.astype(np.float32) if dtype == np.float16
+                                              else x2), k, s, p).numpy().astype(dtype)
+        np.testing.assert_array_equal(got2, want)
+        _check_avg_ref(rng.standard_normal(x2.shape).astype(dtype), k, s, ((p, p), (p, p)))

@@ -193,7 +193,11 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
     # of the window's rows AHEAD bytes on (later rows of the same depth slices): max k2s2
     # (4, 32, 32, 64, 64) past a 32 MB L3, 2-core EPYC, paired in one process, 0.85x the time
     # (channels-last rows, 8 KiB here: 1.05x, so not there)
-    PF3 = SPEC and KD > 1 and PAR and not POWER and not CLAST
+    # Windows of more than 3 rows too (no vertical vectors there), at strides of 2 or more
+    # along W (standing for the rows' stride, not a constant): max2d (16, 64, 112, 112) k4s3p1
+    # 6.3 -> 2.5 ms, k5s3p2 5.2 -> 2.9 ms, average k5s3p2 5.3 -> 2.6 ms; at stride 1 (k5s1)
+    # 1.1-1.3x the time
+    PF3 = SPEC and (KD > 1 or (KH > 3 and SW > 1)) and PAR and not POWER and not CLAST
     # channels-last max of 3-row windows too: its vertical pass is the same elementwise
     # reduction of rows (W * C long).  On a 2-core Xeon, the kernel alone, paired in one
     # process: max k3s2p1 (32, 64, 112, 112) 0.87-0.91x the time; 2-row windows (k2s2) and the
@@ -202,6 +206,13 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
         not POWER and PAR
     VROW = SPEC and not CLAST and SW == 2 and (KW == 3 or (KW == 2 and MAX)) and not POWER and \
         PAR
+    # the other channels-first windows at strides 2 and 3 (float max and average): the interior
+    # columns in vectors of outputs (_vwin_max2 ...), where the compiler's loop over them
+    # gathered its strided taps, 1-row windows over an unpadded row straight from the input
+    # row (``hdir``): max1d (16, 256, 4096) float32 on a 2-core EPYC, interleaved in one
+    # process, k4s3 6.1 -> 3.2 ms (PyTorch 4.9 ms), k5s2 10.4 -> 3.8 ms, avg1d k5s3 5.4 ->
+    # 3.3 ms
+    HVEC = SPEC and not CLAST and not POWER and PAR and not VROW and (SW == 2 or SW == 3)
     # 1-row windows (1-d pooling) whose every window lies inside the row: the horizontal
     # vectors read the input row itself, no scratch row copied first
     VROW1 = VROW and KD == 1 and KH == 1
@@ -289,6 +300,10 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
             tst = tab[2, 0, lo + 1] - tab[2, 0, lo] if (TABLE_RUNS and hi - lo > 1) else 1
             tvec = TABLE_RUNS and not POWER and hi > lo and VT > 0 and ounit and 1 <= tst <= 3
             tdir = tvec and xunit and lo == 0 and hi == OW
+            # (HVEC: 1-row windows over an unpadded row, all of them whole, read the input row;
+            # not the flat groups' rows, which their vertical pass gathers)
+            hdir = HVEC and KD == 1 and KH == 1 and VT > 0 and xunit and ounit and pw == 0 and \
+                owlo <= 0 and owhi >= OW and not flat
             outf = flat_view(out)  # (flat rows only; a view per task)
             rl = 0  # rows in the current flat group
             g0 = 0  # its first row
@@ -495,7 +510,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                 if nd == 0 or nh == 0:  # no input row (PyTorch-style padding and dilation)
                     for w in range(TW):
                         tmp[gb + w] = init
-                elif d1 or (tdir and nd == 1 and nh == 1):
+                elif d1 or ((tdir or hdir) and nd == 1 and nh == 1):
                     pass
                 elif SPEC and nd == KD and nh == KH:
                     w0 = 0
@@ -635,7 +650,33 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                                     hwin22_max(tv, U(2 * jv), out, (q, od, oh, U(lo + jv)),
                                                div, marker)
                                 j0 += L
-                        if not (WIDE and VROW):
+                        if HVEC and hdir and nd == 1 and nh == 1:  # (see hdir)
+                            if SW == 2 and MAX:
+                                _vwin_max2(x[q, d0, h0], 0, 2, OW, KW, 1, out[q, od, oh], 0,
+                                           div, init, marker, marker)
+                            elif SW == 2:
+                                _vwin_avg2(x[q, d0, h0], 0, 2, OW, KW, 1, out[q, od, oh], 0,
+                                           div, init, marker, marker)
+                            elif MAX:
+                                _vwin_max3(x[q, d0, h0], 0, 3, OW, KW, 1, out[q, od, oh], 0,
+                                           div, init, marker, marker)
+                            else:
+                                _vwin_avg3(x[q, d0, h0], 0, 3, OW, KW, 1, out[q, od, oh], 0,
+                                           div, init, marker, marker)
+                        elif HVEC and VT > 0 and ounit:  # (see HVEC)
+                            if SW == 2 and MAX:
+                                _vwin_max2(tv, 0, 2, hi - lo, KW, 1, out[q, od, oh], lo, div,
+                                           init, None, marker)
+                            elif SW == 2:
+                                _vwin_avg2(tv, 0, 2, hi - lo, KW, 1, out[q, od, oh], lo, div,
+                                           init, None, marker)
+                            elif MAX:
+                                _vwin_max3(tv, 0, 3, hi - lo, KW, 1, out[q, od, oh], lo, div,
+                                           init, None, marker)
+                            else:
+                                _vwin_avg3(tv, 0, 3, hi - lo, KW, 1, out[q, od, oh], lo, div,
+                                           init, None, marker)
+                        elif not (WIDE and VROW):
                             for j in range(j0, hi - lo):
                                 m = tv[j * SW]
                                 for c in range(1, KW):
@@ -807,8 +848,10 @@ def _lp_norm(m, div, knz, invz, p1, p2, marker):
     return to_storage(np.sqrt(s) if p2 else (s if p1 else s ** invz), marker)
 
 
-def _vwin_runner(is_max):
-    """``_vwin_run_max`` / ``_vwin_run_avg``: one kernel's op alone (its compile time)."""
+def _vwin_runner(is_max, S=0):
+    """``_vwin_run_max`` / ``_vwin_run_avg`` (any stride from 1 to 3, ``st``) and the runs of
+    one stride ``S`` (the specialised kernels'): one kernel's op alone, and no other stride's
+    loop where S is known (their compile time)."""
 
     def run(src, w0, st, nj, K, dw, dst, lo, div, init, smarker, marker):
         """``dst[lo + j]``, j < nj: windows of K taps dw apart from ``src[w0 + st * j]``
@@ -820,7 +863,7 @@ def _vwin_runner(is_max):
         last = w0 + (K - 1) * dw
         n = src.size
         j0 = 0
-        if st == 1:
+        if S == 1 or (S == 0 and st == 1):
             while j0 < nj:
                 jv = min(j0, nj - L)
                 if jv < 0 or last + jv + L > n:
@@ -830,7 +873,7 @@ def _vwin_runner(is_max):
                 else:
                     vwin1_avg(src, U(w0 + jv), K, dw, dst, U(lo + jv), div, marker)
                 j0 += L
-        elif st == 2:
+        elif S == 2 or (S == 0 and st == 2):
             while j0 < nj:
                 jv = min(j0, nj - L)
                 if jv < 0 or last + 2 * (jv + L) > n:
@@ -840,7 +883,7 @@ def _vwin_runner(is_max):
                 else:
                     vwin2_avg(src, U(w0 + 2 * jv), K, dw, dst, U(lo + jv), div, marker)
                 j0 += L
-        else:
+        elif S == 3 or S == 0:
             while j0 < nj:
                 jv = min(j0, nj - L)
                 if jv < 0 or last + 3 * (jv + L) > n:
@@ -867,6 +910,10 @@ def _vwin_runner(is_max):
 
 _vwin_run_max = _vwin_runner(True)
 _vwin_run_avg = _vwin_runner(False)
+_vwin_max2 = _vwin_runner(True, 2)
+_vwin_avg2 = _vwin_runner(False, 2)
+_vwin_max3 = _vwin_runner(True, 3)
+_vwin_avg3 = _vwin_runner(False, 3)
 
 
 @_jit_inline
