@@ -24,6 +24,8 @@ _FACTORIES = {
     ("pairs", "cpu"): ("._cpu.separable", "make_pairs", ()),
     # ... with indices, float inputs, serial and parallel (layout argument is the kind)
     ("pairs_index", "cpu"): ("._cpu.separable", "make_pairs_index", ()),
+    # 2 x 2 x 2 max windows at stride 2 without padding, large float inputs (layout: unused)
+    ("cube_max", "cpu"): ("._cpu.separable", "make_cube_max", ()),
     # stride-1 size-keeping max on small contiguous planes (spec: KH, KW; layout: the kind)
     ("flat", "cpu"): ("._cpu.separable", "make_flat", ()),
     # ... on float planes at least a vector wide, any size (spec: KH, KW; layout: the kind)

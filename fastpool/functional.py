@@ -570,6 +570,18 @@ def _pair_windows(tab, dil, s3, o3, padded_divisor):
                                      for d in range(3))
 
 
+def _cube_windows(tab, dil, o3):
+    """Whether the windows are 2 x 2 x 2 at stride 2 from the volume's corner, every one whole
+    and undilated (the floor-mode tiling: an odd last slice, row or column belongs to none)."""
+    if tab is None or min(o3) < 1 or any(int(d) != 1 for d in dil):
+        return False
+    for d in range(3):
+        o = np.arange(o3[d])
+        if not (np.array_equal(tab[d, 0, :o.size], 2 * o) and np.all(tab[d, 1, :o.size] == 2)):
+            return False
+    return True
+
+
 def _tile_codes(dtype):
     """The tiled kernels' codes in ``dtype``: taps 0..8 (row * 3 + column), the padding's code
     (never the first maximum) and -1 (no window)."""
@@ -646,6 +658,15 @@ def _window_plan(op, kind, x, lay, osp, tab, dil, taps, wspec=None, divmode=0, d
         dv = _cell_divisors(tab, divmode, dov, OH, OW) if kind == "avg" else \
             np.ones(1, np.int64)
         args = (tab, dv, H, W, OH, OW, int(dil[1]), lo, hi, pw, init, marker)
+    elif not return_indices and kind == "max" and parallel and lay.mem == CF and \
+            x.flags.c_contiguous and dtype.kind == "f" and \
+            _cube_windows(tab, dil, lay.canon(osp)):
+        # 2 x 2 x 2 windows at stride 2 without padding: the depth slices in turn
+        # (separable.make_cube_max)
+        kern = _dispatch.kernel("cube_max", "cpu", kind, parallel)
+        xshape = (lay.n * lay.c,) + tuple(lay.canon(lay.spatial))
+        oshape = (lay.n * lay.c,) + tuple(lay.canon(osp))
+        args = (marker,)
     elif not return_indices and not parallel and kind != "lp" and lay.mem == CF and \
             x.flags.c_contiguous and _pair_windows(tab, dil, lay.canon(lay.spatial),
                                                    lay.canon(osp), kind == "avg" and divmode == 1):

@@ -861,22 +861,30 @@ def test_channels_last_fused_rows_3d_max(dtype, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int16])
 def test_channels_first_fused_rows_3d_max(dtype, monkeypatch):
-    """Channels-first 2x2x2 max at stride 2 in the parallel kernel: rows whose windows are all
-    whole reduce vectors of outputs from their four input rows (two depth slices, two rows)
-    in row-major tap order, the last vector overlapping the one before (odd widths); ties of
-    -0.0 / +0.0 keep the first, NaN wins.  Dilation along depth and rows, padding and ceil
-    mode (partial windows: the separable passes), integers (the scalar fused loop)."""
+    """Channels-first 2x2x2 max at stride 2 in the parallel kernels: whole undilated windows
+    of float inputs reduce each depth slice's 2x2 windows in vectors and fold the second
+    slice's into the first's (make_cube_max); with dilation along depth and rows, rows whose
+    windows are all whole reduce vectors of outputs from their four input rows (two depth
+    slices, two rows); both in row-major tap order, the last vector overlapping the one
+    before (odd widths); ties of -0.0 / +0.0 keep the first, NaN wins.  Padding and ceil mode
+    (partial windows: the separable passes), integers (the scalar fused loop)."""
     monkeypatch.setattr(fpf, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(fpf, "_PLANS", {})
     made = _spy_kernels(monkeypatch)
     rng = np.random.default_rng(np.dtype(dtype).itemsize + 190)
-    cases = (((2, 3, 5, 7, 37), {}), ((1, 4, 4, 6, 64), {}),
+    cases = (((2, 3, 5, 7, 37), {}), ((1, 4, 4, 6, 64), {}), ((2, 3, 7, 5, 9), {}),
              ((2, 2, 7, 9, 50), {"dilation": (2, 2, 1)}),
              ((1, 3, 5, 5, 41), {"ceil_mode": True}), ((1, 2, 4, 6, 36), {"padding": 1}))
     for shape, kw in cases:
         x, _ = _zeros_and_nan(rng, shape, dtype)
         got = fastpool.max_pool3d(x, 2, 2, **kw)
-        assert [m for m in made if m[0] == "separable"][-1][1:6] == ("cpu", "max", True, 2, 2)
+        if not kw and np.dtype(dtype).kind == "f":
+            # whole undilated windows: the depth slices in turn (make_cube_max; 9 wide: the
+            # scalar loop, 4 outputs a row)
+            assert made[-1] == ("cube_max", "cpu", "max", True)
+        else:
+            assert [m for m in made if m[0] == "separable"][-1][1:6] == \
+                ("cpu", "max", True, 2, 2)
         want = torch.from_numpy(x.astype(np.float32) if dtype == np.float16 else x)
         if np.dtype(dtype).kind in "iu":
             want = want.to(torch.float64)

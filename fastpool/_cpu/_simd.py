@@ -188,6 +188,7 @@ def _takes(builder, v, m):
 
 
 def _reduce(builder, taps, op):
+    op = "max" if op == "maxfold" else op
     m = taps[0]
     if op not in ("max", "pmax"):  # sums start at +0, as the scalar kernels' (a -0.0 tap
         # sums to +0.0)
@@ -222,6 +223,9 @@ def _codegen(K, S, R, op):
             m = builder.fdiv(m, _splat(builder, context.cast(builder, args[R + 3],
                                                              sig.args[R + 3], cty), L))
         q = _pointer(context, builder, sig.args[R + 1], args[R + 1], sig.args[R + 2], args[R + 2])
+        if op == "maxfold":  # the taps' maximum folded into dst's, which scanned before them
+            a = _load(context, builder, sig.args[R + 1], marker, q, L, 0)
+            m = builder.select(_takes(builder, m, a), m, a)
         _store(context, builder, sig.args[R + 1], marker, q, m, L)
         return context.get_dummy_value()
     return codegen
@@ -417,6 +421,9 @@ hwin51_pmax = _one_row(5, 1, "pmax")
 hwin71_max = _one_row(7, 1, "max")
 hwin71_pmax = _one_row(7, 1, "pmax")
 fwin22_max = _two_rows(2, 2, "max")
+# (dst[j + o] kept unless the two rows' 2 x 2 maximum is greater or NaN: the row-major scan of
+# windows whose earlier taps dst holds)
+fwin22_maxfold = _two_rows(2, 2, "maxfold")
 fwin22_avg = _two_rows(2, 2, "avg")
 
 

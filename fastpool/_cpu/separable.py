@@ -20,7 +20,7 @@ from numba import prange
 
 from ._intrinsics import load, to_storage, flat_view, new_full
 from ._simd import (vector_lanes, vsum_run, vdiv, int_lanes, ipair_row, hwin32_max, hwin32_avg,
-                    hwin22_max, fwin22_max, fwin22_avg, fwin22_maxi, fwin22x4_max,
+                    hwin22_max, fwin22_max, fwin22_avg, fwin22_maxi, fwin22x4_max, fwin22_maxfold,
                     vcol2_max, vcol2_sum, vcol3_max, vcol3_sum, prefetch, vpair_max, vpair_pmax,
                     rows_nan, hwin31_max, hwin31_pmax, hwin51_max, hwin51_pmax, hwin71_max,
                     hwin71_pmax, AHEAD, ahead_cells, line_cells, stream_lines, streams, sfence,
@@ -1134,6 +1134,61 @@ def make_flat(kind, parallel, KH, KW):
                                 v = R[max(y * Wc + ow - pl + c, 0)]
                                 m = v if ((v > m) | (v != v)) else m
                             oq[max(y * Wc + ow, 0)] = to_storage(m, marker)
+    from .._runtime import jit
+    return jit(kernel, parallel=parallel)
+
+
+def make_cube_max(kind, parallel):
+    """Max over 2 x 2 x 2 windows at stride 2 without padding (the floor-mode tiling of a
+    volume) of large contiguous channels-first float inputs, ``x`` (P, D, H, W) and ``out``
+    (P, OD, OH, OW).  A task is one depth row of outputs (p, od): the window's first depth
+    slice for all its output rows (2 x 2 windows, row-major: ``_simd.fwin22_max``), then the
+    second slice's 2 x 2 maxima folded in (``fwin22_maxfold``: kept unless greater or NaN,
+    which is the row-major scan of all 8 taps), so that the input is read in memory order, one
+    slice after the other, while the output rows stay in the cache: (4, 32, 32, 64, 64)
+    float32 on a 2-core EPYC, interleaved in one process, 0.62-0.79x the time of
+    ``make_sep``'s fused rows, which read both slices at once ((8, 64, 16, 32, 32) 0.45x,
+    (2, 16, 64, 128, 128) 1.0x).  Rows narrower than a vector, scalar, in the same order.
+    (``kind``: "max".)"""
+    assert kind == "max"
+
+    def kernel(x, out, marker):
+        P = out.shape[0]
+        OD = out.shape[1]
+        OH = out.shape[2]
+        OW = out.shape[3]
+        for t in prange(P * OD):
+            L = vector_lanes(x, marker)
+            p = t // OD
+            od = t - p * OD
+            for a in range(2):
+                z = 2 * od + a
+                for oh in range(OH):
+                    h = 2 * oh
+                    j0 = 0
+                    if L > 0 and OW >= L:
+                        while j0 < OW:
+                            jv = min(j0, OW - L)
+                            prefetch(x, (p, z, h, U(2 * jv + ahead_cells(x))))
+                            prefetch(x, (p, z, h + 1, U(2 * jv + ahead_cells(x))))
+                            if a == 0:
+                                fwin22_max(x, (p, z, h, U(2 * jv)), (p, z, h + 1, U(2 * jv)),
+                                           out, (p, od, oh, U(jv)), 1, marker)
+                            else:
+                                fwin22_maxfold(x, (p, z, h, U(2 * jv)),
+                                               (p, z, h + 1, U(2 * jv)), out,
+                                               (p, od, oh, U(jv)), 1, marker)
+                            j0 += L
+                    for j in range(j0, OW):
+                        w = 2 * j
+                        m = load(x[p, z, h, w], marker)
+                        m = _pick(m, load(x[p, z, h, w + 1], marker))
+                        m = _pick(m, load(x[p, z, h + 1, w], marker))
+                        m = _pick(m, load(x[p, z, h + 1, w + 1], marker))
+                        if a == 1:
+                            m0 = load(out[p, od, oh, j], marker)
+                            m = m if ((m > m0) | (m != m)) else m0
+                        out[p, od, oh, j] = to_storage(m, marker)
     from .._runtime import jit
     return jit(kernel, parallel=parallel)
 
