@@ -419,27 +419,18 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                                     ob = max(j * Cn, 0)
                                     for k in range(0, KW * Cn, line_cells(x)):
                                         prefetch(x, (q, xa, xh, U(xb + k + ahx)))
-                                    if i0 == 0:
-                                        for ch in range(Cn):
-                                            m = load(x[q, xa, xh, U(xb + ch)], marker)
-                                            for c in range(1, KW):
-                                                v = load(x[q, xa, xh, U(xb + c * Cn + ch)],
-                                                         marker)
-                                                m = v if ((v > m) | (v != v)) else m
-                                            out[q, od, oh, U(ob + ch)] = to_storage(m, marker)
-                                    else:
-                                        for ch in range(Cn):
-                                            m = load(x[q, xa, xh, U(xb + ch)], marker)
-                                            for c in range(1, KW):
-                                                v = load(x[q, xa, xh, U(xb + c * Cn + ch)],
-                                                         marker)
-                                                m = v if ((v > m) | (v != v)) else m
+                                    for ch in range(Cn):
+                                        m = load(x[q, xa, xh, U(xb + ch)], marker)
+                                        for c in range(1, KW):
+                                            v = load(x[q, xa, xh, U(xb + c * Cn + ch)], marker)
+                                            m = v if ((v > m) | (v != v)) else m
+                                        if i0 > 0:
                                             # the rows before: kept unless this row's maximum
                                             # is greater or NaN (the scan's first maximum, its
                                             # last NaN)
                                             m0 = load(out[q, od, oh, U(ob + ch)], marker)
-                                            out[q, od, oh, U(ob + ch)] = to_storage(
-                                                m if ((m > m0) | (m != m)) else m0, marker)
+                                            m = m if ((m > m0) | (m != m)) else m0
+                                        out[q, od, oh, U(ob + ch)] = to_storage(m, marker)
                             continue
                         # the rest of the row (channels-last: all of it), unit-stride loops
                         # over the channels (channels-first: one)
@@ -856,43 +847,36 @@ def _vwin_runner(is_max, S=0):
     def run(src, w0, st, nj, K, dw, dst, lo, div, init, smarker, marker):
         """``dst[lo + j]``, j < nj: windows of K taps dw apart from ``src[w0 + st * j]``
         (a row; ``smarker`` its storage), max or average (over ``div``), st from 1 to 3:
-        vectors of outputs (_simd.vwin*, one loop per stride), the last one ending at nj (it
-        may overlap the one before: the same outputs written twice) while their taps' st * L
-        cells lie in the row; the rest scalar."""
+        vectors of outputs (_simd.vwin*), the last one ending at nj (it may overlap the one
+        before: the same outputs written twice) while their taps' st * L cells lie in the
+        row; the rest scalar."""
         L = vector_lanes(src, smarker)
         last = w0 + (K - 1) * dw
         n = src.size
         j0 = 0
-        if S == 1 or (S == 0 and st == 1):
-            while j0 < nj:
-                jv = min(j0, nj - L)
-                if jv < 0 or last + jv + L > n:
-                    break
+        while j0 < nj:
+            jv = min(j0, nj - L)
+            if jv < 0 or last + st * (jv + L) > n:
+                break
+            i = U(w0 + st * jv)
+            o = U(lo + jv)
+            # (the stride's own vectors: S where the kernel knows it, else the branch taken
+            # the same way for every vector of the row)
+            if S == 1 or (S == 0 and st == 1):
                 if is_max:
-                    vwin1_max(src, U(w0 + jv), K, dw, dst, U(lo + jv), div, marker)
+                    vwin1_max(src, i, K, dw, dst, o, div, marker)
                 else:
-                    vwin1_avg(src, U(w0 + jv), K, dw, dst, U(lo + jv), div, marker)
-                j0 += L
-        elif S == 2 or (S == 0 and st == 2):
-            while j0 < nj:
-                jv = min(j0, nj - L)
-                if jv < 0 or last + 2 * (jv + L) > n:
-                    break
+                    vwin1_avg(src, i, K, dw, dst, o, div, marker)
+            elif S == 2 or (S == 0 and st == 2):
                 if is_max:
-                    vwin2_max(src, U(w0 + 2 * jv), K, dw, dst, U(lo + jv), div, marker)
+                    vwin2_max(src, i, K, dw, dst, o, div, marker)
                 else:
-                    vwin2_avg(src, U(w0 + 2 * jv), K, dw, dst, U(lo + jv), div, marker)
-                j0 += L
-        elif S == 3 or S == 0:
-            while j0 < nj:
-                jv = min(j0, nj - L)
-                if jv < 0 or last + 3 * (jv + L) > n:
-                    break
-                if is_max:
-                    vwin3_max(src, U(w0 + 3 * jv), K, dw, dst, U(lo + jv), div, marker)
-                else:
-                    vwin3_avg(src, U(w0 + 3 * jv), K, dw, dst, U(lo + jv), div, marker)
-                j0 += L
+                    vwin2_avg(src, i, K, dw, dst, o, div, marker)
+            elif is_max:
+                vwin3_max(src, i, K, dw, dst, o, div, marker)
+            else:
+                vwin3_avg(src, i, K, dw, dst, o, div, marker)
+            j0 += L
         for j in range(j0, nj):
             b = w0 + j * st
             m = load(src[U(b)], smarker)
