@@ -559,12 +559,8 @@ def _pair_windows(tab, dil, s3, o3, padded_divisor):
     of the plane belongs to none).  ``padded_divisor``: an average that divides by the window's
     extent with its padding, which must then be 1 x 2 x 2 too (a 3 x 3 window over 2 x 2 cells
     and a padding row and column has the cells of a pair window, not its divisor)."""
-    if s3[0] != 1 or not _one_depth_row(tab, dil, o3):
+    if s3[0] != 1 or not _one_depth_row(tab, dil, o3) or not _pairs_along(tab, o3, (1, 2)):
         return False
-    for d in (1, 2):
-        o = np.arange(o3[d])
-        if not (np.array_equal(tab[d, 0, :o.size], 2 * o) and np.all(tab[d, 1, :o.size] == 2)):
-            return False
     # (padded_divisor: the padded extent along every dim, depth too, is the window's cells)
     return not padded_divisor or all(np.array_equal(tab[d, 2, :o3[d]], tab[d, 1, :o3[d]])
                                      for d in range(3))
@@ -573,13 +569,14 @@ def _pair_windows(tab, dil, s3, o3, padded_divisor):
 def _cube_windows(tab, dil, o3):
     """Whether the windows are 2 x 2 x 2 at stride 2 from the volume's corner, every one whole
     and undilated (the floor-mode tiling: an odd last slice, row or column belongs to none)."""
-    if tab is None or min(o3) < 1 or any(int(d) != 1 for d in dil):
-        return False
-    for d in range(3):
-        o = np.arange(o3[d])
-        if not (np.array_equal(tab[d, 0, :o.size], 2 * o) and np.all(tab[d, 1, :o.size] == 2)):
-            return False
-    return True
+    return tab is not None and min(o3) >= 1 and all(int(d) == 1 for d in dil) and \
+        _pairs_along(tab, o3, (0, 1, 2))
+
+
+def _pairs_along(tab, o3, dims):
+    """Whether along each of ``dims`` window o starts at 2 * o and holds 2 input cells."""
+    return all(np.array_equal(tab[d, 0, :o3[d]], 2 * np.arange(o3[d])) and
+               bool(np.all(tab[d, 1, :o3[d]] == 2)) for d in dims)
 
 
 def _tile_codes(dtype):

@@ -296,9 +296,9 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
             # (TABLE_RUNS: the whole windows' running maxima or sums; float max and average
             # windows at strides 1 to 3 in vectors of outputs (_simd.vwin*), 1-row windows
             # over an unpadded row straight from the input row, without the vertical pass)
-            acc = new_full(OW if (TABLE_RUNS and hi > lo) else 1, init)
             tst = tab[2, 0, lo + 1] - tab[2, 0, lo] if (TABLE_RUNS and hi - lo > 1) else 1
             tvec = TABLE_RUNS and not POWER and hi > lo and VT > 0 and ounit and 1 <= tst <= 3
+            acc = new_full(OW if (TABLE_RUNS and hi > lo and not tvec) else 1, init)
             tdir = tvec and xunit and lo == 0 and hi == OW
             # (HVEC: 1-row windows over an unpadded row, all of them whole, read the input row;
             # not the flat groups' rows, which their vertical pass gathers)
@@ -566,7 +566,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
                     # (see TABLE_RUNS) windows of K taps dw apart, starting st apart
                     K = tab[2, 1, lo]
                     w0 = max(tab[2, 0, lo], 0)
-                    st = tab[2, 0, lo + 1] - tab[2, 0, lo] if hi - lo > 1 else 1
+                    st = tst
                     nj = hi - lo
                     div = dov if (divmode == 0 and not POWER) else fdh * K
                     if tvec and MAX:
