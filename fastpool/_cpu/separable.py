@@ -42,6 +42,12 @@ ROW_STREAM_MIN_BYTES = 8 << 20
 # make_sep's channels-last max rows (CLROW): output rows of at most this many bytes, which stay
 # in a core's cache while the window's input rows are folded into them
 CL_ROWWISE_BYTES = 256 << 10
+# The fast-math flags of the average and Lp kernels (max kernels have none): contraction only.
+# Sums over a window's taps keep their order, so that a result has the same bits on every CPU:
+# with "reassoc" too, the compiler turned an edge window's scalar loop over its taps into
+# gathers on a Xeon and a float64 1-d average came out 1 ULP off the in-order sum (the same
+# code kept the order on an EPYC)
+SUM_MATH = {"contract"}
 SAME_UNITS = 64  # make_same: split planes into row blocks when there are fewer planes than this
 SAME_ROWS = 16  # ... of at least this many rows
 
@@ -756,7 +762,7 @@ def make_sep(kind, parallel, KD, KH, KW, SW, channels_last=False, fused_only=Fal
             if nts:
                 sfence()
     from .._runtime import jit
-    return jit(kernel, parallel=parallel, fastmath=False if MAX else {"reassoc", "contract"})
+    return jit(kernel, parallel=parallel, fastmath=False if MAX else SUM_MATH)
 
 
 # Taps of the channels-first windows whose rows fuse (``fuses_channels_first``): beyond them
@@ -1511,7 +1517,7 @@ def make_flat_rows(kind, parallel, KH, KW, SW):
                             oq[i] = to_storage(m, marker) if MAX else \
                                 to_storage(divide(m, dv[i]), marker)
     from .._runtime import jit
-    return jit(kernel, parallel=parallel, fastmath=False if MAX else {"reassoc", "contract"})
+    return jit(kernel, parallel=parallel, fastmath=False if MAX else SUM_MATH)
 
 
 def make_adaptive(kind, parallel, KH, KW):
@@ -1637,7 +1643,7 @@ def make_adaptive(kind, parallel, KH, KW):
                         of[ob + i] = to_storage(m, marker) if MAX else \
                             to_storage(divide(m, dv[i]), marker)
     from .._runtime import jit
-    return jit(kernel, parallel=parallel, fastmath=False if MAX else {"reassoc", "contract"})
+    return jit(kernel, parallel=parallel, fastmath=False if MAX else SUM_MATH)
 
 
 def adaptive_cells(tab, W, OH, OW, KW):
