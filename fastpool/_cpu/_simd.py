@@ -837,6 +837,71 @@ def vtile_rows3(typingctx, CD, G, b, bn, codes, dst, o0, o1, marker):
 
 
 @intrinsic
+def vpair_cells(typingctx, G, K, ka, kb, w, ROW, rb, codes):
+    """``make_max_recompute_pairs``' pass over the ``w`` channels of one window pair: with the
+    upper covering row's gradients and codes at ``G[ka]``, ``K[ka]`` (window ``i - 1``) and
+    ``G[ka + w]``, ``K[ka + w]`` (window ``i``), the lower row's at ``kb``, cell ``ROW[rb + c]``
+    is the sum, from +0 in output order, of the gradients whose code names it (``codes``: a0,
+    a1, a2, b0, b1, b2), and ``ROW[rb + w + c]`` likewise.  In vectors of TILE_BYTES (AVX-512:
+    16 float32 lanes, where the compiler's loop took 8), the last ``w % L`` channels one by
+    one: the same additions as the scalar loop, bit for bit."""
+    if not (_tile_typed(G, ROW) and isinstance(K, types.Array) and K.dtype == types.int32 and
+            isinstance(codes, types.UniTuple) and len(codes) == 6):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        L = tile_lanes_for(context.get_abi_sizeof(context.get_data_type(G.dtype)))
+        ft = context.get_data_type(G.dtype)
+        i32 = ir.IntType(32)
+
+        def base(ai):
+            return builder.bitcast(
+                _pointer(context, builder, sig.args[ai], args[ai], types.intp,
+                         context.get_constant(types.intp, 0)),
+                (i32 if ai == 1 else ft).as_pointer())
+        pg, pk, pr = base(0), base(1), base(5)
+        ka, kb, w, rb = (context.cast(builder, args[j], sig.args[j], types.int64)
+                         for j in (2, 3, 4, 6))
+        cs = [context.cast(builder, c, codes.dtype, types.int32)
+              for c in cgutils.unpack_tuple(builder, args[7], 6)]
+
+        def cells(c, n):
+            def at(ptr, off, ty):
+                q = builder.gep(ptr, [builder.add(off, c)])
+                return builder.load(builder.bitcast(q, ir.VectorType(ty, n).as_pointer()),
+                                    align=1)
+            kw, kbw = builder.add(ka, w), builder.add(kb, w)
+            ga0, ka0 = at(pg, ka, ft), at(pk, ka, i32)
+            ga1, ka1 = at(pg, kw, ft), at(pk, kw, i32)
+            gb0, kb0 = at(pg, kb, ft), at(pk, kb, i32)
+            gb1, kb1 = at(pg, kbw, ft), at(pk, kbw, i32)
+            zero = ir.Constant(ir.VectorType(ft, n), None)
+
+            def share(k, code, g):
+                return builder.select(builder.icmp_signed("==", k, _splat(builder, code, n)),
+                                      g, zero)
+            a0, a1, a2, b0, b1, b2 = cs
+            sm = zero
+            for k, code, g in ((ka0, a2, ga0), (ka1, a0, ga1), (kb0, b2, gb0), (kb1, b0, gb1)):
+                sm = builder.fadd(sm, share(k, code, g))
+            so = zero
+            for k, code, g in ((ka1, a1, ga1), (kb1, b1, gb1)):
+                so = builder.fadd(so, share(k, code, g))
+            for off, v in ((rb, sm), (builder.add(rb, w), so)):
+                q = builder.gep(pr, [builder.add(off, c)])
+                builder.store(v, builder.bitcast(q, v.type.as_pointer()), align=1)
+        nv = builder.sdiv(w, i64(L))
+        with cgutils.for_range(builder, nv, intp=i64) as loop:
+            cells(builder.mul(loop.index, i64(L)), L)
+        done = builder.mul(nv, i64(L))
+        with cgutils.for_range(builder, builder.sub(w, done), intp=i64) as loop:
+            cells(builder.add(done, loop.index), 1)
+        return context.get_dummy_value()
+    return types.void(G, K, ka, kb, w, ROW, rb, codes), codegen
+
+
+@intrinsic
 def rows_nan(typingctx, src, i, j, marker):
     """Mask of the lanes (a vector from ``src[i]`` and one from ``src[j]``) holding a NaN."""
     if not _float(src, marker):

@@ -39,9 +39,9 @@ from numba.extending import overload, register_jitable
 from ._intrinsics import load, to_storage, new_empty, flat_view, new_full, new_zeros
 from ._simd import (prefetch, line_cells, sfence, stream_lines, stream_sum, stream_upto,
                     vcol1_sum, vcol2_sum, vcol_pair, vdiv, vector_lanes, vspread, vring_add,
-                    RING_LANES)
+                    vpair_cells, RING_LANES)
 from .._runtime import jit
-from .window import CF, CL, U, tpow, lp_share
+from .window import CF, CL, U, tpow, lp_share, _lined_full
 
 
 def as_acc(zero, n):  # pragma: no cover - replaced by the overload inside kernels
@@ -635,9 +635,11 @@ def make_max_recompute_pairs(layout, parallel):
         for t in prange(N * nb):
             n, c0, wb = cl_task(t, nb, blk, C)
             OWP = OW + 2
-            K = new_full(3 * OWP * wb, np.int32(-1))
-            G = new_full(3 * OWP * wb, zero)
-            ROW = new_full((W + 4) * wb, zero)  # (columns -1 .. W + 2)
+            # (scratch on cache lines: the vectors of whole lines' channels then load and store
+            # within one line each, see window._lined_full)
+            K = _lined_full(3 * OWP * wb, np.int32(-1), 0)
+            G = _lined_full(3 * OWP * wb, zero, 0)
+            ROW = _lined_full((W + 4) * wb, zero, 0)  # (columns -1 .. W + 2)
             gnf = flat_view(gin[max(n, 0)])
             RW = W * wb
             a0 = np.int32(6)  # the upper covering row's codes (dy = 2)
@@ -702,6 +704,7 @@ def make_max_recompute_pairs(layout, parallel):
                     b0 = np.int32(0 if two else 3)  # (int32: the compares then vectorise)
                     b1 = np.int32(1 if two else 4)
                     b2 = np.int32(2 if two else 5)
+                    codes = (a0, a1, a2, b0, b1, b2)
                     # input columns 2i - PW (windows i - 1, dx 2, and i, dx 0) and 2i - PW + 1
                     # (window i, dx 1) in one pass, at ROW[(w + 1) * wb]: ROW has a column of
                     # padding on the left and two on the right for the columns a pass writes
@@ -710,25 +713,7 @@ def make_max_recompute_pairs(layout, parallel):
                         ka = (sa * OWP + i) * wb
                         kb = (sb * OWP + i) * wb
                         rb = max(2 * i - PW + 1, 0) * wb
-                        for c in range(wb):
-                            ga0 = G[U(ka + c)]
-                            ka0 = K[U(ka + c)]
-                            ga1 = G[U(ka + wb + c)]
-                            ka1 = K[U(ka + wb + c)]
-                            gb0 = G[U(kb + c)]
-                            kb0 = K[U(kb + c)]
-                            gb1 = G[U(kb + wb + c)]
-                            kb1 = K[U(kb + wb + c)]
-                            sm = zero
-                            sm += ga0 if ka0 == a2 else zero
-                            sm += ga1 if ka1 == a0 else zero
-                            sm += gb0 if kb0 == b2 else zero
-                            sm += gb1 if kb1 == b0 else zero
-                            ROW[U(rb + c)] = sm
-                            so = zero
-                            so += ga1 if ka1 == a1 else zero
-                            so += gb1 if kb1 == b1 else zero
-                            ROW[U(rb + wb + c)] = so
+                        vpair_cells(G, K, ka, kb, wb, ROW, rb, codes)
                     # columns past every window
                     for j in range(max(2 * OW + 3 - PW, 1) * wb, (W + 1) * wb):
                         ROW[j] = zero
