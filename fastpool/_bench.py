@@ -813,7 +813,8 @@ _COMPILE_SNIPPETS = {
     "max_pool2d f32 nchw large": ("max_pool2d",
                                   "np.random.rand(8, 64, 56, 56).astype(np.float32)",
                                   "kernel_size=3, stride=2, padding=1"),
-    "max_pool2d f32 nchw large, Numba prange kernels": (
+    "max_pool2d f32 nchw large, Numba prange kernels (FASTPOOL_SPLIT_KERNELS=0, not the "
+    "default: for comparison)": (
         "max_pool2d", "np.random.rand(8, 64, 56, 56).astype(np.float32)",
         "kernel_size=3, stride=2, padding=1", {"FASTPOOL_SPLIT_KERNELS": "0"}),
     # gradients of a large call (a tuple: the positional arguments, grad_output first)

@@ -83,6 +83,66 @@ def new_full(typingctx, n, value):
     return retty(n, value), codegen
 
 
+def _on_line_view(context, builder, retty, ary, n, lead):
+    """A view of ``n`` cells of the new 1-d array ``ary`` (which has 64 bytes more) from the
+    first cell at which cell ``lead`` starts a 64-byte cache line."""
+    from numba.np.arrayobj import make_array, populate_array
+    i64 = ir.IntType(64)
+    isz = context.get_abi_sizeof(context.get_data_type(retty.dtype))
+    at = builder.add(builder.ptrtoint(ary.data, i64), builder.mul(lead, i64(isz)))
+    skip = builder.urem(builder.sub(i64(64), builder.urem(at, i64(64))), i64(64))
+    ret = make_array(retty)(context, builder)
+    populate_array(ret, data=builder.gep(ary.data, [builder.udiv(skip, i64(isz))]), shape=[n],
+                   strides=[ary.itemsize], itemsize=ary.itemsize, meminfo=ary.meminfo,
+                   parent=None)
+    return ret
+
+
+def _lined(full):
+    def typer(typingctx, n, value, lead):
+        if full:
+            if not isinstance(value, (types.Number, types.Boolean)):
+                return None
+            vty = types.unliteral(value)
+        else:
+            vty = _dtype_of(value)
+        if not isinstance(n, types.Integer) or not isinstance(lead, types.Integer) or \
+                vty is None:
+            return None
+        retty = types.Array(vty, 1, "C")
+
+        def codegen(context, builder, signature, args):
+            from numba.core import cgutils
+            from numba.core.imputils import impl_ret_new_ref
+            cnt = _count(context, builder, args[0], signature.args[0])
+            isz = context.get_abi_sizeof(context.get_data_type(vty))
+            ary = _new_array(context, builder, retty,
+                             builder.add(cnt, cnt.type(max(64 // isz, 1))))
+            lead = context.cast(builder, args[2], signature.args[2], types.int64)
+            view = _on_line_view(context, builder, retty, ary, cnt, lead)
+            if full:
+                v = context.cast(builder, args[1], signature.args[1], vty)
+                with cgutils.for_range(builder, cnt) as loop:
+                    context.pack_value(builder, vty, v, builder.gep(view.data, [loop.index]))
+            return impl_ret_new_ref(context, builder, retty, view._getvalue())
+        return retty(n, value, lead), codegen
+    return typer
+
+
+lined_full = intrinsic(_lined(True))
+lined_full.__doc__ = """``np.full(n, value)`` placed so that its cell ``lead`` starts a 64-byte
+cache line (a view of a new array 64 bytes longer): vector loads and stores at ``lead`` plus
+whole lines then stay in one line each.  (On a 2-core Xeon VM, the tiled kernels' vertical
+pass in the cache, two 64-byte stores a vector: 9.5 ns a vector with the stores across two
+lines, 3.9 within one; the tiled max gradient, 32x64x112x112 float32, 2 threads, paired in one
+process, 0.79-0.89x the time, the tiled max with indices 0.81-0.86x.)  An intrinsic, so that
+it costs a kernel's first compile nothing of its own: the jitted helper it replaces took
+0.25-0.3 s per type of a fresh process's first call."""
+lined_empty = intrinsic(_lined(False))
+lined_empty.__doc__ = """``np.empty(n, dt)`` (``dt`` as for ``new_empty``) placed as
+``lined_full`` places its cells."""
+
+
 def _dtype_of(dt):
     """The element type named by a dtype argument: ``arr.dtype``, ``np.int64`` or an array."""
     if isinstance(dt, types.DType):

@@ -33,15 +33,16 @@ Indices that are not plain ``range`` variables are cast to unsigned (``U``) befo
 Numba's negative-index wraparound on a signed index otherwise blocks vectorisation.
 """
 import numpy as np
-from numba import prange
-from numba.extending import overload, register_jitable
+from numba import prange, types
+from numba.extending import intrinsic, overload
 
-from ._intrinsics import load, to_storage, new_empty, flat_view, new_full, new_zeros
+from ._intrinsics import (load, to_storage, new_empty, flat_view, new_full, new_zeros,
+                          lined_full)
 from ._simd import (prefetch, line_cells, sfence, stream_lines, stream_sum, stream_upto,
                     vcol1_sum, vcol2_sum, vcol_pair, vdiv, vector_lanes, vspread, vring_add,
                     vpair_cells, RING_LANES)
 from .._runtime import jit
-from .window import CF, CL, U, tpow, lp_share, _lined_full
+from .window import CF, CL, U, tpow, lp_share
 
 
 def as_acc(zero, n):  # pragma: no cover - replaced by the overload inside kernels
@@ -62,12 +63,24 @@ def _as_acc_impl(zero, n):
     return impl
 
 
-@register_jitable(inline="always")
-def cl_task(t, nb, blk, C):
-    """Channels-last task ``t`` of ``nb`` per image: (n, first channel, channels)."""
-    n = t // nb
-    c0 = (t - n * nb) * blk
-    return n, c0, min(C, c0 + blk) - c0
+@intrinsic
+def cl_task(typingctx, t, nb, blk, C):
+    """Channels-last task ``t`` of ``nb`` per image (all four >= 0, ``nb`` > 0): (n, first
+    channel, channels) = (t // nb, (t % nb) * blk, min(C, c0 + blk) - c0).  An intrinsic: as
+    an inlined jitted helper it took 75-130 ms of a fresh process's first call."""
+    if not all(isinstance(a, types.Integer) for a in (t, nb, blk, C)):
+        return None
+    tup = types.UniTuple(types.int64, 3)
+
+    def codegen(context, builder, sig, args):
+        tt, nn, bb, cc = (context.cast(builder, a, ty, types.int64)
+                          for a, ty in zip(args, sig.args))
+        n = builder.sdiv(tt, nn)
+        c0 = builder.mul(builder.sub(tt, builder.mul(n, nn)), bb)
+        end = builder.add(c0, bb)
+        end = builder.select(builder.icmp_signed("<", cc, end), cc, end)
+        return context.make_tuple(builder, tup, [n, c0, builder.sub(end, c0)])
+    return tup(t, nb, blk, C), codegen
 
 
 # ----------------------------------------------------------------------------- max family
@@ -619,7 +632,10 @@ def make_max_recompute_pairs(layout, parallel):
     covering output row) run the even rows' pass with the upper row's slot pointing at the
     empty third row, and the plain stores go through the flat view (on a 2-core Xeon, the
     bench's (8, 56, 56, 64) first call, alternated fresh processes: the kernel compiled in a
-    median 2.2 s instead of 2.7 s; the time per call 1.02-1.05x, paired in one process)."""
+    median 2.2 s instead of 2.7 s; the time per call 1.02-1.05x, paired in one process).  That
+    pass runs in explicit vectors (``_simd.vpair_cells``) over scratch that starts on cache
+    lines: 32x64x112x112 float32 then took 0.90-0.93x the time of the scalar loop's two
+    passes (paired, one process, 2 threads, Xeon); in the cache, 1.0 us a row against 1.9."""
     assert layout == CL
     # software prefetch of the two input rows the next output row reads first
     PFP = parallel
@@ -636,10 +652,10 @@ def make_max_recompute_pairs(layout, parallel):
             n, c0, wb = cl_task(t, nb, blk, C)
             OWP = OW + 2
             # (scratch on cache lines: the vectors of whole lines' channels then load and store
-            # within one line each, see window._lined_full)
-            K = _lined_full(3 * OWP * wb, np.int32(-1), 0)
-            G = _lined_full(3 * OWP * wb, zero, 0)
-            ROW = _lined_full((W + 4) * wb, zero, 0)  # (columns -1 .. W + 2)
+            # within one line each, see _intrinsics.lined_full)
+            K = lined_full(3 * OWP * wb, np.int32(-1), 0)
+            G = lined_full(3 * OWP * wb, zero, 0)
+            ROW = lined_full((W + 4) * wb, zero, 0)  # (columns -1 .. W + 2)
             gnf = flat_view(gin[max(n, 0)])
             RW = W * wb
             a0 = np.int32(6)  # the upper covering row's codes (dy = 2)

@@ -10,10 +10,12 @@ Kernels without indices are in ``separable.py`` (channels-first) and ``channels_
 The float16 handling and the element types come from the argument types (see ``_dtypes``).
 """
 import numpy as np
-from numba import prange
-from numba.extending import overload, register_jitable
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic, overload, register_jitable
 
-from ._intrinsics import load, to_storage, new_empty, flat_view, new_full, new_zeros
+from ._intrinsics import (load, to_storage, flat_view, new_full, new_zeros, lined_full,
+                          lined_empty)
 from ._simd import (prefetch, sfence, stream_upto, vector_lanes, tile_lanes, vtile_col,
                     vtile_merge3, vtile_rows3, line_cells, vrun_argmax)
 from .._runtime import jit
@@ -82,29 +84,55 @@ def _divide_impl(s, n):
     return impl
 
 
-def _rows_cf(r, OD, OH):
-    p = r // (OD * OH)
-    q = r - p * (OD * OH)
-    od = q // OH
-    return p, od, q - od * OH
+# Row bookkeeping as intrinsics: as jitted helpers, each took 55-80 ms of a fresh process's
+# first call (compiled on their own, once per process)
+
+def _int64s(context, builder, sig, args):
+    return [context.cast(builder, a, ty, types.int64) for a, ty in zip(args, sig.args)]
 
 
-_rows = jit(_rows_cf)
+_ROW3 = types.UniTuple(types.int64, 3)
 
 
-def _next_row_py(q, od, oh, OD, OH):
+@intrinsic
+def _rows(typingctx, r, OD, OH):
+    """Output row ``r`` (>= 0) of (plane, D, H) order as ``(plane, od, oh)``."""
+    if not all(isinstance(a, types.Integer) for a in (r, OD, OH)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        rr, d, h = _int64s(context, builder, sig, args)
+        one = ir.Constant(rr.type, 1)
+
+        def safe(v):  # (a divisor of 0: no rows, the result unused)
+            return builder.select(builder.icmp_signed("<", v, one), one, v)
+        dh = safe(builder.mul(d, h))
+        p = builder.sdiv(rr, dh)
+        q = builder.sub(rr, builder.mul(p, dh))
+        od = builder.sdiv(q, safe(h))
+        return context.make_tuple(builder, _ROW3, [p, od, builder.sub(q, builder.mul(od, h))])
+    return _ROW3(r, OD, OH), codegen
+
+
+@intrinsic
+def _next_row(typingctx, q, od, oh, OD, OH):
     """The output row after (q, od, oh) in (plane, D, H) order."""
-    oh += 1
-    if oh == OH:
-        oh = 0
-        od += 1
-        if od == OD:
-            od = 0
-            q += 1
-    return q, od, oh
+    if not all(isinstance(a, types.Integer) for a in (q, od, oh, OD, OH)):
+        return None
 
-
-_next_row = jit(_next_row_py)
+    def codegen(context, builder, sig, args):
+        qq, d, h, D, H = _int64s(context, builder, sig, args)
+        one = ir.Constant(qq.type, 1)
+        zero = ir.Constant(qq.type, 0)
+        h = builder.add(h, one)
+        wrap_h = builder.icmp_signed("==", h, H)
+        d = builder.select(wrap_h, builder.add(d, one), d)
+        h = builder.select(wrap_h, zero, h)
+        wrap_d = builder.and_(wrap_h, builder.icmp_signed("==", d, D))
+        qq = builder.select(wrap_d, builder.add(qq, one), qq)
+        d = builder.select(wrap_d, zero, d)
+        return context.make_tuple(builder, _ROW3, [qq, d, h])
+    return _ROW3(q, od, oh, OD, OH), codegen
 
 
 BLOCK = 8  # fewest output rows per parallel task
@@ -346,32 +374,6 @@ def make_max_backward(layout, parallel, KD, KH, KW, SW):
 
 
 @jit
-def _on_line(buf, n, lead):
-    """The ``n`` cells of ``buf`` (which has 32 more, enough for any cell of 2 bytes or more)
-    from the first whose cell ``lead`` starts a 64-byte cache line."""
-    k = (64 - (buf.ctypes.data + lead * buf.itemsize) % 64) % 64 // buf.itemsize
-    return buf[k:k + n]
-
-
-@jit
-def _lined_full(n, value, lead):
-    """``np.full(n, value)`` placed so that its cell ``lead`` starts a 64-byte cache line (a
-    view of a slightly longer array): vector stores at ``lead`` plus whole lines then stay in
-    one line each.  (On a 2-core Xeon VM, the tiled kernels' vertical pass in the cache, two
-    64-byte stores a vector: 9.5 ns a vector with the stores across two lines, 3.9 within one;
-    the tiled max gradient, 32x64x112x112 float32, 2 threads, paired in one process, 0.79-0.89x
-    the time, the tiled max with indices 0.81-0.86x.)"""
-    return _on_line(new_full(n + 32, value), n, lead)
-
-
-@jit
-def _lined_empty(n, like):
-    """An uninitialised 1-d array of ``n`` cells of ``like``'s type whose first cell starts a
-    64-byte cache line (see ``_lined_full``)."""
-    return _on_line(new_empty(n + 32, like), n, 0)
-
-
-@jit
 def _tiled_columns(xf, V, A, q, H, W, OH, RS, off, pad, cz, marker):
     """The vertical pass of the tiled kernels for plane ``q``: per output row ``oh``, each
     column's first max / last NaN over the window's rows (rows 2 oh - 1 .. 2 oh + 1 clipped,
@@ -460,7 +462,7 @@ def make_max_backward_tiled(layout, parallel, K, wide=False):
         VL = tile_lanes(cz, marker)  # windows per vector (the accumulation type's lanes)
         # row stride of the codes and shares; K = 3 reads window m + 1, a zero-share slot
         # after each row, and rounds the stride up to half a vector, so that the rows of V
-        # and A (twice as long) and of the codes start on cache lines (see _lined_full)
+        # and A (twice as long) and of the codes start on cache lines (_intrinsics.lined_full)
         HV = max(VL // 2, 1)
         CS = (OW + HV) // HV * HV if PAD else OW
         c0 = cz[0]
@@ -480,18 +482,18 @@ def make_max_backward_tiled(layout, parallel, K, wide=False):
         for t in prange(ntask):
             # row stride of V / A: column w at PL + w (K = 3: padding at 0 and from W + 1 on;
             # window m of a row merges columns 2 m .. 2 m + 2).  The vector stores of the three
-            # passes start on cache lines where the row strides allow (see _lined_full)
+            # passes start on cache lines where the row strides allow (see _intrinsics.lined_full)
             RS = 2 * CS if PAD else W
             PL = 1 if PAD else 0
-            V = _lined_full(OH * RS + 3, init, PL)
-            A = _lined_full(OH * RS + 3, cbig, PL)
-            CD = _lined_full(NC, cm1, 0)
-            G = _lined_full(NC, zero, 0)
+            V = lined_full(OH * RS + 3, init, PL)
+            A = lined_full(OH * RS + 3, cbig, PL)
+            CD = lined_full(NC, cm1, 0)
+            G = lined_full(NC, zero, 0)
             # nt: the task's planes (one run of gin) are built in ``PS`` and streamed out as
             # their rows are done
             q0 = t * bp
             q1 = min(P, (t + 1) * bp)
-            PS = _lined_empty((q1 - q0) * H * W if nt else 1, ginf)
+            PS = lined_empty((q1 - q0) * H * W if nt else 1, ginf, 0)
             dst = PS if nt else ginf
             done = 0
             # the task's next plane (input and gradients) is prefetched while this one's rows
@@ -622,10 +624,10 @@ def make_max_tiled(layout, parallel, K):
         for t in prange(ntask):
             # column w of output row i's window rows at 1 + i * W + w (W == 2 * OW: window
             # k = i * OW + j starts at 2 * k)
-            V = _lined_full(OH * W + 3, init, 1)
-            A = _lined_full(OH * W + 3, cbig, 1)
-            VM = _lined_full(S, init, 0)
-            CD = _lined_full(S, cbig, 0)
+            V = lined_full(OH * W + 3, init, 1)
+            A = lined_full(OH * W + 3, cbig, 1)
+            VM = lined_full(S, init, 0)
+            CD = lined_full(S, cbig, 0)
             for q in range(t * bp, min(P, (t + 1) * bp)):
                 _tiled_columns(xf, V, A, q, H, W, OH, W, 1, True, cz, marker)
                 for k in range(S):
