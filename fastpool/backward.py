@@ -340,13 +340,10 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
         # 16x128x56x56 1.09x, 8x256x28x28 1.2x: the gather stays there)
         ringed = overlap or lay.c <= _RING_DISJOINT_C
     # without indices, hot windows as constants: channels-first runs the forward argmax
-    # kernel's scan in backward mode, channels-last the recompute kernel (KD, KH, KW)
+    # kernel's scan in backward mode (channels-last: the recompute kernel, table-driven)
     sep = None if wspec is None else (k3, wspec[1], wspec[2], wspec[3])
     consts, lo, hi, pw = _f._sep_args(sep, lay.spatial[-1], osp[-1], par_rec)
     pos = _POS32 if cells < 2 ** 31 else _POS64
-    # (the channels-last recompute kernel with the 3x3x3 window as constants ran 4-5x slower
-    # than table-driven, 4x32x32x64x64 k3s2p1 145-174 ms against 34: it stays table-driven)
-    rconsts = consts[:3] if consts[0] <= 2 else (0, 0, 0)
     # channels-first 3x3 (padding 1) and 2x2 windows at stride 2 tiling even planes: a kernel
     # that writes each input row once from the windows' argmax codes (32x64x112x112 k3s2p1:
     # 0.65x the time; 16x128x112x112 k2s2: 0.82x)
@@ -461,8 +458,7 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
                          _channel_block(lay.n, lay.c, cells, acc.itemsize), _streamed(res),
                          init, acc, marker)
                 return lay.user_view(res)
-            kern = _dispatch.kernel("max_backward_recompute", "cpu", lay.mem, par_rec,
-                                    *rconsts)
+            kern = _dispatch.kernel("max_backward_recompute", "cpu", lay.mem, par_rec)
             with launch_lock():
                 kern(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
                      _bits(res).reshape(xshape), tab, dil, lo, hi, pw, pos,
