@@ -340,10 +340,13 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
         # 16x128x56x56 1.09x, 8x256x28x28 1.2x: the gather stays there)
         ringed = overlap or lay.c <= _RING_DISJOINT_C
     # without indices, hot windows as constants: channels-first runs the forward argmax
-    # kernel's scan in backward mode (channels-last: the recompute kernel, table-driven)
+    # kernel's scan in backward mode, channels-last the recompute kernel (KD, KH, KW)
     sep = None if wspec is None else (k3, wspec[1], wspec[2], wspec[3])
     consts, lo, hi, pw = _f._sep_args(sep, lay.spatial[-1], osp[-1], par_rec)
     pos = _POS32 if cells < 2 ** 31 else _POS64
+    # (the channels-last recompute kernel with the 3x3x3 window as constants ran 4-5x slower
+    # than table-driven, 4x32x32x64x64 k3s2p1 145-174 ms against 34: it stays table-driven)
+    rconsts = consts[:3] if consts[0] <= 2 else (0, 0, 0)
     # channels-first 3x3 (padding 1) and 2x2 windows at stride 2 tiling even planes: a kernel
     # that writes each input row once from the windows' argmax codes (32x64x112x112 k3s2p1:
     # 0.65x the time; 16x128x112x112 k2s2: 0.82x)
@@ -419,6 +422,14 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
     # functional): [still on the kernel for every window, calls]
     small_scan = not par_rec and tab is not None and lay.mem == CF
     scan = [small_scan, 0]
+    # the channels-last recompute kernel with a hot window as constants compiles for 3.1-3.8 s
+    # in a fresh process (2-core Xeon VM; 1.6-2.5 s table-driven), and ran 0.94-1.07x the
+    # table-driven kernel's time there (2-d 2x2 to 5x5 and 3-d 2x2x2 windows, 3-128 channels;
+    # on a 2-core EPYC its 3x3 windows took 1.56-1.67x the time tap by tap): a plan starts on
+    # the table-driven kernel and moves on to it as functional's calls do (once at hand, or
+    # after SPECIALISE_AFTER_LARGE calls, small ones SPECIALISE_AFTER): [still table-driven,
+    # calls]
+    rec = [rconsts != (0, 0, 0), 0]
 
     def run(x, extra):
         g, indices, samples = extra
@@ -458,12 +469,20 @@ def _max_plan(op, x, lay, osp, tab, dil, taps, wspec=None, forward=None, k3=None
                          _channel_block(lay.n, lay.c, cells, acc.itemsize), _streamed(res),
                          init, acc, marker)
                 return lay.user_view(res)
-            kern = _dispatch.kernel("max_backward_recompute", "cpu", lay.mem, par_rec)
+            argv = (_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
+                    _bits(res).reshape(xshape), tab, dil, lo, hi, pw, pos,
+                    _channel_block(lay.n, lay.c, rec_cells, acc.itemsize), _streamed(res),
+                    rbd, init, acc, marker)
+            if rec[0]:
+                if _f._move_on(rec[1], _dispatch.kernel("max_backward_recompute", "cpu",
+                                                        lay.mem, par_rec, *rconsts),
+                               argv, _f.SPECIALISE_AFTER_LARGE if par_rec else None):
+                    rec[0] = False
+                rec[1] += 1
+            kern = _dispatch.kernel("max_backward_recompute", "cpu", lay.mem, par_rec,
+                                    *((0, 0, 0) if rec[0] else rconsts))
             with launch_lock():
-                kern(_bits(gm).reshape(oshape), _bits(a).reshape(xshape),
-                     _bits(res).reshape(xshape), tab, dil, lo, hi, pw, pos,
-                     _channel_block(lay.n, lay.c, rec_cells, acc.itemsize), _streamed(res),
-                     rbd, init, acc, marker)
+                kern(*argv)
             return lay.user_view(res)
         if indices is None:
             indices = forward(lay.user_view(lay.input_mem(x)), samples)

@@ -665,7 +665,7 @@ def test_channels_last_recompute_depth_ring(mode, monkeypatch):
     assert rings >= 5  # (most geometries hold a ring, not the whole plane)
 
 
-# (spatial, kernel, stride, pad, dtype): the common windows
+# (spatial, kernel, stride, pad, dtype): the hot windows (compiled as constants)
 RECOMPUTE_HOT = [((9, 10), 3, 2, 1, np.float32), ((9, 10), 3, 2, 1, np.float64),
                  ((9, 10), 3, 2, 1, np.float16), ((8, 10), 2, 2, 0, np.float32),
                  ((7, 9), 3, 1, 1, np.float32), ((9, 8), 5, 1, 2, np.float16),
@@ -673,10 +673,16 @@ RECOMPUTE_HOT = [((9, 10), 3, 2, 1, np.float32), ((9, 10), 3, 2, 1, np.float64),
 
 
 @pytest.mark.parametrize("case", RECOMPUTE_HOT, ids=[f"h{i}" for i in range(len(RECOMPUTE_HOT))])
-def test_channels_last_recompute_common_windows(case):
-    """Channels-last max backward without indices on the common windows (the recompute kernel
-    or, for 3x3 windows at stride 2, the gather of make_max_recompute_pairs): ties, NaN and
-    -0.0 gradients, against PyTorch and the channels-first kernel's bits."""
+def test_channels_last_recompute_hot_windows(case, monkeypatch):
+    """Channels-last max backward without indices on the hot windows (compiled as constants
+    for large calls; the 3x3 and 2x2 stride-2 ones for small calls too, the others then run
+    the tables): each tap takes the gradients of the channels whose argmax it is (one pass per
+    tap); ties, NaN and -0.0 gradients, against PyTorch and the channels-first kernel's bits.
+    A plan starts on the table-driven kernel and moves on to the hot window's: both calls."""
+    from fastpool import functional
+    monkeypatch.setattr(functional, "SPECIALISE_AFTER", 1)
+    monkeypatch.setattr(functional, "SPECIALISE_AFTER_LARGE", 1)
+    monkeypatch.setattr(functional, "_PLANS", {})
     sp, k, s, p, dtype = case
     rng = np.random.default_rng(sum(sp) + k)
     nd = len(sp)
@@ -687,21 +693,23 @@ def test_channels_last_recompute_common_windows(case):
     g.reshape(-1)[::5] = -0.0
     xc, _ = to_layout(x, "cl")
     gc, _ = to_layout(g, "cl")
-    got = getattr(fastpool, f"max_pool{nd}d_backward")(gc, xc, k, s, p, channels_last=True)
     cf = getattr(fastpool, f"max_pool{nd}d_backward")(g, x, k, s, p)
-    got = np.ascontiguousarray(from_layout(got, "cl", x))
-    assert got.tobytes() == cf.tobytes()
     fwd = getattr(F, f"max_pool{nd}d")
-    close(got, torch_grad(lambda t: fwd(t, k, s, p), x, g), dtype)
+    ref = torch_grad(lambda t: fwd(t, k, s, p), x, g)
+    for _ in range(2):  # (the plan's first call, then the next one's kernel)
+        got = getattr(fastpool, f"max_pool{nd}d_backward")(gc, xc, k, s, p, channels_last=True)
+        got = np.ascontiguousarray(from_layout(got, "cl", x))
+        assert got.tobytes() == cf.tobytes()
+        close(got, ref, dtype)
 
 
 @pytest.mark.parametrize("case", [((9, 8), 5, 1, 2, np.float32), ((7, 11), 5, 1, 2, np.float64),
                                   ((6, 10), 5, 1, 2, np.float16),
                                   ((4, 6, 7), (1, 5, 5), 1, (0, 2, 2), np.float32)],
                          ids=["f32", "f64", "f16", "3d"])
-def test_channels_last_recompute_large_windows(case, monkeypatch):
-    """Windows of more than 9 taps in the parallel recompute kernel (each tap a loop over the
-    channels, each channel's gradient added to its argmax cell): ties, NaN and -0.0
+def test_channels_last_recompute_large_hot_windows(case, monkeypatch):
+    """Hot windows of more than 9 taps in the parallel recompute kernel scan tap by tap over
+    the channels and add each channel's gradient to its argmax cell: ties, NaN and -0.0
     gradients, PyTorch's gradient and the channels-first kernel's bits."""
     from fastpool import _dispatch, functional
     monkeypatch.setattr(functional, "PARALLEL_MIN_WORK", 0)
@@ -720,14 +728,19 @@ def test_channels_last_recompute_large_windows(case, monkeypatch):
     g.reshape(-1)[::5] = -0.0
     xc, _ = to_layout(x, "cl")
     gc, _ = to_layout(g, "cl")
-    got = getattr(fastpool, f"max_pool{nd}d_backward")(gc, xc, k, s, p, channels_last=True)
-    rec = [u for u in used if u[0] == "max_backward_recompute"]
-    kk = (k,) * nd if isinstance(k, int) else k
-    assert rec and rec[-1][3] is True and math.prod(kk) > 9, rec
     cf = getattr(fastpool, f"max_pool{nd}d_backward")(g, x, k, s, p)
-    got = np.ascontiguousarray(from_layout(got, "cl", x))
-    assert got.tobytes() == cf.tobytes()
-    close(got, torch_grad(lambda t: fwd(t, k, s, p), x, g), dtype)
+    ref = torch_grad(lambda t: fwd(t, k, s, p), x, g)
+    kk = (k,) * nd if isinstance(k, int) else k
+    # the plan starts on the table-driven kernel (unless the hot window's is at hand) and
+    # moves on to the hot window's after SPECIALISE_AFTER_LARGE calls: every call's bits
+    for _ in range(functional.SPECIALISE_AFTER_LARGE + 1):
+        used.clear()
+        got = getattr(fastpool, f"max_pool{nd}d_backward")(gc, xc, k, s, p, channels_last=True)
+        got = np.ascontiguousarray(from_layout(got, "cl", x))
+        assert got.tobytes() == cf.tobytes()
+        close(got, ref, dtype)
+    rec = [u for u in used if u[0] == "max_backward_recompute"]
+    assert rec and rec[-1][3] is True and math.prod(rec[-1][4:]) == math.prod(kk) > 9, rec
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])

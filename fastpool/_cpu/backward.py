@@ -383,7 +383,7 @@ def make_max_gather(layout, parallel):
     return jit(kernel, parallel=parallel)
 
 
-def make_max_recompute(layout, parallel):
+def make_max_recompute(layout, parallel, KD=0, KH=0, KW=0):
     """Channels-last max backward without indices: each window's argmax recomputed per channel
     (the forward's scan: NaN wins, ties go to the first cell) and its gradient added, in output
     order, to the task's scratch (one n, a block of channels).  (Channels-first runs
@@ -396,14 +396,23 @@ def make_max_recompute(layout, parallel):
     cells, written out once no later window touches it; ``backward._depth_ring``), or with
     ``rbd`` 0 the whole plane, written out at the end.
 
-    Every window scans its taps from the tables, each tap one vectorised loop over the
-    channels updating their running (max, position).  The input is indexed directly (a view
-    per tap costs two atomic reference-count updates).  (A variant with hot windows compiled
-    as constants, each channel's running max in registers over the unrolled taps, took
-    0.94-1.07x this kernel's time on a 2-core Xeon, paired in one process: 2x2, 3x3, 4x4 and
-    5x5 windows, 2-d and 3-d, 3 to 128 float32 channels, float16; its first call in a fresh
-    process compiled for 3.1-3.8 s against 1.6-2.5.)"""
+    ``KD, KH, KW`` (0: none): a hot window compiled as constants; its full windows keep each
+    channel's running (max, tap number) in registers over the unrolled taps, one vectorised
+    loop over the channels, instead of updating scratch vectors tap by tap.  (A plan starts on
+    the table-driven kernel and moves on to this one: see ``backward._max_plan``.)  The input
+    is indexed directly (a view per tap costs two atomic reference-count updates)."""
     assert layout == CL
+    SPEC = KW > 0
+    KT = KD * KH * KW
+    # full windows prefetch their columns in the two input rows below the window (the rows a
+    # later output row reads first; the hardware prefetcher alone left the loads waiting)
+    PFR = SPEC and parallel
+    # full windows of at most 9 taps keep each channel's running (max, tap) in registers over
+    # the unrolled taps and add the gradients in one vectorised pass per tap; larger ones,
+    # whose channel loop then stayed scalar, scan tap by tap over vectorised channel loops and
+    # add each channel's gradient to its argmax cell (2-core EPYC, (8, 64, 64, 64) float32:
+    # k5s1p2 113 -> 9 ms; 3x3 windows tap by tap took 1.56-1.67x the time)
+    TAP_PASSES = KT <= 9
 
     def kernel(g, x, gin, tab, dil, lo, hi, pw, ptype, blk, nt, rbd, init, zero, marker):
         N = g.shape[0]
@@ -450,6 +459,8 @@ def make_max_recompute(layout, parallel):
             buf = new_full(RB * RW, zero)
             mv = new_full(wb, init)
             mi = new_zeros(wb, ptype.dtype)
+            tap = new_zeros(wb if SPEC else 1, np.int32)  # full windows: each channel's argmax tap
+            rs = new_zeros(max(KT, 1), np.int64)  # full windows: scratch row of each (a, b)
             gnf = flat_view(gin[max(n, 0)])
             # rings: plane rows (z * H + y) below nf are written out; row z * H + y lives in
             # slot (z * H + y) % RB (the depth ring: slices z % rbd)
@@ -485,9 +496,71 @@ def make_max_recompute(layout, parallel):
                 nd = tab[0, 1, od]
                 h0 = tab[1, 0, oh]
                 nh = tab[1, 1, oh]
+                full_rows = SPEC and nd == KD and nh == KH
+                if full_rows:
+                    for a in range(KD):
+                        for b in range(KH):
+                            y = h0 + b * dh
+                            # (the whole plane: RB = D * H, the remainder is the row)
+                            rs[a * KH + b] = ((d0 + a * dd) * H + y) % RB
                 for ow in range(OW):
                     w0 = tab[2, 0, ow]
                     nw = tab[2, 1, ow]
+                    if full_rows and nw == KW:
+                        if PFR:  # the window's columns in the two rows below it (see PFR)
+                            for a in range(KD):
+                                for b in range(2):
+                                    for k in range(KW):
+                                        for c in range(0, wb, line_cells(x)):
+                                            prefetch(x, (n, U(d0 + a * dd),
+                                                         U(h0 + (KH + b) * dh),
+                                                         U(w0 + k * dw), U(c0 + c)))
+                        if TAP_PASSES:
+                            # each channel's running (max, tap) in registers over the unrolled
+                            # taps
+                            for c in range(wb):
+                                m = load(x[n, U(d0), U(h0), U(w0), U(c0 + c)], marker)
+                                ti = np.int32(0)
+                                for i in range(1, KT):
+                                    a = i // (KH * KW)
+                                    b = (i // KW) % KH
+                                    k = i % KW
+                                    v = load(x[n, U(d0 + a * dd), U(h0 + b * dh),
+                                               U(w0 + k * dw), U(c0 + c)], marker)
+                                    take = (v > m) | (v != v)
+                                    m = v if take else m
+                                    ti = np.int32(i) if take else ti
+                                tap[c] = ti
+                        else:  # (larger windows: tap by tap, each a vectorised channel loop)
+                            for c in range(wb):
+                                mv[c] = load(x[n, U(d0), U(h0), U(w0), U(c0 + c)], marker)
+                                tap[c] = np.int32(0)
+                            for i in range(1, KT):
+                                a = i // (KH * KW)
+                                b = (i // KW) % KH
+                                k = i % KW
+                                for c in range(wb):
+                                    v = load(x[n, U(d0 + a * dd), U(h0 + b * dh),
+                                               U(w0 + k * dw), U(c0 + c)], marker)
+                                    m = mv[c]
+                                    take = (v > m) | (v != v)
+                                    mv[c] = v if take else m
+                                    tap[c] = np.int32(i) if take else tap[c]
+                        if TAP_PASSES:
+                            # each tap's cells take the gradients of the channels whose argmax
+                            # it is, + 0 elsewhere (no bit changes: the sums start at +0, never
+                            # -0): one vectorised pass per tap, not a scattered add per channel
+                            for i in range(KT):
+                                sl = rs[i // KW] * RW + (w0 + (i % KW) * dw) * wb
+                                for c in range(wb):
+                                    v = load(g[n, od, oh, ow, U(c0 + c)], marker)
+                                    buf[U(sl + c)] += v if tap[c] == i else zero
+                        else:  # (larger windows: each channel's gradient to its argmax cell)
+                            for c in range(wb):
+                                i = tap[c]
+                                sl = rs[i // KW] * RW + (w0 + (i % KW) * dw) * wb
+                                buf[U(sl + c)] += load(g[n, od, oh, ow, U(c0 + c)], marker)
+                        continue
                     first = (d0 * H + h0) * W + w0
                     if nd * nh * nw == 0:
                         # a window without an input cell (dilation past the input: PyTorch's
