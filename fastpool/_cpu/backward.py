@@ -42,7 +42,7 @@ from ._simd import (prefetch, line_cells, sfence, stream_lines, stream_sum, stre
                     vcol1_sum, vcol2_sum, vcol_pair, vdiv, vector_lanes, vspread, vring_add,
                     vpair_cells, RING_LANES)
 from .._runtime import jit
-from .window import CF, CL, U, tpow, lp_share
+from .window import CF, CL, U, tpow, lp_share, _int64s, _ROW3
 
 
 def as_acc(zero, n):  # pragma: no cover - replaced by the overload inside kernels
@@ -70,17 +70,15 @@ def cl_task(typingctx, t, nb, blk, C):
     an inlined jitted helper it took 75-130 ms of a fresh process's first call."""
     if not all(isinstance(a, types.Integer) for a in (t, nb, blk, C)):
         return None
-    tup = types.UniTuple(types.int64, 3)
 
     def codegen(context, builder, sig, args):
-        tt, nn, bb, cc = (context.cast(builder, a, ty, types.int64)
-                          for a, ty in zip(args, sig.args))
+        tt, nn, bb, cc = _int64s(context, builder, sig, args)
         n = builder.sdiv(tt, nn)
         c0 = builder.mul(builder.sub(tt, builder.mul(n, nn)), bb)
         end = builder.add(c0, bb)
         end = builder.select(builder.icmp_signed("<", cc, end), cc, end)
-        return context.make_tuple(builder, tup, [n, c0, builder.sub(end, c0)])
-    return tup(t, nb, blk, C), codegen
+        return context.make_tuple(builder, _ROW3, [n, c0, builder.sub(end, c0)])
+    return _ROW3(t, nb, blk, C), codegen
 
 
 # ----------------------------------------------------------------------------- max family
@@ -708,14 +706,13 @@ def make_max_recompute_pairs(layout, parallel):
                     two = u % 2 == 0
                     # the slots of the covering rows u // 2 (b) and, u even, u // 2 - 1 (a);
                     # 2: none.  Codes: a's taps at dy = 2, b's at dy = 0 (u even) or 1
+                    # (u odd: no upper covering row, its pass reads slot 2: codes -1, gradients +0)
                     if r < OH:
                         sb = r % 2
-                        sa = (r - 1) % 2 if r > 0 else 2
+                        sa = (r - 1) % 2 if (two and r > 0) else 2
                     else:
                         sb = 2
                         sa = (OH - 1) % 2 if (u == 2 * OH and OH > 0) else 2
-                    if not two:  # no upper covering row: slot 2 (codes -1, gradients +0)
-                        sa = 2
                     b0 = np.int32(0 if two else 3)  # (int32: the compares then vectorise)
                     b1 = np.int32(1 if two else 4)
                     b2 = np.int32(2 if two else 5)

@@ -88,10 +88,11 @@ def _divide_impl(s, n):
 # first call (compiled on their own, once per process)
 
 def _int64s(context, builder, sig, args):
+    """An intrinsic's integer arguments as int64 values (also ``backward.cl_task``)."""
     return [context.cast(builder, a, ty, types.int64) for a, ty in zip(args, sig.args)]
 
 
-_ROW3 = types.UniTuple(types.int64, 3)
+_ROW3 = types.UniTuple(types.int64, 3)  # (three int64 indices: the intrinsics' result)
 
 
 @intrinsic
